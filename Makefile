@@ -1,0 +1,37 @@
+# The two commands: `make run` and `make test`. Each does its whole set-up from a
+# clean clone (a .venv, the package, the example models) and is quick the second time.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+MODELS := examples/models
+IRIS   := $(MODELS)/iris/1/model.onnx
+
+.PHONY: run test bench models clean
+
+run: $(VENV)/.installed-examples $(IRIS)
+	$(BIN)/ligeiro serve $(MODELS) --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.installed-test $(IRIS)
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.installed-bench $(IRIS)
+	$(BIN)/python -m benchmarks
+
+models: $(IRIS)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# One stamp per extra; it is rebuilt when pyproject.toml changes.
+$(VENV)/.installed-%: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install -q -e '.[$*]'
+	touch $@
+
+$(IRIS): examples/build_iris.py | $(VENV)/.installed-examples
+	$(BIN)/python examples/build_iris.py --out $(MODELS)
+
+clean:
+	rm -rf $(VENV) $(MODELS)

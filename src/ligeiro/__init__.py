@@ -1,0 +1,42 @@
+"""ligeiro: serve Python-trained models (ONNX) with the latency of a Go or Rust server.
+
+In process::
+
+    import numpy as np, ligeiro
+    engine = ligeiro.Engine.from_repository("examples/models")
+    x = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
+    print(engine.infer("iris", {"float_input": x})["output_label"])
+
+As a server: ``ligeiro serve examples/models`` (V2 REST on 127.0.0.1:8000).
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .engine import Engine as Engine
+from .engine import InferenceResult as InferenceResult
+from .errors import ConfigError as ConfigError
+from .errors import InferenceError as InferenceError
+from .errors import InvalidInputError as InvalidInputError
+from .errors import LigeiroError as LigeiroError
+from .errors import ModelLoadError as ModelLoadError
+from .errors import ModelNotFoundError as ModelNotFoundError
+from .errors import ModelNotReadyError as ModelNotReadyError
+from .errors import RequestTooLargeError as RequestTooLargeError
+from .errors import ServerOverloadedError as ServerOverloadedError
+
+__all__ = [
+    "ConfigError",
+    "Engine",
+    "InferenceError",
+    "InferenceResult",
+    "InvalidInputError",
+    "LigeiroError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "ModelNotReadyError",
+    "RequestTooLargeError",
+    "ServerOverloadedError",
+    "__version__",
+]

@@ -1,0 +1,5 @@
+"""``python -m ligeiro`` is the ``ligeiro`` command."""
+
+from .cli import main
+
+main()

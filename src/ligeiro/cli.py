@@ -1,0 +1,101 @@
+"""The ``ligeiro`` command: ``serve`` and ``version``.
+
+Errors print one line and exit with the code their class defines.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import LigeiroError
+
+__all__ = ["main"]
+
+logger = logging.getLogger(__name__)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """ligeiro: serve ONNX models over the KServe V2 protocol, fast."""
+
+
+@cli.command()
+@click.argument("repository", type=click.Path(path_type=Path), required=False)
+@click.option("--host", help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port to bind; 0 picks a free one (default 8000).")
+@click.option("--workers", type=int, help="Worker processes sharing the port (default 1).")
+@click.option("--threads", type=int, help="ONNX Runtime threads per worker (default cores / workers).")
+@click.option("--max-request-bytes", type=int, help="Largest request body accepted (default 64 MiB).")
+@click.option("--graceful-timeout", type=float, help="Seconds to drain on SIGTERM (default 30).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="ligeiro.toml to read.")
+@click.option("--print-config", is_flag=True, help="Print the effective settings and exit.")
+def serve(
+    repository: Path | None,
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    threads: int | None,
+    max_request_bytes: int | None,
+    graceful_timeout: float | None,
+    log_level: str | None,
+    config_file: Path | None,
+    print_config: bool,
+) -> None:
+    """Serve the models in REPOSITORY (<model>/<version>/model.onnx) over V2 REST."""
+    import msgspec
+
+    from .settings import load_settings
+
+    cli_layer: dict[str, Any] = {
+        "repository": str(repository) if repository else None,
+        "workers": workers,
+        "graceful_timeout_s": graceful_timeout,
+        "log_level": log_level,
+        "http": {"host": host, "port": port, "max_request_bytes": max_request_bytes},
+        "runtime": {"threads": threads},
+    }
+    settings = load_settings(cli_layer, config_file=config_file)
+    if print_config:
+        click.echo(msgspec.json.format(msgspec.json.encode(settings)).decode())
+        return
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from .server.app import serve as run_server
+
+    try:
+        run_server(settings)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {settings.http.host}:{settings.http.port}: {exc.strerror}") from None
+
+
+@cli.command()
+def version() -> None:
+    """Print ligeiro's version."""
+    click.echo(__version__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; a LigeiroError ends it with one line and the error's exit code."""
+    try:
+        cli.main(args=argv, prog_name="ligeiro", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except LigeiroError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

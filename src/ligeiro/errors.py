@@ -1,0 +1,82 @@
+"""The exceptions ligeiro raises, as one tree with no transport in it.
+
+::
+
+    LigeiroError
+    ├── ModelNotFoundError        unknown model or version
+    ├── ModelNotReadyError        known, but failed to load or not loaded yet
+    ├── InvalidInputError         the request does not fit the model or the protocol
+    │   └── RequestTooLargeError  the body is over the configured limit
+    ├── InferenceError            the runtime failed on input that looked valid
+    ├── ServerOverloadedError     a bounded queue is full
+    ├── ModelLoadError            a model file or config cannot be loaded
+    └── ConfigError               a server setting is invalid
+
+Each transport maps these to its own status codes in a single table
+(``server/http.py``); nothing here knows HTTP or gRPC.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "InferenceError",
+    "InvalidInputError",
+    "LigeiroError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "ModelNotReadyError",
+    "RequestTooLargeError",
+    "ServerOverloadedError",
+]
+
+
+class LigeiroError(Exception):
+    """Base of every error ligeiro raises on purpose.
+
+    ``exit_code`` is what the CLI exits with when this error ends a command.
+    """
+
+    exit_code = 1
+
+
+class ModelNotFoundError(LigeiroError):
+    """The repository has no model (or no version) of that name."""
+
+    exit_code = 3
+
+
+class ModelNotReadyError(LigeiroError):
+    """The model exists but cannot serve: it failed to load, or is not loaded yet."""
+
+    exit_code = 3
+
+
+class InvalidInputError(LigeiroError):
+    """The request is malformed, or does not match the model's inputs."""
+
+    exit_code = 2
+
+
+class RequestTooLargeError(InvalidInputError):
+    """The request body is larger than the configured limit."""
+
+
+class InferenceError(LigeiroError):
+    """The runtime failed while running a request that passed validation."""
+
+
+class ServerOverloadedError(LigeiroError):
+    """A bounded queue is full; the client should retry later."""
+
+
+class ModelLoadError(LigeiroError):
+    """A model folder, file or config cannot be loaded; the message names the file."""
+
+    exit_code = 2
+
+
+class ConfigError(LigeiroError):
+    """A server setting is invalid; the message names the source and the key."""
+
+    exit_code = 2

@@ -1,0 +1,119 @@
+"""The friendly endpoint, ``POST /v1/models/{m}:predict``: named features in, names out.
+
+Accepts KServe V1 ``{"instances": [...]}``, where an instance is an object of named
+features (in any order; the model's ``config.toml`` gives the column order) or a list
+of numbers, and the seed's bare object ``{"sepal_length": 5.1, ...}``. A feature that is
+missing or ``null`` becomes NaN, for the pipeline's imputer to fill.
+
+Answers ``{"predictions": [...]}`` for ``instances`` and one prediction object for a
+bare object. With a classifier a prediction is ``{"label": ..., "probabilities":
+{label: p, ...}}``, using ``labels`` from the config when it names them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import numpy as np
+
+from ..errors import InvalidInputError
+from .codec import decode_json
+
+if TYPE_CHECKING:
+    from ..repository.registry import ModelVersion
+
+__all__ = ["decode_predict", "encode_predict"]
+
+_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+_NUMBER = (int, float)
+
+
+def _row_from_object(instance: dict[str, Any], features: list[str], where: str) -> list[Any]:
+    row = []
+    for feature in features:
+        value = instance.get(feature)
+        if value is not None and (type(value) not in _NUMBER):
+            raise InvalidInputError(
+                f"{where}feature {feature!r}: expected a number or null, got {type(value).__name__} {value!r}"
+            )
+        row.append(value)
+    unknown = [key for key in instance if key not in features]
+    if unknown:
+        raise InvalidInputError(f"{where}unknown feature {unknown[0]!r}; expected {', '.join(features)}")
+    return row
+
+
+def _row(instance: Any, features: list[str] | None, width: int, where: str) -> list[Any]:
+    if isinstance(instance, dict):
+        if features is None:
+            raise InvalidInputError(
+                f"{where}named features need 'features' in the model's config.toml; "
+                f"send a list of {width} numbers instead"
+            )
+        return _row_from_object(instance, features, where)
+    if isinstance(instance, list):
+        if width != -1 and len(instance) != width:
+            raise InvalidInputError(f"{where}expected {width} values, got {len(instance)}")
+        return instance
+    raise InvalidInputError(f"{where}expected an object of features or a list of numbers, got {type(instance).__name__}")
+
+
+def decode_predict(body: bytes, model: ModelVersion) -> tuple[dict[str, np.ndarray], bool]:
+    """Decode a predict body into the model's single input; say whether it was one bare object.
+
+    Raises:
+        InvalidInputError: malformed JSON, an unknown feature, a non-numeric value, or a
+            model with more than one input.
+    """
+    payload = decode_json(body, _decoder, "predict request")
+    if len(model.inputs) != 1:
+        raise InvalidInputError(
+            f"model {model.name!r} has {len(model.inputs)} inputs; use POST /v2/models/{model.name}/infer"
+        )
+    (spec,) = model.inputs.values()
+    width = spec.shape[-1] if len(spec.shape) == 2 else -1
+    features = model.config.features
+    if isinstance(payload, dict) and "instances" in payload:
+        instances = payload["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise InvalidInputError("'instances' must be a non-empty list")
+        single = False
+    elif isinstance(payload, dict):
+        instances, single = [payload], True
+    else:
+        raise InvalidInputError(
+            f"expected a JSON object ({{\"instances\": [...]}} or named features), got {type(payload).__name__}"
+        )
+    rows = [_row(x, features, width, f"instances[{i}]: " if not single else "") for i, x in enumerate(instances)]
+    try:
+        array = np.array(rows, dtype=spec.dtype)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInputError(f"instances do not form a {spec.dtype.name} matrix: {exc}") from None
+    return {spec.name: array}, single
+
+
+def _prediction(model: ModelVersion, outputs: dict[str, np.ndarray], i: int) -> Any:
+    labels = model.config.labels
+    prediction: dict[str, Any] = {}
+    if model.label_output is not None and model.label_output in outputs:
+        value = outputs[model.label_output][i].item()
+        if labels is not None and isinstance(value, int) and 0 <= value < len(labels):
+            value = labels[value]
+        prediction["label"] = value
+    if model.probability_output is not None and model.probability_output in outputs:
+        row = outputs[model.probability_output][i].tolist()
+        names = labels if labels is not None else [str(j) for j in range(len(row))]
+        prediction["probabilities"] = dict(zip(names, row, strict=False))
+    if prediction:
+        return prediction
+    values = {name: array[i].tolist() for name, array in outputs.items()}
+    return next(iter(values.values())) if len(values) == 1 else values
+
+
+def encode_predict(model: ModelVersion, outputs: dict[str, np.ndarray], single: bool) -> bytes:
+    """Encode the answer: one prediction for a bare object, else ``{"predictions": [...]}``."""
+    rows = len(next(iter(outputs.values())))
+    predictions = [_prediction(model, outputs, i) for i in range(rows)]
+    return _encoder.encode(predictions[0] if single else {"predictions": predictions})

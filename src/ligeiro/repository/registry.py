@@ -1,0 +1,215 @@
+"""Loaded models: which versions serve, which failed and why."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import final
+
+from ..errors import LigeiroError, ModelLoadError, ModelNotFoundError, ModelNotReadyError
+from ..runtime.base import Runtime, TensorSpec
+from ..runtime.onnx import OnnxRuntime
+from .config import CONFIG_FILE, ModelConfig, load_config
+from .layout import MODEL_FILE, ModelFolder, discover
+
+__all__ = ["ModelState", "ModelVersion", "Registry"]
+
+logger = logging.getLogger(__name__)
+
+# skl2onnx's default output names: used when config.toml does not name the outputs.
+_LABEL_OUTPUT = "output_label"
+_PROBABILITY_OUTPUT = "output_probability"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersion:
+    """One loaded, servable version of a model."""
+
+    name: str
+    version: str
+    config: ModelConfig
+    runtime: Runtime
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+    label_output: str | None = None
+    probability_output: str | None = None
+    output_names: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "output_names", tuple(self.outputs))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelState:
+    """A version's place in the repository index: ready, or the reason it is not."""
+
+    name: str
+    version: str
+    is_ready: bool
+    reason: str = ""
+
+
+def _declared(
+    where: Path, kind: str, graph: tuple[TensorSpec, ...], declared: list | None
+) -> dict[str, TensorSpec]:
+    """Tensors from config.toml when given (checked against the graph), else the graph's."""
+    found = {spec.name: spec for spec in graph}
+    if declared is None:
+        return found
+    specs = {}
+    for i, tensor in enumerate(declared):
+        spec = tensor.spec()
+        actual = found.get(spec.name)
+        where_ = f"{where / CONFIG_FILE}: {kind}[{i}] {spec.name!r}"
+        if actual is None:
+            raise ModelLoadError(f"{where_}: the model has no such {kind[:-1]}; it has {', '.join(found)}")
+        if actual.dtype != spec.dtype:
+            raise ModelLoadError(f"{where_}: datatype {tensor.datatype} differs from the graph's {actual.dtype}")
+        if len(actual.shape) != len(spec.shape) or not all(
+            a in (-1, s) for a, s in zip(actual.shape, spec.shape, strict=True)
+        ):
+            raise ModelLoadError(f"{where_}: shape {list(spec.shape)} does not fit the graph's {list(actual.shape)}")
+        specs[spec.name] = spec
+    if kind == "inputs" and specs.keys() != found.keys():
+        missing = ", ".join(found.keys() - specs.keys())
+        raise ModelLoadError(f"{where / CONFIG_FILE}: inputs must list every graph input; missing {missing}")
+    return specs
+
+
+def _resolve_output(config_value: str | None, default: str, outputs: dict[str, TensorSpec], where: str) -> str | None:
+    if config_value is None:
+        return default if default in outputs else None
+    if config_value not in outputs:
+        raise ModelLoadError(f"{where}: no output named {config_value!r}; outputs are {', '.join(outputs)}")
+    return config_value
+
+
+def load_version(folder: ModelFolder, version: int, config: ModelConfig, *, threads: int) -> ModelVersion:
+    """Load one version of a model and check its config against the graph.
+
+    Raises:
+        ModelLoadError: naming the file and what is wrong with it.
+    """
+    runtime = OnnxRuntime(folder.model_file(version), threads=threads)
+    inputs = _declared(folder.path, "inputs", runtime.inputs, config.inputs)
+    outputs = _declared(folder.path, "outputs", runtime.outputs, config.outputs)
+    where = str(folder.path / CONFIG_FILE)
+    if config.features is not None:
+        (spec, *rest) = inputs.values()
+        if rest or len(spec.shape) != 2 or spec.shape[1] not in (-1, len(config.features)):
+            raise ModelLoadError(
+                f"{where}: features name {len(config.features)} columns, so the model needs one "
+                f"input of shape [-1, {len(config.features)}]; it has "
+                + ", ".join(f"{s.name} {list(s.shape)}" for s in inputs.values())
+            )
+    probability = _resolve_output(config.probability_output, _PROBABILITY_OUTPUT, outputs, where)
+    if config.labels is not None and probability is not None:
+        classes = outputs[probability].shape[-1]
+        if classes not in (-1, len(config.labels)):
+            raise ModelLoadError(
+                f"{where}: {len(config.labels)} labels, but output {probability!r} has {classes} classes"
+            )
+    return ModelVersion(
+        name=folder.name,
+        version=str(version),
+        config=config,
+        runtime=runtime,
+        inputs=inputs,
+        outputs=outputs,
+        label_output=_resolve_output(config.label_output, _LABEL_OUTPUT, outputs, where),
+        probability_output=probability,
+    )
+
+
+@dataclass(slots=True)
+class _Model:
+    name: str
+    ready: dict[str, ModelVersion]
+    failed: dict[str, str]
+    default: ModelVersion | None
+
+
+@final
+class Registry:
+    """The models of one repository, loaded.
+
+    Every version of every model is loaded; one that fails is logged and kept as
+    not-ready with its reason, and never stops the others. A model's default version is
+    its highest ready one.
+
+    Args:
+        root: the repository folder.
+        threads: intra-op threads per model session.
+    """
+
+    def __init__(self, root: Path, *, threads: int = 1) -> None:
+        self.root = root
+        self._models: dict[str, _Model] = {}
+        for folder in discover(root):
+            self._models[folder.name] = self._load_model(folder, threads)
+
+    @staticmethod
+    def _load_model(folder: ModelFolder, threads: int) -> _Model:
+        model = _Model(folder.name, {}, {}, None)
+        if not folder.versions:
+            reason = f"{folder.path}: no version folders (expected {folder.path}/1/{MODEL_FILE})"
+            model.failed[""] = reason
+            logger.error("model %r not loaded: %s", folder.name, reason)
+            return model
+        try:
+            config = load_config(folder.path)
+        except ModelLoadError as exc:
+            config, config_error = None, str(exc)
+        for version in folder.versions:
+            try:
+                if config is None:
+                    raise ModelLoadError(config_error)
+                model.ready[str(version)] = load_version(folder, version, config, threads=threads)
+            except LigeiroError as exc:
+                model.failed[str(version)] = str(exc)
+                logger.error("model %r version %d not loaded: %s", folder.name, version, exc)
+        if model.ready:
+            model.default = model.ready[max(model.ready, key=int)]
+            logger.info("model %r ready (versions %s)", folder.name, ", ".join(model.ready))
+        return model
+
+    def get(self, name: str, version: str | None = None) -> ModelVersion:
+        """The version to serve: the one named, or the model's default.
+
+        Raises:
+            ModelNotFoundError: no such model, or no such version of it.
+            ModelNotReadyError: the version (or every version) failed to load.
+        """
+        model = self._models.get(name)
+        if model is None:
+            known = ", ".join(sorted(self._models)) or "no models"
+            raise ModelNotFoundError(f"unknown model {name!r}; the repository has {known}")
+        if version is None:
+            if model.default is None:
+                reasons = "; ".join(model.failed.values())
+                raise ModelNotReadyError(f"model {name!r} is not ready: {reasons}")
+            return model.default
+        found = model.ready.get(version)
+        if found is None:
+            if version in model.failed:
+                raise ModelNotReadyError(
+                    f"model {name!r} version {version} is not ready: {model.failed[version]}"
+                )
+            versions = ", ".join(sorted([*model.ready, *model.failed], key=int)) or "none"
+            raise ModelNotFoundError(f"model {name!r} has no version {version!r}; versions: {versions}")
+        return found
+
+    def index(self) -> list[ModelState]:
+        """Every model version with its state, sorted by model then version."""
+        states = []
+        for model in self._models.values():
+            states += [ModelState(model.name, v, True) for v in model.ready]
+            states += [ModelState(model.name, v, False, r) for v, r in model.failed.items()]
+        return sorted(states, key=lambda s: (s.name, int(s.version or 0)))
+
+    def close(self) -> None:
+        for model in self._models.values():
+            for version in model.ready.values():
+                version.runtime.close()
+        self._models.clear()

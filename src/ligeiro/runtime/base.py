@@ -1,0 +1,44 @@
+"""What every runtime provides: a signature and a batched ``run``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+__all__ = ["Runtime", "TensorSpec"]
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A named tensor a model takes or gives; ``-1`` in ``shape`` means any size."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    def accepts_shape(self, shape: tuple[int, ...]) -> bool:
+        """Whether a concrete shape fits this spec (same rank, fixed dims equal)."""
+        if len(shape) != len(self.shape):
+            return False
+        return all(want in (-1, got) for want, got in zip(self.shape, shape, strict=True))
+
+
+class Runtime(Protocol):
+    """A loaded model that runs a batch of named numpy inputs."""
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]: ...
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]: ...
+
+    def run(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
+        """Run the model; return the requested outputs in the order asked."""
+        ...
+
+    def close(self) -> None:
+        """Release the model's memory and threads."""
+        ...

@@ -1,0 +1,217 @@
+"""Run the server: one process, or a supervisor and N workers sharing the port.
+
+A worker loads the repository, listens, and on SIGTERM/SIGINT stops accepting,
+closes idle connections, lets each connection finish the request it is receiving,
+then exits. With ``workers > 1`` each worker binds its own ``SO_REUSEPORT`` socket
+(the kernel spreads connections evenly); the supervisor reserves the port first so
+``port = 0`` works, restarts a worker that dies, and forwards the shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from multiprocessing.connection import Connection, wait
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
+    from ..settings import ServerSettings
+    from .http import HttpConnection
+
+__all__ = ["serve"]
+
+logger = logging.getLogger(__name__)
+
+_BACKLOG = 2048
+_RESTART_BACKOFF_S = 1.0
+
+
+def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (IPv6 when the host has a colon)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    if listen:
+        sock.listen(_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+class _Connections(set["HttpConnection"]):
+    """Open connections; ``empty`` is set whenever the last one closes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.empty = asyncio.Event()
+        self.empty.set()
+
+    def add(self, connection: HttpConnection) -> None:
+        super().add(connection)
+        self.empty.clear()
+
+    def discard(self, connection: HttpConnection) -> None:
+        super().discard(connection)
+        if not self:
+            self.empty.set()
+
+
+async def _serve(settings: ServerSettings, sock: socket.socket, ready: Connection | None) -> None:
+    # Imported here, after the supervisor has set PROMETHEUS_MULTIPROC_DIR.
+    from ..engine import Engine
+    from ..metrics import Metrics
+    from .http import HttpApp, HttpConnection
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    metrics = Metrics()
+    engine = Engine.from_repository(
+        settings.repository, threads=settings.runtime_threads(), metrics=metrics
+    )
+    app = HttpApp(engine, metrics, settings.http)
+    connections = _Connections()
+    server = await loop.create_server(lambda: HttpConnection(app, connections), sock=sock, backlog=_BACKLOG)
+    host, port = sock.getsockname()[:2]
+    if ready is None:
+        models = sum(1 for s in engine.index() if s.is_ready)
+        logger.info("serving %d model version(s) on http://%s:%d (pid %d)", models, host, port, os.getpid())
+    else:
+        ready.send(os.getpid())
+        ready.close()
+
+    await stop.wait()
+    logger.info("shutting down (pid %d): draining %d connection(s)", os.getpid(), len(connections))
+    server.close()
+    for connection in list(connections):
+        connection.shutdown()
+    try:
+        await asyncio.wait_for(connections.empty.wait(), settings.graceful_timeout_s)
+    except TimeoutError:
+        logger.warning("graceful timeout: closing %d connection(s) mid-request", len(connections))
+    engine.close()
+
+
+def _run_worker(settings: ServerSettings, sock: socket.socket, ready: Connection | None) -> None:
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_serve(settings, sock, ready))
+
+
+def _worker_main(settings: ServerSettings, port: int, ready: Connection) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; Ctrl-C reaches it
+    sock = bind(settings.http.host, port, reuse_port=True)
+    _run_worker(settings, sock, ready)
+
+
+def serve(settings: ServerSettings) -> None:
+    """Serve ``settings.repository`` until SIGTERM or SIGINT.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    if settings.workers == 1:
+        _run_worker(settings, bind(settings.http.host, settings.http.port), None)
+        return
+    _Supervisor(settings).run()
+
+
+class _Supervisor:
+    """Starts the workers, restarts any that die, and shuts them all down on a signal."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self._context = multiprocessing.get_context("fork")
+        self._workers: dict[int, tuple[BaseProcess, float]] = {}
+        self._stopping = False
+        # The signal handler writes here so that wait() wakes up: no polling.
+        self._wake_read, self._wake_write = os.pipe()
+
+    def run(self) -> None:
+        settings = self.settings
+        metrics_dir = tempfile.mkdtemp(prefix="ligeiro-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        # Reserve the port (and learn it when 0) without listening: only the workers'
+        # listening sockets receive connections.
+        reserved = bind(settings.http.host, settings.http.port, reuse_port=True, listen=False)
+        port = reserved.getsockname()[1]
+        previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            pending = [self._start(slot, port) for slot in range(settings.workers)]
+            pids = [conn.recv() for conn in pending if wait([conn], timeout=120)]
+            if len(pids) == settings.workers:
+                logger.info(
+                    "serving on http://%s:%d with %d workers (pids %s)",
+                    settings.http.host, port, len(pids), ", ".join(map(str, pids)),
+                )
+            self._watch(port)
+        finally:
+            self._shutdown()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            reserved.close()
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+    def _start(self, slot: int, port: int) -> Connection:
+        receiver, sender = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=_worker_main, args=(self.settings, port, sender), name=f"ligeiro-worker-{slot}"
+        )
+        process.start()
+        sender.close()
+        self._workers[slot] = (process, time.monotonic())
+        return receiver
+
+    def _stop(self, signum: int, frame: object) -> None:
+        self._stopping = True
+        os.write(self._wake_write, b"x")
+
+    def _watch(self, port: int) -> None:
+        while not self._stopping:
+            sentinels = {process.sentinel: slot for slot, (process, _) in self._workers.items()}
+            for sentinel in wait([*sentinels, self._wake_read]):
+                if sentinel == self._wake_read:
+                    break
+                slot = sentinels[sentinel]  # type: ignore[index]
+                process, started = self._workers[slot]
+                process.join()
+                if self._stopping:
+                    break
+                logger.error("worker %d (pid %s) exited with %s; restarting", slot, process.pid, process.exitcode)
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(process.pid)
+                # A worker that dies at start-up must not make the supervisor spin.
+                if time.monotonic() - started < _RESTART_BACKOFF_S and wait(
+                    [self._wake_read], timeout=_RESTART_BACKOFF_S
+                ):
+                    break
+                self._start(slot, port).close()
+
+    def _shutdown(self) -> None:
+        processes = [process for process, _ in self._workers.values() if process.is_alive()]
+        for process in processes:
+            process.terminate()
+        deadline = time.monotonic() + self.settings.graceful_timeout_s + 5
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                logger.warning("worker pid %s did not stop in time; killing it", process.pid)
+                process.kill()
+                process.join()

@@ -1,0 +1,364 @@
+"""V2 REST over HTTP/1.1: httptools parses, an asyncio protocol on uvloop serves.
+
+The layer was chosen by measurement (docs/adr/0001-http-layer.md). A connection
+handles its requests in arrival order and writes each answer as soon as it is
+computed, so keep-alive and pipelining need no extra machinery. Every error maps to a
+status in ``_STATUS``, the one table between the domain's errors and HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from email.utils import formatdate
+from typing import TYPE_CHECKING, final
+from urllib.parse import unquote
+
+import httptools
+
+from .. import __version__
+from ..errors import (
+    InferenceError,
+    InvalidInputError,
+    LigeiroError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    RequestTooLargeError,
+    ServerOverloadedError,
+)
+from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..protocol.codec import (
+    decode_infer_request,
+    encode_error,
+    encode_infer_response,
+    encode_model_metadata,
+    encode_server_metadata,
+)
+from ..protocol.predict import decode_predict, encode_predict
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..engine import Engine
+    from ..metrics import Metrics
+    from ..repository.registry import ModelVersion
+    from ..settings import HttpSettings
+
+__all__ = ["HttpApp", "HttpConnection", "status_for"]
+
+logger = logging.getLogger(__name__)
+
+# The single table from domain errors to HTTP status codes; first match on the MRO.
+_STATUS: dict[type[LigeiroError], int] = {
+    RequestTooLargeError: 413,
+    InvalidInputError: 400,
+    ModelNotFoundError: 404,
+    ModelNotReadyError: 503,
+    ServerOverloadedError: 429,
+    InferenceError: 500,
+}
+_REASONS = {
+    200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+    413: b"Content Too Large", 429: b"Too Many Requests", 500: b"Internal Server Error",
+    503: b"Service Unavailable",
+}  # fmt: skip
+_JSON = b"application/json"
+_EXTENSIONS: list[str] = []
+
+
+def status_for(error: LigeiroError) -> int:
+    """The HTTP status for a domain error (500 for anything unmapped)."""
+    for cls in type(error).__mro__:
+        status = _STATUS.get(cls)  # type: ignore[call-overload]
+        if status is not None:
+            return status
+    return 500
+
+
+class _Clock:
+    """The ``Date`` header, formatted once a second rather than once a request."""
+
+    __slots__ = ("_second", "header")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self.header = b""
+
+    def date(self) -> bytes:
+        now = int(time.time())  # wall clock on purpose: the Date header is calendar time
+        if now != self._second:
+            self._second = now
+            self.header = b"date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+        return self.header
+
+
+@final
+class HttpApp:
+    """Routes V2 REST requests to the engine and encodes the answers.
+
+    Args:
+        engine: the models.
+        metrics: where requests are counted and timed.
+        settings: transport limits.
+    """
+
+    def __init__(self, engine: Engine, metrics: Metrics, settings: HttpSettings) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.settings = settings
+        self._clock = _Clock()
+        self._server_metadata = encode_server_metadata(__version__, _EXTENSIONS)
+        self._get_routes = {
+            b"/v2/health/live": self._live,
+            b"/v2/health/ready": self._ready,
+            b"/v2": self._metadata,
+            b"/metrics": self._metrics,
+        }
+
+    def response(
+        self,
+        status: int,
+        body: bytes,
+        *,
+        keep_alive: bool = True,
+        content_type: bytes = _JSON,
+        headers: bytes = b"",
+    ) -> bytes:
+        """A whole HTTP/1.1 response, ready to write."""
+        return b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s%s%s\r\n%s" % (
+            status,
+            _REASONS.get(status, b""),
+            content_type,
+            len(body),
+            self._clock.date(),
+            headers,
+            b"" if keep_alive else b"connection: close\r\n",
+            body,
+        )
+
+    def error(self, status: int, message: str, *, keep_alive: bool = True, headers: bytes = b"") -> bytes:
+        return self.response(status, encode_error(message), keep_alive=keep_alive, headers=headers)
+
+    def handle(self, method: bytes, url: bytes, body: bytes, keep_alive: bool) -> bytes:
+        """Answer one request; never raises."""
+        path = url.split(b"?", 1)[0]
+        try:
+            if path.startswith(b"/v2/models/"):
+                return self._model_route(method, path[11:], body, keep_alive)
+            if path.startswith(b"/v1/models/") and path.endswith(b":predict"):
+                if method != b"POST":
+                    return self._not_allowed(b"POST", keep_alive)
+                return self._inference(_text(path[11:-8]), None, body, keep_alive, self._answer_predict)
+            route = self._get_routes.get(path.rstrip(b"/") or path)
+            if route is None:
+                return self.error(404, f"no route for {path.decode('latin-1')}", keep_alive=keep_alive)
+            if method not in (b"GET", b"HEAD"):
+                return self._not_allowed(b"GET", keep_alive)
+            return route(keep_alive)
+        except LigeiroError as exc:
+            return self.error(status_for(exc), str(exc), keep_alive=keep_alive)
+        except Exception:
+            logger.exception("unexpected error answering %s %s", method.decode(), url.decode("latin-1"))
+            return self.error(500, "internal server error (logged)", keep_alive=keep_alive)
+
+    # -- routes ---------------------------------------------------------------------
+
+    def _not_allowed(self, allow: bytes, keep_alive: bool) -> bytes:
+        return self.error(
+            405, f"method not allowed; use {allow.decode()}", keep_alive=keep_alive, headers=b"allow: %s\r\n" % allow
+        )
+
+    def _live(self, keep_alive: bool) -> bytes:
+        return self.response(200, b'{"live":true}', keep_alive=keep_alive)
+
+    def _ready(self, keep_alive: bool) -> bytes:
+        # Ready once the repository is loaded; a broken model is reported on its own
+        # routes and does not take the server out of rotation.
+        return self.response(200, b'{"ready":true}', keep_alive=keep_alive)
+
+    def _metadata(self, keep_alive: bool) -> bytes:
+        return self.response(200, self._server_metadata, keep_alive=keep_alive)
+
+    def _metrics(self, keep_alive: bool) -> bytes:
+        return self.response(
+            200, self.metrics.exposition(), keep_alive=keep_alive, content_type=METRICS_CONTENT_TYPE.encode()
+        )
+
+    def _model_route(self, method: bytes, rest: bytes, body: bytes, keep_alive: bool) -> bytes:
+        parts = _text(rest).split("/")
+        name, version, tail = parts[0], None, parts[1:]
+        if len(tail) >= 2 and tail[0] == "versions":
+            version, tail = tail[1], tail[2:]
+        if tail == ["infer"]:
+            if method != b"POST":
+                return self._not_allowed(b"POST", keep_alive)
+            return self._inference(name, version, body, keep_alive, self._answer_infer)
+        if len(tail) > 1 or (tail and tail[0] != "ready") or not name:
+            return self.error(404, f"no route for /v2/models/{_text(rest)}", keep_alive=keep_alive)
+        if method not in (b"GET", b"HEAD"):
+            return self._not_allowed(b"GET", keep_alive)
+        model = self.engine.model(name, version)
+        if tail:
+            return self.response(200, b'{"name":"%s","ready":true}' % model.name.encode(), keep_alive=keep_alive)
+        versions = [s.version for s in self.engine.index() if s.name == name and s.is_ready]
+        body = encode_model_metadata(name, versions, model.inputs.values(), model.outputs.values())
+        return self.response(200, body, keep_alive=keep_alive)
+
+    def _inference(
+        self,
+        name: str,
+        version: str | None,
+        body: bytes,
+        keep_alive: bool,
+        answer: Callable[[ModelVersion, bytes], bytes],
+    ) -> bytes:
+        """Resolve the model, let ``answer`` decode-run-encode, count and time it."""
+        start = time.perf_counter()
+        model_label = version_label = ""
+        status = 500
+        try:
+            model = self.engine.model(name, version)
+            model_label, version_label = model.name, model.version
+            response = self.response(200, answer(model, body), keep_alive=keep_alive)
+            status = 200
+            return response
+        except LigeiroError as exc:
+            status = status_for(exc)
+            return self.error(status, str(exc), keep_alive=keep_alive)
+        finally:
+            self.metrics.observe_request(
+                model_label, version_label, "http", str(status), time.perf_counter() - start
+            )
+
+    def _answer_infer(self, model: ModelVersion, body: bytes) -> bytes:
+        request = decode_infer_request(body)
+        result = self.engine.run(model, request.inputs, request.outputs)
+        return encode_infer_response(model.name, model.version, result.outputs, request.id)
+
+    def _answer_predict(self, model: ModelVersion, body: bytes) -> bytes:
+        inputs, single = decode_predict(body, model)
+        return encode_predict(model, self.engine.run(model, inputs).outputs, single)
+
+
+def _text(raw: bytes) -> str:
+    text = raw.decode("utf-8", "replace")
+    return unquote(text) if "%" in text else text
+
+
+@final
+class HttpConnection(asyncio.Protocol):
+    """One client connection: parse with httptools, answer in order, drain on shutdown."""
+
+    __slots__ = (
+        "_app", "_body", "_connections", "_content_length", "_expect_continue", "_parser",
+        "_size", "_too_large", "_transport", "_url", "is_busy", "is_closing",
+    )  # fmt: skip
+
+    def __init__(self, app: HttpApp, connections: set[HttpConnection]) -> None:
+        self._app = app
+        self._connections = connections
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._url = b""
+        self._body: list[bytes] = []
+        self._size = 0
+        self._content_length = 0
+        self._expect_continue = False
+        self._too_large = False
+        self.is_busy = False
+        self.is_closing = False
+
+    # -- asyncio.Protocol ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.discard(self)
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, "protocol upgrade is not supported")
+        except httptools.HttpParserError as exc:
+            self._fail(400, f"malformed HTTP request: {exc}")
+
+    def pause_writing(self) -> None:
+        # The client is not reading its answers: stop reading its requests (bounded memory).
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.resume_reading()
+
+    # -- httptools callbacks -------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.is_busy = True
+        self._url = b""
+        self._body = []
+        self._size = 0
+        self._content_length = 0
+        self._expect_continue = False
+        self._too_large = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"content-length":
+            self._content_length = int(value) if value.isdigit() else 0
+        elif name == b"expect" and value.lower() == b"100-continue":
+            self._expect_continue = True
+
+    def on_headers_complete(self) -> None:
+        limit = self._app.settings.max_request_bytes
+        if self._content_length > limit:
+            self._reject_too_large(self._content_length)
+        elif self._expect_continue and self._transport is not None:
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        if self._too_large:
+            return
+        self._size += len(body)
+        if self._size > self._app.settings.max_request_bytes:  # chunked bodies have no length
+            self._reject_too_large(self._size)
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.is_busy = False
+        transport = self._transport
+        if self._too_large or transport is None or transport.is_closing():
+            return
+        keep_alive = self._parser.should_keep_alive() and not self.is_closing
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        transport.write(self._app.handle(self._parser.get_method(), self._url, body, keep_alive))
+        if not keep_alive:
+            transport.close()
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _reject_too_large(self, size: int) -> None:
+        # Answer before reading the body, then close: the rest of it is never read.
+        self._too_large = True
+        limit = self._app.settings.max_request_bytes
+        self._fail(413, f"request body of {size} bytes is over the limit of {limit} bytes")
+
+    def _fail(self, status: int, message: str) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(self._app.error(status, message, keep_alive=False))
+            self._transport.close()
+
+    def shutdown(self) -> None:
+        """Close now if idle; otherwise close after the request being received is answered."""
+        self.is_closing = True
+        if not self.is_busy and self._transport is not None:
+            self._transport.close()

@@ -1,0 +1,136 @@
+"""Server settings: small frozen sections, one precedence rule.
+
+Precedence is CLI > ``LIGEIRO_*`` environment > ``ligeiro.toml`` > defaults. An
+environment variable maps to a key by one rule: ``LIGEIRO_HTTP__PORT`` is
+``http.port`` (``__`` separates sections). Unknown keys are errors, each naming where
+it came from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+from .errors import ConfigError
+
+__all__ = ["HttpSettings", "RuntimeSettings", "ServerSettings", "load_settings"]
+
+CONFIG_FILE = "ligeiro.toml"
+ENV_PREFIX = "LIGEIRO_"
+
+
+class HttpSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[http]``: where to listen and how much to accept."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
+    max_request_bytes: Annotated[int, msgspec.Meta(gt=0)] = 64 * 1024 * 1024
+
+
+class RuntimeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[runtime]``: ONNX Runtime threads per worker; 0 means cores / workers."""
+
+    threads: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Everything ``ligeiro serve`` can be told."""
+
+    repository: str = "models"
+    workers: Annotated[int, msgspec.Meta(ge=1)] = 1
+    graceful_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    log_level: str = "info"
+    http: HttpSettings = HttpSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+
+    def runtime_threads(self) -> int:
+        """Intra-op threads per worker: as set, or the cores shared among workers."""
+        if self.runtime.threads:
+            return self.runtime.threads
+        return max(1, (os.cpu_count() or 1) // self.workers)
+
+
+def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in layer.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    layer: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        *sections, key = name[len(ENV_PREFIX) :].lower().split("__")
+        target = layer
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[key] = value
+    return layer
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        layer: dict[str, Any] = msgspec.toml.decode(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return layer
+
+
+def _check(layer: dict[str, Any], source: str) -> None:
+    try:
+        msgspec.convert(layer, ServerSettings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_settings(
+    cli: Mapping[str, Any] | None = None,
+    *,
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ServerSettings:
+    """Combine the defaults, ``ligeiro.toml``, the environment and CLI options.
+
+    Args:
+        cli: options given on the command line, nested like the settings
+            (``{"http": {"port": 8080}}``); ``None`` values are ignored.
+        config_file: the TOML file; by default ``./ligeiro.toml`` if it exists.
+        env: the environment (default ``os.environ``).
+
+    Raises:
+        ConfigError: an unknown key or a bad value, naming the file, variable or option.
+    """
+    merged: dict[str, Any] = {}
+    if config_file is None and Path(CONFIG_FILE).is_file():
+        config_file = Path(CONFIG_FILE)
+    if config_file is not None:
+        layer = _from_file(config_file)
+        _check(layer, str(config_file))
+        merged = _merge(merged, layer)
+    layer = _from_env(os.environ if env is None else env)
+    _check(layer, f"environment ({ENV_PREFIX}* variables)")
+    merged = _merge(merged, layer)
+    layer = _drop_none(cli or {})
+    _check(layer, "command line")
+    merged = _merge(merged, layer)
+    settings: ServerSettings = msgspec.convert(merged, ServerSettings, strict=False)
+    return settings
+
+
+def _drop_none(layer: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        key: _drop_none(value) if isinstance(value, Mapping) else value
+        for key, value in layer.items()
+        if value is not None
+    }
