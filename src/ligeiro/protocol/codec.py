@@ -98,23 +98,19 @@ def tensor_from_json(tensor: RequestInput) -> np.ndarray:
                 )
             array = np.array(data, dtype=dtype)
         else:
-            # Integers and booleans: refuse floats instead of truncating them silently.
-            array = np.array(data)
-            if array.size and not (array.dtype.kind in "iu" if kind != "b" else array.dtype.kind == "b"):
+            # Integers and booleans: refuse floats (numpy would truncate them silently)
+            # and out-of-range values (numpy raises OverflowError).
+            wanted = bool if kind == "b" else int
+            wrong = next((v for v in np.array(data, dtype=object).ravel() if type(v) is not wanted), None)
+            if wrong is not None:
                 expected = "true/false" if kind == "b" else "integers"
                 raise InvalidInputError(
-                    f"{where}{tensor.datatype} data must be {expected}, got {array.dtype.name} values"
+                    f"{where}{tensor.datatype} data must be {expected}, got {type(wrong).__name__} {wrong!r}"
                 )
-            if array.dtype != dtype:
-                if kind in "iu" and array.size:
-                    info = np.iinfo(dtype)
-                    low, high = array.min(), array.max()
-                    if low < info.min or high > info.max:
-                        raise InvalidInputError(
-                            f"{where}value {low if low < info.min else high} is out of range for {tensor.datatype}"
-                        )
-                array = array.astype(dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
+            array = np.array(data, dtype=dtype)
+    except OverflowError as exc:
+        raise InvalidInputError(f"{where}data out of range for {tensor.datatype}: {exc}") from None
+    except (ValueError, TypeError) as exc:
         raise InvalidInputError(f"{where}data does not fit {tensor.datatype}: {exc}") from None
     count = math.prod(shape)
     if array.size != count:

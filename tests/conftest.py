@@ -1,0 +1,150 @@
+"""Shared fixtures: real servers on real sockets (port 0), real ONNX models."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "models"
+_SERVING = re.compile(rb"serving .*on http://([\d.]+|\[[0-9a-f:]+\]):(\d+)")
+
+
+def build_examples() -> Path:
+    """The example repository, built once if `make` has not built it."""
+    if not (EXAMPLES / "iris" / "1" / "model.onnx").is_file():
+        subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "build_iris.py"), "--out", str(EXAMPLES)],
+            check=True,
+        )
+    return EXAMPLES
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Server:
+    """A ``ligeiro serve`` process and a keep-alive HTTP client to it."""
+
+    process: subprocess.Popen[bytes]
+    host: str
+    port: int
+    log: list[bytes] = field(default_factory=list)
+    pump: threading.Thread | None = None
+    _conn: http.client.HTTPConnection | None = None
+
+    def request(
+        self, method: str, path: str, body: bytes | str | dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> Response:
+        if isinstance(body, dict):
+            body = json.dumps(body)
+        if self._conn is None:
+            self._conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        self._conn.request(method, path, body=body, headers=headers or {})
+        raw = self._conn.getresponse()
+        response = Response(raw.status, {k.lower(): v for k, v in raw.getheaders()}, raw.read())
+        if raw.will_close:
+            self._conn.close()
+            self._conn = None
+        return response
+
+    def get(self, path: str) -> Response:
+        return self.request("GET", path)
+
+    def post(self, path: str, body: bytes | str | dict[str, Any]) -> Response:
+        return self.request("POST", path, body, {"content-type": "application/json"})
+
+    def stop(self, timeout: float = 30) -> int:
+        if self._conn is not None:
+            self._conn.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        if self.pump is not None:
+            self.pump.join(timeout)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        return code
+
+    def output(self) -> str:
+        return b"".join(self.log).decode(errors="replace")
+
+
+def start_server(repository: Path, *args: str, timeout: float = 60) -> Server:
+    """Start ``ligeiro serve REPOSITORY --port 0 ARGS`` and wait until it says where it listens."""
+    command = [sys.executable, "-m", "ligeiro", "serve", str(repository), "--port", "0", *args]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    assert process.stderr is not None
+    log: list[bytes] = []
+    found = threading.Event()
+    address: list[tuple[str, int]] = []
+
+    def pump() -> None:  # keep reading so the server never blocks on a full pipe
+        assert process.stderr is not None
+        for line in process.stderr:
+            log.append(line)
+            match = _SERVING.search(line)
+            if match and not found.is_set():
+                address.append((match.group(1).decode().strip("[]"), int(match.group(2))))
+                found.set()
+        found.set()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    if not found.wait(timeout) or not address:
+        process.kill()
+        process.wait()
+        reader.join()
+        process.stderr.close()
+        raise RuntimeError("server did not start:\n" + b"".join(log).decode(errors="replace"))
+    host, port = address[0]
+    return Server(process, host, port, log, reader)
+
+
+@pytest.fixture(scope="session")
+def examples() -> Path:
+    return build_examples()
+
+
+@pytest.fixture(scope="session")
+def server(examples: Path) -> Iterator[Server]:
+    """One server on the example repository, shared by read-only tests."""
+    srv = start_server(examples, "--threads", "1")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def repository(tmp_path: Path, examples: Path) -> Path:
+    """A fresh repository holding a copy of iris, for tests that add models beside it."""
+    root = tmp_path / "models"
+    shutil.copytree(examples / "iris", root / "iris")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")

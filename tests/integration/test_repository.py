@@ -1,0 +1,75 @@
+"""A broken model beside a good one: reported with its file and reason, never fatal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import start_server
+
+
+def test_broken_models_beside_a_good_one(repository: Path) -> None:
+    (repository / "garbage" / "1").mkdir(parents=True)
+    (repository / "garbage" / "1" / "model.onnx").write_bytes(b"this is not onnx")
+    (repository / "nofile" / "1").mkdir(parents=True)
+    (repository / "empty").mkdir()
+    (repository / "badconfig" / "1").mkdir(parents=True)
+    (repository / "badconfig" / "1" / "model.onnx").write_bytes((repository / "iris" / "1" / "model.onnx").read_bytes())
+    (repository / "badconfig" / "config.toml").write_text('labels = ["a", "b", "c"]\nmax_batch = 4\n')
+    (repository / "wronglabels" / "1").mkdir(parents=True)
+    (repository / "wronglabels" / "1" / "model.onnx").write_bytes((repository / "iris" / "1" / "model.onnx").read_bytes())
+    (repository / "wronglabels" / "config.toml").write_text('labels = ["a", "b"]\n')
+
+    srv = start_server(repository, "--threads", "1")
+    try:
+        row = {"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}
+        assert srv.post("/v2/models/iris/infer", row).status == 200
+        assert srv.get("/v2/health/ready").status == 200
+
+        expected = {
+            "garbage": f"{repository}/garbage/1/model.onnx: not a loadable ONNX model",
+            "nofile": f"{repository}/nofile/1/model.onnx: file not found",
+            "empty": f"{repository}/empty: no version folders (expected {repository}/empty/1/model.onnx)",
+            "badconfig": f"{repository}/badconfig/config.toml: Object contains unknown field `max_batch`",
+            "wronglabels": f"{repository}/wronglabels/config.toml: 2 labels, but output 'output_probability' has 3 classes",
+        }
+        for name, reason in expected.items():
+            for answer in (
+                srv.post(f"/v2/models/{name}/infer", row),
+                srv.get(f"/v2/models/{name}"),
+                srv.get(f"/v2/models/{name}/ready"),
+            ):
+                assert answer.status == 503, (name, answer.body)
+                error = answer.json()["error"]
+                assert error.startswith(f"model '{name}' is not ready: {reason}"), error
+            assert reason.split(":")[0] in srv.output()  # logged at start-up too
+        assert srv.post("/v2/models/iris/infer", row).status == 200
+    finally:
+        assert srv.stop() == 0
+
+
+def test_highest_version_is_the_default(repository: Path) -> None:
+    model = (repository / "iris" / "1" / "model.onnx").read_bytes()
+    (repository / "iris" / "3").mkdir()
+    (repository / "iris" / "3" / "model.onnx").write_bytes(model)
+    (repository / "iris" / "notaversion").mkdir()
+    srv = start_server(repository, "--threads", "1")
+    try:
+        row = {"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}
+        assert srv.post("/v2/models/iris/infer", row).json()["model_version"] == "3"
+        assert srv.post("/v2/models/iris/versions/1/infer", row).json()["model_version"] == "1"
+        assert srv.get("/v2/models/iris").json()["versions"] == ["1", "3"]
+        assert "notaversion: not a version folder" in srv.output()
+    finally:
+        srv.stop()
+
+
+def test_missing_repository_fails_with_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "ligeiro", "serve", str(tmp_path / "nope"), "--port", "0"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith(f"error: {tmp_path}/nope: model repository not found (expected a directory)")

@@ -1,0 +1,132 @@
+"""The server as a process: metrics, several workers, worker restart, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Server, start_server
+
+ROW = b'{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}'
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text, 0 when absent."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def fresh_post(srv: Server, path: str, body: bytes) -> int:
+    """POST on a new connection, so that with SO_REUSEPORT any worker may answer."""
+    conn = http.client.HTTPConnection(srv.host, srv.port, timeout=30)
+    try:
+        conn.request("POST", path, body=body)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()]
+
+
+def test_metrics_count_requests(repository: Path) -> None:
+    srv = start_server(repository, "--threads", "1")
+    try:
+        for _ in range(7):
+            assert srv.post("/v2/models/iris/infer", ROW).status == 200
+        for _ in range(3):
+            assert srv.post("/v2/models/iris/infer", b"{").status == 400
+        srv.post("/v1/models/iris:predict", b'{"sepal_length": 1}')
+        text = srv.get("/metrics").body.decode()
+        assert metric(text, "ligeiro_inference_requests_total", model="iris", version="1", code="200") == 8
+        assert metric(text, "ligeiro_inference_requests_total", model="iris", version="1", code="400") == 3
+        assert metric(text, "ligeiro_inference_duration_seconds_count", model="iris", protocol="http") == 11
+        assert metric(text, "ligeiro_inference_compute_duration_seconds_count", model="iris") == 8
+        assert "process_resident_memory_bytes" in text
+    finally:
+        srv.stop()
+
+
+def test_workers_share_the_port_and_count_exactly(repository: Path) -> None:
+    srv = start_server(repository, "--workers", "2", "--threads", "1")
+    try:
+        workers = children(srv.process.pid)
+        assert len(workers) == 2
+        statuses = [fresh_post(srv, "/v2/models/iris/infer", ROW) for _ in range(60)]
+        assert statuses == [200] * 60
+        totals = set()
+        for _ in range(4):  # whichever worker answers the scrape sees every worker's counts
+            conn = http.client.HTTPConnection(srv.host, srv.port, timeout=30)
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+            conn.close()
+            totals.add(metric(text, "ligeiro_inference_requests_total", model="iris", code="200"))
+        assert totals == {60.0}
+    finally:
+        assert srv.stop() == 0
+
+
+def test_dead_worker_is_restarted(repository: Path) -> None:
+    srv = start_server(repository, "--workers", "2", "--threads", "1")
+    try:
+        first, second = children(srv.process.pid)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            now = children(srv.process.pid)
+            if len(now) == 2 and first not in now:
+                break
+            time.sleep(0.05)
+        now = children(srv.process.pid)
+        assert second in now and first not in now and len(now) == 2
+        assert "exited with -9; restarting" in srv.output()
+        assert [fresh_post(srv, "/v2/models/iris/infer", ROW) for _ in range(20)] == [200] * 20
+    finally:
+        assert srv.stop() == 0
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_finishes_the_request_in_flight(repository: Path, workers: str) -> None:
+    srv = start_server(repository, "--workers", workers, "--threads", "1")
+    busy = socket.create_connection((srv.host, srv.port), timeout=30)
+    idle = socket.create_connection((srv.host, srv.port), timeout=30)
+    try:
+        idle.sendall(b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+        # Half a request is in flight when the signal arrives...
+        busy.sendall(b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(ROW))
+        busy.sendall(ROW[:20])
+        time.sleep(0.3)  # let the server read the first half before the signal
+        srv.process.send_signal(signal.SIGTERM)
+        # ...the idle keep-alive connection is closed at once...
+        idle.settimeout(10)
+        assert idle.recv(65536) == b""
+        # ...and the rest of the request still gets its answer, then the close.
+        busy.sendall(ROW[20:])
+        answer = b""
+        while chunk := busy.recv(65536):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 OK")
+        assert b"connection: close" in answer
+        assert b'"output_label"' in answer
+        assert srv.process.wait(30) == 0
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((srv.host, srv.port), timeout=5)
+    finally:
+        busy.close()
+        idle.close()
+        srv.stop()
+    assert re.search(r"shutting down \(pid \d+\): draining", srv.output())

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ligeiro.errors import ConfigError
+from ligeiro.settings import load_settings
+
+
+def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(env={})
+    assert (settings.http.host, settings.http.port, settings.workers) == ("127.0.0.1", 8000, 1)
+
+
+def test_precedence_cli_over_env_over_file(tmp_path: Path) -> None:
+    config = tmp_path / "ligeiro.toml"
+    config.write_text('workers = 3\n[http]\nport = 7000\nhost = "0.0.0.0"\n')
+    env = {"LIGEIRO_HTTP__PORT": "7100", "LIGEIRO_RUNTIME__THREADS": "2"}
+    settings = load_settings({"http": {"port": 7200, "host": None}}, config_file=config, env=env)
+    assert settings.http.port == 7200  # CLI
+    assert settings.runtime.threads == 2  # env
+    assert settings.http.host == "0.0.0.0"  # file
+    assert settings.workers == 3  # file
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LIGEIRO_HTTP__PROT": "1"}, r"environment \(LIGEIRO_\* variables\): Object contains unknown field `prot` - at `\$.http`"),
+        ({"LIGEIRO_HTTP__PORT": "eighty"}, r"Expected `int`, got `str` - at `\$.http.port`"),
+        ({"LIGEIRO_WORKERS": "0"}, r"Expected `int` >= 1 - at `\$.workers`"),
+    ],
+)
+def test_bad_env(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env=env)
+
+
+def test_bad_file_names_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "ligeiro.toml"
+    config.write_text("[http]\nbacklog = 5\n")
+    with pytest.raises(ConfigError, match=rf"{config}: Object contains unknown field `backlog` - at `\$.http`"):
+        load_settings(config_file=config, env={})
+
+
+def test_threads_default_shares_the_cores() -> None:
+    import os
+
+    settings = load_settings({"workers": 1}, env={})
+    assert settings.runtime_threads() == max(1, os.cpu_count() or 1)
+    assert load_settings({"runtime": {"threads": 3}}, env={}).runtime_threads() == 3
