@@ -55,7 +55,11 @@ class Server:
     _conn: http.client.HTTPConnection | None = None
 
     def request(
-        self, method: str, path: str, body: bytes | str | dict[str, Any] | None = None, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | str | dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Response:
         if isinstance(body, dict):
             body = json.dumps(body)

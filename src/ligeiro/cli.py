@@ -30,11 +30,17 @@ def cli() -> None:
 @click.option("--host", help="Address to bind (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port to bind; 0 picks a free one (default 8000).")
 @click.option("--workers", type=int, help="Worker processes sharing the port (default 1).")
-@click.option("--threads", type=int, help="ONNX Runtime threads per worker (default cores / workers).")
-@click.option("--max-request-bytes", type=int, help="Largest request body accepted (default 64 MiB).")
+@click.option(
+    "--threads", type=int, help="ONNX Runtime threads per worker (default cores / workers)."
+)
+@click.option(
+    "--max-request-bytes", type=int, help="Largest request body accepted (default 64 MiB)."
+)
 @click.option("--graceful-timeout", type=float, help="Seconds to drain on SIGTERM (default 30).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
-@click.option("--config", "config_file", type=click.Path(path_type=Path), help="ligeiro.toml to read.")
+@click.option(
+    "--config", "config_file", type=click.Path(path_type=Path), help="ligeiro.toml to read."
+)
 @click.option("--print-config", is_flag=True, help="Print the effective settings and exit.")
 def serve(
     repository: Path | None,
@@ -75,7 +81,9 @@ def serve(
     try:
         run_server(settings)
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {settings.http.host}:{settings.http.port}: {exc.strerror}") from None
+        raise click.ClickException(
+            f"cannot listen on {settings.http.host}:{settings.http.port}: {exc.strerror}"
+        ) from None
 
 
 @cli.command()

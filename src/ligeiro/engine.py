@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, final
-
-import numpy as np
 
 from .errors import InvalidInputError
 from .repository.registry import ModelState, ModelVersion, Registry
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
     from types import TracebackType
+
+    import numpy as np
 
     from .metrics import Metrics
 
@@ -43,15 +43,19 @@ def _check_inputs(model: ModelVersion, inputs: Mapping[str, np.ndarray]) -> None
     if len(inputs) != len(specs) or not all(name in specs for name in inputs):
         unknown = [n for n in inputs if n not in specs]
         missing = [n for n in specs if n not in inputs]
-        parts = [f"unknown input {n!r}" for n in unknown] + [f"missing input {n!r}" for n in missing]
+        parts = [f"unknown input {n!r}" for n in unknown] + [
+            f"missing input {n!r}" for n in missing
+        ]
         raise InvalidInputError(
             f"model {model.name!r}: {', '.join(parts)}; it takes {', '.join(specs)}"
         )
     for name, array in inputs.items():
         spec = specs[name]
         if array.dtype != spec.dtype and not (spec.dtype.kind == "O" and array.dtype.kind in "OUS"):
+            expected = "string" if spec.dtype.kind == "O" else spec.dtype.name
             raise InvalidInputError(
-                f"model {model.name!r} input {name!r}: expected dtype {spec.dtype.name if spec.dtype.kind != 'O' else 'string'}, got {array.dtype.name}"
+                f"model {model.name!r} input {name!r}: expected dtype {expected}, "
+                f"got {array.dtype.name}"
             )
         if not spec.accepts_shape(array.shape):
             hint = " (missing batch axis?)" if len(array.shape) + 1 == len(spec.shape) else ""

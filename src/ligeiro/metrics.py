@@ -14,10 +14,10 @@ from typing import final
 
 from prometheus_client import (
     CollectorRegistry,
-    disable_created_metrics,
     Counter,
     Histogram,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST

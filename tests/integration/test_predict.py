@@ -20,8 +20,15 @@ def test_seed_bare_object(server: Server) -> None:
 
 
 def test_instances_of_objects_and_lists(server: Server) -> None:
-    setosa = {"petal_width": 0.2, "petal_length": 1.4, "sepal_width": 3.5, "sepal_length": 5.1}  # any order
-    body = server.post("/v1/models/iris:predict", {"instances": [setosa, [6.7, 3.0, 5.2, 2.3]]}).json()
+    setosa = {
+        "petal_width": 0.2,
+        "petal_length": 1.4,
+        "sepal_width": 3.5,
+        "sepal_length": 5.1,
+    }  # any order
+    body = server.post(
+        "/v1/models/iris:predict", {"instances": [setosa, [6.7, 3.0, 5.2, 2.3]]}
+    ).json()
     assert [p["label"] for p in body["predictions"]] == ["iris-setosa", "iris-virginica"]
 
 
@@ -47,11 +54,23 @@ def test_missing_feature_is_imputed(server: Server) -> None:
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        ({**SEED, "colour": 1.0}, 400, "unknown feature 'colour'; expected sepal_length, sepal_width, petal_length, petal_width"),
-        ({**SEED, "sepal_length": "long"}, 400, "feature 'sepal_length': expected a number or null, got str 'long'"),
+        (
+            {**SEED, "colour": 1.0},
+            400,
+            "unknown feature 'colour'; expected sepal_length, sepal_width, petal_length, petal_width",
+        ),
+        (
+            {**SEED, "sepal_length": "long"},
+            400,
+            "feature 'sepal_length': expected a number or null, got str 'long'",
+        ),
         ({"instances": [[1, 2, 3]]}, 400, "instances[0]: expected 4 values, got 3"),
         ({"instances": []}, 400, "'instances' must be a non-empty list"),
-        ({"instances": ["x"]}, 400, "instances[0]: expected an object of features or a list of numbers, got str"),
+        (
+            {"instances": ["x"]},
+            400,
+            "instances[0]: expected an object of features or a list of numbers, got str",
+        ),
         ([1, 2, 3, 4], 400, "expected a JSON object"),
     ],
 )

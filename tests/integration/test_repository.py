@@ -13,15 +13,30 @@ def test_broken_models_beside_a_good_one(repository: Path) -> None:
     (repository / "nofile" / "1").mkdir(parents=True)
     (repository / "empty").mkdir()
     (repository / "badconfig" / "1").mkdir(parents=True)
-    (repository / "badconfig" / "1" / "model.onnx").write_bytes((repository / "iris" / "1" / "model.onnx").read_bytes())
-    (repository / "badconfig" / "config.toml").write_text('labels = ["a", "b", "c"]\nmax_batch = 4\n')
+    (repository / "badconfig" / "1" / "model.onnx").write_bytes(
+        (repository / "iris" / "1" / "model.onnx").read_bytes()
+    )
+    (repository / "badconfig" / "config.toml").write_text(
+        'labels = ["a", "b", "c"]\nmax_batch = 4\n'
+    )
     (repository / "wronglabels" / "1").mkdir(parents=True)
-    (repository / "wronglabels" / "1" / "model.onnx").write_bytes((repository / "iris" / "1" / "model.onnx").read_bytes())
+    (repository / "wronglabels" / "1" / "model.onnx").write_bytes(
+        (repository / "iris" / "1" / "model.onnx").read_bytes()
+    )
     (repository / "wronglabels" / "config.toml").write_text('labels = ["a", "b"]\n')
 
     srv = start_server(repository, "--threads", "1")
     try:
-        row = {"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}
+        row = {
+            "inputs": [
+                {
+                    "name": "float_input",
+                    "shape": [1, 4],
+                    "datatype": "FP32",
+                    "data": [5.1, 3.5, 1.4, 0.2],
+                }
+            ]
+        }
         assert srv.post("/v2/models/iris/infer", row).status == 200
         assert srv.get("/v2/health/ready").status == 200
 
@@ -54,7 +69,16 @@ def test_highest_version_is_the_default(repository: Path) -> None:
     (repository / "iris" / "notaversion").mkdir()
     srv = start_server(repository, "--threads", "1")
     try:
-        row = {"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}
+        row = {
+            "inputs": [
+                {
+                    "name": "float_input",
+                    "shape": [1, 4],
+                    "datatype": "FP32",
+                    "data": [5.1, 3.5, 1.4, 0.2],
+                }
+            ]
+        }
         assert srv.post("/v2/models/iris/infer", row).json()["model_version"] == "3"
         assert srv.post("/v2/models/iris/versions/1/infer", row).json()["model_version"] == "1"
         assert srv.get("/v2/models/iris").json()["versions"] == ["1", "3"]
@@ -69,7 +93,11 @@ def test_missing_repository_fails_with_one_line(tmp_path: Path) -> None:
 
     result = subprocess.run(
         [sys.executable, "-m", "ligeiro", "serve", str(tmp_path / "nope"), "--port", "0"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().endswith(f"error: {tmp_path}/nope: model repository not found (expected a directory)")
+    assert result.stderr.strip().endswith(
+        f"error: {tmp_path}/nope: model repository not found (expected a directory)"
+    )

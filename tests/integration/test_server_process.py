@@ -14,7 +14,9 @@ import pytest
 
 from tests.conftest import Server, start_server
 
-ROW = b'{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}'
+ROW = (
+    b'{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}'
+)
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -51,9 +53,18 @@ def test_metrics_count_requests(repository: Path) -> None:
             assert srv.post("/v2/models/iris/infer", b"{").status == 400
         srv.post("/v1/models/iris:predict", b'{"sepal_length": 1}')
         text = srv.get("/metrics").body.decode()
-        assert metric(text, "ligeiro_inference_requests_total", model="iris", version="1", code="200") == 8
-        assert metric(text, "ligeiro_inference_requests_total", model="iris", version="1", code="400") == 3
-        assert metric(text, "ligeiro_inference_duration_seconds_count", model="iris", protocol="http") == 11
+        assert (
+            metric(text, "ligeiro_inference_requests_total", model="iris", version="1", code="200")
+            == 8
+        )
+        assert (
+            metric(text, "ligeiro_inference_requests_total", model="iris", version="1", code="400")
+            == 3
+        )
+        assert (
+            metric(text, "ligeiro_inference_duration_seconds_count", model="iris", protocol="http")
+            == 11
+        )
         assert metric(text, "ligeiro_inference_compute_duration_seconds_count", model="iris") == 8
         assert "process_resident_memory_bytes" in text
     finally:
@@ -91,7 +102,9 @@ def test_dead_worker_is_restarted(repository: Path) -> None:
                 break
             time.sleep(0.05)
         now = children(srv.process.pid)
-        assert second in now and first not in now and len(now) == 2
+        assert second in now
+        assert first not in now
+        assert len(now) == 2
         assert "exited with -9; restarting" in srv.output()
         assert [fresh_post(srv, "/v2/models/iris/infer", ROW) for _ in range(20)] == [200] * 20
     finally:
@@ -107,7 +120,10 @@ def test_sigterm_finishes_the_request_in_flight(repository: Path, workers: str) 
         idle.sendall(b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n")
         assert idle.recv(65536).startswith(b"HTTP/1.1 200")
         # Half a request is in flight when the signal arrives...
-        busy.sendall(b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(ROW))
+        busy.sendall(
+            b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n"
+            % len(ROW)
+        )
         busy.sendall(ROW[:20])
         time.sleep(0.3)  # let the server read the first half before the signal
         srv.process.send_signal(signal.SIGTERM)

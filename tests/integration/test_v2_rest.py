@@ -72,7 +72,9 @@ def test_infer(server: Server, path: str) -> None:
 
 def test_infer_nested_data_and_batch(server: Server) -> None:
     rows = [IRIS_ROW, [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
-    request = {"inputs": [{"name": "float_input", "shape": [3, 4], "datatype": "FP32", "data": rows}]}
+    request = {
+        "inputs": [{"name": "float_input", "shape": [3, 4], "datatype": "FP32", "data": rows}]
+    }
     body = server.post("/v2/models/iris/infer", request).json()
     assert body["outputs"][0]["data"] == [0, 2, 1]
     assert body["outputs"][1]["shape"] == [3, 3]
@@ -80,16 +82,19 @@ def test_infer_nested_data_and_batch(server: Server) -> None:
 
 
 def test_infer_output_selection(server: Server) -> None:
-    body = server.post("/v2/models/iris/infer", iris_request(outputs=[{"name": "output_probability"}])).json()
+    body = server.post(
+        "/v2/models/iris/infer", iris_request(outputs=[{"name": "output_probability"}])
+    ).json()
     assert [o["name"] for o in body["outputs"]] == ["output_probability"]
     assert "id" not in body
 
 
 def test_pipelining_and_keep_alive(server: Server) -> None:
-    payload = (
-        b'{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP32","data":[6.7,3.0,5.2,2.3]}]}'
+    payload = b'{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP32","data":[6.7,3.0,5.2,2.3]}]}'
+    one = b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (
+        len(payload),
+        payload,
     )
-    one = b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (len(payload), payload)
     two = b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n"
     with socket.create_connection((server.host, server.port), timeout=10) as sock:
         sock.sendall(one + two + one)  # three requests in one write
@@ -120,7 +125,10 @@ def read_responses(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
 
 def test_expect_100_continue(server: Server) -> None:
     answer = server.request(
-        "POST", "/v2/models/iris/infer", str(iris_request()).replace("'", '"'), {"expect": "100-continue"}
+        "POST",
+        "/v2/models/iris/infer",
+        str(iris_request()).replace("'", '"'),
+        {"expect": "100-continue"},
     )
     assert answer.status == 200
 
@@ -128,27 +136,97 @@ def test_expect_100_continue(server: Server) -> None:
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "message"),
     [
-        ("POST", "/v2/models/iris/infer", "{not json", 400, "invalid inference request: JSON is malformed"),
-        ("POST", "/v2/models/iris/infer", '{"inputs": 3}', 400, r"Expected `array`, got `int` - at `\$.inputs`"),
-        ("POST", "/v2/models/iris/infer", '{"inputs": [{"name": "float_input"}]}', 400, "missing required field `shape`"),
-        ("POST", "/v2/models/iris/infer", '{"inputs":[{"name":"float_input","shape":[1,5],"datatype":"FP32","data":[1,2,3,4,5]}]}',
-         400, r"input 'float_input': expected shape \[-1, 4\], got \[1, 5\]"),
-        ("POST", "/v2/models/iris/infer", '{"inputs":[{"name":"float_input","shape":[4],"datatype":"FP32","data":[1,2,3,4]}]}',
-         400, r"expected shape \[-1, 4\], got \[4\] \(missing batch axis\?\)"),
-        ("POST", "/v2/models/iris/infer", '{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP64","data":[1,2,3,4]}]}',
-         400, "input 'float_input': expected dtype float32, got float64"),
-        ("POST", "/v2/models/iris/infer", '{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP99","data":[1,2,3,4]}]}',
-         400, "unknown datatype 'FP99'"),
-        ("POST", "/v2/models/iris/infer", '{"inputs":[{"name":"petals","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}',
-         400, "unknown input 'petals', missing input 'float_input'; it takes float_input"),
-        ("POST", "/v2/models/iris/infer", '{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP32","data":[1,2,3]}]}',
-         400, r"shape \[1, 4\] holds 4 elements, data has 3"),
-        ("POST", "/v2/models/iris/infer", '{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP32","data":["a","b","c","d"]}]}',
-         400, "FP32 data must be numbers, got str 'a'"),
-        ("POST", "/v2/models/iris/infer", '{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}],"outputs":[{"name":"nope"}]}',
-         400, "unknown output 'nope'; it gives output_label, output_probability"),
-        ("POST", "/v2/models/unknown/infer", "{}", 404, "unknown model 'unknown'; the repository has iris"),
-        ("POST", "/v2/models/iris/versions/9/infer", "{}", 404, "model 'iris' has no version '9'; versions: 1"),
+        (
+            "POST",
+            "/v2/models/iris/infer",
+            "{not json",
+            400,
+            "invalid inference request: JSON is malformed",
+        ),
+        (
+            "POST",
+            "/v2/models/iris/infer",
+            '{"inputs": 3}',
+            400,
+            r"Expected `array`, got `int` - at `\$.inputs`",
+        ),
+        (
+            "POST",
+            "/v2/models/iris/infer",
+            '{"inputs": [{"name": "float_input"}]}',
+            400,
+            "missing required field `shape`",
+        ),
+        (
+            "POST",
+            "/v2/models/iris/infer",
+            '{"inputs":[{"name":"float_input","shape":[1,5],"datatype":"FP32","data":[1,2,3,4,5]}]}',
+            400,
+            r"input 'float_input': expected shape \[-1, 4\], got \[1, 5\]",
+        ),
+        (
+            "POST",
+            "/v2/models/iris/infer",
+            '{"inputs":[{"name":"float_input","shape":[4],"datatype":"FP32","data":[1,2,3,4]}]}',
+            400,
+            r"expected shape \[-1, 4\], got \[4\] \(missing batch axis\?\)",
+        ),
+        (
+            "POST",
+            "/v2/models/iris/infer",
+            '{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP64","data":[1,2,3,4]}]}',
+            400,
+            "input 'float_input': expected dtype float32, got float64",
+        ),
+        (
+            "POST",
+            "/v2/models/iris/infer",
+            '{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP99","data":[1,2,3,4]}]}',
+            400,
+            "unknown datatype 'FP99'",
+        ),
+        (
+            "POST",
+            "/v2/models/iris/infer",
+            '{"inputs":[{"name":"petals","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}',
+            400,
+            "unknown input 'petals', missing input 'float_input'; it takes float_input",
+        ),
+        (
+            "POST",
+            "/v2/models/iris/infer",
+            '{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP32","data":[1,2,3]}]}',
+            400,
+            r"shape \[1, 4\] holds 4 elements, data has 3",
+        ),
+        (
+            "POST",
+            "/v2/models/iris/infer",
+            '{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP32","data":["a","b","c","d"]}]}',
+            400,
+            "FP32 data must be numbers, got str 'a'",
+        ),
+        (
+            "POST",
+            "/v2/models/iris/infer",
+            '{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}],"outputs":[{"name":"nope"}]}',
+            400,
+            "unknown output 'nope'; it gives output_label, output_probability",
+        ),
+        (
+            "POST",
+            "/v2/models/unknown/infer",
+            "{}",
+            404,
+            "unknown model 'unknown'; the repository has iris",
+        ),
+        (
+            "POST",
+            "/v2/models/iris/versions/9/infer",
+            "{}",
+            404,
+            "model 'iris' has no version '9'; versions: 1",
+        ),
         ("GET", "/v2/models/unknown", None, 404, "unknown model 'unknown'"),
         ("GET", "/v2/models/iris/infer", None, 405, "method not allowed; use POST"),
         ("POST", "/v2/health/ready", "{}", 405, "method not allowed; use GET"),
@@ -156,7 +234,9 @@ def test_expect_100_continue(server: Server) -> None:
         ("GET", "/v2/models/iris/weights", None, 404, "no route for /v2/models/iris/weights"),
     ],
 )
-def test_errors(server: Server, method: str, path: str, body: str | None, status: int, message: str) -> None:
+def test_errors(
+    server: Server, method: str, path: str, body: str | None, status: int, message: str
+) -> None:
     answer = server.request(method, path, body)
     assert answer.status == status, answer.body
     assert answer.headers["content-type"] == "application/json"
@@ -241,8 +321,13 @@ def test_every_datatype_round_trips(identity_server: Server, flat: bool) -> None
         ("FP16", [[1, 2], [3]], "data does not fit FP16"),
     ],
 )
-def test_bad_data_for_datatype(identity_server: Server, datatype: str, data: list[object], message: str) -> None:
-    inputs = [{"name": f"in_{dt}", "datatype": dt, "shape": [2, 2], "data": [v for r in d for v in r]} for dt, d in EXAMPLES.items()]
+def test_bad_data_for_datatype(
+    identity_server: Server, datatype: str, data: list[object], message: str
+) -> None:
+    inputs = [
+        {"name": f"in_{dt}", "datatype": dt, "shape": [2, 2], "data": [v for r in d for v in r]}
+        for dt, d in EXAMPLES.items()
+    ]
     for tensor in inputs:
         if tensor["datatype"] == datatype:
             tensor["data"] = data
@@ -254,10 +339,14 @@ def test_bad_data_for_datatype(identity_server: Server, datatype: str, data: lis
 def test_body_over_limit_is_413(repository: Path) -> None:
     srv = start_server(repository, "--threads", "1", "--max-request-bytes", "1000")
     try:
-        big = '{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP32","data":[%s]}]}' % ",".join(["1"] * 1000)
+        data = ",".join(["1"] * 1000)
+        big = f'{{"inputs":[{{"name":"float_input","shape":[1,4],"datatype":"FP32","data":[{data}]}}]}}'
         answer = srv.post("/v2/models/iris/infer", big)
         assert answer.status == 413
-        assert answer.json()["error"] == f"request body of {len(big)} bytes is over the limit of 1000 bytes"
+        assert (
+            answer.json()["error"]
+            == f"request body of {len(big)} bytes is over the limit of 1000 bytes"
+        )
         assert answer.headers["connection"] == "close"
         assert srv.post("/v2/models/iris/infer", iris_request()).status == 200
     finally:

@@ -19,17 +19,24 @@ def test_version() -> None:
 def test_print_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LIGEIRO_HTTP__MAX_REQUEST_BYTES", "1234")
-    result = CliRunner().invoke(cli, ["serve", "models", "--port", "9001", "--workers", "2", "--print-config"])
+    result = CliRunner().invoke(
+        cli, ["serve", "models", "--port", "9001", "--workers", "2", "--print-config"]
+    )
     assert result.exit_code == 0, result.output
     config = json.loads(result.output)
     assert config["http"] == {"host": "127.0.0.1", "port": 9001, "max_request_bytes": 1234}
     assert config["workers"] == 2
 
 
-def test_bad_setting_is_one_line_with_its_exit_code(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_setting_is_one_line_with_its_exit_code(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LIGEIRO_HTTP__PORT", "x")
     with pytest.raises(SystemExit) as exit_info:
         main(["serve", "models", "--print-config"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err == "error: environment (LIGEIRO_* variables): Expected `int`, got `str` - at `$.http.port`\n"
+    assert (
+        err
+        == "error: environment (LIGEIRO_* variables): Expected `int`, got `str` - at `$.http.port`\n"
+    )

@@ -21,7 +21,9 @@ def test_in_process_engine(examples: object) -> None:
         result = engine.infer("iris", {"float_input": x})
         assert result["output_label"].tolist() == [0, 2]
         assert result.model.version == "1"
-        with pytest.raises(ligeiro.InvalidInputError, match=r"expected shape \[-1, 4\], got \[2, 2\]"):
+        with pytest.raises(
+            ligeiro.InvalidInputError, match=r"expected shape \[-1, 4\], got \[2, 2\]"
+        ):
             engine.infer("iris", {"float_input": x[:, :2]})
         with pytest.raises(ligeiro.ModelNotFoundError, match="unknown model 'x'"):
             engine.infer("x", {})

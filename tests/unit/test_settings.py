@@ -28,7 +28,10 @@ def test_precedence_cli_over_env_over_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"LIGEIRO_HTTP__PROT": "1"}, r"environment \(LIGEIRO_\* variables\): Object contains unknown field `prot` - at `\$.http`"),
+        (
+            {"LIGEIRO_HTTP__PROT": "1"},
+            r"environment \(LIGEIRO_\* variables\): Object contains unknown field `prot` - at `\$.http`",
+        ),
         ({"LIGEIRO_HTTP__PORT": "eighty"}, r"Expected `int`, got `str` - at `\$.http.port`"),
         ({"LIGEIRO_WORKERS": "0"}, r"Expected `int` >= 1 - at `\$.workers`"),
     ],
@@ -41,7 +44,9 @@ def test_bad_env(env: dict[str, str], message: str) -> None:
 def test_bad_file_names_the_file(tmp_path: Path) -> None:
     config = tmp_path / "ligeiro.toml"
     config.write_text("[http]\nbacklog = 5\n")
-    with pytest.raises(ConfigError, match=rf"{config}: Object contains unknown field `backlog` - at `\$.http`"):
+    with pytest.raises(
+        ConfigError, match=rf"{config}: Object contains unknown field `backlog` - at `\$.http`"
+    ):
         load_settings(config_file=config, env={})
 
 

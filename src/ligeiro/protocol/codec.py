@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 import numpy as np
@@ -22,6 +21,9 @@ from .messages import (
     ServerMetadata,
     TensorMetadata,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 __all__ = [
     "DecodedRequest",
@@ -53,7 +55,8 @@ class DecodedRequest:
 def decode_json(body: bytes, decoder: msgspec.json.Decoder[Any], what: str) -> Any:
     """Decode ``body``; malformed JSON or a wrong structure is an InvalidInputError.
 
-    msgspec's message says what and where: ``Expected `int`, got `str` - at `$.inputs[0].shape[0]```.
+    msgspec's message says what and where:
+    ``Expected `int`, got `str` - at `$.inputs[0].shape[0]```.
     """
     try:
         return decoder.decode(body)
@@ -89,23 +92,29 @@ def tensor_from_json(tensor: RequestInput) -> np.ndarray:
     try:
         if kind == "O":
             if isinstance(first, list) or (data and not isinstance(first, str)):
-                raise InvalidInputError(f"{where}BYTES data must be strings, got {type(first).__name__}")
+                raise InvalidInputError(
+                    f"{where}BYTES data must be strings, got {type(first).__name__}"
+                )
             array = np.array(data, dtype=object)
         elif kind == "f":
             if isinstance(first, (str, bool)):
                 raise InvalidInputError(
-                    f"{where}{tensor.datatype} data must be numbers, got {type(first).__name__} {first!r}"
+                    f"{where}{tensor.datatype} data must be numbers, "
+                    f"got {type(first).__name__} {first!r}"
                 )
             array = np.array(data, dtype=dtype)
         else:
             # Integers and booleans: refuse floats (numpy would truncate them silently)
             # and out-of-range values (numpy raises OverflowError).
             wanted = bool if kind == "b" else int
-            wrong = next((v for v in np.array(data, dtype=object).ravel() if type(v) is not wanted), None)
+            wrong = next(
+                (v for v in np.array(data, dtype=object).ravel() if type(v) is not wanted), None
+            )
             if wrong is not None:
                 expected = "true/false" if kind == "b" else "integers"
                 raise InvalidInputError(
-                    f"{where}{tensor.datatype} data must be {expected}, got {type(wrong).__name__} {wrong!r}"
+                    f"{where}{tensor.datatype} data must be {expected}, "
+                    f"got {type(wrong).__name__} {wrong!r}"
                 )
             array = np.array(data, dtype=dtype)
     except OverflowError as exc:
@@ -154,15 +163,33 @@ def encode_infer_response(
         for name, array in outputs.items()
     ]
     return _encoder.encode(
-        InferResponse(model_name=model_name, outputs=tensors, model_version=model_version, id=request_id)
+        InferResponse(
+            model_name=model_name, outputs=tensors, model_version=model_version, id=request_id
+        )
     )
 
 
-def _tensor_metadata(specs: Sequence[Any]) -> list[TensorMetadata]:
+class TensorSpecLike(Protocol):
+    """What metadata needs of a tensor spec (``runtime.base.TensorSpec`` fits)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def dtype(self) -> np.dtype: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+
+def _tensor_metadata(specs: Iterable[TensorSpecLike]) -> list[TensorMetadata]:
     return [TensorMetadata(s.name, datatype_of(s.dtype), list(s.shape)) for s in specs]
 
 
-def encode_model_metadata(name: str, versions: list[str], inputs: Sequence[Any], outputs: Sequence[Any]) -> bytes:
+def encode_model_metadata(
+    name: str,
+    versions: list[str],
+    inputs: Iterable[TensorSpecLike],
+    outputs: Iterable[TensorSpecLike],
+) -> bytes:
     """Encode ``GET /v2/models/{m}``: name, versions, platform, inputs and outputs."""
     return _encoder.encode(
         ModelMetadata(name, versions, PLATFORM, _tensor_metadata(inputs), _tensor_metadata(outputs))

@@ -36,12 +36,15 @@ def _row_from_object(instance: dict[str, Any], features: list[str], where: str) 
         value = instance.get(feature)
         if value is not None and (type(value) not in _NUMBER):
             raise InvalidInputError(
-                f"{where}feature {feature!r}: expected a number or null, got {type(value).__name__} {value!r}"
+                f"{where}feature {feature!r}: expected a number or null, "
+                f"got {type(value).__name__} {value!r}"
             )
         row.append(value)
     unknown = [key for key in instance if key not in features]
     if unknown:
-        raise InvalidInputError(f"{where}unknown feature {unknown[0]!r}; expected {', '.join(features)}")
+        raise InvalidInputError(
+            f"{where}unknown feature {unknown[0]!r}; expected {', '.join(features)}"
+        )
     return row
 
 
@@ -57,7 +60,9 @@ def _row(instance: Any, features: list[str] | None, width: int, where: str) -> l
         if width != -1 and len(instance) != width:
             raise InvalidInputError(f"{where}expected {width} values, got {len(instance)}")
         return instance
-    raise InvalidInputError(f"{where}expected an object of features or a list of numbers, got {type(instance).__name__}")
+    raise InvalidInputError(
+        f"{where}expected an object of features or a list of numbers, got {type(instance).__name__}"
+    )
 
 
 def decode_predict(body: bytes, model: ModelVersion) -> tuple[dict[str, np.ndarray], bool]:
@@ -70,7 +75,8 @@ def decode_predict(body: bytes, model: ModelVersion) -> tuple[dict[str, np.ndarr
     payload = decode_json(body, _decoder, "predict request")
     if len(model.inputs) != 1:
         raise InvalidInputError(
-            f"model {model.name!r} has {len(model.inputs)} inputs; use POST /v2/models/{model.name}/infer"
+            f"model {model.name!r} has {len(model.inputs)} inputs; "
+            f"use POST /v2/models/{model.name}/infer"
         )
     (spec,) = model.inputs.values()
     width = spec.shape[-1] if len(spec.shape) == 2 else -1
@@ -84,13 +90,19 @@ def decode_predict(body: bytes, model: ModelVersion) -> tuple[dict[str, np.ndarr
         instances, single = [payload], True
     else:
         raise InvalidInputError(
-            f"expected a JSON object ({{\"instances\": [...]}} or named features), got {type(payload).__name__}"
+            'expected a JSON object ({"instances": [...]} or named features), '
+            f"got {type(payload).__name__}"
         )
-    rows = [_row(x, features, width, f"instances[{i}]: " if not single else "") for i, x in enumerate(instances)]
+    rows = [
+        _row(x, features, width, f"instances[{i}]: " if not single else "")
+        for i, x in enumerate(instances)
+    ]
     try:
         array = np.array(rows, dtype=spec.dtype)
     except (ValueError, TypeError) as exc:
-        raise InvalidInputError(f"instances do not form a {spec.dtype.name} matrix: {exc}") from None
+        raise InvalidInputError(
+            f"instances do not form a {spec.dtype.name} matrix: {exc}"
+        ) from None
     return {spec.name: array}, single
 
 

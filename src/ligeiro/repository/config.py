@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from ..errors import ModelLoadError
 from ..protocol.datatypes import DATATYPES
 from ..runtime.base import TensorSpec
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["ModelConfig", "TensorConfig", "load_config"]
 

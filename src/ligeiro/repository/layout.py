@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["MODEL_FILE", "ModelFolder", "discover"]
 

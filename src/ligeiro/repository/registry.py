@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import final
+from typing import TYPE_CHECKING, final
 
 from ..errors import LigeiroError, ModelLoadError, ModelNotFoundError, ModelNotReadyError
-from ..runtime.base import Runtime, TensorSpec
 from ..runtime.onnx import OnnxRuntime
-from .config import CONFIG_FILE, ModelConfig, load_config
+from .config import CONFIG_FILE, ModelConfig, TensorConfig, load_config
 from .layout import MODEL_FILE, ModelFolder, discover
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ..runtime.base import Runtime, TensorSpec
 
 __all__ = ["ModelState", "ModelVersion", "Registry"]
 
@@ -51,7 +54,7 @@ class ModelState:
 
 
 def _declared(
-    where: Path, kind: str, graph: tuple[TensorSpec, ...], declared: list | None
+    where: Path, kind: str, graph: tuple[TensorSpec, ...], declared: list[TensorConfig] | None
 ) -> dict[str, TensorSpec]:
     """Tensors from config.toml when given (checked against the graph), else the graph's."""
     found = {spec.name: spec for spec in graph}
@@ -63,29 +66,43 @@ def _declared(
         actual = found.get(spec.name)
         where_ = f"{where / CONFIG_FILE}: {kind}[{i}] {spec.name!r}"
         if actual is None:
-            raise ModelLoadError(f"{where_}: the model has no such {kind[:-1]}; it has {', '.join(found)}")
+            raise ModelLoadError(
+                f"{where_}: the model has no such {kind[:-1]}; it has {', '.join(found)}"
+            )
         if actual.dtype != spec.dtype:
-            raise ModelLoadError(f"{where_}: datatype {tensor.datatype} differs from the graph's {actual.dtype}")
+            raise ModelLoadError(
+                f"{where_}: datatype {tensor.datatype} differs from the graph's {actual.dtype}"
+            )
         if len(actual.shape) != len(spec.shape) or not all(
             a in (-1, s) for a, s in zip(actual.shape, spec.shape, strict=True)
         ):
-            raise ModelLoadError(f"{where_}: shape {list(spec.shape)} does not fit the graph's {list(actual.shape)}")
+            raise ModelLoadError(
+                f"{where_}: shape {list(spec.shape)} does not fit the graph's {list(actual.shape)}"
+            )
         specs[spec.name] = spec
     if kind == "inputs" and specs.keys() != found.keys():
         missing = ", ".join(found.keys() - specs.keys())
-        raise ModelLoadError(f"{where / CONFIG_FILE}: inputs must list every graph input; missing {missing}")
+        raise ModelLoadError(
+            f"{where / CONFIG_FILE}: inputs must list every graph input; missing {missing}"
+        )
     return specs
 
 
-def _resolve_output(config_value: str | None, default: str, outputs: dict[str, TensorSpec], where: str) -> str | None:
+def _resolve_output(
+    config_value: str | None, default: str, outputs: dict[str, TensorSpec], where: str
+) -> str | None:
     if config_value is None:
         return default if default in outputs else None
     if config_value not in outputs:
-        raise ModelLoadError(f"{where}: no output named {config_value!r}; outputs are {', '.join(outputs)}")
+        raise ModelLoadError(
+            f"{where}: no output named {config_value!r}; outputs are {', '.join(outputs)}"
+        )
     return config_value
 
 
-def load_version(folder: ModelFolder, version: int, config: ModelConfig, *, threads: int) -> ModelVersion:
+def load_version(
+    folder: ModelFolder, version: int, config: ModelConfig, *, threads: int
+) -> ModelVersion:
     """Load one version of a model and check its config against the graph.
 
     Raises:
@@ -108,7 +125,8 @@ def load_version(folder: ModelFolder, version: int, config: ModelConfig, *, thre
         classes = outputs[probability].shape[-1]
         if classes not in (-1, len(config.labels)):
             raise ModelLoadError(
-                f"{where}: {len(config.labels)} labels, but output {probability!r} has {classes} classes"
+                f"{where}: {len(config.labels)} labels, "
+                f"but output {probability!r} has {classes} classes"
             )
     return ModelVersion(
         name=folder.name,
@@ -197,7 +215,9 @@ class Registry:
                     f"model {name!r} version {version} is not ready: {model.failed[version]}"
                 )
             versions = ", ".join(sorted([*model.ready, *model.failed], key=int)) or "none"
-            raise ModelNotFoundError(f"model {name!r} has no version {version!r}; versions: {versions}")
+            raise ModelNotFoundError(
+                f"model {name!r} has no version {version!r}; versions: {versions}"
+            )
         return found
 
     def index(self) -> list[ModelState]:

@@ -9,15 +9,17 @@ core the event loop needs to parse the next request (see docs/adr/0002-runtime-t
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import final
+from typing import TYPE_CHECKING, final
 
 import numpy as np
 import onnxruntime as ort
 
 from ..errors import InferenceError, InvalidInputError, ModelLoadError
 from .base import TensorSpec
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from pathlib import Path
 
 __all__ = ["OnnxRuntime"]
 

@@ -61,7 +61,7 @@ class _Connections(set["HttpConnection"]):
         super().add(connection)
         self.empty.clear()
 
-    def discard(self, connection: HttpConnection) -> None:
+    def discard(self, connection: object) -> None:
         super().discard(connection)
         if not self:
             self.empty.set()
@@ -84,11 +84,15 @@ async def _serve(settings: ServerSettings, sock: socket.socket, ready: Connectio
     )
     app = HttpApp(engine, metrics, settings.http)
     connections = _Connections()
-    server = await loop.create_server(lambda: HttpConnection(app, connections), sock=sock, backlog=_BACKLOG)
+    server = await loop.create_server(
+        lambda: HttpConnection(app, connections), sock=sock, backlog=_BACKLOG
+    )
     host, port = sock.getsockname()[:2]
     if ready is None:
         models = sum(1 for s in engine.index() if s.is_ready)
-        logger.info("serving %d model version(s) on http://%s:%d (pid %d)", models, host, port, os.getpid())
+        logger.info(
+            "serving %d model version(s) on http://%s:%d (pid %d)", models, host, port, os.getpid()
+        )
     else:
         ready.send(os.getpid())
         ready.close()
@@ -156,7 +160,10 @@ class _Supervisor:
             if len(pids) == settings.workers:
                 logger.info(
                     "serving on http://%s:%d with %d workers (pids %s)",
-                    settings.http.host, port, len(pids), ", ".join(map(str, pids)),
+                    settings.http.host,
+                    port,
+                    len(pids),
+                    ", ".join(map(str, pids)),
                 )
             self._watch(port)
         finally:
@@ -193,7 +200,12 @@ class _Supervisor:
                 process.join()
                 if self._stopping:
                     break
-                logger.error("worker %d (pid %s) exited with %s; restarting", slot, process.pid, process.exitcode)
+                logger.error(
+                    "worker %d (pid %s) exited with %s; restarting",
+                    slot,
+                    process.pid,
+                    process.exitcode,
+                )
                 from prometheus_client import multiprocess
 
                 multiprocess.mark_process_dead(process.pid)

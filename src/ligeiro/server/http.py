@@ -70,7 +70,7 @@ _EXTENSIONS: list[str] = []
 def status_for(error: LigeiroError) -> int:
     """The HTTP status for a domain error (500 for anything unmapped)."""
     for cls in type(error).__mro__:
-        status = _STATUS.get(cls)  # type: ignore[call-overload]
+        status = _STATUS.get(cls)
         if status is not None:
             return status
     return 500
@@ -137,7 +137,9 @@ class HttpApp:
             body,
         )
 
-    def error(self, status: int, message: str, *, keep_alive: bool = True, headers: bytes = b"") -> bytes:
+    def error(
+        self, status: int, message: str, *, keep_alive: bool = True, headers: bytes = b""
+    ) -> bytes:
         return self.response(status, encode_error(message), keep_alive=keep_alive, headers=headers)
 
     def handle(self, method: bytes, url: bytes, body: bytes, keep_alive: bool) -> bytes:
@@ -149,24 +151,33 @@ class HttpApp:
             if path.startswith(b"/v1/models/") and path.endswith(b":predict"):
                 if method != b"POST":
                     return self._not_allowed(b"POST", keep_alive)
-                return self._inference(_text(path[11:-8]), None, body, keep_alive, self._answer_predict)
+                return self._inference(
+                    _text(path[11:-8]), None, body, keep_alive, self._answer_predict
+                )
             route = self._get_routes.get(path.rstrip(b"/") or path)
             if route is None:
-                return self.error(404, f"no route for {path.decode('latin-1')}", keep_alive=keep_alive)
+                return self.error(
+                    404, f"no route for {path.decode('latin-1')}", keep_alive=keep_alive
+                )
             if method not in (b"GET", b"HEAD"):
                 return self._not_allowed(b"GET", keep_alive)
             return route(keep_alive)
         except LigeiroError as exc:
             return self.error(status_for(exc), str(exc), keep_alive=keep_alive)
         except Exception:
-            logger.exception("unexpected error answering %s %s", method.decode(), url.decode("latin-1"))
+            logger.exception(
+                "unexpected error answering %s %s", method.decode(), url.decode("latin-1")
+            )
             return self.error(500, "internal server error (logged)", keep_alive=keep_alive)
 
     # -- routes ---------------------------------------------------------------------
 
     def _not_allowed(self, allow: bytes, keep_alive: bool) -> bytes:
         return self.error(
-            405, f"method not allowed; use {allow.decode()}", keep_alive=keep_alive, headers=b"allow: %s\r\n" % allow
+            405,
+            f"method not allowed; use {allow.decode()}",
+            keep_alive=keep_alive,
+            headers=b"allow: %s\r\n" % allow,
         )
 
     def _live(self, keep_alive: bool) -> bytes:
@@ -182,7 +193,10 @@ class HttpApp:
 
     def _metrics(self, keep_alive: bool) -> bytes:
         return self.response(
-            200, self.metrics.exposition(), keep_alive=keep_alive, content_type=METRICS_CONTENT_TYPE.encode()
+            200,
+            self.metrics.exposition(),
+            keep_alive=keep_alive,
+            content_type=METRICS_CONTENT_TYPE.encode(),
         )
 
     def _model_route(self, method: bytes, rest: bytes, body: bytes, keep_alive: bool) -> bytes:
@@ -200,7 +214,9 @@ class HttpApp:
             return self._not_allowed(b"GET", keep_alive)
         model = self.engine.model(name, version)
         if tail:
-            return self.response(200, b'{"name":"%s","ready":true}' % model.name.encode(), keep_alive=keep_alive)
+            return self.response(
+                200, b'{"name":"%s","ready":true}' % model.name.encode(), keep_alive=keep_alive
+            )
         versions = [s.version for s in self.engine.index() if s.name == name and s.is_ready]
         body = encode_model_metadata(name, versions, model.inputs.values(), model.outputs.values())
         return self.response(200, body, keep_alive=keep_alive)
