@@ -16,12 +16,6 @@ from .bench_iris import main
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run(argv: list[str]) -> int:
-    """Run ``bench_iris`` with report paths added for this run."""
-    stem = RESULTS / f"iris-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
-    paths = ["--json", f"{stem}.json", "--markdown", f"{stem}.md"]
-    return main([*paths, *argv], prog="python -m benchmarks")
-
-
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    stem = RESULTS / f"iris-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    sys.exit(main(sys.argv[1:], prog="python -m benchmarks", report_stem=stem))

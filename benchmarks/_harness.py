@@ -137,10 +137,11 @@ def _cpu_model() -> str:
 
 
 def _wrk_version() -> str:
-    """wrk's banner (it prints the version in its usage text and exits non-zero)."""
+    """wrk's version, from the banner it prints (with a usage text and a non-zero exit)."""
     done = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
     banner = (done.stdout or done.stderr).strip()
-    return banner.splitlines()[0] if banner else "unknown"
+    # "wrk debian/4.1.0-3+b2 [epoll] Copyright (C) 2012 Will Glozer" -> "wrk debian/4.1.0-3+b2"
+    return banner.splitlines()[0].split(" [")[0] if banner else "wrk (unknown version)"
 
 
 @dataclass(frozen=True)

@@ -1,27 +1,33 @@
 """The HTTP-layer candidates of ``bench_http_layer``: one V2 infer route, four servers.
 
-Every candidate calls the same :func:`handle` (V2 JSON → numpy → ONNX Runtime → V2
-JSON, all with msgspec), so the only thing that differs between them is the HTTP layer:
+Every candidate calls the same :meth:`IrisModel.handle` (V2 JSON → numpy → ONNX Runtime
+→ V2 JSON, all with msgspec), so the only thing that differs between them is the HTTP
+layer:
 
-- ``httptools``: an :class:`asyncio.Protocol` on uvloop driving ``httptools``' parser;
-- ``raw``: the same protocol answering a precomputed response (the layer's ceiling);
+- ``httptools``: an :class:`asyncio.Protocol` on uvloop driving ``httptools``' parser,
+  answering inside the parser callback;
+- ``httptools-task``: the same, but each request runs as an asyncio task and replies are
+  written in request order, which is what an async engine (a batcher) will need;
+- ``raw``: the ``httptools`` protocol answering a precomputed response (the ceiling);
 - ``granian``: an RSGI app, served by ``granian --interface rsgi --factory``;
 - ``uvicorn``: a Starlette app, served by ``uvicorn --factory``.
 
-The two httptools servers run with ``python -m benchmarks._http_candidates
-{httptools,raw} --port N``; the model path comes from ``LIGEIRO_BENCH_MODEL`` for all four
-(granian and uvicorn build their app from a factory that takes no arguments).
+The httptools servers run with ``python -m benchmarks._http_candidates CANDIDATE --port N``.
+Every candidate reads the model path from ``LIGEIRO_BENCH_MODEL`` (granian and uvicorn
+build their app from a factory that takes no arguments).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import signal
 import sys
 import time
+from collections import deque
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Final, cast
 
@@ -31,15 +37,17 @@ import numpy as np
 import onnxruntime as ort
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Awaitable, Callable, Iterator
     from typing import TypeAlias
 
-    from granian.rsgi import HTTPProtocol, Scope
+    from granian.rsgi import HTTPProtocol, Scope  # type: ignore[attr-defined]
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
 
-    Handler: TypeAlias = Callable[[bytes, bytes, bytes], tuple[int, bytes]]  # method, url, body
+    Reply: TypeAlias = tuple[int, bytes]  # status, body
+    Handler: TypeAlias = Callable[[bytes, bytes, bytes], Reply]  # method, url, body
+    AsyncHandler: TypeAlias = Callable[[bytes, bytes, bytes], Awaitable[Reply]]
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +147,11 @@ def load_model() -> IrisModel:
 
 # --- (a) and (d): uvloop + httptools ---------------------------------------------------
 
-_REASONS: Final = {200: b"OK", 400: b"Bad Request", 404: b"Not Found"}
+_REASONS: Final = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 500: b"Server Error"}
+_RESPONSE: Final = (
+    b"HTTP/1.1 %d %s\r\ncontent-type: " + CONTENT_TYPE.encode() + b"\r\ncontent-length: %d"
+    b"\r\ndate: %s\r\n%s\r\n%s"
+)
 
 
 class _DateHeader:
@@ -164,18 +176,18 @@ class Connections:
     """The open connections of one server, so shutdown can close them and wait."""
 
     def __init__(self) -> None:
-        self._open: set[HttpProtocol] = set()
+        self._open: set[HttpServerProtocol] = set()
         self._empty = asyncio.Event()
         self._empty.set()
 
-    def __iter__(self) -> Iterator[HttpProtocol]:
+    def __iter__(self) -> Iterator[HttpServerProtocol]:
         return iter(list(self._open))
 
-    def add(self, connection: HttpProtocol) -> None:
+    def add(self, connection: HttpServerProtocol) -> None:
         self._open.add(connection)
         self._empty.clear()
 
-    def discard(self, connection: HttpProtocol) -> None:
+    def discard(self, connection: HttpServerProtocol) -> None:
         self._open.discard(connection)
         if not self._open:
             self._empty.set()
@@ -184,7 +196,7 @@ class Connections:
         await self._empty.wait()
 
 
-class HttpProtocol(asyncio.Protocol):
+class HttpServerProtocol(asyncio.Protocol):
     """HTTP/1.1 on one connection: keep-alive, in-order pipelining, Content-Length bodies.
 
     The handler is synchronous, so requests are answered inside the parser callback
@@ -197,6 +209,7 @@ class HttpProtocol(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._in_message = False
         self._is_closing = False
@@ -230,10 +243,20 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._in_message = True
         self._url = b""
+        self._headers.clear()
         self._body.clear()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # Collected as a real server must (auth, content type, binary-extension lengths),
+        # so the benchmark charges this candidate for header handling like the others.
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        if (b"expect", b"100-continue") in self._headers and self._transport is not None:
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -243,29 +266,79 @@ class HttpProtocol(asyncio.Protocol):
         if self._transport is None or self._transport.is_closing():
             return
         status, payload = self._handler(self._parser.get_method(), self._url, b"".join(self._body))
-        self._respond(status, payload, keep_alive=self._parser.should_keep_alive())
+        keep_alive = self._parser.should_keep_alive() and not self._is_closing
+        self._respond(status, payload, keep_alive=keep_alive)
 
     # shutdown
     def shutdown(self) -> None:
-        """Close now if idle; otherwise answer the request in flight, then close."""
+        """Close now if idle; otherwise answer the requests in flight, then close."""
         self._is_closing = True
-        if not self._in_message and self._transport is not None:
+        if self._is_idle() and self._transport is not None:
             self._transport.close()
+
+    def _is_idle(self) -> bool:
+        return not self._in_message
 
     def _respond(self, status: int, payload: bytes, *, keep_alive: bool) -> None:
         assert self._transport is not None
-        keep_alive = keep_alive and not self._is_closing
-        head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\ndate: %s\r\n" % (
-            status,
-            _REASONS[status],
-            CONTENT_TYPE.encode(),
-            len(payload),
-            _DATE.get(),
+        # One write per response: uvloop sends each write at once (with TCP_NODELAY), so a
+        # head and a body written apart would cost two syscalls and two packets.
+        self._transport.write(
+            _RESPONSE
+            % (
+                status,
+                _REASONS[status],
+                len(payload),
+                _DATE.get(),
+                b"" if keep_alive else b"connection: close\r\n",
+                payload,
+            )
         )
-        self._transport.write(head + (b"\r\n" if keep_alive else b"connection: close\r\n\r\n"))
-        self._transport.write(payload)
         if not keep_alive:
             self._transport.close()
+
+
+class TaskHttpServerProtocol(HttpServerProtocol):
+    """:class:`HttpServerProtocol` with an async handler: one task per request.
+
+    Tasks may finish out of order, so each connection keeps them in a FIFO and writes a
+    reply only once every earlier one is written: that keeps pipelining correct.
+    """
+
+    def __init__(self, handler: AsyncHandler, connections: Connections) -> None:
+        super().__init__(_unused_sync_handler, connections)
+        self._async_handler = handler
+        self._pending: deque[tuple[asyncio.Task[Reply], bool]] = deque()
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        if self._transport is None or self._transport.is_closing():
+            return
+        reply = self._async_handler(self._parser.get_method(), self._url, b"".join(self._body))
+        task = asyncio.ensure_future(reply)
+        self._pending.append((task, self._parser.should_keep_alive()))
+        task.add_done_callback(self._write_done)
+
+    def _write_done(self, _task: asyncio.Task[Reply]) -> None:
+        while self._pending and self._pending[0][0].done():
+            task, keep_alive = self._pending.popleft()
+            if self._transport is None or self._transport.is_closing():
+                continue
+            # While shutting down, keep the connection open only for replies still owed.
+            keep_alive = keep_alive and (bool(self._pending) or not self._is_closing)
+            if task.cancelled() or task.exception() is not None:
+                logger.error("handler failed: %r", None if task.cancelled() else task.exception())
+                self._respond(500, b'{"error":"internal error"}', keep_alive=False)
+            else:
+                status, payload = task.result()
+                self._respond(status, payload, keep_alive=keep_alive)
+
+    def _is_idle(self) -> bool:
+        return not self._in_message and not self._pending
+
+
+def _unused_sync_handler(_method: bytes, _url: bytes, _body: bytes) -> Reply:
+    raise AssertionError("TaskHttpServerProtocol answers through its async handler")
 
 
 def _ready(_body: bytes) -> tuple[int, bytes]:
@@ -283,11 +356,13 @@ def _route(infer: Callable[[bytes], tuple[int, bytes]]) -> Handler:
     return handler
 
 
-async def serve_httptools(handler: Handler, host: str, port: int) -> None:
-    """Serve ``handler`` until SIGTERM or SIGINT, then drain connections and return."""
+async def serve_httptools(
+    protocol: Callable[[Connections], HttpServerProtocol], host: str, port: int
+) -> None:
+    """Serve connections made by ``protocol`` until SIGTERM or SIGINT, then drain them."""
     loop = asyncio.get_running_loop()
     connections = Connections()
-    server = await loop.create_server(lambda: HttpProtocol(handler, connections), host, port)
+    server = await loop.create_server(lambda: protocol(connections), host, port)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -304,24 +379,32 @@ async def serve_httptools(handler: Handler, host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``httptools`` or ``raw`` candidate."""
+    """Run the ``httptools``, ``httptools-task`` or ``raw`` candidate."""
     import uvloop
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("candidate", choices=["httptools", "raw"])
+    parser.add_argument("candidate", choices=["httptools", "httptools-task", "raw"])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 
     model = load_model()
+    protocol: Callable[[Connections], HttpServerProtocol]
     if args.candidate == "raw":
         # The floor does no work per request: the same bytes the model would answer.
         answer = model.handle(msgspec.json.encode(SAMPLE_REQUEST))
-        handler = _route(lambda _body: answer)
+        protocol = functools.partial(HttpServerProtocol, _route(lambda _body: answer))
+    elif args.candidate == "httptools":
+        protocol = functools.partial(HttpServerProtocol, _route(model.handle))
     else:
         handler = _route(model.handle)
-    uvloop.run(serve_httptools(handler, args.host, args.port))
+
+        async def handle(method: bytes, url: bytes, body: bytes) -> Reply:
+            return handler(method, url, body)
+
+        protocol = functools.partial(TaskHttpServerProtocol, handle)
+    uvloop.run(serve_httptools(protocol, args.host, args.port))
     return 0
 
 

@@ -1,12 +1,16 @@
 """HTTP-layer bake-off for the V2 infer hot path (see docs/adr/0001-http-layer.md).
 
-Four servers from ``benchmarks/_http_candidates.py`` answer ``POST /v2/models/iris/infer``
-with the same per-request work; only the HTTP layer differs. Each one is started by
+Five servers from ``benchmarks/_http_candidates.py`` (four HTTP layers and a floor that
+skips the work) answer ``POST /v2/models/iris/infer`` with the same per-request work;
+only the HTTP layer differs. Each one is started by
 ``benchmarks/_harness.py`` on a free port pinned to core 0, checked for keep-alive and
 pipelining on a raw socket, loaded by ``wrk`` on core 1 at each concurrency, then sent
 SIGTERM while one request is half sent, to see whether it drains.
 
-Run: ``python -m benchmarks.bench_http_layer [--duration 10] [--rounds 3] [--json]``
+Run: ``python -m benchmarks.bench_http_layer [--duration 10] [--rounds 5]
+[--candidates httptools,granian,uvicorn] [--json [PATH]] [--markdown [PATH]]``; a saved
+JSON report prints again with ``--from-json PATH``. Server logs go to
+``.bench/logs/http-layer/``.
 
 The whole run holds the machine's benchmark lock. Benchmarks are hard: absolute numbers
 drift with the machine; the ratios to uvicorn+Starlette, measured in the same run, are
@@ -17,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import select
 import signal
 import socket
+import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +36,10 @@ from typing import TYPE_CHECKING, Final
 import httptools
 import msgspec
 
-from benchmarks._harness import (
+from ._harness import (
     BenchmarkError,
     HttpRequest,
+    Machine,
     Measurement,
     ServerProcess,
     ensure_tools,
@@ -43,13 +49,14 @@ from benchmarks._harness import (
     machine_info,
     measure,
 )
-from benchmarks._http_candidates import MODEL_ENV, READY_ROUTE, ROUTE, SAMPLE_REQUEST
+from ._http_candidates import MODEL_ENV, READY_ROUTE, ROUTE, SAMPLE_REQUEST
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 REPO: Final = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL: Final = REPO / "examples" / "models" / "iris" / "1" / "model.onnx"
+LOG_DIR: Final = REPO / ".bench" / "logs" / "http-layer"
 REFERENCE: Final = "uvicorn"
 BODY: Final = msgspec.json.encode(SAMPLE_REQUEST)
 # A second input with another answer (virginica, label 2), to tell pipelined replies apart.
@@ -86,6 +93,11 @@ CANDIDATES: Final = (
     ),
     Candidate("httptools", "uvloop + httptools", ("-m", _CANDIDATES_MODULE, "httptools")),
     Candidate(
+        "httptools-task",
+        "uvloop + httptools, a task per request",
+        ("-m", _CANDIDATES_MODULE, "httptools-task"),
+    ),
+    Candidate(
         "granian",
         "granian 2 RSGI",
         # --http 1 and --no-ws give granian the feature set of the other three.
@@ -112,23 +124,37 @@ class Run(msgspec.Struct, frozen=True):
     measurement: Measurement
 
 
-class Behaviour(msgspec.Struct, frozen=True):
-    """What the raw-socket checks and the SIGTERM drain saw, for one candidate."""
+class ProtocolChecks(msgspec.Struct, frozen=True):
+    """HTTP/1.1 behaviour seen on a raw socket: "ok", or what went wrong."""
 
-    candidate: str
     pipelining: str
     keep_alive: str
     connection_close: str
-    sigterm_in_flight: str
-    sigterm_idle_connection: str
-    exit_after_sigterm_s: float
+    expect_continue: str
+
+
+class ShutdownCheck(msgspec.Struct, frozen=True):
+    """What a SIGTERM did to a request in flight and to an idle keep-alive connection."""
+
+    in_flight: str
+    idle_connection: str
+    exit_s: float
     exit_code: int | None
+
+
+class Behaviour(msgspec.Struct, frozen=True):
+    """One candidate's start-up time, protocol checks and shutdown, in one round."""
+
+    candidate: str
+    startup_s: float
+    protocol: ProtocolChecks
+    shutdown: ShutdownCheck
 
 
 class Report(msgspec.Struct):
     """Everything one run measured, with the context needed to publish it."""
 
-    machine: dict[str, object]
+    machine: Machine
     duration_s: int
     warmup_s: int
     rounds: int
@@ -139,12 +165,11 @@ class Report(msgspec.Struct):
 # --- raw HTTP/1.1 on a socket ---------------------------------------------------------
 
 
-def request_bytes(body: bytes, *, close: bool = False) -> bytes:
+def request_bytes(body: bytes, *, extra_headers: bytes = b"") -> bytes:
     """One infer request, as it goes on the wire."""
-    connection = b"Connection: close\r\n" if close else b""
     return (
         b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n%s\r\n%s" % (ROUTE.encode(), len(body), connection, body)
+        b"Content-Length: %d\r\n%s\r\n%s" % (ROUTE.encode(), len(body), extra_headers, body)
     )
 
 
@@ -166,6 +191,9 @@ class RawConnection:
 
     def send(self, data: bytes) -> None:
         self._sock.sendall(data)
+
+    def set_timeout(self, timeout_s: float) -> None:
+        self._sock.settimeout(timeout_s)
 
     def read(self, count: int) -> list[tuple[int, bytes]]:
         """Up to ``count`` ``(status, body)`` responses; fewer if the peer closes first."""
@@ -208,24 +236,43 @@ def _verdict(responses: list[tuple[int, bytes]], expected_labels: list[int]) -> 
     return "ok" if labels == expected_labels else f"FAIL: labels {labels}"
 
 
-def check_protocol(port: int, candidate: Candidate) -> dict[str, str]:
-    """Pipelining (two requests in one write), keep-alive after it, ``Connection: close``."""
-    expected = [0, 2] if candidate.runs_model else [0, 0]
+def check_protocol(port: int, candidate: Candidate, pipelined: int = 16) -> ProtocolChecks:
+    """Pipelining (requests with alternating answers in one write), keep-alive, close.
+
+    ``pipelined`` requests go out in a single ``send``; their replies must come back
+    complete and in order. The connection must then serve one more request, and a request
+    with ``Connection: close`` must be answered and then closed by the server.
+    """
+    bodies = [BODY, OTHER_BODY] * (pipelined // 2)
+    expected = [0, 2] * (pipelined // 2) if candidate.runs_model else [0] * pipelined
     with RawConnection(port) as conn:
-        conn.send(request_bytes(BODY) + request_bytes(OTHER_BODY))
-        pipelining = _verdict(conn.read(2), expected)
+        conn.send(b"".join(request_bytes(body) for body in bodies))
+        pipelining = _verdict(conn.read(pipelined), expected)
         conn.send(request_bytes(OTHER_BODY))
-        keep_alive = _verdict(conn.read(1), expected[1:])
+        keep_alive = _verdict(conn.read(1), expected[1:2])
     with RawConnection(port) as conn:
-        conn.send(request_bytes(BODY, close=True))
+        conn.send(request_bytes(BODY, extra_headers=b"Connection: close\r\n"))
         connection_close = _verdict(conn.read(1), [0])
         if connection_close == "ok" and not conn.wait_closed():
             connection_close = "FAIL: left open"
-    return {
-        "pipelining": pipelining,
-        "keep_alive": keep_alive,
-        "connection_close": connection_close,
-    }
+    return ProtocolChecks(pipelining, keep_alive, connection_close, check_expect_continue(port))
+
+
+def check_expect_continue(port: int, wait_s: float = 0.5) -> str:
+    """Whether ``Expect: 100-continue`` gets its interim 100 (curl waits 1 s without it)."""
+    head = request_bytes(BODY, extra_headers=b"Expect: 100-continue\r\n")[: -len(BODY)]
+    with RawConnection(port, timeout_s=wait_s) as conn:
+        conn.send(head)
+        try:
+            interim = conn.read(1)
+        except TimeoutError:
+            interim = []
+        conn.send(BODY)
+        conn.set_timeout(5.0)
+        final = _verdict(conn.read(1), [0])
+    if interim and interim[0][0] == 100:
+        return final
+    return f"no 100 Continue; {final}"
 
 
 def _wait_exit(pid: int, timeout_s: float) -> int | None:
@@ -240,7 +287,7 @@ def _wait_exit(pid: int, timeout_s: float) -> int | None:
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
-def check_shutdown(server: ServerProcess, port: int) -> dict[str, str | float | int | None]:
+def check_shutdown(server: ServerProcess, port: int) -> ShutdownCheck:
     """SIGTERM the server (its main process, as an orchestrator would) mid-request.
 
     One keep-alive connection is idle and another has sent its head and half its body;
@@ -263,19 +310,14 @@ def check_shutdown(server: ServerProcess, port: int) -> dict[str, str | float | 
             in_flight = f"dropped: {type(exc).__name__}"
         idle_state = "closed" if idle.wait_closed() else "left open"
     code = _wait_exit(server.pid, timeout_s=15)
-    return {
-        "sigterm_in_flight": in_flight,
-        "sigterm_idle_connection": idle_state,
-        "exit_after_sigterm_s": round(time.monotonic() - started, 2),
-        "exit_code": code,
-    }
+    return ShutdownCheck(in_flight, idle_state, round(time.monotonic() - started, 2), code)
 
 
 # --- the run -------------------------------------------------------------------------
 
 
 def bench_candidate(
-    candidate: Candidate, args: argparse.Namespace, log_dir: Path, round_index: int
+    candidate: Candidate, args: argparse.Namespace, round_index: int
 ) -> tuple[list[Run], Behaviour]:
     """Start one candidate, check it, load it at every concurrency, then stop it."""
     port = free_port()
@@ -284,13 +326,13 @@ def bench_candidate(
     server = ServerProcess(
         [sys.executable, *candidate.argv, "--port", str(port)],
         base + READY_ROUTE,
-        log_path=log_dir / f"{candidate.name}-{round_index}.log",
+        log_path=LOG_DIR / f"{candidate.name}-{round_index + 1}.log",
         cwd=REPO,
         env={MODEL_ENV: str(args.model), "PYTHONPATH": str(REPO)},
     )
     runs = []
     with server:
-        server.start()
+        startup_s = round(server.start(), 2)
         checks = check_protocol(port, candidate)
         for concurrency in args.concurrency:
             measurement = measure(
@@ -300,9 +342,10 @@ def bench_candidate(
                 duration_s=args.duration,
                 warmup_s=args.warmup,
             )
-            runs.append(Run(candidate.name, round_index, concurrency, measurement))
+            runs.append(Run(candidate.name, round_index + 1, concurrency, measurement))
+        server.check_running()
         stopped = check_shutdown(server, port)
-    return runs, Behaviour(candidate.name, **checks, **stopped)
+    return runs, Behaviour(candidate.name, startup_s, checks, stopped)
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -310,14 +353,14 @@ def run(args: argparse.Namespace) -> Report:
     selected = [c for c in CANDIDATES if c.name in args.candidates]
     runs: list[Run] = []
     behaviour: list[Behaviour] = []
-    with tempfile.TemporaryDirectory(prefix="bench-http-") as log_dir:
-        for round_index in range(args.rounds):
-            shift = round_index % len(selected)
-            for candidate in selected[shift:] + selected[:shift]:
-                print(f"round {round_index + 1}: {candidate.title}", file=sys.stderr, flush=True)
-                new_runs, seen = bench_candidate(candidate, args, Path(log_dir), round_index)
-                runs += new_runs
-                behaviour.append(seen)
+    for round_index in range(args.rounds):
+        # Rotate the order, so no candidate always runs first or on a warmer machine.
+        shift = round_index % len(selected)
+        for candidate in selected[shift:] + selected[:shift]:
+            print(f"round {round_index + 1}: {candidate.title}", file=sys.stderr, flush=True)
+            new_runs, seen = bench_candidate(candidate, args, round_index)
+            runs += new_runs
+            behaviour.append(seen)
     return Report(
         machine=machine_info(PACKAGES),
         duration_s=args.duration,
@@ -328,7 +371,7 @@ def run(args: argparse.Namespace) -> Report:
     )
 
 
-def median_runs(runs: Sequence[Run]) -> dict[tuple[str, int], Run]:
+def _median_runs(runs: Sequence[Run]) -> dict[tuple[str, int], Run]:
     """Per (candidate, concurrency), the round with the median throughput."""
     groups: dict[tuple[str, int], list[Run]] = {}
     for r in runs:
@@ -339,44 +382,110 @@ def median_runs(runs: Sequence[Run]) -> dict[tuple[str, int], Run]:
     }
 
 
+def _throughputs(runs: Sequence[Run]) -> dict[tuple[str, int], list[tuple[float, float]]]:
+    """Per (candidate, concurrency), each round's req/s and its ratio to the reference's."""
+    rate = {(r.round, r.candidate, r.concurrency): r.measurement.load.requests_per_s for r in runs}
+    out: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for (round_, name, c), value in rate.items():
+        reference = rate.get((round_, REFERENCE, c), math.nan)
+        out.setdefault((name, c), []).append((value, value / reference))
+    return out
+
+
+SPEED_COLUMNS: Final = (
+    "candidate",
+    "c",
+    "req/s",
+    "req/s range",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "CPU us/req",
+    "CPU %",
+    "RSS MiB",
+    f"x {REFERENCE}",
+    "errors",
+)
+BEHAVIOUR_COLUMNS: Final = (
+    "candidate",
+    "start s",
+    "pipelining",
+    "keep-alive",
+    "Connection: close",
+    "Expect: 100-continue",
+    "SIGTERM, request in flight",
+    "idle conn",
+    "exit s",
+    "exit code",
+)
+
+
+def _speed_row(run: Run, rounds: list[tuple[float, float]]) -> list[str]:
+    load = run.measurement.load
+    rates = [rate for rate, _ in rounds]
+    # The ratio is taken within each round (minutes apart, same machine state), then the
+    # median over rounds: steadier on a shared machine than a ratio of medians.
+    ratio = statistics.median(ratio for _, ratio in rounds)
+    return [
+        run.candidate,
+        str(run.concurrency),
+        f"{load.requests_per_s:,.0f}",
+        f"{min(rates):,.0f}-{max(rates):,.0f}",
+        f"{load.p50_ms:.2f}",
+        f"{load.p90_ms:.2f}",
+        f"{load.p99_ms:.2f}",
+        f"{run.measurement.cpu_us_per_request:.0f}",
+        # Under 100 % at c >= 16 means the server's core was not all its own (shared machine).
+        f"{run.measurement.cpu_us_per_request * load.requests_per_s / 1e4:.0f}",
+        f"{run.measurement.peak_rss_mib:.0f}",
+        "-" if math.isnan(ratio) else f"{ratio:.2f}",
+        str(load.non_2xx + load.socket_errors),
+    ]
+
+
+def _behaviour_row(rounds: list[Behaviour]) -> list[str]:
+    def seen(cell: Callable[[Behaviour], object]) -> str:
+        """The value every round saw, or each distinct value when rounds disagree."""
+        return " / ".join(dict.fromkeys(str(cell(b)) for b in rounds))
+
+    return [
+        rounds[0].candidate,
+        f"{statistics.median(b.startup_s for b in rounds):.2f}",
+        seen(lambda b: b.protocol.pipelining),
+        seen(lambda b: b.protocol.keep_alive),
+        seen(lambda b: b.protocol.connection_close),
+        seen(lambda b: b.protocol.expect_continue),
+        seen(lambda b: b.shutdown.in_flight),
+        seen(lambda b: b.shutdown.idle_connection),
+        f"{statistics.median(b.shutdown.exit_s for b in rounds):.2f}",
+        seen(lambda b: b.shutdown.exit_code),
+    ]
+
+
 def format_report(report: Report, *, markdown: bool) -> str:
-    """The median-round numbers, with ratios to the reference, and the behaviour checks."""
-    medians = median_runs(report.runs)
-    rows = []
-    for (name, concurrency), r in medians.items():
-        m, load = r.measurement, r.measurement.load
-        reference = medians.get((REFERENCE, concurrency))
-        ratio = (
-            f"{load.requests_per_s / reference.measurement.load.requests_per_s:.2f}"
-            if reference
-            else "-"
-        )
-        errors = load.non_2xx + load.socket_errors
-        rows.append([
-            name, str(concurrency), f"{load.requests_per_s:,.0f}", f"{load.p50_ms:.2f}",
-            f"{load.p90_ms:.2f}", f"{load.p99_ms:.2f}", f"{m.cpu_us_per_request:.0f}",
-            f"{m.peak_rss_mib:.0f}", ratio, str(errors),
-        ])  # fmt: skip
-    speed = format_table(
-        ["candidate", "c", "req/s", "p50 ms", "p90 ms", "p99 ms", "CPU us/req", "RSS MiB",
-         f"x {REFERENCE}", "errors"],
-        rows,
-        markdown=markdown,
-    )  # fmt: skip
-    last = {b.candidate: b for b in report.behaviour}  # the last round's, one per candidate
-    behaviour = format_table(
-        ["candidate", "pipelining", "keep-alive", "Connection: close",
-         "SIGTERM, request in flight", "idle conn", "exit s", "exit code"],
-        [[b.candidate, b.pipelining, b.keep_alive, b.connection_close, b.sigterm_in_flight,
-          b.sigterm_idle_connection, f"{b.exit_after_sigterm_s:.2f}", str(b.exit_code)]
-         for b in last.values()],
-        markdown=markdown,
-    )  # fmt: skip
-    return f"{speed}\n\n{behaviour}"
+    """Per candidate and concurrency the median round, then the behaviour over all rounds.
+
+    ``req/s range`` spans the rounds; start-up and exit times are medians; a check shows
+    every distinct outcome the rounds saw.
+    """
+    throughputs = _throughputs(report.runs)
+    speed = [_speed_row(r, throughputs[key]) for key, r in _median_runs(report.runs).items()]
+    by_candidate: dict[str, list[Behaviour]] = {}
+    for b in report.behaviour:
+        by_candidate.setdefault(b.candidate, []).append(b)
+    behaviour = [_behaviour_row(rounds) for rounds in by_candidate.values()]
+    return "\n\n".join(
+        [
+            f"median of {report.rounds} round(s); {report.duration_s} s per run "
+            f"after {report.warmup_s} s of warm-up",
+            format_table(SPEED_COLUMNS, speed, markdown=markdown),
+            format_table(BEHAVIOUR_COLUMNS, behaviour, markdown=markdown),
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the flags, run the bake-off under the benchmark lock, print a table or JSON."""
+    """Parse the flags, run the bake-off under the benchmark lock, print or write reports."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="seconds before each (0: none)")
@@ -394,22 +503,41 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated subset of " + ",".join(c.name for c in CANDIDATES),
     )
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    parser.add_argument(
+        "--json", nargs="?", const="-", metavar="PATH", help="write the report as JSON (- : stdout)"
+    )
+    parser.add_argument(
+        "--markdown",
+        nargs="?",
+        const="-",
+        metavar="PATH",
+        help="write Markdown tables (- : stdout)",
+    )
+    parser.add_argument("--from-json", type=Path, help="re-print a saved --json report")
     args = parser.parse_args(argv)
-    if not args.model.exists():
+    if args.from_json:
+        report = msgspec.json.decode(args.from_json.read_bytes(), type=Report)
+    elif not args.model.exists():
         parser.error(f"no model at {args.model}: python examples/build_iris.py --out ...")
-    try:
-        ensure_tools({"wrk": "wrk", "taskset": "util-linux"})
-        with exclusive_machine():
-            report = run(args)
-    except BenchmarkError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(msgspec.json.format(msgspec.json.encode(report)).decode())
     else:
-        print(format_report(report, markdown=args.markdown))
+        try:
+            ensure_tools({"wrk": "wrk", "taskset": "util-linux"})
+            with exclusive_machine():
+                report = run(args)
+        except BenchmarkError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    renderers: list[tuple[str | None, Callable[[], str]]] = [
+        (args.json, lambda: msgspec.json.format(msgspec.json.encode(report)).decode()),
+        (args.markdown, lambda: format_report(report, markdown=True)),
+    ]
+    if "-" not in (args.json, args.markdown):
+        print(format_report(report, markdown=False))
+    for path, render in renderers:
+        if path == "-":
+            print(render())
+        elif path is not None:
+            Path(path).write_text(render() + "\n")
     return 0
 
 

@@ -63,7 +63,12 @@ PACKAGES: Final = (
 
 # The seed's payload: an Iris setosa from the dataset's first row, so every server must
 # answer class 0 / "iris-setosa".
-SEED_PAYLOAD: Final = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+SEED_PAYLOAD: Final = {
+    "sepal_length": 5.1,
+    "sepal_width": 3.5,
+    "petal_length": 1.4,
+    "petal_width": 0.2,
+}
 V2_PAYLOAD: Final = {
     "inputs": [
         {"name": "float_input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}
@@ -118,16 +123,18 @@ class Target:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
+_ONE_WORKER: Final = ("--host", HOST, "--port", "{port}", "--workers", "1")
+
+
 def _uvicorn(module: str) -> tuple[str, ...]:
     """The baseline run as a user would: the uvicorn CLI with its defaults, one worker."""
-    app = f"benchmarks.baselines.{module}:app"
-    return (sys.executable, "-m", "uvicorn", app, "--host", HOST, "--port", "{port}", "--workers", "1")
+    return (sys.executable, "-m", "uvicorn", f"benchmarks.baselines.{module}:app", *_ONE_WORKER)
 
 
 def _ligeiro() -> tuple[str, ...]:
     """ligeiro's own CLI from the same virtual environment, one worker."""
     executable = str(Path(sys.executable).with_name("ligeiro"))
-    return (executable, "serve", str(MODELS), "--host", HOST, "--port", "{port}", "--workers", "1")
+    return (executable, "serve", str(MODELS), *_ONE_WORKER)
 
 
 def targets() -> dict[str, Target]:
@@ -160,7 +167,8 @@ def ensure_models() -> None:
 
     When the ONNX model already exists, the pickle is built beside a throw-away copy
     under ``.bench/`` rather than rewriting ``examples/models`` under a running server.
-    The training is seeded, so both come from the same fitted pipeline.
+    The training is seeded, so the two hold the same fitted pipeline: the ONNX bytes
+    differ between builds, but labels and probabilities agree with the pickle's.
     """
     is_fresh = PICKLE.exists() and PICKLE.stat().st_mtime >= BUILD_SCRIPT.stat().st_mtime
     if ONNX_MODEL.exists() and is_fresh:
@@ -218,7 +226,9 @@ def run_target(target: Target, options: argparse.Namespace) -> TargetResult:
                     warmup_s=options.warmup,
                 )
                 result.measurements.append(measurement)
-                print(f"  c={connections:<3} {measurement.load.requests_per_s:9.0f} req/s", flush=True)
+                print(
+                    f"  c={connections:<3} {measurement.load.requests_per_s:9.0f} req/s", flush=True
+                )
     except BenchmarkError as error:
         result.error = str(error)
         print(f"{target.name}: FAILED: {error}", flush=True)
@@ -281,7 +291,7 @@ def render(
     if ratios:
         headers = ["req/s ratio", *(f"c={c}" for c in concurrency)]
         rows = [
-            [pair, *(f"{by_c[c]:.2f}×" if c in by_c else "-" for c in concurrency)]
+            [pair, *(f"{by_c[c]:.2f}x" if c in by_c else "-" for c in concurrency)]
             for pair, by_c in ratios.items()
         ]
         parts.append(format_table(headers, rows, markdown=markdown))
@@ -304,34 +314,60 @@ def markdown_heading(machine: Machine, command: str) -> str:
 def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
     names = list(targets())
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument("--concurrency", default="1,16,64",
-                        type=lambda text: [int(c) for c in text.split(",")],
-                        help="comma-separated connection counts (default 1,16,64)")
+    parser.add_argument(
+        "--concurrency",
+        default="1,16,64",
+        type=lambda text: [int(c) for c in text.split(",")],
+        help="comma-separated connection counts (default 1,16,64)",
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per run")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds before each run")
-    parser.add_argument("--servers", default=",".join(names),
-                        type=lambda text: text.split(","),
-                        help=f"comma-separated subset of {','.join(names)}")
-    parser.add_argument("--ready-timeout", type=float, default=60.0,
-                        help="seconds a server may take to become ready")
+    parser.add_argument(
+        "--servers",
+        default=",".join(names),
+        type=lambda text: text.split(","),
+        help=f"comma-separated subset of {','.join(names)}",
+    )
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a server may take to become ready",
+    )
     parser.add_argument("--json", type=Path, help="write every number and the machine here")
     parser.add_argument("--markdown", type=Path, help="write the Markdown report here")
     args = parser.parse_args(argv)
     if unknown := set(args.servers) - set(names):
         parser.error(f"unknown server(s) {', '.join(sorted(unknown))}; choose from {names}")
-    return args  # fmt: skip
+    return args
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.bench_iris") -> int:
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(f"wrote {path}")
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str = "python -m benchmarks.bench_iris",
+    report_stem: Path | None = None,
+) -> int:
     """Run the benchmark; return 1 when any target failed, so a smoke run notices.
 
     Args:
         argv: the command-line arguments (default ``sys.argv[1:]``).
         prog: how the user invoked it, recorded with the results.
+        report_stem: write ``<stem>.json`` and ``<stem>.md`` unless ``--json`` or
+            ``--markdown`` name other paths.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     command = " ".join([prog, *argv])
     options = parse_args(argv, prog)
+    if report_stem is not None:
+        options.json = options.json or report_stem.with_suffix(".json")
+        options.markdown = options.markdown or report_stem.with_suffix(".md")
     all_targets = targets()
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("bench_iris needs two cores: one for the server, one for wrk")
@@ -344,13 +380,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.be
         results = [run_target(all_targets[name], options) for name in options.servers]
     ratios = throughput_ratios(results, all_targets)
     print("\n" + render(results, ratios, options.concurrency, markdown=False))
-    report = "\n\n".join(
-        [markdown_heading(machine, command), render(results, ratios, options.concurrency, markdown=True)]
-    )
-    print(f"\nMarkdown (for docs/benchmarks.md):\n\n{report}\n")
+    tables = render(results, ratios, options.concurrency, markdown=True)
+    report = f"{markdown_heading(machine, command)}\n\n{tables}\n"
+    print(f"\nMarkdown (for docs/benchmarks.md):\n\n{report}")
     if options.markdown:
-        options.markdown.parent.mkdir(parents=True, exist_ok=True)
-        options.markdown.write_text(report + "\n")
+        _write(options.markdown, report)
     if options.json:
         document = {
             "benchmark": "iris",
@@ -360,9 +394,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.be
             "results": [dataclasses.asdict(result) for result in results],
             "ratios": ratios,
         }
-        options.json.parent.mkdir(parents=True, exist_ok=True)
-        options.json.write_text(json.dumps(document, indent=2) + "\n")
-        print(f"wrote {options.json}")
+        _write(options.json, json.dumps(document, indent=2) + "\n")
     return 1 if any(result.error for result in results) else 0
 
 

@@ -40,7 +40,7 @@ class InferenceResult:
 
 def _check_inputs(model: ModelVersion, inputs: Mapping[str, np.ndarray]) -> None:
     specs = model.inputs
-    if len(inputs) != len(specs) or not all(name in specs for name in inputs):
+    if inputs.keys() != specs.keys():
         unknown = [n for n in inputs if n not in specs]
         missing = [n for n in specs if n not in inputs]
         parts = [f"unknown input {n!r}" for n in unknown] + [

@@ -80,7 +80,7 @@ def tensor_from_json(tensor: RequestInput) -> np.ndarray:
     where = f"input {tensor.name!r}: "
     dtype = dtype_of(tensor.datatype, where)
     shape = tensor.shape
-    if any(dim < 0 for dim in shape):
+    if shape and min(shape) < 0:
         raise InvalidInputError(f"{where}shape {shape} has a negative dimension")
     data = tensor.data
     if data is None:

@@ -10,6 +10,7 @@ then exits. With ``workers > 1`` each worker binds its own ``SO_REUSEPORT`` sock
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -83,6 +84,9 @@ async def _serve(settings: ServerSettings, sock: socket.socket, ready: Connectio
         settings.repository, threads=settings.runtime_threads(), metrics=metrics
     )
     app = HttpApp(engine, metrics, settings.http)
+    # Everything loaded so far lives as long as the process: keep it out of the
+    # collector's full passes (and off copy-on-write pages after a fork).
+    gc.freeze()
     connections = _Connections()
     server = await loop.create_server(
         lambda: HttpConnection(app, connections), sock=sock, backlog=_BACKLOG

@@ -1,9 +1,10 @@
 """V2 REST over HTTP/1.1: httptools parses, an asyncio protocol on uvloop serves.
 
-The layer was chosen by measurement (docs/adr/0001-http-layer.md). A connection
-handles its requests in arrival order and writes each answer as soon as it is
-computed, so keep-alive and pipelining need no extra machinery. Every error maps to a
-status in ``_STATUS``, the one table between the domain's errors and HTTP.
+The layer was chosen by measurement (docs/adr/0001-http-layer.md): each request runs
+as an asyncio task (cheaper than answering inside the parser callback, and what an
+async engine needs), and each connection writes its answers in request order, so
+pipelining stays correct. Every error maps to a status in ``_STATUS``, the one table
+between the domain's errors and HTTP.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from email.utils import formatdate
 from typing import TYPE_CHECKING, final
 from urllib.parse import unquote
@@ -64,6 +66,8 @@ _REASONS = {
     503: b"Service Unavailable",
 }  # fmt: skip
 _JSON = b"application/json"
+# Requests a client may pipeline ahead of its answers before we stop reading from it.
+_MAX_PIPELINED = 64
 _EXTENSIONS: list[str] = []
 
 
@@ -142,7 +146,7 @@ class HttpApp:
     ) -> bytes:
         return self.response(status, encode_error(message), keep_alive=keep_alive, headers=headers)
 
-    def handle(self, method: bytes, url: bytes, body: bytes, keep_alive: bool) -> bytes:
+    async def handle(self, method: bytes, url: bytes, body: bytes, keep_alive: bool) -> bytes:
         """Answer one request; never raises."""
         path = url.split(b"?", 1)[0]
         try:
@@ -267,22 +271,27 @@ class HttpConnection(asyncio.Protocol):
     """One client connection: parse with httptools, answer in order, drain on shutdown."""
 
     __slots__ = (
-        "_app", "_body", "_connections", "_content_length", "_expect_continue", "_parser",
-        "_size", "_too_large", "_transport", "_url", "is_busy", "is_closing",
+        "_app", "_body", "_connections", "_content_length", "_expect_continue", "_loop",
+        "_parser", "_pending", "_size", "_too_large", "_transport", "_url",
+        "_writing_paused", "is_closing", "is_receiving",
     )  # fmt: skip
 
     def __init__(self, app: HttpApp, connections: set[HttpConnection]) -> None:
         self._app = app
         self._connections = connections
+        self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
+        # Answers being computed, oldest first, with their keep-alive flag.
+        self._pending: deque[tuple[asyncio.Task[bytes], bool]] = deque()
         self._url = b""
         self._body: list[bytes] = []
         self._size = 0
         self._content_length = 0
         self._expect_continue = False
         self._too_large = False
-        self.is_busy = False
+        self._writing_paused = False
+        self.is_receiving = False
         self.is_closing = False
 
     # -- asyncio.Protocol ----------------------------------------------------------
@@ -294,6 +303,9 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._connections.discard(self)
         self._transport = None
+        for task, _ in self._pending:
+            task.cancel()
+        self._pending.clear()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -304,18 +316,17 @@ class HttpConnection(asyncio.Protocol):
             self._fail(400, f"malformed HTTP request: {exc}")
 
     def pause_writing(self) -> None:
-        # The client is not reading its answers: stop reading its requests (bounded memory).
-        if self._transport is not None:
-            self._transport.pause_reading()
+        self._writing_paused = True
+        self._update_reading()
 
     def resume_writing(self) -> None:
-        if self._transport is not None:
-            self._transport.resume_reading()
+        self._writing_paused = False
+        self._update_reading()
 
     # -- httptools callbacks -------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self.is_busy = True
+        self.is_receiving = True
         self._url = b""
         self._body = []
         self._size = 0
@@ -327,10 +338,11 @@ class HttpConnection(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if name == b"content-length":
+        # Only two headers matter here; compare lengths first to skip the others cheaply.
+        size = len(name)
+        if size == 14 and name.lower() == b"content-length":
             self._content_length = int(value) if value.isdigit() else 0
-        elif name == b"expect" and value.lower() == b"100-continue":
+        elif size == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
             self._expect_continue = True
 
     def on_headers_complete(self) -> None:
@@ -350,17 +362,49 @@ class HttpConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        self.is_busy = False
+        self.is_receiving = False
         transport = self._transport
         if self._too_large or transport is None or transport.is_closing():
             return
         keep_alive = self._parser.should_keep_alive() and not self.is_closing
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        transport.write(self._app.handle(self._parser.get_method(), self._url, body, keep_alive))
-        if not keep_alive:
-            transport.close()
+        answer = self._app.handle(self._parser.get_method(), self._url, body, keep_alive)
+        task = self._loop.create_task(answer)
+        self._pending.append((task, keep_alive))
+        task.add_done_callback(self._write_answers)
+        if len(self._pending) == _MAX_PIPELINED:
+            self._update_reading()
 
     # -- helpers -------------------------------------------------------------------
+
+    def _write_answers(self, _done: asyncio.Task[bytes]) -> None:
+        """Write every finished answer at the head of the queue, in request order."""
+        pending = self._pending
+        transport = self._transport
+        while pending and pending[0][0].done():
+            task, keep_alive = pending.popleft()
+            if transport is None or transport.is_closing() or task.cancelled():
+                continue
+            transport.write(task.result())
+            if not keep_alive:
+                transport.close()
+                return
+        if transport is None or transport.is_closing():
+            return
+        if self.is_closing and not self.is_receiving and not pending:
+            transport.close()
+        elif len(pending) == _MAX_PIPELINED - 1:
+            self._update_reading()
+
+    def _update_reading(self) -> None:
+        # Stop reading a client that does not read its answers or pipelines too far
+        # ahead: memory per connection stays bounded.
+        if self._transport is None or self._transport.is_closing():
+            return
+        if self._writing_paused or len(self._pending) >= _MAX_PIPELINED:
+            self._transport.pause_reading()
+        else:
+            self._transport.resume_reading()
 
     def _reject_too_large(self, size: int) -> None:
         # Answer before reading the body, then close: the rest of it is never read.
@@ -374,7 +418,7 @@ class HttpConnection(asyncio.Protocol):
             self._transport.close()
 
     def shutdown(self) -> None:
-        """Close now if idle; otherwise close after the request being received is answered."""
+        """Close now if idle; otherwise once the requests received or arriving are answered."""
         self.is_closing = True
-        if not self.is_busy and self._transport is not None:
+        if not self.is_receiving and not self._pending and self._transport is not None:
             self._transport.close()
