@@ -9,10 +9,14 @@ import signal
 import socket
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.conftest import Server, start_server
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ROW = (
     b'{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}'
@@ -37,6 +41,13 @@ def fresh_post(srv: Server, path: str, body: bytes) -> int:
         return response.status
     finally:
         conn.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 def children(pid: int) -> list[int]:
@@ -95,12 +106,9 @@ def test_dead_worker_is_restarted(repository: Path) -> None:
     try:
         first, second = children(srv.process.pid)
         os.kill(first, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            now = children(srv.process.pid)
-            if len(now) == 2 and first not in now:
-                break
-            time.sleep(0.05)
+        wait_for(
+            lambda: len(children(srv.process.pid)) == 2 and first not in children(srv.process.pid)
+        )
         now = children(srv.process.pid)
         assert second in now
         assert first not in now
@@ -130,6 +138,7 @@ def test_sigterm_finishes_the_request_in_flight(repository: Path, workers: str) 
         # ...the idle keep-alive connection is closed at once...
         idle.settimeout(10)
         assert idle.recv(65536) == b""
+        wait_for(lambda: srv.output().count("shutting down") == int(workers))  # every worker
         # ...and the rest of the request still gets its answer, then the close.
         busy.sendall(ROW[20:])
         answer = b""
