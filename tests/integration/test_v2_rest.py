@@ -244,6 +244,15 @@ def test_errors(
     assert re.search(message, error), error
 
 
+def test_head_has_get_headers_and_no_body(server: Server) -> None:
+    get = server.get("/v2/models/iris")
+    head = server.request("HEAD", "/v2/models/iris")
+    assert head.status == 200
+    assert head.body == b""
+    assert head.headers["content-length"] == str(len(get.body))
+    assert server.get("/v2/health/live").status == 200  # the connection is still in sync
+
+
 def test_method_not_allowed_names_the_method(server: Server) -> None:
     answer = server.request("DELETE", "/v2/models/iris/infer")
     assert answer.status == 405

@@ -30,6 +30,7 @@ __all__ = [
     "decode_infer_request",
     "decode_json",
     "encode_error",
+    "encode_health",
     "encode_infer_response",
     "encode_model_metadata",
     "encode_server_metadata",
@@ -199,6 +200,13 @@ def encode_model_metadata(
 def encode_server_metadata(version: str, extensions: list[str]) -> bytes:
     """Encode ``GET /v2``."""
     return _encoder.encode(ServerMetadata("ligeiro", version, extensions))
+
+
+def encode_health(field: str, value: bool, name: str | None = None) -> bytes:
+    """Encode ``{"live": true}``, ``{"ready": true}`` or ``{"name": m, "ready": true}``."""
+    body: dict[str, str | bool] = {} if name is None else {"name": name}
+    body[field] = value
+    return _encoder.encode(body)
 
 
 def encode_error(message: str) -> bytes:

@@ -33,6 +33,7 @@ from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..protocol.codec import (
     decode_infer_request,
     encode_error,
+    encode_health,
     encode_infer_response,
     encode_model_metadata,
     encode_server_metadata,
@@ -113,6 +114,8 @@ class HttpApp:
         self.settings = settings
         self._clock = _Clock()
         self._server_metadata = encode_server_metadata(__version__, _EXTENSIONS)
+        self._live_body = encode_health("live", True)
+        self._ready_body = encode_health("ready", True)
         self._get_routes = {
             b"/v2/health/live": self._live,
             b"/v2/health/ready": self._ready,
@@ -147,7 +150,10 @@ class HttpApp:
         return self.response(status, encode_error(message), keep_alive=keep_alive, headers=headers)
 
     async def handle(self, method: bytes, url: bytes, body: bytes, keep_alive: bool) -> bytes:
-        """Answer one request; never raises."""
+        """Answer one request; never raises. HEAD gets GET's headers without the body."""
+        if method == b"HEAD":
+            answer = await self.handle(b"GET", url, body, keep_alive)
+            return answer[: answer.index(b"\r\n\r\n") + 4]
         path = url.split(b"?", 1)[0]
         try:
             if path.startswith(b"/v2/models/"):
@@ -163,7 +169,7 @@ class HttpApp:
                 return self.error(
                     404, f"no route for {path.decode('latin-1')}", keep_alive=keep_alive
                 )
-            if method not in (b"GET", b"HEAD"):
+            if method != b"GET":
                 return self._not_allowed(b"GET", keep_alive)
             return route(keep_alive)
         except LigeiroError as exc:
@@ -185,12 +191,12 @@ class HttpApp:
         )
 
     def _live(self, keep_alive: bool) -> bytes:
-        return self.response(200, b'{"live":true}', keep_alive=keep_alive)
+        return self.response(200, self._live_body, keep_alive=keep_alive)
 
     def _ready(self, keep_alive: bool) -> bytes:
         # Ready once the repository is loaded; a broken model is reported on its own
         # routes and does not take the server out of rotation.
-        return self.response(200, b'{"ready":true}', keep_alive=keep_alive)
+        return self.response(200, self._ready_body, keep_alive=keep_alive)
 
     def _metadata(self, keep_alive: bool) -> bytes:
         return self.response(200, self._server_metadata, keep_alive=keep_alive)
@@ -214,12 +220,12 @@ class HttpApp:
             return self._inference(name, version, body, keep_alive, self._answer_infer)
         if len(tail) > 1 or (tail and tail[0] != "ready") or not name:
             return self.error(404, f"no route for /v2/models/{_text(rest)}", keep_alive=keep_alive)
-        if method not in (b"GET", b"HEAD"):
+        if method != b"GET":
             return self._not_allowed(b"GET", keep_alive)
         model = self.engine.model(name, version)
         if tail:
             return self.response(
-                200, b'{"name":"%s","ready":true}' % model.name.encode(), keep_alive=keep_alive
+                200, encode_health("ready", True, model.name), keep_alive=keep_alive
             )
         versions = [s.version for s in self.engine.index() if s.name == name and s.is_ready]
         body = encode_model_metadata(name, versions, model.inputs.values(), model.outputs.values())
