@@ -170,19 +170,20 @@ class Registry:
     @staticmethod
     def _load_model(folder: ModelFolder, threads: int) -> _Model:
         model = _Model(folder.name, {}, {}, None)
-        if not folder.versions:
-            reason = f"{folder.path}: no version folders (expected {folder.path}/1/{MODEL_FILE})"
-            model.failed[""] = reason
-            logger.error("model %r not loaded: %s", folder.name, reason)
-            return model
         try:
+            if not folder.versions:
+                raise ModelLoadError(
+                    f"{folder.path}: no version folders (expected {folder.path}/1/{MODEL_FILE})"
+                )
             config = load_config(folder.path)
         except ModelLoadError as exc:
-            config, config_error = None, str(exc)
+            # The folder or its config is broken: every version fails for that reason.
+            for version in folder.versions or ("",):
+                model.failed[str(version)] = str(exc)
+            logger.error("model %r not loaded: %s", folder.name, exc)
+            return model
         for version in folder.versions:
             try:
-                if config is None:
-                    raise ModelLoadError(config_error)
                 model.ready[str(version)] = load_version(folder, version, config, threads=threads)
             except LigeiroError as exc:
                 model.failed[str(version)] = str(exc)
