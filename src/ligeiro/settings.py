@@ -29,6 +29,10 @@ class HttpSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
     max_request_bytes: Annotated[int, msgspec.Meta(gt=0)] = 64 * 1024 * 1024
+    # An idle keep-alive connection is closed after this long without a request.
+    keep_alive_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    # A request that stops arriving half-way is answered 408 after this long (slowloris).
+    receive_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
 
 
 class RuntimeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -360,3 +360,28 @@ def test_body_over_limit_is_413(repository: Path) -> None:
         assert srv.post("/v2/models/iris/infer", iris_request()).status == 200
     finally:
         assert srv.stop() == 0
+
+
+def test_idle_and_stalled_connections_are_closed(
+    repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LIGEIRO_HTTP__KEEP_ALIVE_TIMEOUT_S", "0.5")
+    monkeypatch.setenv("LIGEIRO_HTTP__RECEIVE_TIMEOUT_S", "0.5")
+    srv = start_server(repository, "--threads", "1")
+    try:
+        with (
+            socket.create_connection((srv.host, srv.port), timeout=10) as idle,
+            socket.create_connection((srv.host, srv.port), timeout=10) as stalled,
+        ):
+            idle.sendall(b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert read_responses(idle, 1) == [(200, b'{"live":true}')]
+            stalled.sendall(
+                b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 90\r\n\r\n{"
+            )
+            assert idle.recv(65536) == b""  # closed after 0.5-1.5 s of idleness
+            answer = stalled.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 408 Request Timeout")
+            assert b"request incomplete after 0.5 s of silence" in answer
+        assert srv.post("/v2/models/iris/infer", iris_request()).status == 200  # others unaffected
+    finally:
+        assert srv.stop() == 0

@@ -24,7 +24,9 @@ def test_print_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert result.exit_code == 0, result.output
     config = json.loads(result.output)
-    assert config["http"] == {"host": "127.0.0.1", "port": 9001, "max_request_bytes": 1234}
+    assert config["http"]["port"] == 9001
+    assert config["http"]["max_request_bytes"] == 1234
+    assert config["http"]["keep_alive_timeout_s"] == 60.0
     assert config["workers"] == 2
 
 

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
     from ..settings import ServerSettings
-    from .http import HttpConnection
 
 __all__ = ["serve"]
 
@@ -50,29 +49,11 @@ def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True)
     return sock
 
 
-class _Connections(set["HttpConnection"]):
-    """Open connections; ``empty`` is set whenever the last one closes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.empty = asyncio.Event()
-        self.empty.set()
-
-    def add(self, connection: HttpConnection) -> None:
-        super().add(connection)
-        self.empty.clear()
-
-    def discard(self, connection: object) -> None:
-        super().discard(connection)
-        if not self:
-            self.empty.set()
-
-
 async def _serve(settings: ServerSettings, sock: socket.socket, ready: Connection | None) -> None:
     # Imported here, after the supervisor has set PROMETHEUS_MULTIPROC_DIR.
     from ..engine import Engine
     from ..metrics import Metrics
-    from .http import HttpApp, HttpConnection
+    from .http import Connections, HttpApp, HttpConnection
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -87,7 +68,8 @@ async def _serve(settings: ServerSettings, sock: socket.socket, ready: Connectio
     # Everything loaded so far lives as long as the process: keep it out of the
     # collector's full passes (and off copy-on-write pages after a fork).
     gc.freeze()
-    connections = _Connections()
+    connections = Connections(settings.http)
+    connections.start_sweeping()
     server = await loop.create_server(
         lambda: HttpConnection(app, connections), sock=sock, backlog=_BACKLOG
     )
@@ -104,6 +86,7 @@ async def _serve(settings: ServerSettings, sock: socket.socket, ready: Connectio
     await stop.wait()
     logger.info("shutting down (pid %d): draining %d connection(s)", os.getpid(), len(connections))
     server.close()
+    connections.stop_sweeping()
     for connection in list(connections):
         connection.shutdown()
     try:

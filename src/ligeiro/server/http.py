@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from ..repository.registry import ModelVersion
     from ..settings import HttpSettings
 
-__all__ = ["HttpApp", "HttpConnection", "status_for"]
+__all__ = ["Connections", "HttpApp", "HttpConnection", "status_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ _STATUS: dict[type[LigeiroError], int] = {
 }
 _REASONS = {
     200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
-    413: b"Content Too Large", 429: b"Too Many Requests", 500: b"Internal Server Error",
-    503: b"Service Unavailable",
+    408: b"Request Timeout", 413: b"Content Too Large", 429: b"Too Many Requests",
+    500: b"Internal Server Error", 503: b"Service Unavailable",
 }  # fmt: skip
 _JSON = b"application/json"
 # Requests a client may pipeline ahead of its answers before we stop reading from it.
@@ -272,6 +272,51 @@ def _text(raw: bytes) -> str:
     return unquote(text) if "%" in text else text
 
 
+_SWEEP_INTERVAL_S = 1.0
+
+
+@final
+class Connections(set["HttpConnection"]):
+    """A server's open connections: closes stalled and idle ones, tells when none is left.
+
+    ``empty`` is set whenever the last connection closes (the shutdown drain waits on
+    it). Once a second a timer closes keep-alive connections idle for longer than
+    ``keep_alive_timeout_s`` and answers 408 to requests that stopped arriving for longer
+    than ``receive_timeout_s``: one timer for all connections, none per request.
+    """
+
+    def __init__(self, settings: HttpSettings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.empty = asyncio.Event()
+        self.empty.set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, connection: HttpConnection) -> None:
+        super().add(connection)
+        self.empty.clear()
+
+    def discard(self, connection: object) -> None:
+        super().discard(connection)
+        if not self:
+            self.empty.set()
+
+    def start_sweeping(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(_SWEEP_INTERVAL_S, self._sweep, loop)
+
+    def stop_sweeping(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for connection in list(self):
+            connection.expire(now, self.settings)
+        self._timer = loop.call_later(_SWEEP_INTERVAL_S, self._sweep, loop)
+
+
 @final
 class HttpConnection(asyncio.Protocol):
     """One client connection: parse with httptools, answer in order, drain on shutdown."""
@@ -279,10 +324,10 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "_app", "_body", "_connections", "_content_length", "_expect_continue", "_loop",
         "_parser", "_pending", "_size", "_too_large", "_transport", "_url",
-        "_writing_paused", "is_closing", "is_receiving",
+        "_writing_paused", "is_closing", "is_receiving", "last_active",
     )  # fmt: skip
 
-    def __init__(self, app: HttpApp, connections: set[HttpConnection]) -> None:
+    def __init__(self, app: HttpApp, connections: Connections) -> None:
         self._app = app
         self._connections = connections
         self._loop = asyncio.get_running_loop()
@@ -299,6 +344,7 @@ class HttpConnection(asyncio.Protocol):
         self._writing_paused = False
         self.is_receiving = False
         self.is_closing = False
+        self.last_active = self._loop.time()
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -314,6 +360,7 @@ class HttpConnection(asyncio.Protocol):
         self._pending.clear()
 
     def data_received(self, data: bytes) -> None:
+        self.last_active = self._loop.time()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -392,6 +439,7 @@ class HttpConnection(asyncio.Protocol):
             if transport is None or transport.is_closing() or task.cancelled():
                 continue
             transport.write(task.result())
+            self.last_active = self._loop.time()
             if not keep_alive:
                 transport.close()
                 return
@@ -421,6 +469,21 @@ class HttpConnection(asyncio.Protocol):
     def _fail(self, status: int, message: str) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(self._app.error(status, message, keep_alive=False))
+            self._transport.close()
+
+    def expire(self, now: float, settings: HttpSettings) -> None:
+        """Close if idle too long; answer 408 if a request stopped arriving too long ago."""
+        quiet = now - self.last_active
+        if self.is_receiving:
+            if quiet > settings.receive_timeout_s:
+                self._fail(
+                    408, f"request incomplete after {settings.receive_timeout_s:g} s of silence"
+                )
+        elif (
+            not self._pending
+            and quiet > settings.keep_alive_timeout_s
+            and self._transport is not None
+        ):
             self._transport.close()
 
     def shutdown(self) -> None:
