@@ -61,6 +61,7 @@ __all__ = [
     "parse_wrk",
     "run_wrk",
     "wrk_script",
+    "wrk_seconds",
 ]
 
 LOCK_PATH: Final = Path("/tmp/ligeiro-bench.lock")
@@ -502,6 +503,11 @@ def parse_wrk(output: str, connections: int) -> LoadResult:
     )
 
 
+def wrk_seconds(duration_s: float) -> int:
+    """How long ``run_wrk`` really loads for: wrk takes whole seconds, one at the least."""
+    return max(1, round(duration_s))
+
+
 def run_wrk(
     request: HttpRequest, *, connections: int, duration_s: float, core: int = LOAD_CORE
 ) -> LoadResult:
@@ -518,7 +524,7 @@ def run_wrk(
         script.write_text(wrk_script(request))
         command = [
             "taskset", "-c", str(core),
-            "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s",
+            "wrk", "-t1", f"-c{connections}", f"-d{wrk_seconds(duration_s)}s",
             "--latency", "-s", str(script), request.url,
         ]  # fmt: skip
         done = subprocess.run(

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import select
 import signal
@@ -40,7 +39,6 @@ from ._harness import (
     BenchmarkError,
     HttpRequest,
     Machine,
-    Measurement,
     ServerProcess,
     ensure_tools,
     exclusive_machine,
@@ -50,9 +48,10 @@ from ._harness import (
     measure,
 )
 from ._http_candidates import MODEL_ENV, READY_ROUTE, ROUTE, SAMPLE_REQUEST
+from ._rounds import Run, Spread, describe_rounds, median_runs, rates, rotated, round_ratios
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable
 
 REPO: Final = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL: Final = REPO / "examples" / "models" / "iris" / "1" / "model.onnx"
@@ -113,15 +112,6 @@ CANDIDATES: Final = (
          "--factory", f"{_CANDIDATES_MODULE}:starlette_app"),
     ),
 )  # fmt: skip
-
-
-class Run(msgspec.Struct, frozen=True):
-    """One candidate at one concurrency in one round."""
-
-    candidate: str
-    round: int
-    concurrency: int
-    measurement: Measurement
 
 
 class ProtocolChecks(msgspec.Struct, frozen=True):
@@ -355,8 +345,7 @@ def run(args: argparse.Namespace) -> Report:
     behaviour: list[Behaviour] = []
     for round_index in range(args.rounds):
         # Rotate the order, so no candidate always runs first or on a warmer machine.
-        shift = round_index % len(selected)
-        for candidate in selected[shift:] + selected[:shift]:
+        for candidate in rotated(selected, round_index):
             print(f"round {round_index + 1}: {candidate.title}", file=sys.stderr, flush=True)
             new_runs, seen = bench_candidate(candidate, args, round_index)
             runs += new_runs
@@ -369,27 +358,6 @@ def run(args: argparse.Namespace) -> Report:
         runs=runs,
         behaviour=behaviour,
     )
-
-
-def _median_runs(runs: Sequence[Run]) -> dict[tuple[str, int], Run]:
-    """Per (candidate, concurrency), the round with the median throughput."""
-    groups: dict[tuple[str, int], list[Run]] = {}
-    for r in runs:
-        groups.setdefault((r.candidate, r.concurrency), []).append(r)
-    return {
-        key: sorted(group, key=lambda r: r.measurement.load.requests_per_s)[(len(group) - 1) // 2]
-        for key, group in groups.items()
-    }
-
-
-def _throughputs(runs: Sequence[Run]) -> dict[tuple[str, int], list[tuple[float, float]]]:
-    """Per (candidate, concurrency), each round's req/s and its ratio to the reference's."""
-    rate = {(r.round, r.candidate, r.concurrency): r.measurement.load.requests_per_s for r in runs}
-    out: dict[tuple[str, int], list[tuple[float, float]]] = {}
-    for (round_, name, c), value in rate.items():
-        reference = rate.get((round_, REFERENCE, c), math.nan)
-        out.setdefault((name, c), []).append((value, value / reference))
-    return out
 
 
 SPEED_COLUMNS: Final = (
@@ -420,17 +388,15 @@ BEHAVIOUR_COLUMNS: Final = (
 )
 
 
-def _speed_row(run: Run, rounds: list[tuple[float, float]]) -> list[str]:
+def _speed_row(run: Run, round_rates: list[float], ratios: list[float]) -> list[str]:
     load = run.measurement.load
-    rates = [rate for rate, _ in rounds]
     # The ratio is taken within each round (minutes apart, same machine state), then the
     # median over rounds: steadier on a shared machine than a ratio of medians.
-    ratio = statistics.median(ratio for _, ratio in rounds)
     return [
         run.candidate,
         str(run.concurrency),
         f"{load.requests_per_s:,.0f}",
-        f"{min(rates):,.0f}-{max(rates):,.0f}",
+        Spread.of(round_rates).range(",.0f"),
         f"{load.p50_ms:.2f}",
         f"{load.p90_ms:.2f}",
         f"{load.p99_ms:.2f}",
@@ -438,7 +404,7 @@ def _speed_row(run: Run, rounds: list[tuple[float, float]]) -> list[str]:
         # Under 100 % at c >= 16 means the server's core was not all its own (shared machine).
         f"{run.measurement.cpu_us_per_request * load.requests_per_s / 1e4:.0f}",
         f"{run.measurement.peak_rss_mib:.0f}",
-        "-" if math.isnan(ratio) else f"{ratio:.2f}",
+        f"{Spread.of(ratios).median:.2f}" if ratios else "-",
         str(load.non_2xx + load.socket_errors),
     ]
 
@@ -468,16 +434,22 @@ def format_report(report: Report, *, markdown: bool) -> str:
     ``req/s range`` spans the rounds; start-up and exit times are medians; a check shows
     every distinct outcome the rounds saw.
     """
-    throughputs = _throughputs(report.runs)
-    speed = [_speed_row(r, throughputs[key]) for key, r in _median_runs(report.runs).items()]
+    round_rates = rates(report.runs)
+    ratios = {
+        name: round_ratios(report.runs, name, REFERENCE)
+        for name in dict.fromkeys(r.candidate for r in report.runs)
+    }
+    speed = [
+        _speed_row(r, round_rates[key], ratios[r.candidate].get(r.concurrency, []))
+        for key, r in median_runs(report.runs).items()
+    ]
     by_candidate: dict[str, list[Behaviour]] = {}
     for b in report.behaviour:
         by_candidate.setdefault(b.candidate, []).append(b)
     behaviour = [_behaviour_row(rounds) for rounds in by_candidate.values()]
     return "\n\n".join(
         [
-            f"median of {report.rounds} round(s); {report.duration_s} s per run "
-            f"after {report.warmup_s} s of warm-up",
+            describe_rounds(report.rounds, report.duration_s, report.warmup_s),
             format_table(SPEED_COLUMNS, speed, markdown=markdown),
             format_table(BEHAVIOUR_COLUMNS, behaviour, markdown=markdown),
         ]

@@ -1,28 +1,38 @@
-"""Iris end to end: ligeiro beside the seed article's two FastAPI servers, in one run.
+"""Iris end to end: ligeiro beside the seed article's two FastAPI servers, in rounds.
 
 The seed article (003) served one sklearn pipeline three ways and compared them under
 load. This runs its two Python servers (FastAPI + pickle, FastAPI + ONNX Runtime) and
-ligeiro on the same model, each as one process on core 0 with wrk on core 1, at a few
-concurrencies, and prints throughput, latency, CPU per request, peak memory, start-up
-time and ligeiro's throughput ratio to each baseline. The machine is shared and noisy:
-the ratios, measured minutes apart on the same machine, are the numbers that hold.
+ligeiro on the same model, each as one process on core 0 with wrk on core 1, and prints
+throughput, latency, CPU per request, peak memory, start-up time and ligeiro's
+throughput ratio to each baseline.
+
+The machine is shared and noisy (the same server measured 7,001 req/s in one run and
+3,925 in the next), so the run is made of rounds (``--rounds``, default 3). Each round
+starts every server, one after another, and keeps them all up; then, for each
+concurrency, loads them back to back, so that a ratio compares runs seconds apart. The
+order rotates every round. Rows show the round with the median req/s and the range; a
+ratio is the median over rounds of the ratio measured within one round (``_rounds.py``).
 
 Every server's answer to the payload is checked once before it is loaded, so a server
 that answers errors fast is never mistaken for a fast server.
 
-Run: ``python -m benchmarks.bench_iris [--duration 10] [--concurrency 1,16,64]
-[--servers ligeiro-v2,fastapi-onnx] [--json PATH] [--markdown PATH]``
+Run: ``python -m benchmarks.bench_iris [--rounds 3] [--duration 5] [--warmup 1]
+[--concurrency 1,16,64] [--servers ligeiro-v2,fastapi-onnx] [--json PATH]
+[--markdown PATH]``
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import statistics
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -32,7 +42,6 @@ from ._harness import (
     BenchmarkError,
     HttpRequest,
     Machine,
-    Measurement,
     ServerProcess,
     ensure_tools,
     exclusive_machine,
@@ -41,7 +50,9 @@ from ._harness import (
     http_call,
     machine_info,
     measure,
+    wrk_seconds,
 )
+from ._rounds import Run, Spread, describe_rounds, median_runs, rotated, round_ratios
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -152,16 +163,6 @@ def targets() -> dict[str, Target]:
     return {target.name: target for target in all_targets}
 
 
-@dataclass
-class TargetResult:
-    """Everything measured for one target; ``error`` says why a target has no numbers."""
-
-    name: str
-    startup_s: float | None = None
-    measurements: list[Measurement] = field(default_factory=list)
-    error: str | None = None
-
-
 def ensure_models() -> None:
     """Build the ONNX model and the baseline's pickle when missing or older than the script.
 
@@ -197,118 +198,264 @@ def verify(target: Target, request: HttpRequest) -> None:
         )
 
 
-def run_target(target: Target, options: argparse.Namespace) -> TargetResult:
-    """Start the target's server, check it, load it at each concurrency, stop it."""
+@dataclass(frozen=True)
+class Startup:
+    """Seconds from launching a target's command to its first ready 200, in one round."""
+
+    target: str
+    round: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A target that could not start, answered wrongly, or died, in one round."""
+
+    target: str
+    round: int
+    error: str
+
+
+@dataclass
+class Rounds:
+    """Everything a run measured, round by round."""
+
+    runs: list[Run] = field(default_factory=list)
+    startups: list[Startup] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+    def fail(self, target: str, round_: int, error: BenchmarkError) -> None:
+        self.failures.append(Failure(target, round_, str(error)))
+        print(f"round {round_}: {target} FAILED: {error}", flush=True)
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    """A started, checked target and the request that loads it."""
+
+    target: Target
+    server: ServerProcess
+    request: HttpRequest
+
+
+def start_target(
+    target: Target, round_: int, options: argparse.Namespace, stack: contextlib.ExitStack
+) -> tuple[LiveServer, float]:
+    """Start the target's server (stopped when ``stack`` closes) and check its answer.
+
+    Returns:
+        The live server and its start-up time in seconds.
+
+    Raises:
+        BenchmarkError: the server did not become ready, or answered wrongly.
+    """
     port = free_port(HOST)
     base_url = f"http://{HOST}:{port}"
     request = HttpRequest(
         "POST", base_url + target.path, json.dumps(target.payload).encode(), JSON_HEADERS
     )
-    server = ServerProcess(
-        [argument.format(port=port) for argument in target.command],
-        base_url + target.ready_path,
-        log_path=WORK_DIR / "logs" / f"{target.name}.log",
-        cwd=ROOT,
-        env=target.env,
+    server = stack.enter_context(
+        ServerProcess(
+            [argument.format(port=port) for argument in target.command],
+            base_url + target.ready_path,
+            log_path=WORK_DIR / "logs" / f"{target.name}-{round_}.log",
+            cwd=ROOT,
+            env=target.env,
+        )
     )
-    result = TargetResult(target.name)
-    print(f"{target.name}: starting {' '.join(server.argv)}", flush=True)
+    print(f"round {round_}: starting {target.name}: {' '.join(server.argv)}", flush=True)
     try:
-        with server:
-            result.startup_s = server.start(timeout_s=options.ready_timeout)
-            verify(target, request)
-            for connections in options.concurrency:
-                measurement = measure(
-                    server,
-                    request,
-                    connections=connections,
-                    duration_s=options.duration,
-                    warmup_s=options.warmup,
-                )
-                result.measurements.append(measurement)
+        startup_s = server.start(timeout_s=options.ready_timeout)
+        verify(target, request)
+    except BenchmarkError:
+        server.stop()  # now, not at the end of the round: it is left out of this round
+        raise
+    return LiveServer(target, server, request), startup_s
+
+
+def run_round(
+    round_index: int, selected: Sequence[Target], options: argparse.Namespace, out: Rounds
+) -> None:
+    """One round: start every target, then load them back to back at each concurrency.
+
+    All targets stay up for the whole round, pinned to core 0 with the others idle beside
+    them: an idle server costs memory, not CPU, and keeping it up lets the targets take
+    turns within seconds at each concurrency. They start one after another, so each
+    start-up has the core to itself. A target that fails is stopped and skipped for the
+    rest of the round; the others go on.
+    """
+    round_ = round_index + 1
+    order = rotated(selected, round_index)
+    with contextlib.ExitStack() as stack:
+        live: dict[str, LiveServer] = {}
+        for target in order:
+            try:
+                live[target.name], startup_s = start_target(target, round_, options, stack)
+            except BenchmarkError as error:
+                out.fail(target.name, round_, error)
+                continue
+            out.startups.append(Startup(target.name, round_, startup_s))
+        for connections in options.concurrency:
+            for target in order:
+                if (entry := live.get(target.name)) is None:
+                    continue
+                try:
+                    measurement = measure(
+                        entry.server,
+                        entry.request,
+                        connections=connections,
+                        duration_s=options.duration,
+                        warmup_s=options.warmup,
+                    )
+                except BenchmarkError as error:
+                    out.fail(target.name, round_, error)
+                    live.pop(target.name).server.stop()
+                    continue
+                out.runs.append(Run(target.name, round_, connections, measurement))
                 print(
-                    f"  c={connections:<3} {measurement.load.requests_per_s:9.0f} req/s", flush=True
+                    f"round {round_}: c={connections:<3} {target.name:<16} "
+                    f"{measurement.load.requests_per_s:7.0f} req/s",
+                    flush=True,
                 )
-    except BenchmarkError as error:
-        result.error = str(error)
-        print(f"{target.name}: FAILED: {error}", flush=True)
-    return result
+
+
+# Seconds per wrk call beyond its -d (process start, connect, report), and per server
+# start (imports, model load, the check), for the time estimate printed before a run.
+_WRK_OVERHEAD_S: Final = 0.1
+_START_OVERHEAD_S: Final = 1.5
+
+
+def expected_seconds(options: argparse.Namespace) -> float:
+    """Roughly how long a run with these options takes."""
+    warmup_s = wrk_seconds(options.warmup) if options.warmup > 0 else 0
+    per_run_s = warmup_s + wrk_seconds(options.duration) + _WRK_OVERHEAD_S * (1 + (warmup_s > 0))
+    per_server_s = len(options.concurrency) * per_run_s + _START_OVERHEAD_S
+    return float(options.rounds * len(options.servers) * per_server_s)
 
 
 # --- reports ------------------------------------------------------------------------------
 
 RESULT_HEADERS: Final = (
-    "server", "c", "req/s", "p50 ms", "p90 ms", "p99 ms",
+    "server", "c", "req/s", "req/s range", "p50 ms", "p90 ms", "p99 ms",
     "CPU µs/req", "peak RSS MiB", "start-up s", "errors",
 )  # fmt: skip
 
 
-def result_rows(results: Sequence[TargetResult]) -> list[list[str]]:
-    """One row per target and concurrency; start-up time on each target's first row."""
+def result_rows(
+    measured: Rounds, servers: Sequence[str], concurrency: Sequence[int]
+) -> list[list[str]]:
+    """One row per target and concurrency, from the round with the median req/s.
+
+    ``req/s range`` spans the rounds; ``peak RSS`` is the highest any round reached by
+    then; ``errors`` adds up every round; start-up (median over rounds) is on each
+    target's first row.
+    """
+    medians = median_runs(measured.runs)
     rows = []
-    for result in results:
-        if result.error is not None and not result.measurements:
-            rows.append([result.name, "-", "failed", *[""] * (len(RESULT_HEADERS) - 3)])
-            continue
-        for i, m in enumerate(result.measurements):
-            startup = f"{result.startup_s:.2f}" if i == 0 and result.startup_s else ""
-            load = m.load
+    for name in servers:
+        startups = [s.seconds for s in measured.startups if s.target == name]
+        startup = f"{statistics.median(startups):.2f}" if startups else ""
+        for connections in concurrency:
+            if (run := medians.get((name, connections))) is None:
+                rows.append([name, str(connections), "failed", *[""] * (len(RESULT_HEADERS) - 3)])
+                continue
+            loads = [
+                r for r in measured.runs if (r.candidate, r.concurrency) == (name, connections)
+            ]
+            peak_rss_mib = max(r.measurement.peak_rss_mib for r in loads)
+            errors = sum(
+                r.measurement.load.non_2xx + r.measurement.load.socket_errors for r in loads
+            )
+            load = run.measurement.load
             rows.append([
-                result.name, str(load.connections), f"{load.requests_per_s:.0f}",
+                name, str(connections), f"{load.requests_per_s:,.0f}",
+                Spread.of(r.requests_per_s for r in loads).range(",.0f"),
                 f"{load.p50_ms:.2f}", f"{load.p90_ms:.2f}", f"{load.p99_ms:.2f}",
-                f"{m.cpu_us_per_request:.0f}", f"{m.peak_rss_mib:.1f}", startup,
-                str(load.non_2xx + load.socket_errors),
+                f"{run.measurement.cpu_us_per_request:.0f}",
+                f"{peak_rss_mib:.1f}", startup, str(errors),
             ])  # fmt: skip
+            startup = ""
     return rows
 
 
 def throughput_ratios(
-    results: Sequence[TargetResult], all_targets: Mapping[str, Target]
-) -> dict[str, dict[int, float]]:
-    """ligeiro's req/s divided by each baseline's, per concurrency, where both ran."""
-    by_name = {result.name: result for result in results if result.measurements}
-    ratios: dict[str, dict[int, float]] = {}
-    for ours in (by_name[n] for n in by_name if not all_targets[n].is_baseline):
-        for theirs in (by_name[n] for n in by_name if all_targets[n].is_baseline):
-            rates = {m.load.connections: m.load.requests_per_s for m in theirs.measurements}
-            ratios[f"{ours.name} / {theirs.name}"] = {
-                m.load.connections: m.load.requests_per_s / rates[m.load.connections]
-                for m in ours.measurements
-                if rates.get(m.load.connections)
-            }
-    return ratios
+    measured: Rounds, servers: Sequence[str], all_targets: Mapping[str, Target]
+) -> dict[str, dict[int, list[float]]]:
+    """Per ligeiro target and baseline, per concurrency, the ratio of req/s in each round."""
+    ours = [name for name in servers if not all_targets[name].is_baseline]
+    theirs = [name for name in servers if all_targets[name].is_baseline]
+    return {
+        f"{mine} / {baseline}": round_ratios(measured.runs, mine, baseline)
+        for mine in ours
+        for baseline in theirs
+    }
 
 
 def render(
-    results: Sequence[TargetResult],
-    ratios: Mapping[str, Mapping[int, float]],
-    concurrency: Sequence[int],
+    measured: Rounds,
+    ratios: Mapping[str, Mapping[int, list[float]]],
+    options: argparse.Namespace,
     *,
     markdown: bool,
 ) -> str:
     """The results table, the ratio table, and any failures, as text or Markdown."""
-    parts = [format_table(RESULT_HEADERS, result_rows(results), markdown=markdown)]
+    parts = [
+        describe_rounds(options.rounds, options.duration, options.warmup),
+        format_table(
+            RESULT_HEADERS,
+            result_rows(measured, options.servers, options.concurrency),
+            markdown=markdown,
+        ),
+    ]
     if ratios:
-        headers = ["req/s ratio", *(f"c={c}" for c in concurrency)]
+        headers = ["req/s ratio: median (range)", *(f"c={c}" for c in options.concurrency)]
         rows = [
-            [pair, *(f"{by_c[c]:.2f}x" if c in by_c else "-" for c in concurrency)]
+            [pair, *(_ratio_cell(by_c.get(c, [])) for c in options.concurrency)]
             for pair, by_c in ratios.items()
         ]
         parts.append(format_table(headers, rows, markdown=markdown))
     parts += [
-        f"{result.name} failed: {result.error.splitlines()[0]}"
-        for result in results
-        if result.error is not None
+        f"{f.target} failed in round {f.round}: {f.error.splitlines()[0]}"
+        for f in measured.failures
     ]
     return "\n\n".join(parts)
 
 
-def markdown_heading(machine: Machine, command: str) -> str:
-    """The context a published table needs: command, machine, versions, date."""
+def _ratio_cell(ratios: list[float]) -> str:
+    if not ratios:
+        return "-"
+    spread = Spread.of(ratios)
+    return f"{spread.median:.2f}x ({spread.range('.2f')})"
+
+
+def markdown_heading(machine: Machine, command: str, rounds: int) -> str:
+    """The context a published table needs: command, machine, versions, date, method."""
     return (
         f"Measured {machine.date} with `{command}` on {machine.summary()}. "
-        "Each server is one process pinned to core 0; wrk runs on core 1."
+        "Each server is one process pinned to core 0; wrk runs on core 1. "
+        f"In each of {rounds} round(s) every server is started and stays up, and at each "
+        "concurrency the servers are loaded back to back, in an order rotated every round. "
+        "Rows show the round with the median req/s; ratios are the median (and range) of "
+        "the ratios measured within each round."
     )
+
+
+def _ratio_document(ratios: Mapping[str, Mapping[int, list[float]]]) -> dict[str, object]:
+    """Ratios for the JSON report: each round's, plus their median and range."""
+    return {
+        pair: {
+            str(c): {**dataclasses.asdict(Spread.of(values)), "rounds": values}
+            for c, values in by_c.items()
+        }
+        for pair, by_c in ratios.items()
+    }
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value
 
 
 def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
@@ -320,8 +467,16 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
         type=lambda text: [int(c) for c in text.split(",")],
         help="comma-separated connection counts (default 1,16,64)",
     )
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per run")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before each run")
+    parser.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=3,
+        help="repeat every measurement, rotating the server order; report medians (default 3)",
+    )
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run (default 5)")
+    parser.add_argument(
+        "--warmup", type=float, default=1.0, help="seconds of load before each run (default 1)"
+    )
     parser.add_argument(
         "--servers",
         default=",".join(names),
@@ -354,7 +509,7 @@ def main(
     prog: str = "python -m benchmarks.bench_iris",
     report_stem: Path | None = None,
 ) -> int:
-    """Run the benchmark; return 1 when any target failed, so a smoke run notices.
+    """Run the benchmark; return 1 when any target failed in any round, so a smoke run notices.
 
     Args:
         argv: the command-line arguments (default ``sys.argv[1:]``).
@@ -369,19 +524,30 @@ def main(
         options.json = options.json or report_stem.with_suffix(".json")
         options.markdown = options.markdown or report_stem.with_suffix(".md")
     all_targets = targets()
+    selected = [all_targets[name] for name in options.servers]
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("bench_iris needs two cores: one for the server, one for wrk")
     # This process only waits on wrk; keep it off the server's core too.
     os.sched_setaffinity(0, {LOAD_CORE})
+    measured = Rounds()
     with exclusive_machine():
         ensure_tools()
         ensure_models()
         machine = machine_info(PACKAGES)
-        results = [run_target(all_targets[name], options) for name in options.servers]
-    ratios = throughput_ratios(results, all_targets)
-    print("\n" + render(results, ratios, options.concurrency, markdown=False))
-    tables = render(results, ratios, options.concurrency, markdown=True)
-    report = f"{markdown_heading(machine, command)}\n\n{tables}\n"
+        print(
+            f"{options.rounds} round(s) x {len(selected)} server(s) x "
+            f"{len(options.concurrency)} concurrencies x ({options.warmup:g} s warm-up + "
+            f"{options.duration:g} s): expect about {expected_seconds(options) / 60:.1f} min",
+            flush=True,
+        )
+        started = time.monotonic()
+        for round_index in range(options.rounds):
+            run_round(round_index, selected, options, measured)
+        print(f"done in {(time.monotonic() - started) / 60:.1f} min", flush=True)
+    ratios = throughput_ratios(measured, options.servers, all_targets)
+    print("\n" + render(measured, ratios, options, markdown=False))
+    tables = render(measured, ratios, options, markdown=True)
+    report = f"{markdown_heading(machine, command, options.rounds)}\n\n{tables}\n"
     print(f"\nMarkdown (for docs/benchmarks.md):\n\n{report}")
     if options.markdown:
         _write(options.markdown, report)
@@ -391,11 +557,13 @@ def main(
             "command": command,
             "machine": dataclasses.asdict(machine),
             "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(options).items()},
-            "results": [dataclasses.asdict(result) for result in results],
-            "ratios": ratios,
+            "runs": [dataclasses.asdict(run) for run in measured.runs],
+            "startups": [dataclasses.asdict(startup) for startup in measured.startups],
+            "failures": [dataclasses.asdict(failure) for failure in measured.failures],
+            "ratios": _ratio_document(ratios),
         }
         _write(options.json, json.dumps(document, indent=2) + "\n")
-    return 1 if any(result.error for result in results) else 0
+    return 1 if measured.failures else 0
 
 
 if __name__ == "__main__":
