@@ -5,6 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+BENCH_ARGS ?=
 MODELS := examples/models
 IRIS   := $(MODELS)/iris/1/model.onnx
 
@@ -17,7 +18,7 @@ test: $(VENV)/.installed-test $(IRIS)
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.installed-bench $(IRIS)
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 models: $(IRIS)
 
