@@ -26,9 +26,10 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# One stamp per extra; it is rebuilt when pyproject.toml changes.
-$(VENV)/.installed-%: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/python -m pip install -q -e '.[$*]'
+# One stamp per extra, rebuilt when pyproject.toml or constraints.txt changes.
+$(VENV)/.installed-%: pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[$*]'
+	$(BIN)/python -m compileall -q src  # an editable install leaves the first start to compile
 	touch $@
 
 $(IRIS): examples/build_iris.py | $(VENV)/.installed-examples
