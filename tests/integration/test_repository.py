@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import start_server
 
 
@@ -87,17 +89,29 @@ def test_highest_version_is_the_default(repository: Path) -> None:
         srv.stop()
 
 
-def test_missing_repository_fails_with_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_missing_repository_fails_with_one_line(tmp_path: Path, workers: str) -> None:
     import subprocess
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "ligeiro", "serve", str(tmp_path / "nope"), "--port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "ligeiro",
+            "serve",
+            str(tmp_path / "nope"),
+            "--port",
+            "0",
+            "--workers",
+            workers,
+        ],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 2
+    assert "Traceback" not in result.stderr
     assert result.stderr.strip().endswith(
         f"error: {tmp_path}/nope: model repository not found (expected a directory)"
     )

@@ -20,7 +20,11 @@ import socket
 import tempfile
 import time
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ..errors import LigeiroError
+from ..repository.layout import discover
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -33,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 _BACKLOG = 2048
 _RESTART_BACKOFF_S = 1.0
+_START_TIMEOUT_S = 120.0
 
 
 def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:
@@ -118,7 +123,18 @@ def serve(settings: ServerSettings) -> None:
     if settings.workers == 1:
         _run_worker(settings, bind(settings.http.host, settings.http.port), None)
         return
+    discover(Path(settings.repository))  # a missing repository fails here, not in N workers
     _Supervisor(settings).run()
+
+
+def _ready_pid(ready: Connection) -> int | None:
+    """The pid a worker sends once it listens; None if it died or hung first."""
+    try:
+        pid: int | None = ready.recv() if wait([ready], timeout=_START_TIMEOUT_S) else None
+    except EOFError:  # the worker exited before saying it was ready
+        pid = None
+    ready.close()
+    return pid
 
 
 class _Supervisor:
@@ -143,15 +159,19 @@ class _Supervisor:
         previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             pending = [self._start(slot, port) for slot in range(settings.workers)]
-            pids = [conn.recv() for conn in pending if wait([conn], timeout=120)]
-            if len(pids) == settings.workers:
-                logger.info(
-                    "serving on http://%s:%d with %d workers (pids %s)",
-                    settings.http.host,
-                    port,
-                    len(pids),
-                    ", ".join(map(str, pids)),
+            pids = [pid for pid in map(_ready_pid, pending) if pid is not None]
+            if len(pids) < settings.workers:
+                raise LigeiroError(
+                    f"{settings.workers - len(pids)} of {settings.workers} workers did not "
+                    "start (their errors are logged above)"
                 )
+            logger.info(
+                "serving on http://%s:%d with %d workers (pids %s)",
+                settings.http.host,
+                port,
+                len(pids),
+                ", ".join(map(str, pids)),
+            )
             self._watch(port)
         finally:
             self._shutdown()
