@@ -20,6 +20,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "models"
+# The seed's first iris row (a setosa) as a V2 request.
+IRIS_REQUEST: dict[str, Any] = {
+    "inputs": [
+        {"name": "float_input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}
+    ]
+}
 _SERVING = re.compile(rb"serving .*on http://([\d.]+|\[[0-9a-f:]+\]):(\d+)")
 
 

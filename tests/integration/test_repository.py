@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import start_server
+from tests.conftest import IRIS_REQUEST, start_server
 
 
 def test_broken_models_beside_a_good_one(repository: Path) -> None:
@@ -29,17 +29,7 @@ def test_broken_models_beside_a_good_one(repository: Path) -> None:
 
     srv = start_server(repository, "--threads", "1")
     try:
-        row = {
-            "inputs": [
-                {
-                    "name": "float_input",
-                    "shape": [1, 4],
-                    "datatype": "FP32",
-                    "data": [5.1, 3.5, 1.4, 0.2],
-                }
-            ]
-        }
-        assert srv.post("/v2/models/iris/infer", row).status == 200
+        assert srv.post("/v2/models/iris/infer", IRIS_REQUEST).status == 200
         assert srv.get("/v2/health/ready").status == 200
 
         expected = {
@@ -51,7 +41,7 @@ def test_broken_models_beside_a_good_one(repository: Path) -> None:
         }
         for name, reason in expected.items():
             for answer in (
-                srv.post(f"/v2/models/{name}/infer", row),
+                srv.post(f"/v2/models/{name}/infer", IRIS_REQUEST),
                 srv.get(f"/v2/models/{name}"),
                 srv.get(f"/v2/models/{name}/ready"),
             ):
@@ -59,7 +49,7 @@ def test_broken_models_beside_a_good_one(repository: Path) -> None:
                 error = answer.json()["error"]
                 assert error.startswith(f"model '{name}' is not ready: {reason}"), error
             assert reason.split(":")[0] in srv.output()  # logged at start-up too
-        assert srv.post("/v2/models/iris/infer", row).status == 200
+        assert srv.post("/v2/models/iris/infer", IRIS_REQUEST).status == 200
     finally:
         assert srv.stop() == 0
 
@@ -71,18 +61,11 @@ def test_highest_version_is_the_default(repository: Path) -> None:
     (repository / "iris" / "notaversion").mkdir()
     srv = start_server(repository, "--threads", "1")
     try:
-        row = {
-            "inputs": [
-                {
-                    "name": "float_input",
-                    "shape": [1, 4],
-                    "datatype": "FP32",
-                    "data": [5.1, 3.5, 1.4, 0.2],
-                }
-            ]
-        }
-        assert srv.post("/v2/models/iris/infer", row).json()["model_version"] == "3"
-        assert srv.post("/v2/models/iris/versions/1/infer", row).json()["model_version"] == "1"
+        assert srv.post("/v2/models/iris/infer", IRIS_REQUEST).json()["model_version"] == "3"
+        assert (
+            srv.post("/v2/models/iris/versions/1/infer", IRIS_REQUEST).json()["model_version"]
+            == "1"
+        )
         assert srv.get("/v2/models/iris").json()["versions"] == ["1", "3"]
         assert "notaversion: not a version folder" in srv.output()
     finally:

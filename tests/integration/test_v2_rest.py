@@ -10,18 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import Server, start_server
+from tests.conftest import IRIS_REQUEST, Server, start_server
 from tests.models import ONNX_TYPES, identity_model, write
 
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
 
 
 def iris_request(**extra: object) -> dict[str, object]:
-    body: dict[str, object] = {
-        "inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32", "data": IRIS_ROW}]
-    }
-    body.update(extra)
-    return body
+    return {**IRIS_REQUEST, **extra}
 
 
 def test_health(server: Server) -> None:
