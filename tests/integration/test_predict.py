@@ -65,6 +65,11 @@ def test_missing_feature_is_imputed(server: Server) -> None:
             "feature 'sepal_length': expected a number or null, got str 'long'",
         ),
         ({"instances": [[1, 2, 3]]}, 400, "instances[0]: expected 4 values, got 3"),
+        (
+            {"instances": [[1, 2, "3", 4]]},
+            400,
+            "instances[0]: value 2: expected a number or null, got str '3'",
+        ),
         ({"instances": []}, 400, "'instances' must be a non-empty list"),
         (
             {"instances": ["x"]},

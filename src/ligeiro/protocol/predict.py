@@ -30,15 +30,19 @@ _encoder = msgspec.json.Encoder()
 _NUMBER = (int, float)
 
 
+def _check_number(value: Any, where: str) -> None:
+    # bool is an int subclass, and numpy would turn "1.5" into 1.5: both are refused.
+    if value is not None and type(value) not in _NUMBER:
+        raise InvalidInputError(
+            f"{where}expected a number or null, got {type(value).__name__} {value!r}"
+        )
+
+
 def _row_from_object(instance: dict[str, Any], features: list[str], where: str) -> list[Any]:
     row = []
     for feature in features:
         value = instance.get(feature)
-        if value is not None and (type(value) not in _NUMBER):
-            raise InvalidInputError(
-                f"{where}feature {feature!r}: expected a number or null, "
-                f"got {type(value).__name__} {value!r}"
-            )
+        _check_number(value, f"{where}feature {feature!r}: ")
         row.append(value)
     unknown = [key for key in instance if key not in features]
     if unknown:
@@ -59,6 +63,8 @@ def _row(instance: Any, features: list[str] | None, width: int, where: str) -> l
     if isinstance(instance, list):
         if width != -1 and len(instance) != width:
             raise InvalidInputError(f"{where}expected {width} values, got {len(instance)}")
+        for i, value in enumerate(instance):
+            _check_number(value, f"{where}value {i}: ")
         return instance
     raise InvalidInputError(
         f"{where}expected an object of features or a list of numbers, got {type(instance).__name__}"
