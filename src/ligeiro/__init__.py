@@ -14,8 +14,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .engine import Engine as Engine
-from .engine import InferenceResult as InferenceResult
+from typing import TYPE_CHECKING
+
 from .errors import ConfigError as ConfigError
 from .errors import InferenceError as InferenceError
 from .errors import InvalidInputError as InvalidInputError
@@ -25,6 +25,25 @@ from .errors import ModelNotFoundError as ModelNotFoundError
 from .errors import ModelNotReadyError as ModelNotReadyError
 from .errors import RequestTooLargeError as RequestTooLargeError
 from .errors import ServerOverloadedError as ServerOverloadedError
+
+if TYPE_CHECKING:
+    from .engine import Engine as Engine
+    from .engine import InferenceResult as InferenceResult
+
+
+def __getattr__(name: str) -> object:
+    # The engine pulls in ONNX Runtime (~0.15 s); ``ligeiro.client`` and the CLI's
+    # one-shot commands must not pay for it, so it is imported on first use.
+    if name in ("Engine", "InferenceResult"):
+        from . import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'ligeiro' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "ConfigError",

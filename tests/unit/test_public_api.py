@@ -8,11 +8,23 @@ import ligeiro
 
 def test_all_is_sorted_and_complete() -> None:
     assert ligeiro.__all__ == sorted(ligeiro.__all__)
-    public = {name for name in dir(ligeiro) if not name.startswith("_")} - {
-        "annotations", "engine", "errors", "protocol", "repository", "runtime", "settings", "metrics", "server",
-        "cli",
-    }  # fmt: skip
-    assert public | {"__version__"} == set(ligeiro.__all__)
+    for name in ligeiro.__all__:
+        getattr(ligeiro, name)  # lazy names resolve too
+    classes = {
+        name
+        for name in dir(ligeiro)
+        if not name.startswith("_") and isinstance(getattr(ligeiro, name), type)
+    }
+    assert classes <= set(ligeiro.__all__)
+
+
+def test_client_does_not_import_the_runtime() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, ligeiro.client; print('onnxruntime' in sys.modules, 'numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
 
 
 def test_in_process_engine(examples: object) -> None:

@@ -1,0 +1,318 @@
+"""Python clients for a ligeiro (or any V2 REST) server: numpy in, numpy out.
+
+``Client`` is synchronous and ``AsyncClient`` is for asyncio code; both keep one
+keep-alive connection and reconnect when the server has closed it. They speak HTTP/1.1
+over a plain socket and import only msgspec up front (numpy on the first ``infer``,
+asyncio with ``AsyncClient``), so a one-shot script starts fast.
+
+Example:
+    >>> import numpy as np
+    >>> from ligeiro.client import Client
+    >>> with Client("http://127.0.0.1:8000") as client:
+    ...     x = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
+    ...     client.infer("iris", {"float_input": x})["output_label"]
+    array([0])
+
+Errors the server answers come back as the ``ligeiro.errors`` class of their status
+(400 ``InvalidInputError``, 404 ``ModelNotFoundError``, 503 ``ModelNotReadyError``,
+429 ``ServerOverloadedError``, others ``InferenceError``) with the server's message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from typing import TYPE_CHECKING, Any, final
+from urllib.parse import quote, urlsplit
+
+import msgspec
+
+from .errors import (
+    InferenceError,
+    InvalidInputError,
+    LigeiroError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    RequestTooLargeError,
+    ServerOverloadedError,
+)
+
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Mapping, Sequence
+    from types import TracebackType
+
+    import numpy as np
+
+__all__ = ["AsyncClient", "Client"]
+
+# The server's statuses back to the error classes (the reverse of server/http.py's table).
+_ERRORS: dict[int, type[LigeiroError]] = {
+    400: InvalidInputError,
+    404: ModelNotFoundError,
+    413: RequestTooLargeError,
+    429: ServerOverloadedError,
+    503: ModelNotReadyError,
+}
+_HEAD_END = b"\r\n\r\n"
+
+
+def _parse_url(url: str) -> tuple[str, int]:
+    parts = urlsplit(url if "//" in url else f"http://{url}")
+    if parts.scheme != "http" or parts.hostname is None:
+        raise ValueError(f"expected a URL like http://127.0.0.1:8000, got {url!r}")
+    return parts.hostname, parts.port or 80
+
+
+def _request(method: str, path: str, host: str, body: bytes | None) -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nhost: {host}\r\n"
+    if body is not None:
+        head += f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + (body or b"")
+
+
+def _parse_head(head: bytes) -> tuple[int, int, bool]:
+    """Status, body length and whether the server will close, from a response head."""
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    length, closes = 0, False
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        name = name.strip().lower()
+        if name == "content-length":
+            length = int(value)
+        elif name == "connection":
+            closes = value.strip().lower() == "close"
+    return status, length, closes
+
+
+def _check(status: int, body: bytes) -> bytes:
+    if status < 300:
+        return body
+    try:
+        message = msgspec.json.decode(body)["error"]
+    except (msgspec.DecodeError, KeyError, TypeError):
+        message = body.decode("utf-8", "replace") or f"HTTP {status}"
+    raise _ERRORS.get(status, InferenceError)(message)
+
+
+def _model_path(model: str, version: str | None, action: str) -> str:
+    path = f"/v2/models/{quote(model, safe='')}"
+    if version is not None:
+        path += f"/versions/{quote(version, safe='')}"
+    return path + action
+
+
+@final
+class Client:
+    """A synchronous V2 REST client with one keep-alive connection.
+
+    Args:
+        url: the server, e.g. ``http://127.0.0.1:8000``.
+        timeout_s: socket timeout for connecting and for each answer.
+    """
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", *, timeout_s: float = 30.0) -> None:
+        self._host, self._port = _parse_url(url)
+        self._timeout_s = timeout_s
+        self._sock: socket.socket | None = None
+        self._buffer = b""
+
+    def _exchange(self, method: str, path: str, body: bytes | None = None) -> bytes:
+        request = _request(method, path, self._host, body)
+        for attempt in (1, 2):  # a kept-alive connection the server closed: retry once
+            if self._sock is None:
+                self._sock = socket.create_connection((self._host, self._port), self._timeout_s)
+                self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._buffer = b""
+            try:
+                self._sock.sendall(request)
+                status, answer, closes = self._read()
+                break
+            except (ConnectionError, EOFError):
+                self.close()
+                if attempt == 2:
+                    raise
+        if closes:
+            self.close()
+        return _check(status, answer)
+
+    def _read(self) -> tuple[int, bytes, bool]:
+        assert self._sock is not None
+        while _HEAD_END not in self._buffer:
+            self._receive()
+        head, _, self._buffer = self._buffer.partition(_HEAD_END)
+        status, length, closes = _parse_head(head)
+        while len(self._buffer) < length:
+            self._receive()
+        body, self._buffer = self._buffer[:length], self._buffer[length:]
+        return status, body, closes
+
+    def _receive(self) -> None:
+        assert self._sock is not None
+        chunk = self._sock.recv(65536)
+        if not chunk:
+            raise EOFError("the server closed the connection")
+        self._buffer += chunk
+
+    def is_live(self) -> bool:
+        """Whether ``GET /v2/health/live`` answers 200."""
+        try:
+            self._exchange("GET", "/v2/health/live")
+        except LigeiroError:
+            return False
+        return True
+
+    def is_ready(self) -> bool:
+        """Whether ``GET /v2/health/ready`` answers 200."""
+        try:
+            self._exchange("GET", "/v2/health/ready")
+        except LigeiroError:
+            return False
+        return True
+
+    def model_metadata(self, model: str, version: str | None = None) -> Any:
+        """``GET /v2/models/{model}``: name, versions, platform, inputs, outputs."""
+        return msgspec.json.decode(self._exchange("GET", _model_path(model, version, "")))
+
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        outputs: Sequence[str] | None = None,
+        version: str | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run ``model`` on named numpy inputs; return its outputs as numpy arrays.
+
+        Raises:
+            InvalidInputError, ModelNotFoundError, ModelNotReadyError, ...: as the server
+                answered, with its message.
+        """
+        from .protocol.client_codec import decode_infer_response, encode_infer_request
+
+        body = encode_infer_request(inputs, outputs, request_id)
+        answer = self._exchange("POST", _model_path(model, version, "/infer"), body)
+        return decode_infer_response(answer)[1]
+
+    def predict(self, model: str, payload: Any) -> Any:
+        """``POST /v1/models/{model}:predict`` with named features or ``{"instances": [...]}``."""
+        body = msgspec.json.encode(payload)
+        return msgspec.json.decode(
+            self._exchange("POST", f"/v1/models/{quote(model, safe='')}:predict", body)
+        )
+
+    def close(self) -> None:
+        """Close the connection (the next call opens a new one)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+@final
+class AsyncClient:
+    """The asyncio twin of ``Client``: one keep-alive connection, one request at a time.
+
+    Args:
+        url: the server, e.g. ``http://127.0.0.1:8000``.
+        timeout_s: the longest wait for connecting and for each answer.
+    """
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", *, timeout_s: float = 30.0) -> None:
+        import asyncio
+
+        self._host, self._port = _parse_url(url)
+        self._timeout_s = timeout_s
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._lock = asyncio.Lock()
+
+    async def _exchange(self, method: str, path: str, body: bytes | None = None) -> bytes:
+        import asyncio
+
+        request = _request(method, path, self._host, body)
+        async with self._lock:
+            for attempt in (1, 2):
+                if self._streams is None:
+                    self._streams = await asyncio.wait_for(
+                        asyncio.open_connection(self._host, self._port), self._timeout_s
+                    )
+                reader, writer = self._streams
+                try:
+                    writer.write(request)
+                    head = await asyncio.wait_for(reader.readuntil(_HEAD_END), self._timeout_s)
+                    status, length, closes = _parse_head(head[: -len(_HEAD_END)])
+                    answer = await asyncio.wait_for(reader.readexactly(length), self._timeout_s)
+                    break
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    await self.aclose()
+                    if attempt == 2:
+                        raise
+            if closes:
+                await self.aclose()
+        return _check(status, answer)
+
+    async def is_ready(self) -> bool:
+        """Whether ``GET /v2/health/ready`` answers 200."""
+        try:
+            await self._exchange("GET", "/v2/health/ready")
+        except LigeiroError:
+            return False
+        return True
+
+    async def model_metadata(self, model: str, version: str | None = None) -> Any:
+        """``GET /v2/models/{model}``: name, versions, platform, inputs, outputs."""
+        return msgspec.json.decode(await self._exchange("GET", _model_path(model, version, "")))
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        outputs: Sequence[str] | None = None,
+        version: str | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run ``model`` on named numpy inputs; return its outputs as numpy arrays."""
+        from .protocol.client_codec import decode_infer_response, encode_infer_request
+
+        body = encode_infer_request(inputs, outputs, request_id)
+        answer = await self._exchange("POST", _model_path(model, version, "/infer"), body)
+        return decode_infer_response(answer)[1]
+
+    async def predict(self, model: str, payload: Any) -> Any:
+        """``POST /v1/models/{model}:predict`` with named features or ``{"instances": [...]}``."""
+        body = msgspec.json.encode(payload)
+        answer = await self._exchange("POST", f"/v1/models/{quote(model, safe='')}:predict", body)
+        return msgspec.json.decode(answer)
+
+    async def aclose(self) -> None:
+        """Close the connection (the next call opens a new one)."""
+        if self._streams is not None:
+            writer = self._streams[1]
+            self._streams = None
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
