@@ -1,4 +1,4 @@
-"""The ``ligeiro`` command: ``serve`` and ``version``.
+"""The ``ligeiro`` command: ``serve``, ``infer`` and ``version``.
 
 Errors print one line and exit with the code their class defines.
 """
@@ -84,6 +84,51 @@ def serve(
         raise click.ClickException(
             f"cannot listen on {settings.http.host}:{settings.http.port}: {exc.strerror}"
         ) from None
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--data", help="The request as JSON text.")
+@click.option(
+    "--file", "path", type=click.Path(path_type=Path), help="Read the request from a file."
+)
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="The server.")
+@click.option("--version", "model_version", help="The model version (default: the server's).")
+def infer(
+    model: str, data: str | None, path: Path | None, url: str, model_version: str | None
+) -> None:
+    """Send one request to MODEL on a running server and print the answer.
+
+    The request is --data, --file, or standard input. A V2 request (with "inputs" as a
+    list of tensors) goes to /v2/models/MODEL/infer; anything else, such as named
+    features ({"sepal_length": 5.1, ...}) or {"instances": [...]}, to
+    /v1/models/MODEL:predict.
+    """
+    from urllib.parse import quote
+
+    from .client import Client
+
+    if data is not None:
+        body = data.encode()
+    elif path is not None:
+        body = path.read_bytes()
+    else:
+        body = sys.stdin.buffer.read()
+    target = quote(model, safe="")
+    if model_version is not None:
+        target += f"/versions/{quote(model_version, safe='')}"
+    is_v2 = b'"inputs"' in body and b'"datatype"' in body
+    route = f"/v2/models/{target}/infer" if is_v2 else f"/v1/models/{target}:predict"
+    if model_version is not None and not is_v2:
+        raise click.UsageError(
+            "--version needs a V2 request (the :predict route serves the default)"
+        )
+    try:
+        with Client(url) as client:
+            answer = client.request("POST", route, body)
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach {url}: {exc.strerror or exc}") from None
+    click.echo(answer.decode())
 
 
 @cli.command()

@@ -155,6 +155,10 @@ class Client:
             raise EOFError("the server closed the connection")
         self._buffer += chunk
 
+    def request(self, method: str, path: str, body: bytes | None = None) -> bytes:
+        """Send one request as is; return the answer's body (an error status raises)."""
+        return self._exchange(method, path, body)
+
     def is_live(self) -> bool:
         """Whether ``GET /v2/health/live`` answers 200."""
         try:

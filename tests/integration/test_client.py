@@ -96,3 +96,28 @@ def test_every_datatype_round_trips_through_the_client(
             np.testing.assert_array_equal(out, array)
     finally:
         srv.stop()
+
+
+def test_cli_infer_one_shot(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from ligeiro.cli import cli, main
+
+    seed = '{"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}'
+    result = CliRunner().invoke(cli, ["infer", "iris", "--url", url(server), "--data", seed])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["label"] == "iris-virginica"
+
+    v2 = '{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}'
+    result = CliRunner().invoke(
+        cli, ["infer", "iris", "--url", url(server), "--version", "1"], input=v2
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["outputs"][0]["data"] == [0]
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["infer", "roses", "--url", url(server), "--data", seed])
+    assert exit_info.value.code == 3
+    assert capsys.readouterr().err == "error: unknown model 'roses'; the repository has iris\n"
