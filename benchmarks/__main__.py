@@ -1,6 +1,7 @@
-"""``python -m benchmarks``: the iris benchmark with its defaults, results kept on disk.
+"""``python -m benchmarks``: the iris benchmark, then the one-shot clients.
 
-Extra arguments go to ``bench_iris`` (``python -m benchmarks --duration 3``). The JSON
+Extra arguments go to ``bench_iris`` (``python -m benchmarks --duration 3``);
+``bench_oneshot`` runs with its defaults. The JSON
 and Markdown reports land in ``benchmarks/results/`` (git-ignored) under a UTC time
 stamp, so successive runs never overwrite each other.
 """
@@ -11,6 +12,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from . import bench_oneshot
 from .bench_iris import main
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -18,4 +20,5 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 if __name__ == "__main__":
     stem = RESULTS / f"iris-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
-    sys.exit(main(sys.argv[1:], prog="python -m benchmarks", report_stem=stem))
+    status = main(sys.argv[1:], prog="python -m benchmarks", report_stem=stem)
+    sys.exit(status or bench_oneshot.main(["--markdown"]))
