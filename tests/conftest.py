@@ -27,6 +27,7 @@ IRIS_REQUEST: dict[str, Any] = {
     ]
 }
 _SERVING = re.compile(rb"serving .*on http://([\d.]+|\[[0-9a-f:]+\]):(\d+)")
+_GRPC_SERVING = re.compile(rb"serving .* grpc://([\d.]+|\[[0-9a-f:]+\]):(\d+)")
 
 
 def build_examples() -> Path:
@@ -59,6 +60,16 @@ class Server:
     log: list[bytes] = field(default_factory=list)
     pump: threading.Thread | None = None
     _conn: http.client.HTTPConnection | None = None
+    grpc_port: int = 0
+
+    @property
+    def grpc_target(self) -> str:
+        """``host:port`` of the server's gRPC service."""
+        return (
+            f"[{self.host}]:{self.grpc_port}"
+            if ":" in self.host
+            else f"{self.host}:{self.grpc_port}"
+        )
 
     def request(
         self,
@@ -103,12 +114,16 @@ class Server:
 
 def start_server(repository: Path, *args: str, timeout: float = 60) -> Server:
     """Start ``ligeiro serve REPOSITORY --port 0 ARGS`` and wait until it says where it listens."""
-    command = [sys.executable, "-m", "ligeiro", "serve", str(repository), "--port", "0", *args]
+    command = [
+        sys.executable, "-m", "ligeiro", "serve", str(repository), "--port", "0",
+        "--grpc-port", "0", *args,
+    ]  # fmt: skip
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
     assert process.stderr is not None
     log: list[bytes] = []
     found = threading.Event()
     address: list[tuple[str, int]] = []
+    grpc_ports: list[int] = []
 
     def pump() -> None:  # keep reading so the server never blocks on a full pipe
         assert process.stderr is not None
@@ -117,6 +132,9 @@ def start_server(repository: Path, *args: str, timeout: float = 60) -> Server:
             match = _SERVING.search(line)
             if match and not found.is_set():
                 address.append((match.group(1).decode().strip("[]"), int(match.group(2))))
+                grpc_match = _GRPC_SERVING.search(line)
+                if grpc_match:
+                    grpc_ports.append(int(grpc_match.group(2)))
                 found.set()
         found.set()
 
@@ -129,7 +147,7 @@ def start_server(repository: Path, *args: str, timeout: float = 60) -> Server:
         process.stderr.close()
         raise RuntimeError("server did not start:\n" + b"".join(log).decode(errors="replace"))
     host, port = address[0]
-    return Server(process, host, port, log, reader)
+    return Server(process, host, port, log, reader, grpc_port=grpc_ports[0] if grpc_ports else 0)
 
 
 @pytest.fixture(scope="session")
@@ -158,3 +176,15 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("http_proxy", "HTTP_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+@pytest.fixture(scope="session")
+def identity_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server on the identity model (``in_<DATATYPE>`` → ``out_<DATATYPE>``), shared."""
+    from tests.models import identity_model, write
+
+    root = tmp_path_factory.mktemp("identity-session")
+    write(identity_model(), root, "identity")
+    srv = start_server(root, "--threads", "1")
+    yield srv
+    srv.stop()

@@ -29,6 +29,7 @@ def cli() -> None:
 @click.argument("repository", type=click.Path(path_type=Path), required=False)
 @click.option("--host", help="Address to bind (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port to bind; 0 picks a free one (default 8000).")
+@click.option("--grpc-port", type=int, help="gRPC port; 0 picks a free one (default 8001).")
 @click.option("--workers", type=int, help="Worker processes sharing the port (default 1).")
 @click.option(
     "--threads", type=int, help="ONNX Runtime threads per worker (default cores / workers)."
@@ -46,6 +47,7 @@ def serve(
     repository: Path | None,
     host: str | None,
     port: int | None,
+    grpc_port: int | None,
     workers: int | None,
     threads: int | None,
     max_request_bytes: int | None,
@@ -54,7 +56,7 @@ def serve(
     config_file: Path | None,
     print_config: bool,
 ) -> None:
-    """Serve the models in REPOSITORY (<model>/<version>/model.onnx) over V2 REST."""
+    """Serve the models in REPOSITORY (<model>/<version>/model.onnx) over V2 REST and gRPC."""
     import msgspec
 
     from .settings import load_settings
@@ -65,6 +67,7 @@ def serve(
         "graceful_timeout_s": graceful_timeout,
         "log_level": log_level,
         "http": {"host": host, "port": port, "max_request_bytes": max_request_bytes},
+        "grpc": {"port": grpc_port},
         "runtime": {"threads": threads},
     }
     settings = load_settings(cli_layer, config_file=config_file)
@@ -81,6 +84,8 @@ def serve(
     try:
         run_server(settings)
     except OSError as exc:
+        if exc.strerror is None:  # the gRPC bind: its message names the address
+            raise click.ClickException(str(exc)) from None
         raise click.ClickException(
             f"cannot listen on {settings.http.host}:{settings.http.port}: {exc.strerror}"
         ) from None

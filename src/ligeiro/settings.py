@@ -17,7 +17,7 @@ import msgspec
 
 from .errors import ConfigError
 
-__all__ = ["HttpSettings", "RuntimeSettings", "ServerSettings", "load_settings"]
+__all__ = ["GrpcSettings", "HttpSettings", "RuntimeSettings", "ServerSettings", "load_settings"]
 
 CONFIG_FILE = "ligeiro.toml"
 ENV_PREFIX = "LIGEIRO_"
@@ -35,6 +35,16 @@ class HttpSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     receive_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
 
 
+class GrpcSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[grpc]``: the V2 gRPC service's address and message limit."""
+
+    # None: the same host as ``[http]``.
+    host: str | None = None
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8001
+    # Larger messages, in either direction, get RESOURCE_EXHAUSTED from grpc itself.
+    max_message_bytes: Annotated[int, msgspec.Meta(gt=0)] = 64 * 1024 * 1024
+
+
 class RuntimeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``[runtime]``: ONNX Runtime threads per worker; 0 means cores / workers."""
 
@@ -49,7 +59,12 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     graceful_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     log_level: str = "info"
     http: HttpSettings = HttpSettings()
+    grpc: GrpcSettings = GrpcSettings()
     runtime: RuntimeSettings = RuntimeSettings()
+
+    def grpc_host(self) -> str:
+        """Where gRPC listens: ``[grpc] host``, or ``[http] host`` when unset."""
+        return self.http.host if self.grpc.host is None else self.grpc.host
 
     def runtime_threads(self) -> int:
         """Intra-op threads per worker: as set, or the cores shared among workers."""

@@ -63,39 +63,28 @@ def test_async_client(server: Server) -> None:
     asyncio.run(main())
 
 
-def test_every_datatype_round_trips_through_the_client(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> None:
-    from tests.conftest import start_server
-    from tests.models import identity_model, write
-
-    root = tmp_path_factory.mktemp("identity-client")
-    write(identity_model(), root, "identity")
-    srv = start_server(root, "--threads", "1")
-    try:
-        inputs = {
-            "in_BOOL": np.array([[True, False]]),
-            "in_UINT8": np.array([[0, 255]], np.uint8),
-            "in_UINT16": np.array([[0, 65535]], np.uint16),
-            "in_UINT32": np.array([[0, 2**32 - 1]], np.uint32),
-            "in_UINT64": np.array([[0, 2**64 - 1]], np.uint64),
-            "in_INT8": np.array([[-128, 127]], np.int8),
-            "in_INT16": np.array([[-(2**15), 2**15 - 1]], np.int16),
-            "in_INT32": np.array([[-(2**31), 2**31 - 1]], np.int32),
-            "in_INT64": np.array([[-(2**63), 2**63 - 1]], np.int64),
-            "in_FP16": np.array([[0.5, -1.25]], np.float16),
-            "in_FP32": np.array([[0.1, -2.5]], np.float32),
-            "in_FP64": np.array([[0.1, 1e300]], np.float64),
-            "in_BYTES": np.array([["olá", ""]], dtype=object),
-        }
-        with Client(url(srv)) as client:
-            outputs = client.infer("identity", inputs)
-        for name, array in inputs.items():
-            out = outputs["out_" + name[3:]]
-            assert out.dtype == array.dtype, name
-            np.testing.assert_array_equal(out, array)
-    finally:
-        srv.stop()
+def test_every_datatype_round_trips_through_the_client(identity_server: Server) -> None:
+    inputs = {
+        "in_BOOL": np.array([[True, False]]),
+        "in_UINT8": np.array([[0, 255]], np.uint8),
+        "in_UINT16": np.array([[0, 65535]], np.uint16),
+        "in_UINT32": np.array([[0, 2**32 - 1]], np.uint32),
+        "in_UINT64": np.array([[0, 2**64 - 1]], np.uint64),
+        "in_INT8": np.array([[-128, 127]], np.int8),
+        "in_INT16": np.array([[-(2**15), 2**15 - 1]], np.int16),
+        "in_INT32": np.array([[-(2**31), 2**31 - 1]], np.int32),
+        "in_INT64": np.array([[-(2**63), 2**63 - 1]], np.int64),
+        "in_FP16": np.array([[0.5, -1.25]], np.float16),
+        "in_FP32": np.array([[0.1, -2.5]], np.float32),
+        "in_FP64": np.array([[0.1, 1e300]], np.float64),
+        "in_BYTES": np.array([["olá", ""]], dtype=object),
+    }
+    with Client(url(identity_server)) as client:
+        outputs = client.infer("identity", inputs)
+    for name, array in inputs.items():
+        out = outputs["out_" + name[3:]]
+        assert out.dtype == array.dtype, name
+        np.testing.assert_array_equal(out, array)
 
 
 def test_cli_infer_one_shot(server: Server, capsys: pytest.CaptureFixture[str]) -> None:

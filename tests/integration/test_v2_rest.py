@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import IRIS_REQUEST, Server, start_server
-from tests.models import ONNX_TYPES, identity_model, write
+from tests.models import ONNX_TYPES
 
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
 
@@ -279,15 +278,6 @@ EXAMPLES = {
     "FP64": [[0.1, -2.5], [1e300, 0.0]],
     "BYTES": [["olá", "mundo"], ["", "ligeiro"]],
 }
-
-
-@pytest.fixture(scope="module")
-def identity_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("identity")
-    write(identity_model(), root, "identity")
-    srv = start_server(root, "--threads", "1")
-    yield srv
-    srv.stop()
 
 
 @pytest.mark.parametrize("flat", [True, False], ids=["flat", "nested"])

@@ -1,8 +1,17 @@
-"""V2 JSON ↔ numpy: decode requests straight into arrays, encode answers from them."""
+"""V2 JSON ↔ numpy: decode requests straight into arrays, encode answers from them.
+
+Also Triton's binary tensor data extension (``binary_tensor_data``): when a request
+carries ``Inference-Header-Content-Length: N``, its first N bytes are the JSON header
+and the rest holds the tensors whose ``parameters.binary_data_size`` is set, in input
+order, little-endian; BYTES elements are a 4-byte little-endian length, then the bytes.
+Outputs asked for with ``binary_data`` (or all of them, with the request-level
+``binary_data_output``) travel the same way after the JSON of the answer.
+"""
 
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,13 +36,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DecodedRequest",
+    "array_from_raw",
     "decode_infer_request",
     "decode_json",
+    "encode_binary_infer_response",
     "encode_error",
     "encode_health",
     "encode_infer_response",
     "encode_model_metadata",
     "encode_server_metadata",
+    "header_length_of",
+    "raw_from_array",
+    "tensor_from_binary",
     "tensor_from_json",
 ]
 
@@ -42,18 +56,27 @@ _encoder = msgspec.json.Encoder()
 
 # The platform name Triton reports for ONNX Runtime models; clients key on it.
 PLATFORM = "onnxruntime_onnx"
+# The extension's HTTP header, and the one name GET /v2 advertises for it.
+HEADER_LENGTH = "Inference-Header-Content-Length"
+BINARY_EXTENSION = "binary_tensor_data"
+_LENGTH = struct.Struct("<I")
 
 
 @dataclass(frozen=True, slots=True)
 class DecodedRequest:
-    """An inference request in numpy: inputs by name, outputs asked for, request id."""
+    """An inference request in numpy: inputs by name, outputs asked for, request id.
+
+    ``binary_outputs`` says which outputs the answer carries as binary data: ``False``
+    for none (plain JSON), ``True`` for all, else the set of their names.
+    """
 
     inputs: dict[str, np.ndarray]
     outputs: list[str] | None
     id: str | None
+    binary_outputs: frozenset[str] | bool = False
 
 
-def decode_json(body: bytes, decoder: msgspec.json.Decoder[Any], what: str) -> Any:
+def decode_json(body: bytes | memoryview, decoder: msgspec.json.Decoder[Any], what: str) -> Any:
     """Decode ``body``; malformed JSON or a wrong structure is an InvalidInputError.
 
     msgspec's message says what and where:
@@ -132,20 +155,231 @@ def tensor_from_json(tensor: RequestInput) -> np.ndarray:
     return array
 
 
-def decode_infer_request(body: bytes) -> DecodedRequest:
-    """Decode a ``POST /v2/models/{m}/infer`` JSON body.
+def _bytes_elements(raw: bytes | memoryview, where: str) -> np.ndarray:
+    """BYTES in binary form: each element a 4-byte little-endian length, then its bytes."""
+    elements: list[str] = []
+    offset, end = 0, len(raw)
+    while offset < end:
+        if end - offset < 4:
+            raise InvalidInputError(
+                f"{where}BYTES element {len(elements)} is cut short: "
+                f"{end - offset} bytes left where a 4-byte length was expected"
+            )
+        (length,) = _LENGTH.unpack_from(raw, offset)
+        offset += 4
+        if length > end - offset:
+            raise InvalidInputError(
+                f"{where}BYTES element {len(elements)} says {length} bytes, "
+                f"only {end - offset} are left"
+            )
+        # Text, as the JSON path gives: ONNX Runtime would turn bytes into "b'...'".
+        try:
+            elements.append(str(raw[offset : offset + length], "utf-8"))
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(
+                f"{where}BYTES element {len(elements)} is not valid UTF-8: {exc.reason} "
+                f"at byte {exc.start}"
+            ) from None
+        offset += length
+    array = np.empty(len(elements), dtype=object)
+    array[:] = elements
+    return array
+
+
+def array_from_raw(
+    raw: bytes | memoryview, datatype: str, shape: list[int], where: str = "", what: str = "data"
+) -> np.ndarray:
+    r"""Read a tensor in Triton's raw layout: little-endian elements, BYTES length-prefixed.
+
+    The layout of the REST binary extension and of gRPC's ``raw_input_contents``.
+    Fixed-size datatypes are read in place (``np.frombuffer``), copied only when the
+    bytes do not sit at an offset their dtype can be read from aligned.
+
+    Args:
+        raw: the tensor's bytes.
+        datatype: its V2 datatype.
+        shape: its V2 shape.
+        where: a prefix for error messages, such as ``"input 'x': "``.
+        what: what the bytes are called in error messages (``"binary data"``).
 
     Raises:
-        InvalidInputError: malformed JSON, a missing field, or a bad tensor.
+        InvalidInputError: unknown datatype, a negative dimension, a size that is not
+            a whole number of elements, or an element count that does not match ``shape``.
+
+    Example:
+        >>> array_from_raw(b"\x01\x00\x02\x00", "INT16", [1, 2])
+        array([[1, 2]], dtype=int16)
     """
-    message: InferRequest = decode_json(body, _decoder, "inference request")
+    dtype = dtype_of(datatype, where)
+    if shape and min(shape) < 0:
+        raise InvalidInputError(f"{where}shape {shape} has a negative dimension")
+    kind = dtype.kind
+    if kind == "O":
+        array = _bytes_elements(raw, where)
+    else:
+        if len(raw) % dtype.itemsize:
+            raise InvalidInputError(
+                f"{where}{len(raw)} bytes of {what} are not a whole number of {datatype} "
+                f"elements ({dtype.itemsize} bytes each)"
+            )
+        if kind == "b":
+            array = np.frombuffer(raw, dtype=np.uint8)
+            if array.size and array.max() > 1:
+                raise InvalidInputError(f"{where}BOOL bytes must be 0 or 1, got {int(array.max())}")
+            array = array.view(np.bool_)
+        else:
+            wire = dtype.newbyteorder("<")
+            array = np.frombuffer(raw, dtype=wire)
+            if wire != dtype:  # a big-endian host
+                array = array.astype(dtype)
+            elif not array.flags.aligned:
+                array = array.copy()
+    count = math.prod(shape)
+    if array.size != count:
+        raise InvalidInputError(
+            f"{where}shape {shape} holds {count} elements, {what} has {array.size}"
+        )
+    return array.reshape(shape)
+
+
+def raw_from_array(array: np.ndarray) -> bytes:
+    """Write a tensor in Triton's raw layout (the inverse of ``array_from_raw``)."""
+    if array.dtype.kind in "OUS":
+        parts = []
+        for value in array.ravel().tolist():
+            raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+            parts.append(_LENGTH.pack(len(raw)))
+            parts.append(raw)
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def tensor_from_binary(tensor: RequestInput, raw: memoryview) -> np.ndarray:
+    """Turn one tensor sent as binary data (its ``binary_data_size`` bytes) into numpy.
+
+    Raises:
+        InvalidInputError: JSON ``data`` as well, or what ``array_from_raw`` refuses.
+    """
+    where = f"input {tensor.name!r}: "
+    if tensor.data is not None:
+        raise InvalidInputError(f"{where}has both JSON 'data' and binary_data_size; send one")
+    return array_from_raw(raw, tensor.datatype, tensor.shape, where, "binary data")
+
+
+def header_length_of(value: bytes, body_size: int) -> int:
+    """Parse ``Inference-Header-Content-Length`` against the size of the body it splits.
+
+    Raises:
+        InvalidInputError: not a non-negative integer, or larger than the body.
+    """
+    if not value.isdigit():
+        raise InvalidInputError(
+            f"{HEADER_LENGTH} must be a non-negative integer, got {value.decode('latin-1')!r}"
+        )
+    length = int(value)
+    if length > body_size:
+        raise InvalidInputError(
+            f"{HEADER_LENGTH} is {length} but the body has only {body_size} bytes"
+        )
+    return length
+
+
+def _decode_inputs(message: InferRequest, binary: memoryview | None) -> dict[str, np.ndarray]:
+    """Each input from its JSON ``data``, or from its ``binary_data_size`` bytes in turn."""
     inputs: dict[str, np.ndarray] = {}
+    offset = 0
     for tensor in message.inputs:
         if tensor.name in inputs:
             raise InvalidInputError(f"input {tensor.name!r} appears twice")
-        inputs[tensor.name] = tensor_from_json(tensor)
+        # Plain JSON requests only pay this None check.
+        size = tensor.parameters.get("binary_data_size") if tensor.parameters else None
+        if size is None:
+            inputs[tensor.name] = tensor_from_json(tensor)
+            continue
+        if type(size) is not int or size < 0:
+            raise InvalidInputError(
+                f"input {tensor.name!r}: binary_data_size must be a non-negative integer, "
+                f"got {size!r}"
+            )
+        if binary is None:
+            raise InvalidInputError(
+                f"input {tensor.name!r}: binary_data_size {size} but no binary data "
+                f"(the {HEADER_LENGTH} header is missing)"
+            )
+        if offset + size > len(binary):
+            raise InvalidInputError(
+                f"input {tensor.name!r}: binary_data_size {size} runs past the end of the "
+                f"body: {len(binary) - offset} of the {len(binary)} bytes after the JSON "
+                f"header are left"
+            )
+        inputs[tensor.name] = tensor_from_binary(tensor, binary[offset : offset + size])
+        offset += size
+    if binary is not None and offset != len(binary):
+        raise InvalidInputError(
+            f"{len(binary)} bytes follow the JSON header but the inputs' "
+            f"binary_data_size add up to {offset}"
+        )
+    return inputs
+
+
+def _binary_outputs(message: InferRequest) -> frozenset[str] | bool:
+    """Which outputs to send as binary: per output ``binary_data``, else the request's."""
+    params = message.parameters
+    default = params.get("binary_data_output", False) if params else False
+    if type(default) is not bool:
+        raise InvalidInputError(f"parameter binary_data_output must be true/false, got {default!r}")
+    if not message.outputs:
+        return default
+    names = []
+    for output in message.outputs:
+        binary = default
+        if output.parameters:
+            binary = output.parameters.get("binary_data", default)
+            if type(binary) is not bool:
+                raise InvalidInputError(
+                    f"output {output.name!r}: binary_data must be true/false, got {binary!r}"
+                )
+            if "classification" in output.parameters:
+                raise InvalidInputError(
+                    f"output {output.name!r}: the classification extension is not supported"
+                )
+        if binary:
+            names.append(output.name)
+    return frozenset(names)
+
+
+def decode_infer_request(body: bytes, header_length: int | None = None) -> DecodedRequest:
+    r"""Decode a ``POST /v2/models/{m}/infer`` body: JSON, or JSON then binary tensors.
+
+    Args:
+        body: the whole request body.
+        header_length: the ``Inference-Header-Content-Length`` value, if the request
+            carried one (see ``header_length_of``): the JSON is that many bytes and
+            the rest is binary tensor data.
+
+    Raises:
+        InvalidInputError: malformed JSON, a missing field, a bad tensor, or binary data
+            whose sizes do not add up.
+
+    Example:
+        >>> head = b'{"inputs":[{"name":"x","shape":[2],"datatype":"INT8",'
+        >>> head += b'"parameters":{"binary_data_size":2}}]}'
+        >>> decode_infer_request(head + b"\x01\x02", len(head)).inputs["x"]
+        array([1, 2], dtype=int8)
+    """
+    if header_length is None:
+        message: InferRequest = decode_json(body, _decoder, "inference request")
+        binary = None
+    else:
+        view = memoryview(body)
+        message = decode_json(view[:header_length], _decoder, "inference request")
+        binary = view[header_length:]
+    inputs = _decode_inputs(message, binary)
     outputs = [o.name for o in message.outputs] if message.outputs else None
-    return DecodedRequest(inputs, outputs, message.id)
+    binary_outputs = (
+        False if message.parameters is None and outputs is None else _binary_outputs(message)
+    )
+    return DecodedRequest(inputs, outputs, message.id, binary_outputs)
 
 
 def _json_data(array: np.ndarray) -> list[Any]:
@@ -168,6 +402,46 @@ def encode_infer_response(
             model_name=model_name, outputs=tensors, model_version=model_version, id=request_id
         )
     )
+
+
+def encode_binary_infer_response(
+    model_name: str,
+    model_version: str,
+    outputs: dict[str, np.ndarray],
+    request_id: str | None,
+    binary_outputs: frozenset[str] | bool,
+) -> tuple[bytes, int]:
+    """Encode a V2 response with some outputs as binary data after the JSON.
+
+    Args:
+        binary_outputs: ``True`` for every output, else the names of those to send as
+            binary (``DecodedRequest.binary_outputs``).
+
+    Returns:
+        The body, and the size of its JSON header (the ``Inference-Header-Content-Length``).
+    """
+    every = binary_outputs is True
+    names = binary_outputs if isinstance(binary_outputs, frozenset) else frozenset()
+    tensors = []
+    chunks: list[bytes] = []
+    for name, array in outputs.items():
+        datatype = datatype_of(array.dtype)
+        if every or name in names:
+            raw = raw_from_array(array)
+            chunks.append(raw)
+            tensors.append(
+                ResponseOutput(
+                    name, datatype, list(array.shape), parameters={"binary_data_size": len(raw)}
+                )
+            )
+        else:
+            tensors.append(ResponseOutput(name, datatype, list(array.shape), _json_data(array)))
+    header = _encoder.encode(
+        InferResponse(
+            model_name=model_name, outputs=tensors, model_version=model_version, id=request_id
+        )
+    )
+    return b"".join([header, *chunks]), len(header)
 
 
 class TensorSpecLike(Protocol):

@@ -43,11 +43,14 @@ class InferRequest(msgspec.Struct):
     outputs: list[RequestOutput] | None = None
 
 
-class ResponseOutput(msgspec.Struct):
+class ResponseOutput(msgspec.Struct, omit_defaults=True):
     name: str
     datatype: str
     shape: list[int]
-    data: list[Any]
+    # Absent when the tensor travels as binary data after the JSON header; then
+    # ``parameters`` says how many bytes it takes (Triton's binary tensor extension).
+    data: list[Any] | None = None
+    parameters: dict[str, Any] | None = None
 
 
 class InferResponse(msgspec.Struct, omit_defaults=True):

@@ -1,9 +1,10 @@
 """Run the server: one process, or a supervisor and N workers sharing the port.
 
-A worker loads the repository, listens, and on SIGTERM/SIGINT stops accepting,
-closes idle connections, lets each connection finish the request it is receiving,
-then exits. With ``workers > 1`` each worker binds its own ``SO_REUSEPORT`` socket
-(the kernel spreads connections evenly); the supervisor reserves the port first so
+A worker loads the repository, listens (HTTP, and gRPC on its own port, both on one
+event loop), and on SIGTERM/SIGINT stops accepting, closes idle connections, lets
+each connection finish the request it is receiving (gRPC calls get the same grace),
+then exits. With ``workers > 1`` each worker binds its own ``SO_REUSEPORT`` sockets
+(the kernel spreads connections evenly); the supervisor reserves both ports first so
 ``port = 0`` works, restarts a worker that dies, and forwards the shutdown.
 """
 
@@ -54,10 +55,18 @@ def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True)
     return sock
 
 
-async def _serve(settings: ServerSettings, sock: socket.socket, ready: Connection | None) -> None:
+def _grpc_address(host: str, port: int) -> str:
+    """``host:port`` as grpc and the logs write it (an IPv6 host in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _serve(
+    settings: ServerSettings, sock: socket.socket, grpc_port: int, ready: Connection | None
+) -> None:
     # Imported here, after the supervisor has set PROMETHEUS_MULTIPROC_DIR.
     from ..engine import Engine
     from ..metrics import Metrics
+    from .grpc import start_grpc_server
     from .http import Connections, HttpApp, HttpConnection
 
     loop = asyncio.get_running_loop()
@@ -78,11 +87,25 @@ async def _serve(settings: ServerSettings, sock: socket.socket, ready: Connectio
     server = await loop.create_server(
         lambda: HttpConnection(app, connections), sock=sock, backlog=_BACKLOG
     )
+    # One worker: a taken gRPC port is an error. Several: they share the port the
+    # supervisor reserved.
+    grpc_server, grpc_port = await start_grpc_server(
+        engine,
+        metrics,
+        settings.grpc,
+        _grpc_address(settings.grpc_host(), grpc_port),
+        reuse_port=ready is not None,
+    )
     host, port = sock.getsockname()[:2]
     if ready is None:
         models = sum(1 for s in engine.index() if s.is_ready)
         logger.info(
-            "serving %d model version(s) on http://%s:%d (pid %d)", models, host, port, os.getpid()
+            "serving %d model version(s) on http://%s:%d and grpc://%s (pid %d)",
+            models,
+            host,
+            port,
+            _grpc_address(settings.grpc_host(), grpc_port),
+            os.getpid(),
         )
     else:
         ready.send(os.getpid())
@@ -91,6 +114,7 @@ async def _serve(settings: ServerSettings, sock: socket.socket, ready: Connectio
     await stop.wait()
     logger.info("shutting down (pid %d): draining %d connection(s)", os.getpid(), len(connections))
     server.close()
+    grpc_stopped = asyncio.ensure_future(grpc_server.stop(settings.graceful_timeout_s))
     connections.stop_sweeping()
     for connection in list(connections):
         connection.shutdown()
@@ -98,20 +122,23 @@ async def _serve(settings: ServerSettings, sock: socket.socket, ready: Connectio
         await asyncio.wait_for(connections.empty.wait(), settings.graceful_timeout_s)
     except TimeoutError:
         logger.warning("graceful timeout: closing %d connection(s) mid-request", len(connections))
+    await grpc_stopped
     engine.close()
 
 
-def _run_worker(settings: ServerSettings, sock: socket.socket, ready: Connection | None) -> None:
+def _run_worker(
+    settings: ServerSettings, sock: socket.socket, grpc_port: int, ready: Connection | None
+) -> None:
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve(settings, sock, ready))
+        runner.run(_serve(settings, sock, grpc_port, ready))
 
 
-def _worker_main(settings: ServerSettings, port: int, ready: Connection) -> None:
+def _worker_main(settings: ServerSettings, ports: tuple[int, int], ready: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; Ctrl-C reaches it
-    sock = bind(settings.http.host, port, reuse_port=True)
-    _run_worker(settings, sock, ready)
+    sock = bind(settings.http.host, ports[0], reuse_port=True)
+    _run_worker(settings, sock, ports[1], ready)
 
 
 def serve(settings: ServerSettings) -> None:
@@ -121,7 +148,9 @@ def serve(settings: ServerSettings) -> None:
         OSError: the address cannot be bound.
     """
     if settings.workers == 1:
-        _run_worker(settings, bind(settings.http.host, settings.http.port), None)
+        _run_worker(
+            settings, bind(settings.http.host, settings.http.port), settings.grpc.port, None
+        )
         return
     discover(Path(settings.repository))  # a missing repository fails here, not in N workers
     _Supervisor(settings).run()
@@ -155,10 +184,13 @@ class _Supervisor:
         # Reserve the port (and learn it when 0) without listening: only the workers'
         # listening sockets receive connections.
         reserved = bind(settings.http.host, settings.http.port, reuse_port=True, listen=False)
-        port = reserved.getsockname()[1]
+        grpc_reserved = bind(
+            settings.grpc_host(), settings.grpc.port, reuse_port=True, listen=False
+        )
+        ports = (reserved.getsockname()[1], grpc_reserved.getsockname()[1])
         previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            pending = [self._start(slot, port) for slot in range(settings.workers)]
+            pending = [self._start(slot, ports) for slot in range(settings.workers)]
             pids = [pid for pid in map(_ready_pid, pending) if pid is not None]
             if len(pids) < settings.workers:
                 raise LigeiroError(
@@ -166,26 +198,28 @@ class _Supervisor:
                     "start (their errors are logged above)"
                 )
             logger.info(
-                "serving on http://%s:%d with %d workers (pids %s)",
+                "serving on http://%s:%d and grpc://%s with %d workers (pids %s)",
                 settings.http.host,
-                port,
+                ports[0],
+                _grpc_address(settings.grpc_host(), ports[1]),
                 len(pids),
                 ", ".join(map(str, pids)),
             )
-            self._watch(port)
+            self._watch(ports)
         finally:
             self._shutdown()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             reserved.close()
+            grpc_reserved.close()
             os.close(self._wake_read)
             os.close(self._wake_write)
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
-    def _start(self, slot: int, port: int) -> Connection:
+    def _start(self, slot: int, ports: tuple[int, int]) -> Connection:
         receiver, sender = self._context.Pipe(duplex=False)
         process = self._context.Process(
-            target=_worker_main, args=(self.settings, port, sender), name=f"ligeiro-worker-{slot}"
+            target=_worker_main, args=(self.settings, ports, sender), name=f"ligeiro-worker-{slot}"
         )
         process.start()
         sender.close()
@@ -196,7 +230,7 @@ class _Supervisor:
         self._stopping = True
         os.write(self._wake_write, b"x")
 
-    def _watch(self, port: int) -> None:
+    def _watch(self, ports: tuple[int, int]) -> None:
         while not self._stopping:
             sentinels = {process.sentinel: slot for slot, (process, _) in self._workers.items()}
             for sentinel in wait([*sentinels, self._wake_read]):
@@ -221,7 +255,7 @@ class _Supervisor:
                     [self._wake_read], timeout=_RESTART_BACKOFF_S
                 ):
                     break
-                self._start(slot, port).close()
+                self._start(slot, ports).close()
 
     def _shutdown(self) -> None:
         processes = [process for process, _ in self._workers.values() if process.is_alive()]

@@ -31,12 +31,15 @@ from ..errors import (
 )
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..protocol.codec import (
+    BINARY_EXTENSION,
     decode_infer_request,
+    encode_binary_infer_response,
     encode_error,
     encode_health,
     encode_infer_response,
     encode_model_metadata,
     encode_server_metadata,
+    header_length_of,
 )
 from ..protocol.predict import decode_predict, encode_predict
 
@@ -67,9 +70,11 @@ _REASONS = {
     500: b"Internal Server Error", 503: b"Service Unavailable",
 }  # fmt: skip
 _JSON = b"application/json"
+# Triton answers with binary tensor data as an octet stream, the JSON header first.
+_BINARY = b"application/octet-stream"
 # Requests a client may pipeline ahead of its answers before we stop reading from it.
 _MAX_PIPELINED = 64
-_EXTENSIONS: list[str] = []
+_EXTENSIONS: list[str] = [BINARY_EXTENSION]
 
 
 def status_for(error: LigeiroError) -> int:
@@ -149,20 +154,30 @@ class HttpApp:
     ) -> bytes:
         return self.response(status, encode_error(message), keep_alive=keep_alive, headers=headers)
 
-    async def handle(self, method: bytes, url: bytes, body: bytes, keep_alive: bool) -> bytes:
-        """Answer one request; never raises. HEAD gets GET's headers without the body."""
+    async def handle(
+        self,
+        method: bytes,
+        url: bytes,
+        body: bytes,
+        keep_alive: bool,
+        header_length: bytes | None = None,
+    ) -> bytes:
+        """Answer one request; never raises. HEAD gets GET's headers without the body.
+
+        ``header_length`` is the raw ``Inference-Header-Content-Length`` value, if sent.
+        """
         if method == b"HEAD":
             answer = await self.handle(b"GET", url, body, keep_alive)
             return answer[: answer.index(b"\r\n\r\n") + 4]
         path = url.split(b"?", 1)[0]
         try:
             if path.startswith(b"/v2/models/"):
-                return self._model_route(method, path[11:], body, keep_alive)
+                return self._model_route(method, path[11:], body, header_length, keep_alive)
             if path.startswith(b"/v1/models/") and path.endswith(b":predict"):
                 if method != b"POST":
                     return self._not_allowed(b"POST", keep_alive)
                 return self._inference(
-                    _text(path[11:-8]), None, body, keep_alive, self._answer_predict
+                    _text(path[11:-8]), None, body, header_length, keep_alive, self._answer_predict
                 )
             route = self._get_routes.get(path.rstrip(b"/") or path)
             if route is None:
@@ -209,7 +224,9 @@ class HttpApp:
             content_type=METRICS_CONTENT_TYPE.encode(),
         )
 
-    def _model_route(self, method: bytes, rest: bytes, body: bytes, keep_alive: bool) -> bytes:
+    def _model_route(
+        self, method: bytes, rest: bytes, body: bytes, header_length: bytes | None, keep_alive: bool
+    ) -> bytes:
         parts = _text(rest).split("/")
         name, version, tail = parts[0], None, parts[1:]
         if len(tail) >= 2 and tail[0] == "versions":
@@ -217,7 +234,9 @@ class HttpApp:
         if tail == ["infer"]:
             if method != b"POST":
                 return self._not_allowed(b"POST", keep_alive)
-            return self._inference(name, version, body, keep_alive, self._answer_infer)
+            return self._inference(
+                name, version, body, header_length, keep_alive, self._answer_infer
+            )
         if len(tail) > 1 or (tail and tail[0] != "ready") or not name:
             return self.error(404, f"no route for /v2/models/{_text(rest)}", keep_alive=keep_alive)
         if method != b"GET":
@@ -236,17 +255,18 @@ class HttpApp:
         name: str,
         version: str | None,
         body: bytes,
+        header_length: bytes | None,
         keep_alive: bool,
-        answer: Callable[[ModelVersion, bytes], bytes],
+        answer: Callable[[ModelVersion, bytes, bytes | None, bool], bytes],
     ) -> bytes:
-        """Resolve the model, let ``answer`` decode-run-encode, count and time it."""
+        """Resolve the model, let ``answer`` decode-run-respond, count and time it."""
         start = time.perf_counter()
         model_label = version_label = ""
         status = 500
         try:
             model = self.engine.model(name, version)
             model_label, version_label = model.name, model.version
-            response = self.response(200, answer(model, body), keep_alive=keep_alive)
+            response = answer(model, body, header_length, keep_alive)
             status = 200
             return response
         except LigeiroError as exc:
@@ -257,14 +277,36 @@ class HttpApp:
                 model_label, version_label, "http", str(status), time.perf_counter() - start
             )
 
-    def _answer_infer(self, model: ModelVersion, body: bytes) -> bytes:
-        request = decode_infer_request(body)
-        result = self.engine.run(model, request.inputs, request.outputs)
-        return encode_infer_response(model.name, model.version, result.outputs, request.id)
+    def _answer_infer(
+        self, model: ModelVersion, body: bytes, header_length: bytes | None, keep_alive: bool
+    ) -> bytes:
+        length = None if header_length is None else header_length_of(header_length, len(body))
+        request = decode_infer_request(body, length)
+        outputs = self.engine.run(model, request.inputs, request.outputs).outputs
+        if not request.binary_outputs:
+            answer = encode_infer_response(model.name, model.version, outputs, request.id)
+            return self.response(200, answer, keep_alive=keep_alive)
+        answer, json_size = encode_binary_infer_response(
+            model.name, model.version, outputs, request.id, request.binary_outputs
+        )
+        return self.response(
+            200,
+            answer,
+            keep_alive=keep_alive,
+            content_type=_BINARY,
+            headers=b"inference-header-content-length: %d\r\n" % json_size,
+        )
 
-    def _answer_predict(self, model: ModelVersion, body: bytes) -> bytes:
+    def _answer_predict(
+        self, model: ModelVersion, body: bytes, header_length: bytes | None, keep_alive: bool
+    ) -> bytes:
+        if header_length is not None:
+            raise InvalidInputError(
+                "binary tensor data is for POST /v2/models/{model}/infer, not :predict"
+            )
         inputs, single = decode_predict(body, model)
-        return encode_predict(model, self.engine.run(model, inputs).outputs, single)
+        answer = encode_predict(model, self.engine.run(model, inputs).outputs, single)
+        return self.response(200, answer, keep_alive=keep_alive)
 
 
 def _text(raw: bytes) -> str:
@@ -322,9 +364,9 @@ class HttpConnection(asyncio.Protocol):
     """One client connection: parse with httptools, answer in order, drain on shutdown."""
 
     __slots__ = (
-        "_app", "_body", "_connections", "_content_length", "_expect_continue", "_loop",
-        "_parser", "_pending", "_size", "_too_large", "_transport", "_url",
-        "_writing_paused", "is_closing", "is_receiving", "last_active",
+        "_app", "_body", "_connections", "_content_length", "_expect_continue",
+        "_header_length", "_loop", "_parser", "_pending", "_size", "_too_large", "_transport",
+        "_url", "_writing_paused", "is_closing", "is_receiving", "last_active",
     )  # fmt: skip
 
     def __init__(self, app: HttpApp, connections: Connections) -> None:
@@ -340,6 +382,7 @@ class HttpConnection(asyncio.Protocol):
         self._size = 0
         self._content_length = 0
         self._expect_continue = False
+        self._header_length: bytes | None = None
         self._too_large = False
         self._writing_paused = False
         self.is_receiving = False
@@ -385,18 +428,21 @@ class HttpConnection(asyncio.Protocol):
         self._size = 0
         self._content_length = 0
         self._expect_continue = False
+        self._header_length = None
         self._too_large = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # Only two headers matter here; compare lengths first to skip the others cheaply.
+        # Only three headers matter here; compare lengths first to skip the others cheaply.
         size = len(name)
         if size == 14 and name.lower() == b"content-length":
             self._content_length = int(value) if value.isdigit() else 0
         elif size == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
             self._expect_continue = True
+        elif size == 31 and name.lower() == b"inference-header-content-length":
+            self._header_length = value  # the binary tensor extension; the codec parses it
 
     def on_headers_complete(self) -> None:
         limit = self._app.settings.max_request_bytes
@@ -421,7 +467,9 @@ class HttpConnection(asyncio.Protocol):
             return
         keep_alive = self._parser.should_keep_alive() and not self.is_closing
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        answer = self._app.handle(self._parser.get_method(), self._url, body, keep_alive)
+        answer = self._app.handle(
+            self._parser.get_method(), self._url, body, keep_alive, self._header_length
+        )
         task = self._loop.create_task(answer)
         self._pending.append((task, keep_alive))
         task.add_done_callback(self._write_answers)

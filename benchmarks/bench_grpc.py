@@ -1,0 +1,199 @@
+"""gRPC ModelInfer beside V2 REST on the same ligeiro process, iris, one core.
+
+One ``ligeiro serve`` (pinned to core 0) listens on both transports. At each
+concurrency the two are loaded back to back, in an order rotated every round, from core
+1: REST with ``wrk`` (the V2 JSON body), gRPC with ``h2load`` (Debian's nghttp2-client)
+sending a prebuilt, gRPC-framed ``ModelInferRequest`` with ``raw_input_contents`` over
+``-c`` connections with one stream each, the way wrk keeps one request per connection.
+h2load counts HTTP/2 answers, not gRPC statuses, so one real grpcio call is checked
+first and every answer's size is compared with that call's.
+
+Run: ``python -m benchmarks.bench_grpc [--rounds 3] [--duration 5] [--concurrency 1,16,64]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+
+from ._harness import (
+    LOAD_CORE,
+    BenchmarkError,
+    HttpRequest,
+    ServerProcess,
+    ensure_tools,
+    exclusive_machine,
+    format_table,
+    free_port,
+    machine_info,
+    measure,
+)
+from ._rounds import rotated
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+BIN: Final = Path(sys.executable).parent
+HOST: Final = "127.0.0.1"
+ROW: Final = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
+V2_BODY: Final = (
+    b'{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}'
+)
+METHOD: Final = "/inference.GRPCInferenceService/ModelInfer"
+
+
+@dataclass(frozen=True)
+class Result:
+    transport: str
+    connections: int
+    requests_per_s: float
+    mean_ms: float
+    cpu_us_per_request: float
+    failed: int
+
+
+def grpc_request() -> bytes:
+    """The ModelInferRequest for one iris row, framed as gRPC sends it on the wire."""
+    from ligeiro.protocol._generated import grpc_service_pb2 as pb
+
+    request = pb.ModelInferRequest(
+        model_name="iris",
+        inputs=[
+            pb.ModelInferRequest.InferInputTensor(name="float_input", datatype="FP32", shape=[1, 4])
+        ],
+        raw_input_contents=[ROW.tobytes()],
+    )
+    payload = request.SerializeToString()
+    return b"\x00" + len(payload).to_bytes(4, "big") + payload
+
+
+def check_grpc(port: int) -> None:
+    """One real call through grpcio: the answer must be class 0 for this row."""
+    import grpc
+
+    from ligeiro.protocol._generated import grpc_service_pb2 as pb
+    from ligeiro.protocol._generated import grpc_service_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(f"{HOST}:{port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        request = pb.ModelInferRequest()
+        request.ParseFromString(grpc_request()[5:])
+        answer = stub.ModelInfer(request, timeout=10)
+    label = np.frombuffer(answer.raw_output_contents[0], dtype=np.int64)
+    if label.tolist() != [0]:
+        raise BenchmarkError(f"gRPC answered label {label.tolist()}, expected [0]")
+
+
+def run_h2load(
+    url: str, frame: Path, *, connections: int, duration_s: float, warmup_s: float
+) -> tuple[float, float, int, int]:
+    """req/s, mean ms, requests done and requests failed, from one h2load run."""
+    command = [
+        "taskset", "-c", str(LOAD_CORE), "h2load", "-c", str(connections), "-m", "1",
+        "-D", str(max(1, round(duration_s))), "--warm-up-time", str(max(1, round(warmup_s))),
+        "-H", "content-type: application/grpc", "-H", "te: trailers", "-d", str(frame), url,
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, capture_output=True, text=True, check=False, timeout=duration_s + 60
+    )
+    out = done.stdout
+    rate = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    counts = re.search(
+        r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", out
+    )
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
+    if done.returncode != 0 or not (rate and counts and mean):
+        raise BenchmarkError(f"h2load failed ({done.returncode}): {done.stderr or out}")
+    mean_text = mean.group(1)
+    mean_ms = float(mean_text[:-2]) if mean_text.endswith("ms") else float(mean_text[:-2]) / 1000
+    return float(rate.group(1)), mean_ms, int(counts.group(1)), int(counts.group(3))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args(argv)
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    ensure_tools({"wrk": "wrk", "h2load": "nghttp2-client", "taskset": "util-linux"},
+                 ("wrk", "h2load", "taskset"))  # fmt: skip
+
+    http_port, grpc_port = free_port(HOST), free_port(HOST)
+    command = [
+        str(BIN / "ligeiro"), "serve", str(ROOT / "examples" / "models"), "--host", HOST,
+        "--port", str(http_port), "--grpc-port", str(grpc_port), "--workers", "1",
+    ]  # fmt: skip
+    rest = HttpRequest(
+        "POST", f"http://{HOST}:{http_port}/v2/models/iris/infer", V2_BODY,
+        {"Content-Type": "application/json"},
+    )  # fmt: skip
+    results: list[Result] = []
+    with (
+        exclusive_machine(),
+        tempfile.TemporaryDirectory(prefix="ligeiro-grpc-") as folder,
+        ServerProcess(command, f"http://{HOST}:{http_port}/v2/health/ready",
+                      log_path=ROOT / ".bench" / "logs" / "grpc.log") as server,
+    ):  # fmt: skip
+        frame = Path(folder) / "request.bin"
+        frame.write_bytes(grpc_request())
+        server.start()
+        check_grpc(grpc_port)
+        for round_index in range(args.rounds):
+            for connections in concurrencies:
+                for transport in rotated(["rest", "grpc"], round_index):
+                    if transport == "rest":
+                        m = measure(server, rest, connections=connections,
+                                    duration_s=args.duration, warmup_s=args.warmup)  # fmt: skip
+                        results.append(Result("rest", connections, m.load.requests_per_s,
+                                              m.load.p50_ms, m.cpu_us_per_request,
+                                              m.load.non_2xx + m.load.socket_errors))  # fmt: skip
+                        continue
+                    before = server.cpu_s()
+                    rate, mean_ms, done, failed = run_h2load(
+                        f"http://{HOST}:{grpc_port}{METHOD}",
+                        frame,
+                        connections=connections,
+                        duration_s=args.duration,
+                        warmup_s=args.warmup,
+                    )
+                    cpu = (server.cpu_s() - before) * 1e6 / max(done, 1)
+                    results.append(Result("grpc", connections, rate, mean_ms, cpu, failed))
+                    server.check_running()
+    rows = []
+    for connections in concurrencies:
+        by = {t: [r for r in results if r.transport == t and r.connections == connections]
+              for t in ("rest", "grpc")}  # fmt: skip
+        ratios = [
+            g.requests_per_s / r.requests_per_s for r, g in zip(by["rest"], by["grpc"], strict=True)
+        ]
+        for transport, runs in by.items():
+            rows.append([
+                transport, str(connections),
+                f"{statistics.median(r.requests_per_s for r in runs):,.0f}",
+                f"{statistics.median(r.mean_ms for r in runs):.2f}",
+                f"{statistics.median(r.cpu_us_per_request for r in runs):.0f}",
+                str(sum(r.failed for r in runs)),
+                f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+                if transport == "grpc" else "",
+            ])  # fmt: skip
+    machine = machine_info(["ligeiro", "grpcio", "protobuf", "onnxruntime"])
+    print(f"{machine.date}: median of {args.rounds} round(s), {args.duration:g} s per run")
+    print(f"on {machine.summary()}")
+    print("REST latency is wrk's p50; gRPC latency is h2load's mean per request.")
+    headers = ["transport", "c", "req/s", "latency ms", "CPU µs/req", "failed", "grpc / rest"]
+    print(format_table(headers, rows, markdown=args.markdown))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""V2 protobuf ↔ numpy: decode ``ModelInferRequest`` straight into arrays, and back.
+
+``raw_input_contents`` become arrays with ``np.frombuffer`` (no copy: the array views
+the request's bytes); typed ``contents`` (``fp32_contents`` …) go through one
+``np.array`` call each. Answers carry ``raw_output_contents``, as Triton sends them.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+from google.protobuf.message import DecodeError, Message
+
+from ..errors import InvalidInputError
+from ._generated import grpc_service_pb2 as pb
+from .codec import PLATFORM, DecodedRequest, TensorSpecLike
+from .datatypes import datatype_of, dtype_of
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+__all__ = [
+    "decode_infer_request",
+    "decode_message",
+    "encode_infer_response",
+    "encode_model_metadata",
+    "pb",
+]
+
+# The typed ``InferTensorContents`` field of each V2 datatype. FP16 has none: it
+# travels as raw bytes only.
+_CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+_LENGTH = struct.Struct("<I")
+_M = TypeVar("_M", bound=Message)
+
+
+def decode_message(message_type: type[_M], data: bytes) -> _M:
+    """Parse one protobuf message; bytes that are not one are an InvalidInputError.
+
+    Raises:
+        InvalidInputError: ``data`` is not a valid ``message_type``.
+    """
+    try:
+        message: _M = message_type.FromString(data)
+    except DecodeError as exc:
+        name = message_type.DESCRIPTOR.full_name
+        raise InvalidInputError(f"malformed {name} message: {exc}") from None
+    return message
+
+
+def _bytes_elements(raw: bytes, where: str) -> list[str]:
+    """Split Triton's BYTES serialization: each element a 4-byte LE length, then bytes."""
+    elements: list[bytes] = []
+    offset, size = 0, len(raw)
+    while offset < size:
+        if offset + 4 > size:
+            raise InvalidInputError(
+                f"{where}BYTES data ends inside a length prefix at byte {offset} of {size}"
+            )
+        (length,) = _LENGTH.unpack_from(raw, offset)
+        offset += 4
+        if offset + length > size:
+            raise InvalidInputError(
+                f"{where}BYTES element {len(elements)} claims {length} bytes, "
+                f"only {size - offset} remain"
+            )
+        elements.append(raw[offset : offset + length])
+        offset += length
+    return _texts(elements, where)
+
+
+def _texts(elements: Iterable[bytes], where: str) -> list[str]:
+    # ONNX Runtime string tensors hold text: it would turn bytes into "b'...'".
+    texts = []
+    for i, element in enumerate(elements):
+        try:
+            texts.append(element.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(f"{where}BYTES element {i} is not UTF-8 text: {exc}") from None
+    return texts
+
+
+def _from_raw(
+    raw: bytes, datatype: str, dtype: np.dtype, shape: list[int], where: str
+) -> np.ndarray:
+    count = math.prod(shape)
+    if dtype.kind == "O":
+        texts = _bytes_elements(raw, where)
+        if len(texts) != count:
+            raise InvalidInputError(
+                f"{where}shape {shape} holds {count} elements, raw BYTES data has {len(texts)}"
+            )
+        return np.array(texts, dtype=object).reshape(shape)
+    wire = dtype.newbyteorder("<")
+    if len(raw) != count * wire.itemsize:
+        raise InvalidInputError(
+            f"{where}shape {shape} of {datatype} needs {count * wire.itemsize} bytes "
+            f"({count} elements of {wire.itemsize}), raw_input_contents has {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype=wire).reshape(shape)
+
+
+def _from_contents(
+    contents: pb.InferTensorContents, datatype: str, dtype: np.dtype, shape: list[int], where: str
+) -> np.ndarray:
+    field = _CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidInputError(
+            f"{where}{datatype} has no typed contents field; send it in raw_input_contents"
+        )
+    others = [f.name for f, _ in contents.ListFields() if f.name != field]
+    if others:
+        raise InvalidInputError(
+            f"{where}{datatype} data belongs in contents.{field}, got {', '.join(others)}"
+        )
+    values = getattr(contents, field)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise InvalidInputError(
+            f"{where}shape {shape} holds {count} elements, contents.{field} has {len(values)}"
+        )
+    if dtype.kind == "O":
+        return np.array(_texts(values, where), dtype=object).reshape(shape)
+    if dtype.kind in "iu" and dtype.itemsize < 4:
+        # int_contents / uint_contents are 32-bit: refuse what the narrow type cannot hold
+        # rather than let numpy wrap it around.
+        wide = np.array(values, dtype=np.int64)
+        info = np.iinfo(dtype)
+        bad = wide[(wide < info.min) | (wide > info.max)]
+        if bad.size:
+            raise InvalidInputError(
+                f"{where}data out of range for {datatype}: {int(bad[0])} is not in "
+                f"[{info.min}, {info.max}]"
+            )
+        return wide.astype(dtype).reshape(shape)
+    return np.array(values, dtype=dtype).reshape(shape)
+
+
+def decode_infer_request(request: pb.ModelInferRequest) -> DecodedRequest:
+    """Turn a ``ModelInferRequest`` into named numpy inputs, the outputs asked for and the id.
+
+    Raises:
+        InvalidInputError: an unknown datatype, a negative dimension, data that does not
+            fill the shape, raw and typed data mixed, or a feature ligeiro does not serve
+            (shared memory).
+    """
+    raw_contents = request.raw_input_contents
+    if raw_contents and len(raw_contents) != len(request.inputs):
+        raise InvalidInputError(
+            f"raw_input_contents has {len(raw_contents)} entries for {len(request.inputs)} "
+            "inputs; send one per input, in the order of inputs"
+        )
+    inputs: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(request.inputs):
+        name = tensor.name
+        where = f"input {name!r}: "
+        if name in inputs:
+            raise InvalidInputError(f"input {name!r} appears twice")
+        if "shared_memory_region" in tensor.parameters:
+            raise InvalidInputError(f"{where}shared memory is not supported; send the data")
+        dtype = dtype_of(tensor.datatype, where)
+        shape = list(tensor.shape)
+        if shape and min(shape) < 0:
+            raise InvalidInputError(f"{where}shape {shape} has a negative dimension")
+        has_contents = tensor.HasField("contents")
+        if raw_contents:
+            if has_contents:
+                raise InvalidInputError(
+                    f"{where}both contents and raw_input_contents given; use one of them"
+                )
+            inputs[name] = _from_raw(raw_contents[i], tensor.datatype, dtype, shape, where)
+        elif has_contents:
+            inputs[name] = _from_contents(tensor.contents, tensor.datatype, dtype, shape, where)
+        else:
+            raise InvalidInputError(f"{where}no data (expected contents or raw_input_contents)")
+    outputs = [o.name for o in request.outputs] if request.outputs else None
+    return DecodedRequest(inputs, outputs, request.id or None)
+
+
+def _raw_bytes(array: np.ndarray) -> bytes:
+    if array.dtype.kind in "OUS":
+        parts = []
+        for value in array.ravel():
+            data = value if isinstance(value, bytes) else str(value).encode("utf-8")
+            parts.append(_LENGTH.pack(len(data)))
+            parts.append(data)
+        return b"".join(parts)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(array).tobytes()
+
+
+def encode_infer_response(
+    model_name: str, model_version: str, outputs: dict[str, np.ndarray], request_id: str | None
+) -> pb.ModelInferResponse:
+    """A ``ModelInferResponse`` with each output's bytes in ``raw_output_contents``."""
+    response = pb.ModelInferResponse(
+        model_name=model_name, model_version=model_version, id=request_id or ""
+    )
+    tensors = response.outputs
+    raw = response.raw_output_contents
+    for name, array in outputs.items():
+        tensors.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
+        raw.append(_raw_bytes(array))
+    return response
+
+
+def _tensor_metadata(
+    specs: Iterable[TensorSpecLike],
+) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+    return [
+        pb.ModelMetadataResponse.TensorMetadata(
+            name=s.name, datatype=datatype_of(s.dtype), shape=s.shape
+        )
+        for s in specs
+    ]
+
+
+def encode_model_metadata(
+    name: str,
+    versions: list[str],
+    inputs: Iterable[TensorSpecLike],
+    outputs: Iterable[TensorSpecLike],
+) -> pb.ModelMetadataResponse:
+    """A ``ModelMetadataResponse``: name, versions, platform, inputs and outputs."""
+    return pb.ModelMetadataResponse(
+        name=name,
+        versions=versions,
+        platform=PLATFORM,
+        inputs=_tensor_metadata(inputs),
+        outputs=_tensor_metadata(outputs),
+    )

@@ -1,0 +1,319 @@
+"""V2 gRPC (``inference.GRPCInferenceService``): a grpc.aio servicer over the engine.
+
+It runs on the worker's event loop beside HTTP. grpcio's C core parses HTTP/2 and
+enforces the message limit (RESOURCE_EXHAUSTED before any of this code runs);
+``protocol/grpc_codec.py`` turns messages into numpy. Every domain error maps to a
+status in ``_STATUS``, the one table between the errors and gRPC.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any, NoReturn, final
+
+import grpc
+import grpc.aio
+
+from .. import __version__
+from ..errors import (
+    InferenceError,
+    InvalidInputError,
+    LigeiroError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    RequestTooLargeError,
+    ServerOverloadedError,
+)
+from ..protocol.grpc_codec import (
+    decode_infer_request,
+    decode_message,
+    encode_infer_response,
+    encode_model_metadata,
+    pb,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from google.protobuf.message import Message
+
+    from ..engine import Engine
+    from ..metrics import Metrics
+    from ..repository.registry import ModelVersion
+    from ..settings import GrpcSettings
+
+__all__ = ["GrpcService", "start_grpc_server", "status_for"]
+
+logger = logging.getLogger(__name__)
+
+# The single table from domain errors to gRPC status codes; first match on the MRO.
+_STATUS: dict[type[LigeiroError], grpc.StatusCode] = {
+    RequestTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    InvalidInputError: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
+    ModelNotReadyError: grpc.StatusCode.UNAVAILABLE,
+    ServerOverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    InferenceError: grpc.StatusCode.INTERNAL,
+}
+_OK = grpc.StatusCode.OK
+_INTERNAL = grpc.StatusCode.INTERNAL
+_INTERNAL_MESSAGE = "internal server error (logged)"
+_LIFECYCLE_MESSAGE = (
+    "ligeiro loads the repository at start; loading and unloading models through the "
+    "API is not available yet (issue 7, model lifecycle)"
+)
+
+
+def status_for(error: LigeiroError) -> grpc.StatusCode:
+    """The gRPC status for a domain error (INTERNAL for anything unmapped)."""
+    for cls in type(error).__mro__:
+        status = _STATUS.get(cls)
+        if status is not None:
+            return status
+    return _INTERNAL
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> NoReturn:
+    if isinstance(error, LigeiroError):
+        await context.abort(status_for(error), str(error))
+    logger.error("unexpected error in a gRPC call", exc_info=error)
+    await context.abort(_INTERNAL, _INTERNAL_MESSAGE)
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+@final
+class GrpcService:
+    """The ``inference.GRPCInferenceService`` methods, each a thin call into the engine.
+
+    Args:
+        engine: the models.
+        metrics: where inference requests are counted and timed (``protocol="grpc"``).
+    """
+
+    def __init__(self, engine: Engine, metrics: Metrics) -> None:
+        self.engine = engine
+        self.metrics = metrics
+
+    # -- health and metadata ----------------------------------------------------------
+
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        # Ready once the repository is loaded, as over HTTP.
+        return pb.ServerReadyResponse(ready=True)
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        try:
+            self.engine.model(request.name, request.version or None)
+        except ModelNotReadyError:
+            return pb.ModelReadyResponse(ready=False)
+        except LigeiroError as exc:
+            await _abort(context, exc)
+        return pb.ModelReadyResponse(ready=True)
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="ligeiro", version=__version__, extensions=[])
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        try:
+            model = self.engine.model(request.name, request.version or None)
+        except LigeiroError as exc:
+            await _abort(context, exc)
+        versions = [s.version for s in self.engine.index() if s.name == model.name and s.is_ready]
+        return encode_model_metadata(
+            model.name, versions, model.inputs.values(), model.outputs.values()
+        )
+
+    # -- inference ----------------------------------------------------------------------
+
+    def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        """Resolve, decode, run, encode; count and time it. Raises the domain's errors."""
+        start = time.perf_counter()
+        model: ModelVersion | None = None
+        code = _INTERNAL
+        try:
+            model = self.engine.model(request.model_name, request.model_version or None)
+            decoded = decode_infer_request(request)
+            result = self.engine.run(model, decoded.inputs, decoded.outputs)
+            response = encode_infer_response(model.name, model.version, result.outputs, decoded.id)
+            code = _OK
+            return response
+        except LigeiroError as exc:
+            code = status_for(exc)
+            raise
+        finally:
+            self.metrics.observe_request(
+                model.name if model else "",
+                model.version if model else "",
+                "grpc",
+                code.name,
+                time.perf_counter() - start,
+            )
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        try:
+            return self._infer(request)
+        except Exception as exc:
+            await _abort(context, exc)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        # As Triton does: a failed request answers with error_message and the stream
+        # carries on with the next one. Messages arrive unparsed so that a malformed
+        # one is answered like any other bad request.
+        async for data in request_iterator:
+            try:
+                response = self._infer(decode_message(pb.ModelInferRequest, data))
+            except LigeiroError as exc:
+                yield pb.ModelStreamInferResponse(error_message=str(exc))
+            except Exception:
+                logger.exception("unexpected error in a gRPC stream request")
+                yield pb.ModelStreamInferResponse(error_message=_INTERNAL_MESSAGE)
+            else:
+                yield pb.ModelStreamInferResponse(infer_response=response)
+
+    # -- repository -----------------------------------------------------------------------
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        # The served versions, named; per-model counts live in Prometheus (/metrics) and
+        # are not kept here yet (issue 4 adds batcher statistics()).
+        if request.name:
+            try:
+                self.engine.model(request.name, request.version or None)
+            except LigeiroError as exc:
+                await _abort(context, exc)
+        stats = [
+            pb.ModelStatistics(name=s.name, version=s.version)
+            for s in self.engine.index()
+            if s.is_ready
+            and (not request.name or s.name == request.name)
+            and (not request.version or s.version == request.version)
+        ]
+        return pb.ModelStatisticsResponse(model_stats=stats)
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        models = [
+            pb.RepositoryIndexResponse.ModelIndex(
+                name=s.name,
+                version=s.version,
+                state="READY" if s.is_ready else "UNAVAILABLE",
+                reason=s.reason,
+            )
+            for s in self.engine.index()
+            if s.is_ready or not request.ready
+        ]
+        return pb.RepositoryIndexResponse(models=models)
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _LIFECYCLE_MESSAGE)
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _LIFECYCLE_MESSAGE)
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+_SERVICE = "inference.GRPCInferenceService"
+# Each unary method and the message it takes.
+_UNARY: dict[str, type[Message]] = {
+    "ServerLive": pb.ServerLiveRequest,
+    "ServerReady": pb.ServerReadyRequest,
+    "ModelReady": pb.ModelReadyRequest,
+    "ServerMetadata": pb.ServerMetadataRequest,
+    "ModelMetadata": pb.ModelMetadataRequest,
+    "ModelInfer": pb.ModelInferRequest,
+    "ModelStatistics": pb.ModelStatisticsRequest,
+    "RepositoryIndex": pb.RepositoryIndexRequest,
+    "RepositoryModelLoad": pb.RepositoryModelLoadRequest,
+    "RepositoryModelUnload": pb.RepositoryModelUnloadRequest,
+}
+
+
+def _serialize(message: Message) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data
+
+
+def _parsing(
+    method: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]],
+    message_type: type[Message],
+) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]:
+    """``method`` behind our own parsing: grpc's would answer bad bytes with UNKNOWN."""
+
+    async def handler(data: bytes, context: grpc.aio.ServicerContext) -> Message:
+        try:
+            request = decode_message(message_type, data)
+        except LigeiroError as exc:
+            await _abort(context, exc)
+        return await method(request, context)
+
+    return handler
+
+
+def _rpc_handlers(service: GrpcService) -> grpc.GenericRpcHandler:
+    """The service's method table (what protoc's ``add_..._to_server`` would build)."""
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            _parsing(getattr(service, name), message_type), response_serializer=_serialize
+        )
+        for name, message_type in _UNARY.items()
+    }
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+        service.ModelStreamInfer, response_serializer=_serialize
+    )
+    return grpc.method_handlers_generic_handler(_SERVICE, handlers)
+
+
+async def start_grpc_server(
+    engine: Engine, metrics: Metrics, settings: GrpcSettings, address: str, *, reuse_port: bool
+) -> tuple[grpc.aio.Server, int]:
+    """Bind and start the gRPC service on the running loop; return it and its port.
+
+    Args:
+        address: ``host:port`` to bind; port 0 picks a free one.
+        reuse_port: share the port with other workers (``SO_REUSEPORT``). Off, a port
+            already taken is an error rather than silently shared.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    limit = settings.max_message_bytes
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ]
+    )
+    server.add_generic_rpc_handlers((_rpc_handlers(GrpcService(engine, metrics)),))
+    try:
+        bound: int = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpcio raises this when the bind fails
+        raise OSError(f"cannot listen for gRPC on {address}: {exc}") from None
+    if bound == 0:  # older grpcio reports a failed bind this way
+        raise OSError(f"cannot listen for gRPC on {address}")
+    await server.start()
+    return server, bound
