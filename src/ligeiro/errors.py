@@ -13,7 +13,7 @@
     └── ConfigError               a server setting is invalid
 
 Each transport maps these to its own status codes in a single table
-(``server/http.py``); nothing here knows HTTP or gRPC.
+(``server/http.py``, ``server/grpc.py``); nothing here knows HTTP or gRPC.
 """
 
 from __future__ import annotations

@@ -193,8 +193,7 @@ def bad_iris(**changes: object) -> pb.ModelInferRequest:
         (
             bad_iris(shape=[2, 4]),
             "INVALID_ARGUMENT",
-            "input 'float_input': shape [2, 4] of FP32 needs 32 bytes (8 elements of 4), "
-            "raw_input_contents has 16",
+            "input 'float_input': shape [2, 4] holds 8 elements, raw_input_contents has 4",
         ),
         (
             bad_iris(shape=[1, -4]),
@@ -411,11 +410,11 @@ def test_raw_bytes_framing_errors(identity_stub: GRPCInferenceServiceStub) -> No
     index = list(ARRAYS).index("BYTES")
     request.raw_input_contents[index] = struct.pack("<I", 10) + b"abc"
     error = call_error(identity_stub.ModelInfer, request)
-    assert error.details() == "input 'in_BYTES': BYTES element 0 claims 10 bytes, only 3 remain"
+    assert error.details() == "input 'in_BYTES': BYTES element 0 says 10 bytes, only 3 are left"
     request.raw_input_contents[index] = raw(np.array(["a", "b", "c"], dtype=object))
     error = call_error(identity_stub.ModelInfer, request)
     assert error.details() == (
-        "input 'in_BYTES': shape [2, 2] holds 4 elements, raw BYTES data has 3"
+        "input 'in_BYTES': shape [2, 2] holds 4 elements, raw_input_contents has 3"
     )
 
 

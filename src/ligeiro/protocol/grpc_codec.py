@@ -8,7 +8,6 @@ the request's bytes); typed ``contents`` (``fp32_contents`` …) go through one
 from __future__ import annotations
 
 import math
-import struct
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
@@ -16,7 +15,7 @@ from google.protobuf.message import DecodeError, Message
 
 from ..errors import InvalidInputError
 from ._generated import grpc_service_pb2 as pb
-from .codec import PLATFORM, DecodedRequest, TensorSpecLike
+from .codec import PLATFORM, DecodedRequest, TensorSpecLike, array_from_raw, raw_from_array
 from .datatypes import datatype_of, dtype_of
 
 if TYPE_CHECKING:
@@ -46,7 +45,6 @@ _CONTENTS_FIELD: dict[str, str] = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
-_LENGTH = struct.Struct("<I")
 _M = TypeVar("_M", bound=Message)
 
 
@@ -64,27 +62,6 @@ def decode_message(message_type: type[_M], data: bytes) -> _M:
     return message
 
 
-def _bytes_elements(raw: bytes, where: str) -> list[str]:
-    """Split Triton's BYTES serialization: each element a 4-byte LE length, then bytes."""
-    elements: list[bytes] = []
-    offset, size = 0, len(raw)
-    while offset < size:
-        if offset + 4 > size:
-            raise InvalidInputError(
-                f"{where}BYTES data ends inside a length prefix at byte {offset} of {size}"
-            )
-        (length,) = _LENGTH.unpack_from(raw, offset)
-        offset += 4
-        if offset + length > size:
-            raise InvalidInputError(
-                f"{where}BYTES element {len(elements)} claims {length} bytes, "
-                f"only {size - offset} remain"
-            )
-        elements.append(raw[offset : offset + length])
-        offset += length
-    return _texts(elements, where)
-
-
 def _texts(elements: Iterable[bytes], where: str) -> list[str]:
     # ONNX Runtime string tensors hold text: it would turn bytes into "b'...'".
     texts = []
@@ -94,26 +71,6 @@ def _texts(elements: Iterable[bytes], where: str) -> list[str]:
         except UnicodeDecodeError as exc:
             raise InvalidInputError(f"{where}BYTES element {i} is not UTF-8 text: {exc}") from None
     return texts
-
-
-def _from_raw(
-    raw: bytes, datatype: str, dtype: np.dtype, shape: list[int], where: str
-) -> np.ndarray:
-    count = math.prod(shape)
-    if dtype.kind == "O":
-        texts = _bytes_elements(raw, where)
-        if len(texts) != count:
-            raise InvalidInputError(
-                f"{where}shape {shape} holds {count} elements, raw BYTES data has {len(texts)}"
-            )
-        return np.array(texts, dtype=object).reshape(shape)
-    wire = dtype.newbyteorder("<")
-    if len(raw) != count * wire.itemsize:
-        raise InvalidInputError(
-            f"{where}shape {shape} of {datatype} needs {count * wire.itemsize} bytes "
-            f"({count} elements of {wire.itemsize}), raw_input_contents has {len(raw)}"
-        )
-    return np.frombuffer(raw, dtype=wire).reshape(shape)
 
 
 def _from_contents(
@@ -184,26 +141,15 @@ def decode_infer_request(request: pb.ModelInferRequest) -> DecodedRequest:
                 raise InvalidInputError(
                     f"{where}both contents and raw_input_contents given; use one of them"
                 )
-            inputs[name] = _from_raw(raw_contents[i], tensor.datatype, dtype, shape, where)
+            inputs[name] = array_from_raw(
+                raw_contents[i], tensor.datatype, shape, where, "raw_input_contents"
+            )
         elif has_contents:
             inputs[name] = _from_contents(tensor.contents, tensor.datatype, dtype, shape, where)
         else:
             raise InvalidInputError(f"{where}no data (expected contents or raw_input_contents)")
     outputs = [o.name for o in request.outputs] if request.outputs else None
     return DecodedRequest(inputs, outputs, request.id or None)
-
-
-def _raw_bytes(array: np.ndarray) -> bytes:
-    if array.dtype.kind in "OUS":
-        parts = []
-        for value in array.ravel():
-            data = value if isinstance(value, bytes) else str(value).encode("utf-8")
-            parts.append(_LENGTH.pack(len(data)))
-            parts.append(data)
-        return b"".join(parts)
-    if array.dtype.byteorder == ">":
-        array = array.astype(array.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(array).tobytes()
 
 
 def encode_infer_response(
@@ -217,7 +163,7 @@ def encode_infer_response(
     raw = response.raw_output_contents
     for name, array in outputs.items():
         tensors.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
-        raw.append(_raw_bytes(array))
+        raw.append(raw_from_array(array))
     return response
 
 
