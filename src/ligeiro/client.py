@@ -1,9 +1,13 @@
-"""Python clients for a ligeiro (or any V2 REST) server: numpy in, numpy out.
+"""Python clients for a ligeiro (or any V2) server: numpy in, numpy out.
 
 ``Client`` is synchronous and ``AsyncClient`` is for asyncio code; both keep one
 keep-alive connection and reconnect when the server has closed it. They speak HTTP/1.1
 over a plain socket and import only msgspec up front (numpy on the first ``infer``,
 asyncio with ``AsyncClient``), so a one-shot script starts fast.
+
+``GrpcClient`` and ``AsyncGrpcClient`` offer the same methods over V2 gRPC (one
+``grpc`` channel each, tensors as ``raw_input_contents``); grpcio, protobuf and numpy
+load when one is created, not on ``import ligeiro.client``.
 
 Example:
     >>> import numpy as np
@@ -15,14 +19,15 @@ Example:
 
 Errors the server answers come back as the ``ligeiro.errors`` class of their status
 (400 ``InvalidInputError``, 404 ``ModelNotFoundError``, 503 ``ModelNotReadyError``,
-429 ``ServerOverloadedError``, others ``InferenceError``) with the server's message.
+429 ``ServerOverloadedError``, others ``InferenceError``) with the server's message; over
+gRPC, of their status code (``_GRPC_ERRORS``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, TypeVar, final
 from urllib.parse import quote, urlsplit
 
 import msgspec
@@ -44,7 +49,9 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-__all__ = ["AsyncClient", "Client"]
+    from .protocol.grpc_codec import ClientCall
+
+__all__ = ["AsyncClient", "AsyncGrpcClient", "Client", "GrpcClient"]
 
 # The server's statuses back to the error classes (the reverse of server/http.py's table).
 _ERRORS: dict[int, type[LigeiroError]] = {
@@ -54,7 +61,18 @@ _ERRORS: dict[int, type[LigeiroError]] = {
     429: ServerOverloadedError,
     503: ModelNotReadyError,
 }
+# gRPC status codes (by name, so that grpc loads only with a gRPC client) back to the
+# error classes: the reverse of server/grpc.py's table. Others are InferenceError.
+_GRPC_ERRORS: dict[str, type[LigeiroError]] = {
+    "INVALID_ARGUMENT": InvalidInputError,
+    "NOT_FOUND": ModelNotFoundError,
+    "UNAVAILABLE": ModelNotReadyError,
+    "RESOURCE_EXHAUSTED": ServerOverloadedError,
+}
+# The server enforces its own message limit; grpc's default 4 MiB would refuse big answers.
+_GRPC_OPTIONS = [("grpc.max_receive_message_length", -1)]
 _HEAD_END = b"\r\n\r\n"
+_T = TypeVar("_T")
 
 
 def _parse_url(url: str) -> tuple[str, int]:
@@ -311,6 +329,176 @@ class AsyncClient:
                 await writer.wait_closed()
 
     async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def _grpc_error(exc: Exception) -> LigeiroError:
+    """The ligeiro error for a failed gRPC call (a ``grpc.RpcError`` that is a call)."""
+    code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
+    return _GRPC_ERRORS.get(code.name, InferenceError)(details or f"gRPC {code.name}")
+
+
+@final
+class GrpcClient:
+    """A synchronous V2 gRPC client over one channel, with ``Client``'s methods.
+
+    Args:
+        target: the server's gRPC ``host:port``.
+        timeout_s: the deadline of each call.
+
+    Example:
+        >>> import numpy as np
+        >>> with GrpcClient("127.0.0.1:8001") as client:
+        ...     x = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
+        ...     client.infer("iris", {"float_input": x})["output_label"]
+        array([0])
+    """
+
+    def __init__(self, target: str = "127.0.0.1:8001", *, timeout_s: float = 30.0) -> None:
+        import grpc
+
+        from .protocol._generated.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+
+        self._channel = grpc.insecure_channel(target, options=_GRPC_OPTIONS)
+        self._stub = GRPCInferenceServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._timeout_s = timeout_s
+
+    def _run(self, call: ClientCall[_T]) -> _T:
+        import grpc
+
+        try:
+            answer = getattr(self._stub, call.method)(call.request, timeout=self._timeout_s)
+        except grpc.RpcError as exc:
+            raise _grpc_error(exc) from None
+        return call.decode(answer)
+
+    def is_live(self) -> bool:
+        """Whether the server answers ``ServerLive`` with live."""
+        from .protocol.grpc_codec import live_call
+
+        return self._run(live_call())
+
+    def is_ready(self) -> bool:
+        """Whether the server answers ``ServerReady`` with ready."""
+        from .protocol.grpc_codec import ready_call
+
+        return self._run(ready_call())
+
+    def model_metadata(self, model: str, version: str | None = None) -> dict[str, Any]:
+        """``ModelMetadata`` as ``Client.model_metadata``'s dict."""
+        from .protocol.grpc_codec import model_metadata_call
+
+        return self._run(model_metadata_call(model, version))
+
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        outputs: Sequence[str] | None = None,
+        version: str | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run ``model`` on named numpy inputs; return its outputs as numpy arrays.
+
+        Raises:
+            InvalidInputError, ModelNotFoundError, ModelNotReadyError, ...: as the server
+                answered, with its message.
+        """
+        from .protocol.grpc_codec import infer_call
+
+        return self._run(infer_call(model, inputs, outputs, version, request_id))
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> GrpcClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+@final
+class AsyncGrpcClient:
+    """The asyncio twin of ``GrpcClient`` (a ``grpc.aio`` channel; calls run concurrently).
+
+    Create it inside the event loop that uses it.
+
+    Args:
+        target: the server's gRPC ``host:port``.
+        timeout_s: the deadline of each call.
+    """
+
+    def __init__(self, target: str = "127.0.0.1:8001", *, timeout_s: float = 30.0) -> None:
+        import grpc.aio
+
+        from .protocol._generated.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+
+        self._channel = grpc.aio.insecure_channel(target, options=_GRPC_OPTIONS)
+        self._stub = GRPCInferenceServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._timeout_s = timeout_s
+
+    async def _run(self, call: ClientCall[_T]) -> _T:
+        import grpc
+
+        try:
+            answer = await getattr(self._stub, call.method)(call.request, timeout=self._timeout_s)
+        except grpc.RpcError as exc:
+            raise _grpc_error(exc) from None
+        return call.decode(answer)
+
+    async def is_live(self) -> bool:
+        """Whether the server answers ``ServerLive`` with live."""
+        from .protocol.grpc_codec import live_call
+
+        return await self._run(live_call())
+
+    async def is_ready(self) -> bool:
+        """Whether the server answers ``ServerReady`` with ready."""
+        from .protocol.grpc_codec import ready_call
+
+        return await self._run(ready_call())
+
+    async def model_metadata(self, model: str, version: str | None = None) -> dict[str, Any]:
+        """``ModelMetadata`` as ``Client.model_metadata``'s dict."""
+        from .protocol.grpc_codec import model_metadata_call
+
+        return await self._run(model_metadata_call(model, version))
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        outputs: Sequence[str] | None = None,
+        version: str | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run ``model`` on named numpy inputs; return its outputs as numpy arrays."""
+        from .protocol.grpc_codec import infer_call
+
+        return await self._run(infer_call(model, inputs, outputs, version, request_id))
+
+    async def aclose(self) -> None:
+        """Close the channel (calls in flight are cancelled)."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncGrpcClient:
         return self
 
     async def __aexit__(

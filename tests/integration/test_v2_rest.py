@@ -24,24 +24,7 @@ def test_health(server: Server) -> None:
     assert server.get("/v2/health/ready").json() == {"ready": True}
 
 
-def test_server_metadata(server: Server) -> None:
-    meta = server.get("/v2").json()
-    assert meta["name"] == "ligeiro"
-    assert isinstance(meta["extensions"], list)
-
-
-@pytest.mark.parametrize("path", ["/v2/models/iris", "/v2/models/iris/versions/1"])
-def test_model_metadata(server: Server, path: str) -> None:
-    assert server.get(path).json() == {
-        "name": "iris",
-        "versions": ["1"],
-        "platform": "onnxruntime_onnx",
-        "inputs": [{"name": "float_input", "datatype": "FP32", "shape": [-1, 4]}],
-        "outputs": [
-            {"name": "output_label", "datatype": "INT64", "shape": [-1]},
-            {"name": "output_probability", "datatype": "FP32", "shape": [-1, 3]},
-        ],
-    }
+# Server and model metadata are in test_conformance.py (tritonclient reads them as-is).
 
 
 @pytest.mark.parametrize("path", ["/v2/models/iris/ready", "/v2/models/iris/versions/1/ready"])

@@ -3,12 +3,16 @@
 ``raw_input_contents`` become arrays with ``np.frombuffer`` (no copy: the array views
 the request's bytes); typed ``contents`` (``fp32_contents`` …) go through one
 ``np.array`` call each. Answers carry ``raw_output_contents``, as Triton sends them.
+
+The client's side (``ligeiro.client``'s gRPC clients) is here too: each call is a
+``ClientCall`` (method, request, how to decode the answer) that the sync and the async
+client both run, so neither knows a message field.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
 from google.protobuf.message import DecodeError, Message
@@ -19,14 +23,19 @@ from .codec import PLATFORM, DecodedRequest, TensorSpecLike, array_from_raw, raw
 from .datatypes import datatype_of, dtype_of
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
 __all__ = [
+    "ClientCall",
     "decode_infer_request",
     "decode_message",
     "encode_infer_response",
     "encode_model_metadata",
+    "infer_call",
+    "live_call",
+    "model_metadata_call",
     "pb",
+    "ready_call",
 ]
 
 # The typed ``InferTensorContents`` field of each V2 datatype. FP16 has none: it
@@ -46,6 +55,7 @@ _CONTENTS_FIELD: dict[str, str] = {
     "BYTES": "bytes_contents",
 }
 _M = TypeVar("_M", bound=Message)
+_R = TypeVar("_R")
 
 
 def decode_message(message_type: type[_M], data: bytes) -> _M:
@@ -148,6 +158,11 @@ def decode_infer_request(request: pb.ModelInferRequest) -> DecodedRequest:
             inputs[name] = _from_contents(tensor.contents, tensor.datatype, dtype, shape, where)
         else:
             raise InvalidInputError(f"{where}no data (expected contents or raw_input_contents)")
+    for output in request.outputs:
+        if "classification" in output.parameters:  # as REST: refused, not ignored
+            raise InvalidInputError(
+                f"output {output.name!r}: the classification extension is not supported"
+            )
     outputs = [o.name for o in request.outputs] if request.outputs else None
     return DecodedRequest(inputs, outputs, request.id or None)
 
@@ -192,3 +207,85 @@ def encode_model_metadata(
         inputs=_tensor_metadata(inputs),
         outputs=_tensor_metadata(outputs),
     )
+
+
+# -- the client's side ----------------------------------------------------------------
+
+
+class ClientCall(NamedTuple, Generic[_R]):
+    """One unary call described, not made: the transport sends it and decodes the answer."""
+
+    method: str
+    """The ``inference.GRPCInferenceService`` method, e.g. ``"ModelInfer"``."""
+    request: Message
+    decode: Callable[[Any], _R]
+    """Turns the answer message into what the client returns."""
+
+
+def live_call() -> ClientCall[bool]:
+    """``ServerLive``: whether the server is live."""
+    return ClientCall("ServerLive", pb.ServerLiveRequest(), lambda answer: bool(answer.live))
+
+
+def ready_call() -> ClientCall[bool]:
+    """``ServerReady``: whether the server is ready."""
+    return ClientCall("ServerReady", pb.ServerReadyRequest(), lambda answer: bool(answer.ready))
+
+
+def _tensor_dicts(
+    tensors: Iterable[pb.ModelMetadataResponse.TensorMetadata],
+) -> list[dict[str, Any]]:
+    return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in tensors]
+
+
+def _metadata_dict(answer: pb.ModelMetadataResponse) -> dict[str, Any]:
+    # The shape of REST's ``GET /v2/models/{m}`` body, so both clients return the same.
+    return {
+        "name": answer.name,
+        "versions": list(answer.versions),
+        "platform": answer.platform,
+        "inputs": _tensor_dicts(answer.inputs),
+        "outputs": _tensor_dicts(answer.outputs),
+    }
+
+
+def model_metadata_call(model: str, version: str | None) -> ClientCall[dict[str, Any]]:
+    """``ModelMetadata`` as REST's dict: name, versions, platform, inputs and outputs."""
+    request = pb.ModelMetadataRequest(name=model, version=version or "")
+    return ClientCall("ModelMetadata", request, _metadata_dict)
+
+
+def _outputs(answer: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    raw = answer.raw_output_contents
+    outputs: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(answer.outputs):
+        where, shape = f"output {tensor.name!r}: ", list(tensor.shape)
+        if raw:
+            array = array_from_raw(raw[i], tensor.datatype, shape, where, "raw_output_contents")
+        else:  # a server that answers in typed contents (KServe's do)
+            dtype = dtype_of(tensor.datatype, where)
+            array = _from_contents(tensor.contents, tensor.datatype, dtype, shape, where)
+        outputs[tensor.name] = array
+    return outputs
+
+
+def infer_call(
+    model: str,
+    inputs: Mapping[str, np.ndarray],
+    outputs: Sequence[str] | None,
+    version: str | None,
+    request_id: str | None,
+) -> ClientCall[dict[str, np.ndarray]]:
+    """``ModelInfer`` with each input's bytes in ``raw_input_contents``; outputs as arrays.
+
+    Decoding raises ``InvalidInputError`` for an answer whose data does not fit its shape.
+    """
+    request = pb.ModelInferRequest(
+        model_name=model, model_version=version or "", id=request_id or ""
+    )
+    for name, array in inputs.items():
+        request.inputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
+        request.raw_input_contents.append(raw_from_array(array))
+    for name in outputs or ():
+        request.outputs.add(name=name)
+    return ClientCall("ModelInfer", request, _outputs)

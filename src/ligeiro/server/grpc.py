@@ -111,12 +111,11 @@ class GrpcService:
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
+        # Unknown or broken: not ready, as REST answers and tritonclient reads it.
         try:
             self.engine.model(request.name, request.version or None)
-        except ModelNotReadyError:
+        except (ModelNotReadyError, ModelNotFoundError):
             return pb.ModelReadyResponse(ready=False)
-        except LigeiroError as exc:
-            await _abort(context, exc)
         return pb.ModelReadyResponse(ready=True)
 
     async def ServerMetadata(
