@@ -143,9 +143,13 @@ def _uvicorn(module: str) -> tuple[str, ...]:
 
 
 def _ligeiro() -> tuple[str, ...]:
-    """ligeiro's own CLI from the same virtual environment, one worker."""
+    """ligeiro's own CLI from the same virtual environment, one worker.
+
+    gRPC stays on, as by default (its memory counts), on a free port: the two ligeiro
+    targets run at once and would otherwise both want 8001.
+    """
     executable = str(Path(sys.executable).with_name("ligeiro"))
-    return (executable, "serve", str(MODELS), *_ONE_WORKER)
+    return (executable, "serve", str(MODELS), *_ONE_WORKER, "--grpc-port", "0")
 
 
 def targets() -> dict[str, Target]:
