@@ -45,6 +45,8 @@ class GrpcSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8001
     # Larger messages, in either direction, get RESOURCE_EXHAUSTED from grpc itself.
     max_message_bytes: Annotated[int, msgspec.Meta(gt=0)] = 64 * 1024 * 1024
+    # Calls (streams included) a worker runs at once; more get RESOURCE_EXHAUSTED.
+    max_concurrent_rpcs: Annotated[int, msgspec.Meta(gt=0)] = 1024
 
 
 class RuntimeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

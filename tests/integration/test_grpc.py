@@ -456,6 +456,31 @@ def test_sigterm_lets_an_open_stream_finish(repository: Path) -> None:
             assert next(stream).infer_response.id == "during"
             requests.put(None)  # the client ends the stream; the server may then exit
             assert list(stream) == []
+        # Wait for the exit the first signal started: stop() would signal again.
+        assert srv.process.wait(30) == 0
+    finally:
+        requests.put(None)
+        srv.stop()
+
+
+def test_calls_over_the_concurrency_limit_are_refused(
+    repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LIGEIRO_GRPC__MAX_CONCURRENT_RPCS", "1")
+    srv = start_server(repository, "--threads", "1")
+    requests: queue.Queue[pb.ModelInferRequest | None] = queue.Queue()
+    try:
+        with grpc.insecure_channel(srv.grpc_target) as channel:
+            stub = GRPCInferenceServiceStub(channel)
+            stream = stub.ModelStreamInfer(iter(requests.get, None), timeout=30)
+            requests.put(iris_request(id="holds the only slot"))
+            assert next(stream).infer_response.id == "holds the only slot"
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ModelInfer(iris_request(), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            requests.put(None)
+            assert list(stream) == []
+            assert stub.ModelInfer(iris_request(), timeout=10).model_name == "iris"
     finally:
         requests.put(None)
         assert srv.stop() == 0

@@ -301,11 +301,12 @@ async def start_grpc_server(
     """
     limit = settings.max_message_bytes
     server = grpc.aio.server(
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
-        ]
+        ],
     )
     server.add_generic_rpc_handlers((_rpc_handlers(GrpcService(engine, metrics)),))
     try:
