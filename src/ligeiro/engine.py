@@ -112,6 +112,10 @@ class Engine:
         """Every model version and whether it is ready."""
         return self.registry.index()
 
+    def versions(self, name: str) -> list[str]:
+        """The ready versions of model ``name``, lowest first."""
+        return [s.version for s in self.registry.index() if s.name == name and s.is_ready]
+
     def run(
         self,
         model: ModelVersion,

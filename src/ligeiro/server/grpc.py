@@ -130,7 +130,7 @@ class GrpcService:
             model = self.engine.model(request.name, request.version or None)
         except LigeiroError as exc:
             await _abort(context, exc)
-        versions = [s.version for s in self.engine.index() if s.name == model.name and s.is_ready]
+        versions = self.engine.versions(model.name)
         return encode_model_metadata(
             model.name, versions, model.inputs.values(), model.outputs.values()
         )

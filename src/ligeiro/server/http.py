@@ -246,7 +246,7 @@ class HttpApp:
             return self.response(
                 200, encode_health("ready", True, model.name), keep_alive=keep_alive
             )
-        versions = [s.version for s in self.engine.index() if s.name == name and s.is_ready]
+        versions = self.engine.versions(name)
         body = encode_model_metadata(name, versions, model.inputs.values(), model.outputs.values())
         return self.response(200, body, keep_alive=keep_alive)
 
