@@ -9,6 +9,7 @@
     │   └── RequestTooLargeError  the body is over the configured limit
     ├── InferenceError            the runtime failed on input that looked valid
     ├── ServerOverloadedError     a bounded queue is full
+    ├── DeadlineExceededError     the request's timeout passed while it waited
     ├── ModelLoadError            a model file or config cannot be loaded
     └── ConfigError               a server setting is invalid
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "DeadlineExceededError",
     "InferenceError",
     "InvalidInputError",
     "LigeiroError",
@@ -68,6 +70,10 @@ class InferenceError(LigeiroError):
 
 class ServerOverloadedError(LigeiroError):
     """A bounded queue is full; the client should retry later."""
+
+
+class DeadlineExceededError(LigeiroError):
+    """The request's own timeout passed before the model ran it."""
 
 
 class ModelLoadError(LigeiroError):

@@ -1,0 +1,1 @@
+"""Scheduling: per-model dynamic batching with bounded queues, and its statistics."""

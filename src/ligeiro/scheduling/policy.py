@@ -1,0 +1,48 @@
+"""The ``[batching]`` section of a model's ``config.toml`` (also settable per server).
+
+Kept apart from the batcher so that settings and config parsing do not import numpy
+or asyncio.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+__all__ = ["BatchingPolicy"]
+
+
+class BatchingPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """How a model version's requests are queued, batched and run.
+
+    A model without ``[batching]`` runs each request on the event loop as it arrives:
+    for a model that answers in microseconds, a hop to another thread costs more than
+    the model (docs/adr/0004-batching.md). With it, requests queue and run on the
+    model's own threads, and the event loop keeps parsing while the model computes.
+
+    Attributes:
+        max_batch_size: rows per run; 1 queues and offloads without batching, 0 turns
+            the section off (useful to override a model's config from the server).
+        max_queue_delay_us: how long a request may wait for others to fill a batch
+            while a run slot is free but another batch is still running. An idle model
+            never waits: a request that finds nothing running runs at once.
+        preferred_batch_sizes: with ``instances > 1``, a batch this size (or more)
+            runs without waiting for the delay.
+        max_queue_size: requests waiting at most; beyond, the server answers 429 /
+            RESOURCE_EXHAUSTED.
+        instances: batches that run at once, each on its own thread.
+    """
+
+    max_batch_size: Annotated[int, msgspec.Meta(ge=0)]
+    max_queue_delay_us: Annotated[int, msgspec.Meta(ge=0)] = 0
+    preferred_batch_sizes: list[Annotated[int, msgspec.Meta(gt=0)]] = []
+    max_queue_size: Annotated[int, msgspec.Meta(gt=0)] = 1024
+    instances: Annotated[int, msgspec.Meta(gt=0)] = 1
+
+    def __post_init__(self) -> None:
+        too_big = [n for n in self.preferred_batch_sizes if n > self.max_batch_size]
+        if too_big:
+            raise ValueError(
+                f"preferred_batch_sizes {too_big} exceed max_batch_size {self.max_batch_size}"
+            )
