@@ -1,18 +1,26 @@
-"""The engine: resolve a model, validate the request against it, run it.
+"""The engine: resolve a model, validate the request against it, schedule it, run it.
 
 It knows no transport: REST, gRPC and the in-process API are thin layers over it.
+``run`` computes in the caller's thread; ``submit`` is the servers' path: a model
+with ``[batching]`` goes through its batcher and runs on the model's own threads,
+any other model runs at once on the event loop (docs/adr/0004-batching.md says why).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, final
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, LigeiroError
 from .repository.registry import ModelState, ModelVersion, Registry
+from .scheduling.batcher import Batcher
+from .scheduling.stats import ModelStats
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +29,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from .metrics import Metrics
+    from .scheduling.policy import BatchingPolicy
 
 __all__ = ["Engine", "InferenceResult"]
 
@@ -36,6 +45,40 @@ class InferenceResult:
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.outputs[name]
+
+
+@final
+class _Observer:
+    """One model version's statistics and metrics, updated by the engine and batcher."""
+
+    __slots__ = ("_metrics", "model", "stats", "version")
+
+    def __init__(self, model: str, version: str, metrics: Metrics | None) -> None:
+        self.model = model
+        self.version = version
+        self.stats = ModelStats()
+        self._metrics = metrics
+
+    def queued(self, length: int) -> None:
+        if self._metrics is not None:
+            self._metrics.set_queue_length(self.model, self.version, length)
+
+    def dispatched(self, waited: Sequence[float]) -> None:
+        for seconds in waited:
+            self.stats.queue.add(seconds)
+        if self._metrics is not None:
+            self._metrics.observe_queue(self.model, self.version, waited)
+
+    def executed(self, rows: int, seconds: float) -> None:
+        self.stats.record_execution(rows, seconds)
+        if self._metrics is not None:
+            self._metrics.observe_compute(self.model, self.version, rows, seconds)
+
+
+def _rows(inputs: Mapping[str, np.ndarray]) -> int:
+    for array in inputs.values():
+        return array.shape[0] if array.ndim else 1
+    return 1
 
 
 def _check_inputs(model: ModelVersion, inputs: Mapping[str, np.ndarray]) -> None:
@@ -91,13 +134,24 @@ class Engine:
         self.registry = registry
         self._metrics = metrics
         self._clock = clock
+        self._observers: dict[tuple[str, str], _Observer] = {}
+        self._batchers: dict[tuple[str, str], Batcher | None] = {}
+        self._executors: list[ThreadPoolExecutor] = []
 
     @classmethod
     def from_repository(
-        cls, root: str | Path, *, threads: int = 1, metrics: Metrics | None = None
+        cls,
+        root: str | Path,
+        *,
+        threads: int = 1,
+        metrics: Metrics | None = None,
+        batching: Mapping[str, BatchingPolicy] | None = None,
     ) -> Engine:
-        """Load every model under ``root`` (Triton's ``<model>/<version>/model.onnx``)."""
-        return cls(Registry(Path(root), threads=threads), metrics=metrics)
+        """Load every model under ``root`` (Triton's ``<model>/<version>/model.onnx``).
+
+        ``batching`` replaces, per model name, the ``[batching]`` of its config.toml.
+        """
+        return cls(Registry(Path(root), threads=threads, batching=batching), metrics=metrics)
 
     def model(self, name: str, version: str | None = None) -> ModelVersion:
         """The version that serves ``name`` (``version``, or the default one).
@@ -116,35 +170,130 @@ class Engine:
         """The ready versions of model ``name``, lowest first."""
         return [s.version for s in self.registry.index() if s.name == name and s.is_ready]
 
+    def stats(self, name: str | None = None, version: str | None = None) -> list[
+        tuple[ModelState, ModelStats]
+    ]:
+        """Statistics of the ready versions (of model ``name``, of ``version``) in this process.
+
+        Raises:
+            ModelNotFoundError, ModelNotReadyError: ``name`` (and ``version``) given and
+                not servable.
+        """
+        if name is not None:
+            self.model(name, version)
+        return [
+            (state, self._observer(state.name, state.version).stats)
+            for state in self.registry.index()
+            if state.is_ready
+            and (name is None or state.name == name)
+            and (version is None or state.version == version)
+        ]
+
     def run(
         self,
         model: ModelVersion,
         inputs: Mapping[str, np.ndarray],
         outputs: Sequence[str] | None = None,
     ) -> InferenceResult:
-        """Validate ``inputs`` against ``model`` and run it.
+        """Validate ``inputs`` against ``model`` and run it here, now (no batching).
 
         Raises:
             InvalidInputError: an input is unknown, missing, or of the wrong dtype or
                 shape, or an output name is unknown.
             InferenceError: the runtime failed.
         """
+        start = self._clock()
+        observer = self._observer(model.name, model.version)
+        try:
+            names = self._validate(model, inputs, outputs)
+            computing = self._clock()
+            arrays = model.runtime.run(inputs, names)
+        except LigeiroError:
+            observer.stats.record_request(False, self._clock() - start)
+            raise
+        end = self._clock()
+        observer.executed(_rows(inputs), end - computing)
+        observer.stats.record_request(True, end - start)
+        return InferenceResult(model, dict(zip(names, arrays, strict=True)))
+
+    async def submit(
+        self,
+        model: ModelVersion,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> InferenceResult:
+        """Validate ``inputs`` and schedule ``model`` on them: the servers' path.
+
+        A model with ``[batching]`` waits its turn in its batcher (at most
+        ``timeout_s`` in the queue, when given) and runs off the event loop.
+
+        Raises:
+            InvalidInputError: as ``run``, or the request cannot be batched.
+            ServerOverloadedError: the model's queue is full.
+            DeadlineExceededError: ``timeout_s`` passed while the request was queued.
+            InferenceError: the runtime failed.
+        """
+        key = (model.name, model.version)
+        batcher = self._batchers.get(key, False)
+        if batcher is False:
+            batcher = self._start_batcher(model)
+        if batcher is None:
+            return self.run(model, inputs, outputs)
+        start = self._clock()
+        stats = self._observer(model.name, model.version).stats
+        try:
+            names = self._validate(model, inputs, outputs)
+            arrays = await batcher.submit(inputs, names, timeout_s)
+        except LigeiroError:
+            stats.record_request(False, self._clock() - start)
+            raise
+        stats.record_request(True, self._clock() - start)
+        return InferenceResult(model, arrays)
+
+    def _validate(
+        self, model: ModelVersion, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None
+    ) -> Sequence[str]:
+        """Check the inputs; return the output names to compute."""
         _check_inputs(model, inputs)
         if outputs is None:
-            names: Sequence[str] = model.output_names
-        else:
-            names = outputs
-            for name in names:
-                if name not in model.outputs:
-                    raise InvalidInputError(
-                        f"model {model.name!r}: unknown output {name!r}; "
-                        f"it gives {', '.join(model.outputs)}"
-                    )
-        start = self._clock()
-        arrays = model.runtime.run(inputs, names)
-        if self._metrics is not None:
-            self._metrics.observe_compute(model.name, model.version, self._clock() - start)
-        return InferenceResult(model, dict(zip(names, arrays, strict=True)))
+            return model.output_names
+        for name in outputs:
+            if name not in model.outputs:
+                raise InvalidInputError(
+                    f"model {model.name!r}: unknown output {name!r}; "
+                    f"it gives {', '.join(model.outputs)}"
+                )
+        return outputs
+
+    def _observer(self, name: str, version: str) -> _Observer:
+        observer = self._observers.get((name, version))
+        if observer is None:
+            observer = self._observers[name, version] = _Observer(name, version, self._metrics)
+        return observer
+
+    def _start_batcher(self, model: ModelVersion) -> Batcher | None:
+        """The model's batcher, made on first use (it needs the running event loop)."""
+        policy = model.config.batching
+        batcher = None
+        if policy is not None and policy.max_batch_size > 0:
+            loop = asyncio.get_running_loop()
+            pool = ThreadPoolExecutor(
+                policy.instances, thread_name_prefix=f"ligeiro-{model.name}-{model.version}"
+            )
+            self._executors.append(pool)
+            batcher = Batcher(
+                f"model {model.name!r} version {model.version}",
+                policy,
+                model.runtime.run,
+                partial(loop.run_in_executor, pool),
+                clock=loop,
+                observer=self._observer(model.name, model.version),
+                loop=loop,
+            )
+        self._batchers[model.name, model.version] = batcher
+        return batcher
 
     def infer(
         self,
@@ -158,7 +307,11 @@ class Engine:
         return self.run(self.model(name, version), inputs, outputs)
 
     def close(self) -> None:
-        """Unload every model."""
+        """Stop the batchers' threads (after their running batches), unload every model."""
+        for pool in self._executors:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self._executors.clear()
+        self._batchers.clear()
         self.registry.close()
 
     def __enter__(self) -> Engine:

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import final
+from typing import TYPE_CHECKING, final
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -36,6 +40,7 @@ _LATENCY_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 
 @final
@@ -47,7 +52,14 @@ class Metrics:
         answered, by the transport's status code.
         ``ligeiro_inference_duration_seconds{model,version,protocol}``: end to end,
         from a complete request to its encoded answer.
-        ``ligeiro_inference_compute_duration_seconds{model,version}``: time in the runtime.
+        ``ligeiro_inference_compute_duration_seconds{model,version}``: time in the
+        runtime, per run (a batch is one run).
+        ``ligeiro_inference_batch_size{model,version}``: rows per run; its ``_count``
+        is the number of runs.
+        ``ligeiro_inference_queue_duration_seconds{model,version}``: time a request
+        waited in its model's batching queue.
+        ``ligeiro_inference_queue_length{model,version}``: requests waiting now (summed
+        over workers).
     """
 
     def __init__(self) -> None:
@@ -73,11 +85,32 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._batch_size = Histogram(
+            "ligeiro_inference_batch_size",
+            "Rows per run of the model.",
+            ["model", "version"],
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self._queue = Histogram(
+            "ligeiro_inference_queue_duration_seconds",
+            "Time a request waited in its model's batching queue.",
+            ["model", "version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._queue_length = Gauge(
+            "ligeiro_inference_queue_length",
+            "Requests waiting in the model's batching queue.",
+            ["model", "version"],
+            multiprocess_mode="livesum",
+            registry=self.registry,
+        )
         if self._multiprocess_dir is None:
             ProcessCollector(registry=self.registry)
         # labels() builds a tuple and takes a lock; the hot path looks children up here.
         self._children: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
-        self._compute_children: dict[tuple[str, str], Histogram] = {}
+        self._model_children: dict[tuple[str, str], tuple[Histogram, Histogram]] = {}
 
     def observe_request(
         self, model: str, version: str, protocol: str, code: str, seconds: float
@@ -94,13 +127,27 @@ class Metrics:
         child[0].inc()
         child[1].observe(seconds)
 
-    def observe_compute(self, model: str, version: str, seconds: float) -> None:
-        """Record the runtime's share of one inference."""
+    def observe_compute(self, model: str, version: str, rows: int, seconds: float) -> None:
+        """Record one run of the model: its rows and its time in the runtime."""
         key = (model, version)
-        child = self._compute_children.get(key)
+        child = self._model_children.get(key)
         if child is None:
-            child = self._compute_children[key] = self._compute.labels(model, version)
-        child.observe(seconds)
+            child = self._model_children[key] = (
+                self._compute.labels(model, version),
+                self._batch_size.labels(model, version),
+            )
+        child[0].observe(seconds)
+        child[1].observe(rows)
+
+    def observe_queue(self, model: str, version: str, waited: Sequence[float]) -> None:
+        """Record how long each request of a batch waited in the queue."""
+        child = self._queue.labels(model, version)
+        for seconds in waited:
+            child.observe(seconds)
+
+    def set_queue_length(self, model: str, version: str, length: int) -> None:
+        """The number of requests now waiting in the model's queue."""
+        self._queue_length.labels(model, version).set(length)
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric (of every worker, when several)."""

@@ -34,9 +34,14 @@ from .messages import (
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from ..repository.registry import ModelState
+    from ..scheduling.stats import Duration, ModelStats
+
 __all__ = [
     "DecodedRequest",
     "array_from_raw",
+    "encode_model_stats",
+    "timeout_of",
     "decode_infer_request",
     "decode_json",
     "encode_binary_infer_response",
@@ -68,12 +73,26 @@ class DecodedRequest:
 
     ``binary_outputs`` says which outputs the answer carries as binary data: ``False``
     for none (plain JSON), ``True`` for all, else the set of their names.
+    ``timeout_s`` is the request's ``timeout`` parameter (sent in microseconds, as
+    Triton): how long it may wait in a queue.
     """
 
     inputs: dict[str, np.ndarray]
     outputs: list[str] | None
     id: str | None
     binary_outputs: frozenset[str] | bool = False
+    timeout_s: float | None = None
+
+
+def timeout_of(value: object) -> float | None:
+    """The V2 ``timeout`` request parameter (microseconds) in seconds; None when absent."""
+    if value is None:
+        return None
+    if type(value) is not int or value < 0:
+        raise InvalidInputError(
+            f"parameter timeout must be a whole number of microseconds >= 0, got {value!r}"
+        )
+    return value / 1e6 if value else None  # 0: no timeout, as Triton
 
 
 def decode_json(body: bytes | memoryview, decoder: msgspec.json.Decoder[Any], what: str) -> Any:
@@ -376,10 +395,13 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Decod
         binary = view[header_length:]
     inputs = _decode_inputs(message, binary)
     outputs = [o.name for o in message.outputs] if message.outputs else None
-    binary_outputs = (
-        False if message.parameters is None and outputs is None else _binary_outputs(message)
+    params = message.parameters
+    if params is None:
+        binary_outputs = False if outputs is None else _binary_outputs(message)
+        return DecodedRequest(inputs, outputs, message.id, binary_outputs)
+    return DecodedRequest(
+        inputs, outputs, message.id, _binary_outputs(message), timeout_of(params.get("timeout"))
     )
-    return DecodedRequest(inputs, outputs, message.id, binary_outputs)
 
 
 def _json_data(array: np.ndarray) -> list[Any]:
@@ -486,3 +508,36 @@ def encode_health(field: str, value: bool, name: str | None = None) -> bytes:
 def encode_error(message: str) -> bytes:
     """Encode the V2 error body ``{"error": "..."}``."""
     return _encoder.encode(ErrorResponse(message))
+
+
+def _duration(duration: Duration) -> dict[str, int]:
+    return {"count": duration.count, "ns": duration.ns}
+
+
+def encode_model_stats(stats: Iterable[tuple[ModelState, ModelStats]]) -> bytes:
+    """Triton's ``GET /v2/models/{m}/stats`` answer.
+
+    ``compute_input`` and ``compute_output`` are absent: ligeiro does not time the
+    runtime's input and output copies apart from the run (they are in ``compute_infer``).
+    """
+    models = [
+        {
+            "name": state.name,
+            "version": state.version,
+            "last_inference": s.last_inference_ms,
+            "inference_count": s.inference_count,
+            "execution_count": s.execution_count,
+            "inference_stats": {
+                "success": _duration(s.success),
+                "fail": _duration(s.fail),
+                "queue": _duration(s.queue),
+                "compute_infer": _duration(s.compute_infer),
+            },
+            "batch_stats": [
+                {"batch_size": size, "compute_infer": _duration(d)}
+                for size, d in sorted(s.batches.items())
+            ],
+        }
+        for state, s in stats
+    ]
+    return _encoder.encode({"model_stats": models})

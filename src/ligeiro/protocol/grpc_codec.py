@@ -19,11 +19,21 @@ from google.protobuf.message import DecodeError, Message
 
 from ..errors import InvalidInputError
 from ._generated import grpc_service_pb2 as pb
-from .codec import PLATFORM, DecodedRequest, TensorSpecLike, array_from_raw, raw_from_array
+from .codec import (
+    PLATFORM,
+    DecodedRequest,
+    TensorSpecLike,
+    array_from_raw,
+    raw_from_array,
+    timeout_of,
+)
 from .datatypes import datatype_of, dtype_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
+
+    from ..repository.registry import ModelState
+    from ..scheduling.stats import Duration, ModelStats
 
 __all__ = [
     "ClientCall",
@@ -31,6 +41,7 @@ __all__ = [
     "decode_message",
     "encode_infer_response",
     "encode_model_metadata",
+    "encode_model_statistics",
     "infer_call",
     "live_call",
     "model_metadata_call",
@@ -164,7 +175,44 @@ def decode_infer_request(request: pb.ModelInferRequest) -> DecodedRequest:
                 f"output {output.name!r}: the classification extension is not supported"
             )
     outputs = [o.name for o in request.outputs] if request.outputs else None
-    return DecodedRequest(inputs, outputs, request.id or None)
+    timeout = None
+    if "timeout" in request.parameters:
+        parameter = request.parameters["timeout"]
+        choice = parameter.WhichOneof("parameter_choice")
+        timeout = timeout_of(getattr(parameter, choice) if choice else None)
+    return DecodedRequest(inputs, outputs, request.id or None, timeout_s=timeout)
+
+
+def _duration(duration: Duration) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=duration.count, ns=duration.ns)
+
+
+def encode_model_statistics(
+    stats: Iterable[tuple[ModelState, ModelStats]],
+) -> pb.ModelStatisticsResponse:
+    """``ModelStatistics``' answer; the same numbers as REST's ``/stats``."""
+    return pb.ModelStatisticsResponse(
+        model_stats=[
+            pb.ModelStatistics(
+                name=state.name,
+                version=state.version,
+                last_inference=s.last_inference_ms,
+                inference_count=s.inference_count,
+                execution_count=s.execution_count,
+                inference_stats=pb.InferStatistics(
+                    success=_duration(s.success),
+                    fail=_duration(s.fail),
+                    queue=_duration(s.queue),
+                    compute_infer=_duration(s.compute_infer),
+                ),
+                batch_stats=[
+                    pb.InferBatchStatistics(batch_size=size, compute_infer=_duration(d))
+                    for size, d in sorted(s.batches.items())
+                ],
+            )
+            for state, s in stats
+        ]
+    )
 
 
 def encode_infer_response(

@@ -9,6 +9,7 @@ import msgspec
 from ..errors import ModelLoadError
 from ..protocol.datatypes import DATATYPES
 from ..runtime.base import TensorSpec
+from ..scheduling.policy import BatchingPolicy
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -42,6 +43,8 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
         probability_output: the ``[N, classes]`` output (default ``output_probability``).
         inputs: declared inputs; when absent they are read from the ONNX graph.
         outputs: declared outputs; when absent they are read from the ONNX graph.
+        batching: the ``[batching]`` section: queue requests and run them in batches
+            (see ``BatchingPolicy``); absent, each request runs as it arrives.
     """
 
     platform: str = "onnxruntime"
@@ -51,6 +54,7 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     probability_output: str | None = None
     inputs: list[TensorConfig] | None = None
     outputs: list[TensorConfig] | None = None
+    batching: BatchingPolicy | None = None
 
 
 def load_config(folder: Path) -> ModelConfig:

@@ -6,13 +6,18 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, final
 
+import msgspec
+
 from ..errors import LigeiroError, ModelLoadError, ModelNotFoundError, ModelNotReadyError
 from ..runtime.onnx import OnnxRuntime
 from .config import CONFIG_FILE, ModelConfig, TensorConfig, load_config
 from .layout import MODEL_FILE, ModelFolder, discover
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from pathlib import Path
+
+    from ..scheduling.policy import BatchingPolicy
 
     from ..runtime.base import Runtime, TensorSpec
 
@@ -120,6 +125,18 @@ def load_version(
                 f"input of shape [-1, {len(config.features)}]; it has "
                 + ", ".join(f"{s.name} {list(s.shape)}" for s in inputs.values())
             )
+    if config.batching is not None and config.batching.max_batch_size > 0:
+        unbatchable = [
+            f"{kind} {s.name!r} {list(s.shape)}"
+            for kind, specs in (("input", inputs), ("output", outputs))
+            for s in specs.values()
+            if not s.shape or s.shape[0] != -1
+        ]
+        if unbatchable:
+            raise ModelLoadError(
+                f"{where}: [batching] needs a variable first (batch) axis on every input and "
+                f"output; these have none: {', '.join(unbatchable)}"
+            )
     probability = _resolve_output(config.probability_output, _PROBABILITY_OUTPUT, outputs, where)
     if config.labels is not None and probability is not None:
         classes = outputs[probability].shape[-1]
@@ -159,16 +176,32 @@ class Registry:
     Args:
         root: the repository folder.
         threads: intra-op threads per model session.
+        batching: per model name, a ``[batching]`` section that replaces the one in
+            its ``config.toml`` (the server's settings; ``max_batch_size = 0`` turns
+            batching off).
     """
 
-    def __init__(self, root: Path, *, threads: int = 1) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        threads: int = 1,
+        batching: Mapping[str, BatchingPolicy] | None = None,
+    ) -> None:
         self.root = root
         self._models: dict[str, _Model] = {}
+        overrides = dict(batching or {})
         for folder in discover(root):
-            self._models[folder.name] = self._load_model(folder, threads)
+            self._models[folder.name] = self._load_model(
+                folder, threads, overrides.pop(folder.name, None)
+            )
+        for name in overrides:
+            logger.warning("batching settings for %r: the repository has no such model", name)
 
     @staticmethod
-    def _load_model(folder: ModelFolder, threads: int) -> _Model:
+    def _load_model(
+        folder: ModelFolder, threads: int, batching: BatchingPolicy | None
+    ) -> _Model:
         model = _Model(folder.name, {}, {}, None)
         try:
             if not folder.versions:
@@ -176,6 +209,8 @@ class Registry:
                     f"{folder.path}: no version folders (expected {folder.path}/1/{MODEL_FILE})"
                 )
             config = load_config(folder.path)
+            if batching is not None:
+                config = msgspec.structs.replace(config, batching=batching)
         except ModelLoadError as exc:
             # The folder or its config is broken: every version fails for that reason.
             for version in folder.versions or ("",):

@@ -17,6 +17,7 @@ import grpc.aio
 
 from .. import __version__
 from ..errors import (
+    DeadlineExceededError,
     InferenceError,
     InvalidInputError,
     LigeiroError,
@@ -30,6 +31,7 @@ from ..protocol.grpc_codec import (
     decode_message,
     encode_infer_response,
     encode_model_metadata,
+    encode_model_statistics,
     pb,
 )
 
@@ -54,6 +56,7 @@ _STATUS: dict[type[LigeiroError], grpc.StatusCode] = {
     ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
     ModelNotReadyError: grpc.StatusCode.UNAVAILABLE,
     ServerOverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
     InferenceError: grpc.StatusCode.INTERNAL,
 }
 _OK = grpc.StatusCode.OK
@@ -137,7 +140,7 @@ class GrpcService:
 
     # -- inference ----------------------------------------------------------------------
 
-    def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         """Resolve, decode, run, encode; count and time it. Raises the domain's errors."""
         start = time.perf_counter()
         model: ModelVersion | None = None
@@ -145,7 +148,9 @@ class GrpcService:
         try:
             model = self.engine.model(request.model_name, request.model_version or None)
             decoded = decode_infer_request(request)
-            result = self.engine.run(model, decoded.inputs, decoded.outputs)
+            result = await self.engine.submit(
+                model, decoded.inputs, decoded.outputs, timeout_s=decoded.timeout_s
+            )
             response = encode_infer_response(model.name, model.version, result.outputs, decoded.id)
             code = _OK
             return response
@@ -165,7 +170,7 @@ class GrpcService:
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         try:
-            return self._infer(request)
+            return await self._infer(request)
         except Exception as exc:
             await _abort(context, exc)
 
@@ -177,7 +182,7 @@ class GrpcService:
         # one is answered like any other bad request.
         async for data in request_iterator:
             try:
-                response = self._infer(decode_message(pb.ModelInferRequest, data))
+                response = await self._infer(decode_message(pb.ModelInferRequest, data))
             except LigeiroError as exc:
                 yield pb.ModelStreamInferResponse(error_message=str(exc))
             except Exception:
@@ -191,21 +196,11 @@ class GrpcService:
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
-        # The served versions, named; per-model counts live in Prometheus (/metrics) and
-        # are not kept here yet (issue 4 adds batcher statistics()).
-        if request.name:
-            try:
-                self.engine.model(request.name, request.version or None)
-            except LigeiroError as exc:
-                await _abort(context, exc)
-        stats = [
-            pb.ModelStatistics(name=s.name, version=s.version)
-            for s in self.engine.index()
-            if s.is_ready
-            and (not request.name or s.name == request.name)
-            and (not request.version or s.version == request.version)
-        ]
-        return pb.ModelStatisticsResponse(model_stats=stats)
+        try:
+            stats = self.engine.stats(request.name or None, request.version or None)
+        except LigeiroError as exc:
+            await _abort(context, exc)
+        return encode_model_statistics(stats)
 
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext

@@ -21,6 +21,7 @@ import httptools
 
 from .. import __version__
 from ..errors import (
+    DeadlineExceededError,
     InferenceError,
     InvalidInputError,
     LigeiroError,
@@ -38,13 +39,14 @@ from ..protocol.codec import (
     encode_health,
     encode_infer_response,
     encode_model_metadata,
+    encode_model_stats,
     encode_server_metadata,
     header_length_of,
 )
 from ..protocol.predict import decode_predict, encode_predict
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from ..engine import Engine
     from ..metrics import Metrics
@@ -62,13 +64,16 @@ _STATUS: dict[type[LigeiroError], int] = {
     ModelNotFoundError: 404,
     ModelNotReadyError: 503,
     ServerOverloadedError: 429,
+    DeadlineExceededError: 504,
     InferenceError: 500,
 }
 _REASONS = {
     200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
     408: b"Request Timeout", 413: b"Content Too Large", 429: b"Too Many Requests",
-    500: b"Internal Server Error", 503: b"Service Unavailable",
+    500: b"Internal Server Error", 503: b"Service Unavailable", 504: b"Gateway Timeout",
 }  # fmt: skip
+# A full queue empties within milliseconds; a second is the smallest Retry-After.
+_RETRY_AFTER = b"retry-after: 1\r\n"
 _JSON = b"application/json"
 # Triton answers with binary tensor data as an octet stream, the JSON header first.
 _BINARY = b"application/octet-stream"
@@ -152,6 +157,8 @@ class HttpApp:
     def error(
         self, status: int, message: str, *, keep_alive: bool = True, headers: bytes = b""
     ) -> bytes:
+        if status == 429:
+            headers += _RETRY_AFTER
         return self.response(status, encode_error(message), keep_alive=keep_alive, headers=headers)
 
     async def handle(
@@ -172,11 +179,11 @@ class HttpApp:
         path = url.split(b"?", 1)[0]
         try:
             if path.startswith(b"/v2/models/"):
-                return self._model_route(method, path[11:], body, header_length, keep_alive)
+                return await self._model_route(method, path[11:], body, header_length, keep_alive)
             if path.startswith(b"/v1/models/") and path.endswith(b":predict"):
                 if method != b"POST":
                     return self._not_allowed(b"POST", keep_alive)
-                return self._inference(
+                return await self._inference(
                     _text(path[11:-8]), None, body, header_length, keep_alive, self._answer_predict
                 )
             route = self._get_routes.get(path.rstrip(b"/") or path)
@@ -224,7 +231,7 @@ class HttpApp:
             content_type=METRICS_CONTENT_TYPE.encode(),
         )
 
-    def _model_route(
+    async def _model_route(
         self, method: bytes, rest: bytes, body: bytes, header_length: bytes | None, keep_alive: bool
     ) -> bytes:
         parts = _text(rest).split("/")
@@ -234,13 +241,18 @@ class HttpApp:
         if tail == ["infer"]:
             if method != b"POST":
                 return self._not_allowed(b"POST", keep_alive)
-            return self._inference(
+            return await self._inference(
                 name, version, body, header_length, keep_alive, self._answer_infer
             )
-        if len(tail) > 1 or (tail and tail[0] != "ready") or not name:
+        if len(tail) > 1 or (tail and tail[0] not in ("ready", "stats")) or not name:
             return self.error(404, f"no route for /v2/models/{_text(rest)}", keep_alive=keep_alive)
         if method != b"GET":
             return self._not_allowed(b"GET", keep_alive)
+        if name == "stats" and not tail and version is None:  # GET /v2/models/stats
+            return self.response(200, encode_model_stats(self.engine.stats()), keep_alive=keep_alive)
+        if tail == ["stats"]:
+            body = encode_model_stats(self.engine.stats(name, version))
+            return self.response(200, body, keep_alive=keep_alive)
         model = self.engine.model(name, version)
         if tail:
             return self.response(
@@ -250,14 +262,14 @@ class HttpApp:
         body = encode_model_metadata(name, versions, model.inputs.values(), model.outputs.values())
         return self.response(200, body, keep_alive=keep_alive)
 
-    def _inference(
+    async def _inference(
         self,
         name: str,
         version: str | None,
         body: bytes,
         header_length: bytes | None,
         keep_alive: bool,
-        answer: Callable[[ModelVersion, bytes, bytes | None, bool], bytes],
+        answer: Callable[[ModelVersion, bytes, bytes | None, bool], Awaitable[bytes]],
     ) -> bytes:
         """Resolve the model, let ``answer`` decode-run-respond, count and time it."""
         start = time.perf_counter()
@@ -266,7 +278,7 @@ class HttpApp:
         try:
             model = self.engine.model(name, version)
             model_label, version_label = model.name, model.version
-            response = answer(model, body, header_length, keep_alive)
+            response = await answer(model, body, header_length, keep_alive)
             status = 200
             return response
         except LigeiroError as exc:
@@ -277,12 +289,15 @@ class HttpApp:
                 model_label, version_label, "http", str(status), time.perf_counter() - start
             )
 
-    def _answer_infer(
+    async def _answer_infer(
         self, model: ModelVersion, body: bytes, header_length: bytes | None, keep_alive: bool
     ) -> bytes:
         length = None if header_length is None else header_length_of(header_length, len(body))
         request = decode_infer_request(body, length)
-        outputs = self.engine.run(model, request.inputs, request.outputs).outputs
+        result = await self.engine.submit(
+            model, request.inputs, request.outputs, timeout_s=request.timeout_s
+        )
+        outputs = result.outputs
         if not request.binary_outputs:
             answer = encode_infer_response(model.name, model.version, outputs, request.id)
             return self.response(200, answer, keep_alive=keep_alive)
@@ -297,7 +312,7 @@ class HttpApp:
             headers=b"inference-header-content-length: %d\r\n" % json_size,
         )
 
-    def _answer_predict(
+    async def _answer_predict(
         self, model: ModelVersion, body: bytes, header_length: bytes | None, keep_alive: bool
     ) -> bytes:
         if header_length is not None:
@@ -305,7 +320,8 @@ class HttpApp:
                 "binary tensor data is for POST /v2/models/{model}/infer, not :predict"
             )
         inputs, single = decode_predict(body, model)
-        answer = encode_predict(model, self.engine.run(model, inputs).outputs, single)
+        result = await self.engine.submit(model, inputs)
+        answer = encode_predict(model, result.outputs, single)
         return self.response(200, answer, keep_alive=keep_alive)
 
 
