@@ -113,10 +113,14 @@ class Server:
 
 
 def start_server(repository: Path, *args: str, timeout: float = 60) -> Server:
-    """Start ``ligeiro serve REPOSITORY --port 0 ARGS`` and wait until it says where it listens."""
+    """Start ``ligeiro serve REPOSITORY --port 0 ARGS`` and wait until it says where it listens.
+
+    One worker unless ``args`` say otherwise (the server's default is one per core).
+    """
+    workers = () if "--workers" in args else ("--workers", "1")
     command = [
         sys.executable, "-m", "ligeiro", "serve", str(repository), "--port", "0",
-        "--grpc-port", "0", *args,
+        "--grpc-port", "0", *workers, *args,
     ]  # fmt: skip
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
     assert process.stderr is not None

@@ -31,7 +31,9 @@ def cli() -> None:
 @click.option("--port", type=int, help="Port to bind; 0 picks a free one (default 8000).")
 @click.option("--grpc-port", type=int, help="gRPC port; 0 picks a free one (default 8001).")
 @click.option("--grpc/--no-grpc", "grpc_enabled", default=None, help="Serve V2 gRPC (default on).")
-@click.option("--workers", type=int, help="Worker processes sharing the port (default 1).")
+@click.option(
+    "--workers", type=int, help="Worker processes sharing the port (default 0: one per core)."
+)
 @click.option(
     "--threads", type=int, help="ONNX Runtime threads per worker (default cores / workers)."
 )
@@ -42,6 +44,15 @@ def cli() -> None:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option(
     "--config", "config_file", type=click.Path(path_type=Path), help="ligeiro.toml to read."
+)
+@click.option(
+    "--batch",
+    "batch",
+    multiple=True,
+    metavar="MODEL:KEY=VALUE,...",
+    help="Batching for MODEL, replacing its config.toml [batching]; e.g. "
+    "mlp:max_batch_size=64,max_queue_delay_us=500 (max_batch_size=0 turns it off). "
+    "Repeat for several models.",
 )
 @click.option("--print-config", is_flag=True, help="Print the effective settings and exit.")
 def serve(
@@ -56,6 +67,7 @@ def serve(
     graceful_timeout: float | None,
     log_level: str | None,
     config_file: Path | None,
+    batch: tuple[str, ...],
     print_config: bool,
 ) -> None:
     """Serve the models in REPOSITORY (<model>/<version>/model.onnx) over V2 REST and gRPC."""
@@ -71,6 +83,7 @@ def serve(
         "http": {"host": host, "port": port, "max_request_bytes": max_request_bytes},
         "grpc": {"port": grpc_port, "enabled": grpc_enabled},
         "runtime": {"threads": threads},
+        "batching": dict(_batch_option(text) for text in batch) or None,
     }
     settings = load_settings(cli_layer, config_file=config_file)
     if print_config:
@@ -85,12 +98,24 @@ def serve(
 
     try:
         run_server(settings)
-    except OSError as exc:
-        if exc.strerror is None:  # the gRPC bind: its message names the address
-            raise click.ClickException(str(exc)) from None
-        raise click.ClickException(
-            f"cannot listen on {settings.http.host}:{settings.http.port}: {exc.strerror}"
-        ) from None
+    except OSError as exc:  # a bind that failed; the message names the address
+        raise click.ClickException(str(exc)) from None
+
+
+def _batch_option(text: str) -> tuple[str, dict[str, Any]]:
+    """``mlp:max_batch_size=64,preferred_batch_sizes=16/32`` as ``("mlp", {...})``."""
+    model, sep, pairs = text.partition(":")
+    policy: dict[str, Any] = {}
+    for pair in pairs.split(",") if pairs else ():
+        key, eq, value = pair.partition("=")
+        if not eq or not value:
+            raise click.BadParameter(f"{pair!r} in {text!r}: expected KEY=VALUE", param_hint="--batch")
+        policy[key.strip()] = value.split("/") if key.strip() == "preferred_batch_sizes" else value
+    if not model or not sep or not policy:
+        raise click.BadParameter(
+            f"{text!r}: expected MODEL:KEY=VALUE[,KEY=VALUE...]", param_hint="--batch"
+        )
+    return model, policy
 
 
 @cli.command()

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import msgspec
 
 from .errors import ConfigError
+from .scheduling.policy import BatchingPolicy
 
 __all__ = ["GrpcSettings", "HttpSettings", "RuntimeSettings", "ServerSettings", "load_settings"]
 
@@ -55,16 +56,34 @@ class RuntimeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     threads: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
+def cores() -> int:
+    """The cores this process may run on (its affinity: ``taskset`` narrows it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Everything ``ligeiro serve`` can be told."""
+    """Everything ``ligeiro serve`` can be told.
+
+    ``workers = 0`` (the default) starts one worker per core. ``batching`` sets, per
+    model name, a ``[batching]`` section that replaces the one in the model's
+    config.toml (``[batching.iris]`` in ligeiro.toml, ``--batch`` on the command line).
+    """
 
     repository: str = "models"
-    workers: Annotated[int, msgspec.Meta(ge=1)] = 1
+    workers: Annotated[int, msgspec.Meta(ge=0)] = 0
     graceful_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     log_level: str = "info"
     http: HttpSettings = HttpSettings()
     grpc: GrpcSettings = GrpcSettings()
     runtime: RuntimeSettings = RuntimeSettings()
+    batching: dict[str, BatchingPolicy] = {}
+
+    def worker_count(self) -> int:
+        """Worker processes to run: as set, or one per core."""
+        return self.workers or cores()
 
     def grpc_host(self) -> str:
         """Where gRPC listens: ``[grpc] host``, or ``[http] host`` when unset."""
@@ -74,7 +93,7 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
         """Intra-op threads per worker: as set, or the cores shared among workers."""
         if self.runtime.threads:
             return self.runtime.threads
-        return max(1, (os.cpu_count() or 1) // self.workers)
+        return max(1, cores() // self.worker_count())
 
 
 def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,13 +5,14 @@ from pathlib import Path
 import pytest
 
 from ligeiro.errors import ConfigError
-from ligeiro.settings import load_settings
+from ligeiro.scheduling.policy import BatchingPolicy
+from ligeiro.settings import cores, load_settings
 
 
 def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     settings = load_settings(env={})
-    assert (settings.http.host, settings.http.port, settings.workers) == ("127.0.0.1", 8000, 1)
+    assert (settings.http.host, settings.http.port, settings.workers) == ("127.0.0.1", 8000, 0)
 
 
 def test_precedence_cli_over_env_over_file(tmp_path: Path) -> None:
@@ -33,7 +34,7 @@ def test_precedence_cli_over_env_over_file(tmp_path: Path) -> None:
             r"environment \(LIGEIRO_\* variables\): Object contains unknown field `prot` - at `\$.http`",
         ),
         ({"LIGEIRO_HTTP__PORT": "eighty"}, r"Expected `int`, got `str` - at `\$.http.port`"),
-        ({"LIGEIRO_WORKERS": "0"}, r"Expected `int` >= 1 - at `\$.workers`"),
+        ({"LIGEIRO_WORKERS": "-1"}, r"Expected `int` >= 0 - at `\$.workers`"),
     ],
 )
 def test_bad_env(env: dict[str, str], message: str) -> None:
@@ -51,8 +52,30 @@ def test_bad_file_names_the_file(tmp_path: Path) -> None:
 
 
 def test_threads_default_shares_the_cores() -> None:
-    import os
-
     settings = load_settings({"workers": 1}, env={})
-    assert settings.runtime_threads() == max(1, os.cpu_count() or 1)
+    assert settings.runtime_threads() == cores()
     assert load_settings({"runtime": {"threads": 3}}, env={}).runtime_threads() == 3
+
+
+def test_workers_default_to_one_per_core_and_threads_to_one_each() -> None:
+    settings = load_settings(env={})
+    assert settings.worker_count() == cores()
+    assert settings.runtime_threads() == 1
+
+
+def test_batching_per_model_from_file_env_and_cli(tmp_path: Path) -> None:
+    config = tmp_path / "ligeiro.toml"
+    config.write_text("[batching.mlp]\nmax_batch_size = 32\nmax_queue_delay_us = 100\n")
+    env = {"LIGEIRO_BATCHING__MLP__MAX_BATCH_SIZE": "16", "LIGEIRO_BATCHING__MLP__MAX_QUEUE_SIZE": "50"}
+    settings = load_settings({"batching": {"iris": {"max_batch_size": 0}}}, config_file=config, env=env)
+    assert settings.batching["mlp"] == BatchingPolicy(
+        max_batch_size=16, max_queue_delay_us=100, max_queue_size=50
+    )
+    assert settings.batching["iris"].max_batch_size == 0
+
+
+def test_bad_batching_names_the_problem(tmp_path: Path) -> None:
+    config = tmp_path / "ligeiro.toml"
+    config.write_text("[batching.mlp]\nmax_batch_size = 4\npreferred_batch_sizes = [8]\n")
+    with pytest.raises(ConfigError, match=r"preferred_batch_sizes \[8\] exceed max_batch_size 4"):
+        load_settings(config_file=config, env={})

@@ -1,11 +1,18 @@
 """Run the server: one process, or a supervisor and N workers sharing the port.
 
-A worker loads the repository, listens (HTTP, and gRPC on its own port, both on one
-event loop), and on SIGTERM/SIGINT stops accepting, closes idle connections, lets
-each connection finish the request it is receiving (gRPC calls get the same grace),
-then exits. With ``workers > 1`` each worker binds its own ``SO_REUSEPORT`` sockets
-(the kernel spreads connections evenly); the supervisor reserves both ports first so
-``port = 0`` works, restarts a worker that dies, and forwards the shutdown.
+A worker listens (HTTP, and gRPC on its own port, both on one event loop), and on
+SIGTERM/SIGINT stops accepting, closes idle connections, lets each connection finish
+the request it is receiving (gRPC calls get the same grace), then exits. With
+``workers > 1`` each worker binds its own ``SO_REUSEPORT`` sockets (the kernel spreads
+connections evenly); the supervisor reserves both ports first so ``port = 0`` works,
+restarts a worker that dies, and forwards the shutdown.
+
+Weights are loaded once: with one runtime thread per worker (the default when there
+is a worker per core) the supervisor loads the repository and forks the workers from
+it, so they share the models' memory copy-on-write, and a restarted worker starts
+without loading anything. ONNX Runtime's thread pools do not survive a fork (a forked
+session runs on one thread), so with more threads per worker each worker loads its
+own copy (docs/adr/0005-workers-share-weights.md).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from ..repository.layout import discover
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
+    from ..repository.registry import Registry
     from ..settings import ServerSettings
 
 __all__ = ["serve"]
@@ -41,14 +49,26 @@ _RESTART_BACKOFF_S = 1.0
 _START_TIMEOUT_S = 120.0
 
 
-def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:
-    """A TCP socket bound to ``host:port`` (IPv6 when the host has a colon)."""
+def bind(
+    host: str, port: int, *, reuse_port: bool = False, listen: bool = True, what: str = "HTTP"
+) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (IPv6 when the host has a colon).
+
+    Raises:
+        OSError: the bind failed; the message names the address.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(
+            f"cannot listen for {what} on {_grpc_address(host, port)}: {exc.strerror}"
+        ) from None
     if listen:
         sock.listen(_BACKLOG)
     sock.setblocking(False)
@@ -56,12 +76,16 @@ def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True)
 
 
 def _grpc_address(host: str, port: int) -> str:
-    """``host:port`` as grpc and the logs write it (an IPv6 host in brackets)."""
+    """``host:port`` as grpc, the logs and the errors write it (an IPv6 host in brackets)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _serve(
-    settings: ServerSettings, sock: socket.socket, grpc_port: int, ready: Connection | None
+    settings: ServerSettings,
+    sock: socket.socket,
+    grpc_port: int,
+    ready: Connection | None,
+    registry: Registry | None,
 ) -> None:
     # Imported here, after the supervisor has set PROMETHEUS_MULTIPROC_DIR.
     from ..engine import Engine
@@ -74,9 +98,15 @@ async def _serve(
         loop.add_signal_handler(signum, stop.set)
 
     metrics = Metrics()
-    engine = Engine.from_repository(
-        settings.repository, threads=settings.runtime_threads(), metrics=metrics
-    )
+    if registry is None:
+        engine = Engine.from_repository(
+            settings.repository,
+            threads=settings.runtime_threads(),
+            metrics=metrics,
+            batching=settings.batching,
+        )
+    else:
+        engine = Engine(registry, metrics=metrics)
     app = HttpApp(engine, metrics, settings.http)
     # Everything loaded so far lives as long as the process: keep it out of the
     # collector's full passes (and off copy-on-write pages after a fork).
@@ -137,18 +167,27 @@ async def _serve(
 
 
 def _run_worker(
-    settings: ServerSettings, sock: socket.socket, grpc_port: int, ready: Connection | None
+    settings: ServerSettings,
+    sock: socket.socket,
+    grpc_port: int,
+    ready: Connection | None,
+    registry: Registry | None = None,
 ) -> None:
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve(settings, sock, grpc_port, ready))
+        runner.run(_serve(settings, sock, grpc_port, ready, registry))
 
 
-def _worker_main(settings: ServerSettings, ports: tuple[int, int], ready: Connection) -> None:
+def _worker_main(
+    settings: ServerSettings,
+    ports: tuple[int, int],
+    ready: Connection,
+    registry: Registry | None,
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; Ctrl-C reaches it
     sock = bind(settings.http.host, ports[0], reuse_port=True)
-    _run_worker(settings, sock, ports[1], ready)
+    _run_worker(settings, sock, ports[1], ready, registry)
 
 
 def serve(settings: ServerSettings) -> None:
@@ -157,7 +196,7 @@ def serve(settings: ServerSettings) -> None:
     Raises:
         OSError: the address cannot be bound.
     """
-    if settings.workers == 1:
+    if settings.worker_count() == 1:
         _run_worker(
             settings, bind(settings.http.host, settings.http.port), settings.grpc.port, None
         )
@@ -181,6 +220,8 @@ class _Supervisor:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
+        self.workers = settings.worker_count()
+        self._registry: Registry | None = None
         self._context = multiprocessing.get_context("fork")
         self._workers: dict[int, tuple[BaseProcess, float]] = {}
         self._stopping = False
@@ -195,7 +236,9 @@ class _Supervisor:
         # listening sockets receive connections.
         reserved = bind(settings.http.host, settings.http.port, reuse_port=True, listen=False)
         grpc_reserved = (
-            bind(settings.grpc_host(), settings.grpc.port, reuse_port=True, listen=False)
+            bind(
+                settings.grpc_host(), settings.grpc.port, reuse_port=True, listen=False, what="gRPC"
+            )
             if settings.grpc.enabled
             else None
         )
@@ -205,11 +248,12 @@ class _Supervisor:
         )
         previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            pending = [self._start(slot, ports) for slot in range(settings.workers)]
+            self._load_shared()
+            pending = [self._start(slot, ports) for slot in range(self.workers)]
             pids = [pid for pid in map(_ready_pid, pending) if pid is not None]
-            if len(pids) < settings.workers:
+            if len(pids) < self.workers:
                 raise LigeiroError(
-                    f"{settings.workers - len(pids)} of {settings.workers} workers did not "
+                    f"{self.workers - len(pids)} of {self.workers} workers did not "
                     "start (their errors are logged above)"
                 )
             grpc_text = (
@@ -236,11 +280,36 @@ class _Supervisor:
             os.close(self._wake_read)
             os.close(self._wake_write)
             shutil.rmtree(metrics_dir, ignore_errors=True)
+            if self._registry is not None:
+                self._registry.close()
+
+    def _load_shared(self) -> None:
+        """Load the repository here, once, for the workers to share (one thread each)."""
+        settings = self.settings
+        threads = settings.runtime_threads()
+        if threads != 1:
+            logger.info(
+                "%d runtime threads per worker: each worker loads its own copy of the models "
+                "(ONNX Runtime's thread pools do not survive a fork)",
+                threads,
+            )
+            return
+        from ..repository.registry import Registry
+
+        self._registry = Registry(
+            Path(settings.repository), threads=1, batching=settings.batching
+        )
+        # Long-lived objects out of the collector's reach: its passes would write to
+        # every object's header and un-share the pages after the fork.
+        gc.freeze()
+        logger.info("repository loaded once; %d workers share it", self.workers)
 
     def _start(self, slot: int, ports: tuple[int, int]) -> Connection:
         receiver, sender = self._context.Pipe(duplex=False)
         process = self._context.Process(
-            target=_worker_main, args=(self.settings, ports, sender), name=f"ligeiro-worker-{slot}"
+            target=_worker_main,
+            args=(self.settings, ports, sender, self._registry),
+            name=f"ligeiro-worker-{slot}",
         )
         process.start()
         sender.close()
