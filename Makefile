@@ -8,19 +8,20 @@ PORT   ?= 8000
 BENCH_ARGS ?=
 MODELS := examples/models
 IRIS   := $(MODELS)/iris/1/model.onnx
+MLP    := $(MODELS)/mlp/1/model.onnx
 
 .PHONY: run test bench models clean
 
-run: $(VENV)/.installed-examples $(IRIS)
+run: $(VENV)/.installed-examples $(IRIS) $(MLP)
 	$(BIN)/ligeiro serve $(MODELS) --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.installed-test $(IRIS)
+test: $(VENV)/.installed-test $(IRIS) $(MLP)
 	$(BIN)/python -m pytest
 
-bench: $(VENV)/.installed-bench $(IRIS)
+bench: $(VENV)/.installed-bench $(IRIS) $(MLP)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
-models: $(IRIS)
+models: $(IRIS) $(MLP)
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +35,9 @@ $(VENV)/.installed-%: pyproject.toml constraints.txt | $(VENV)/bin/python
 
 $(IRIS): examples/build_iris.py | $(VENV)/.installed-examples
 	$(BIN)/python examples/build_iris.py --out $(MODELS)
+
+$(MLP): examples/build_mlp.py examples/build_iris.py | $(VENV)/.installed-examples
+	$(BIN)/python examples/build_mlp.py --out $(MODELS)
 
 clean:
 	rm -rf $(VENV) $(MODELS)

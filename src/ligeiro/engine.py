@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, final
 
 from .errors import InvalidInputError, LigeiroError
 from .repository.registry import ModelState, ModelVersion, Registry
-from .scheduling.batcher import Batcher
+from .scheduling.batcher import Batcher, LoopClock
 from .scheduling.stats import ModelStats
 
 if TYPE_CHECKING:
@@ -288,7 +288,7 @@ class Engine:
                 policy,
                 model.runtime.run,
                 partial(loop.run_in_executor, pool),
-                clock=loop,
+                clock=LoopClock(loop),
                 observer=self._observer(model.name, model.version),
                 loop=loop,
             )

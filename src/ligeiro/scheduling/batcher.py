@@ -15,6 +15,7 @@ while the model computes. Time comes from an injected clock, so tests drive it.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
     from .policy import BatchingPolicy
 
-__all__ = ["BatchObserver", "Batcher", "Clock", "Execute"]
+__all__ = ["BatchObserver", "Batcher", "Clock", "Execute", "LoopClock"]
 
 
 class Clock(Protocol):
@@ -44,6 +45,25 @@ class Clock(Protocol):
     def time(self) -> float: ...
 
     def call_at(self, when: float, callback: Callable[[], object]) -> asyncio.Handle: ...
+
+
+@final
+class LoopClock:
+    """``time.monotonic`` with timers on the event loop.
+
+    Not the loop's own ``time()``: uvloop's is libuv's cached, millisecond clock, too
+    coarse to time a model that answers in microseconds.
+    """
+
+    __slots__ = ("_loop",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    time = staticmethod(time.monotonic)
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> asyncio.Handle:
+        return self._loop.call_later(max(0.0, when - time.monotonic()), callback)
 
 
 class Execute(Protocol):
