@@ -32,11 +32,10 @@ _GRPC_SERVING = re.compile(rb"serving .* grpc://([\d.]+|\[[0-9a-f:]+\]):(\d+)")
 
 def build_examples() -> Path:
     """The example repository, built once if `make` has not built it."""
-    if not (EXAMPLES / "iris" / "1" / "model.onnx").is_file():
-        subprocess.run(
-            [sys.executable, str(ROOT / "examples" / "build_iris.py"), "--out", str(EXAMPLES)],
-            check=True,
-        )
+    for model in ("iris", "mlp"):
+        if not (EXAMPLES / model / "1" / "model.onnx").is_file():
+            script = ROOT / "examples" / f"build_{model}.py"
+            subprocess.run([sys.executable, str(script), "--out", str(EXAMPLES)], check=True)
     return EXAMPLES
 
 

@@ -109,4 +109,4 @@ def test_cli_infer_one_shot(server: Server, capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit) as exit_info:
         main(["infer", "roses", "--url", url(server), "--data", seed])
     assert exit_info.value.code == 3
-    assert capsys.readouterr().err == "error: unknown model 'roses'; the repository has iris\n"
+    assert capsys.readouterr().err == "error: unknown model 'roses'; the repository has iris, mlp\n"

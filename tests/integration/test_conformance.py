@@ -244,7 +244,7 @@ def test_several_inputs_with_selected_outputs(identity: Client) -> None:
         (
             lambda c: c.infer("nope", [iris(c)]),
             "not found",
-            "unknown model 'nope'; the repository has iris",
+            "unknown model 'nope'; the repository has iris, mlp",
         ),
         (
             lambda c: c.infer("iris", [iris(c)], model_version="9"),
@@ -254,7 +254,7 @@ def test_several_inputs_with_selected_outputs(identity: Client) -> None:
         (
             lambda c: model_metadata(c, "nope"),
             "not found",
-            "unknown model 'nope'; the repository has iris",
+            "unknown model 'nope'; the repository has iris, mlp",
         ),
         (
             lambda c: model_metadata(c, "iris", "9"),

@@ -196,7 +196,10 @@ def test_stream_answers_each_request_and_survives_errors(stub: GRPCInferenceServ
 
 def test_repository_and_statistics(stub: GRPCInferenceServiceStub) -> None:
     index = stub.RepositoryIndex(pb.RepositoryIndexRequest())
-    assert [(m.name, m.version, m.state) for m in index.models] == [("iris", "1", "READY")]
+    assert [(m.name, m.version, m.state) for m in index.models] == [
+        ("iris", "1", "READY"),
+        ("mlp", "1", "READY"),
+    ]
     stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="iris"))
     assert [(s.name, s.version) for s in stats.model_stats] == [("iris", "1")]
     error = call_error(stub.ModelStatistics, pb.ModelStatisticsRequest(name="nope"))

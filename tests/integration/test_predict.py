@@ -90,4 +90,4 @@ def test_errors(server: Server, body: object, status: int, message: str) -> None
 def test_unknown_model(server: Server) -> None:
     answer = server.post("/v1/models/roses:predict", SEED)
     assert answer.status == 404
-    assert answer.json()["error"] == "unknown model 'roses'; the repository has iris"
+    assert answer.json()["error"] == "unknown model 'roses'; the repository has iris, mlp"

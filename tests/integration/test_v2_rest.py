@@ -196,7 +196,7 @@ def test_expect_100_continue(server: Server) -> None:
             "/v2/models/unknown/infer",
             "{}",
             404,
-            "unknown model 'unknown'; the repository has iris",
+            "unknown model 'unknown'; the repository has iris, mlp",
         ),
         (
             "POST",
