@@ -33,7 +33,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_iris import SEED, check_parity  # noqa: E402 - the same parity rule
+from build_iris import SEED, check_parity
 
 logger = logging.getLogger("build_mlp")
 

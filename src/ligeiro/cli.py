@@ -109,7 +109,9 @@ def _batch_option(text: str) -> tuple[str, dict[str, Any]]:
     for pair in pairs.split(",") if pairs else ():
         key, eq, value = pair.partition("=")
         if not eq or not value:
-            raise click.BadParameter(f"{pair!r} in {text!r}: expected KEY=VALUE", param_hint="--batch")
+            raise click.BadParameter(
+                f"{pair!r} in {text!r}: expected KEY=VALUE", param_hint="--batch"
+            )
         policy[key.strip()] = value.split("/") if key.strip() == "preferred_batch_sizes" else value
     if not model or not sep or not policy:
         raise click.BadParameter(

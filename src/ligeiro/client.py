@@ -19,8 +19,9 @@ Example:
 
 Errors the server answers come back as the ``ligeiro.errors`` class of their status
 (400 ``InvalidInputError``, 404 ``ModelNotFoundError``, 503 ``ModelNotReadyError``,
-429 ``ServerOverloadedError``, others ``InferenceError``) with the server's message; over
-gRPC, of their status code (``_GRPC_ERRORS``).
+429 ``ServerOverloadedError``, 504 ``DeadlineExceededError``, others ``InferenceError``)
+with the server's message; over gRPC, of their status code (``_GRPC_ERRORS``).
+``infer(..., timeout_us=N)`` lets the request wait at most N µs in the server's queue.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from urllib.parse import quote, urlsplit
 import msgspec
 
 from .errors import (
+    DeadlineExceededError,
     InferenceError,
     InvalidInputError,
     LigeiroError,
@@ -60,6 +62,7 @@ _ERRORS: dict[int, type[LigeiroError]] = {
     413: RequestTooLargeError,
     429: ServerOverloadedError,
     503: ModelNotReadyError,
+    504: DeadlineExceededError,
 }
 # gRPC status codes (by name, so that grpc loads only with a gRPC client) back to the
 # error classes: the reverse of server/grpc.py's table. Others are InferenceError.
@@ -68,6 +71,7 @@ _GRPC_ERRORS: dict[str, type[LigeiroError]] = {
     "NOT_FOUND": ModelNotFoundError,
     "UNAVAILABLE": ModelNotReadyError,
     "RESOURCE_EXHAUSTED": ServerOverloadedError,
+    "DEADLINE_EXCEEDED": DeadlineExceededError,
 }
 # The server enforces its own message limit; grpc's default 4 MiB would refuse big answers.
 _GRPC_OPTIONS = [("grpc.max_receive_message_length", -1)]
@@ -205,6 +209,7 @@ class Client:
         outputs: Sequence[str] | None = None,
         version: str | None = None,
         request_id: str | None = None,
+        timeout_us: int | None = None,
     ) -> dict[str, np.ndarray]:
         """Run ``model`` on named numpy inputs; return its outputs as numpy arrays.
 
@@ -214,7 +219,7 @@ class Client:
         """
         from .protocol.client_codec import decode_infer_response, encode_infer_request
 
-        body = encode_infer_request(inputs, outputs, request_id)
+        body = encode_infer_request(inputs, outputs, request_id, timeout_us)
         answer = self._exchange("POST", _model_path(model, version, "/infer"), body)
         return decode_infer_response(answer)[1]
 
@@ -305,11 +310,12 @@ class AsyncClient:
         outputs: Sequence[str] | None = None,
         version: str | None = None,
         request_id: str | None = None,
+        timeout_us: int | None = None,
     ) -> dict[str, np.ndarray]:
         """Run ``model`` on named numpy inputs; return its outputs as numpy arrays."""
         from .protocol.client_codec import decode_infer_response, encode_infer_request
 
-        body = encode_infer_request(inputs, outputs, request_id)
+        body = encode_infer_request(inputs, outputs, request_id, timeout_us)
         answer = await self._exchange("POST", _model_path(model, version, "/infer"), body)
         return decode_infer_response(answer)[1]
 
@@ -406,6 +412,7 @@ class GrpcClient:
         outputs: Sequence[str] | None = None,
         version: str | None = None,
         request_id: str | None = None,
+        timeout_us: int | None = None,
     ) -> dict[str, np.ndarray]:
         """Run ``model`` on named numpy inputs; return its outputs as numpy arrays.
 
@@ -415,7 +422,7 @@ class GrpcClient:
         """
         from .protocol.grpc_codec import infer_call
 
-        return self._run(infer_call(model, inputs, outputs, version, request_id))
+        return self._run(infer_call(model, inputs, outputs, version, request_id, timeout_us))
 
     def close(self) -> None:
         """Close the channel."""
@@ -488,11 +495,12 @@ class AsyncGrpcClient:
         outputs: Sequence[str] | None = None,
         version: str | None = None,
         request_id: str | None = None,
+        timeout_us: int | None = None,
     ) -> dict[str, np.ndarray]:
         """Run ``model`` on named numpy inputs; return its outputs as numpy arrays."""
         from .protocol.grpc_codec import infer_call
 
-        return await self._run(infer_call(model, inputs, outputs, version, request_id))
+        return await self._run(infer_call(model, inputs, outputs, version, request_id, timeout_us))
 
     async def aclose(self) -> None:
         """Close the channel (calls in flight are cancelled)."""

@@ -170,9 +170,9 @@ class Engine:
         """The ready versions of model ``name``, lowest first."""
         return [s.version for s in self.registry.index() if s.name == name and s.is_ready]
 
-    def stats(self, name: str | None = None, version: str | None = None) -> list[
-        tuple[ModelState, ModelStats]
-    ]:
+    def stats(
+        self, name: str | None = None, version: str | None = None
+    ) -> list[tuple[ModelState, ModelStats]]:
         """Statistics of the ready versions (of model ``name``, of ``version``) in this process.
 
         Raises:
@@ -235,9 +235,9 @@ class Engine:
             DeadlineExceededError: ``timeout_s`` passed while the request was queued.
             InferenceError: the runtime failed.
         """
-        key = (model.name, model.version)
-        batcher = self._batchers.get(key, False)
-        if batcher is False:
+        try:
+            batcher = self._batchers[model.name, model.version]
+        except KeyError:
             batcher = self._start_batcher(model)
         if batcher is None:
             return self.run(model, inputs, outputs)

@@ -101,6 +101,24 @@ def test_workers_share_the_port_and_count_exactly(repository: Path) -> None:
         assert srv.stop() == 0
 
 
+@pytest.mark.parametrize(
+    ("threads", "line"),
+    [
+        ("1", "repository loaded once; 2 workers share it"),
+        ("2", "2 runtime threads per worker: each worker loads its own copy of the models"),
+    ],
+)
+def test_workers_with_one_thread_share_one_loaded_repository(
+    repository: Path, threads: str, line: str
+) -> None:
+    srv = start_server(repository, "--workers", "2", "--threads", threads)
+    try:
+        assert line in srv.output()
+        assert [fresh_post(srv, "/v2/models/iris/infer", ROW) for _ in range(10)] == [200] * 10
+    finally:
+        assert srv.stop() == 0
+
+
 def test_dead_worker_is_restarted(repository: Path) -> None:
     srv = start_server(repository, "--workers", "2", "--threads", "1")
     try:

@@ -162,7 +162,8 @@ def test_requests_gather_while_the_model_is_busy_and_split_back_exactly() -> Non
     async def scenario(rig: Rig) -> None:
         first = rig.submit(1.0)
         second, third = rig.submit(2.0, 3.0), rig.submit(4.0)
-        assert rig.batch_rows() == [1] and rig.batcher.queue_length == 2
+        assert rig.batch_rows() == [1]
+        assert rig.batcher.queue_length == 2
         await rig.executor.finish()
         assert rig.batch_rows() == [3]  # both waiting requests, one batch
         await rig.executor.finish()

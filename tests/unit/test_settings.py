@@ -66,8 +66,13 @@ def test_workers_default_to_one_per_core_and_threads_to_one_each() -> None:
 def test_batching_per_model_from_file_env_and_cli(tmp_path: Path) -> None:
     config = tmp_path / "ligeiro.toml"
     config.write_text("[batching.mlp]\nmax_batch_size = 32\nmax_queue_delay_us = 100\n")
-    env = {"LIGEIRO_BATCHING__MLP__MAX_BATCH_SIZE": "16", "LIGEIRO_BATCHING__MLP__MAX_QUEUE_SIZE": "50"}
-    settings = load_settings({"batching": {"iris": {"max_batch_size": 0}}}, config_file=config, env=env)
+    env = {
+        "LIGEIRO_BATCHING__MLP__MAX_BATCH_SIZE": "16",
+        "LIGEIRO_BATCHING__MLP__MAX_QUEUE_SIZE": "50",
+    }
+    settings = load_settings(
+        {"batching": {"iris": {"max_batch_size": 0}}}, config_file=config, env=env
+    )
     assert settings.batching["mlp"] == BatchingPolicy(
         max_batch_size=16, max_queue_delay_us=100, max_queue_size=50
     )

@@ -49,8 +49,13 @@ def encode_infer_request(
     inputs: Mapping[str, np.ndarray],
     outputs: Sequence[str] | None = None,
     request_id: str | None = None,
+    timeout_us: int | None = None,
 ) -> bytes:
-    """The JSON body of ``POST /v2/models/{m}/infer`` for named numpy inputs."""
+    """The JSON body of ``POST /v2/models/{m}/infer`` for named numpy inputs.
+
+    ``timeout_us`` is V2's ``timeout`` parameter: how long the request may wait in the
+    server's queue, in microseconds.
+    """
     body: dict[str, Any] = {
         "inputs": [
             {
@@ -66,6 +71,8 @@ def encode_infer_request(
         body["outputs"] = [{"name": name} for name in outputs]
     if request_id is not None:
         body["id"] = request_id
+    if timeout_us is not None:
+        body["parameters"] = {"timeout": timeout_us}
     return _encoder.encode(body)
 
 

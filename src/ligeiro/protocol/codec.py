@@ -40,8 +40,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DecodedRequest",
     "array_from_raw",
-    "encode_model_stats",
-    "timeout_of",
     "decode_infer_request",
     "decode_json",
     "encode_binary_infer_response",
@@ -49,11 +47,13 @@ __all__ = [
     "encode_health",
     "encode_infer_response",
     "encode_model_metadata",
+    "encode_model_stats",
     "encode_server_metadata",
     "header_length_of",
     "raw_from_array",
     "tensor_from_binary",
     "tensor_from_json",
+    "timeout_of",
 ]
 
 _decoder = msgspec.json.Decoder(InferRequest)

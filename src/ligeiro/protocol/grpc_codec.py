@@ -323,6 +323,7 @@ def infer_call(
     outputs: Sequence[str] | None,
     version: str | None,
     request_id: str | None,
+    timeout_us: int | None = None,
 ) -> ClientCall[dict[str, np.ndarray]]:
     """``ModelInfer`` with each input's bytes in ``raw_input_contents``; outputs as arrays.
 
@@ -331,6 +332,8 @@ def infer_call(
     request = pb.ModelInferRequest(
         model_name=model, model_version=version or "", id=request_id or ""
     )
+    if timeout_us is not None:
+        request.parameters["timeout"].int64_param = timeout_us
     for name, array in inputs.items():
         request.inputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
         request.raw_input_contents.append(raw_from_array(array))

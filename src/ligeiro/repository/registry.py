@@ -17,9 +17,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
 
-    from ..scheduling.policy import BatchingPolicy
-
     from ..runtime.base import Runtime, TensorSpec
+    from ..scheduling.policy import BatchingPolicy
 
 __all__ = ["ModelState", "ModelVersion", "Registry"]
 
@@ -199,9 +198,7 @@ class Registry:
             logger.warning("batching settings for %r: the repository has no such model", name)
 
     @staticmethod
-    def _load_model(
-        folder: ModelFolder, threads: int, batching: BatchingPolicy | None
-    ) -> _Model:
+    def _load_model(folder: ModelFolder, threads: int, batching: BatchingPolicy | None) -> _Model:
         model = _Model(folder.name, {}, {}, None)
         try:
             if not folder.versions:

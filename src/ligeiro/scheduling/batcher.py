@@ -14,7 +14,6 @@ while the model computes. Time comes from an injected clock, so tests drive it.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -32,19 +31,26 @@ from ..errors import (
 )
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import Callable, Mapping, Sequence
 
     from .policy import BatchingPolicy
 
-__all__ = ["BatchObserver", "Batcher", "Clock", "Execute", "LoopClock"]
+__all__ = ["BatchObserver", "Batcher", "Clock", "Execute", "LoopClock", "Timer"]
+
+
+class Timer(Protocol):
+    """A pending timer (``asyncio.TimerHandle`` or a fake)."""
+
+    def cancel(self) -> None: ...
 
 
 class Clock(Protocol):
-    """Monotonic seconds and timers: the event loop itself, or a test's fake clock."""
+    """Monotonic seconds and timers on the event loop (or a test's fake clock)."""
 
     def time(self) -> float: ...
 
-    def call_at(self, when: float, callback: Callable[[], object]) -> asyncio.Handle: ...
+    def call_at(self, when: float, callback: Callable[[], object]) -> Timer: ...
 
 
 @final
@@ -69,7 +75,9 @@ class LoopClock:
 class Execute(Protocol):
     """Runs ``work`` off the event loop; the future completes on the loop."""
 
-    def __call__(self, work: Callable[[], list[np.ndarray]]) -> asyncio.Future[list[np.ndarray]]: ...
+    def __call__(
+        self, work: Callable[[], list[np.ndarray]]
+    ) -> asyncio.Future[list[np.ndarray]]: ...
 
 
 class BatchObserver(Protocol):
@@ -93,7 +101,7 @@ class _Request:
     key: tuple[object, ...]
     future: asyncio.Future[dict[str, np.ndarray]]
     enqueued: float
-    deadline: asyncio.Handle | None = None
+    deadline: Timer | None = None
     queued: bool = field(default=True)
 
 
@@ -131,10 +139,12 @@ class Batcher:
         self._loop = loop
         self._queue: deque[_Request] = deque()
         self._running = 0
-        self._timer: asyncio.Handle | None = None
+        self._timer: Timer | None = None
         self._delay_s = policy.max_queue_delay_us / 1e6
         self._ready_rows = (
-            min(policy.preferred_batch_sizes) if policy.preferred_batch_sizes else policy.max_batch_size
+            min(policy.preferred_batch_sizes)
+            if policy.preferred_batch_sizes
+            else policy.max_batch_size
         )
 
     @property
@@ -251,8 +261,7 @@ class Batcher:
             inputs = batch[0].inputs
         else:
             inputs = {
-                name: np.concatenate([r.inputs[name] for r in batch])
-                for name in batch[0].inputs
+                name: np.concatenate([r.inputs[name] for r in batch]) for name in batch[0].inputs
             }
         self._running += 1
         future = self._execute(partial(self._compute, inputs, batch[0].outputs))
@@ -274,7 +283,7 @@ class Batcher:
                         f"batch of {rows} rows, so it cannot be split back into requests; "
                         "turn batching off for this model"
                     )
-        except BaseException as exc:  # noqa: BLE001 - every request gets the error
+        except BaseException as exc:
             error = exc if isinstance(exc, LigeiroError) else InferenceError(f"{self.name}: {exc}")
             for request in batch:
                 if not request.future.done():

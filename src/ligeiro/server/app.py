@@ -296,9 +296,7 @@ class _Supervisor:
             return
         from ..repository.registry import Registry
 
-        self._registry = Registry(
-            Path(settings.repository), threads=1, batching=settings.batching
-        )
+        self._registry = Registry(Path(settings.repository), threads=1, batching=settings.batching)
         # Long-lived objects out of the collector's reach: its passes would write to
         # every object's header and un-share the pages after the fork.
         gc.freeze()

@@ -249,7 +249,9 @@ class HttpApp:
         if method != b"GET":
             return self._not_allowed(b"GET", keep_alive)
         if name == "stats" and not tail and version is None:  # GET /v2/models/stats
-            return self.response(200, encode_model_stats(self.engine.stats()), keep_alive=keep_alive)
+            return self.response(
+                200, encode_model_stats(self.engine.stats()), keep_alive=keep_alive
+            )
         if tail == ["stats"]:
             body = encode_model_stats(self.engine.stats(name, version))
             return self.response(200, body, keep_alive=keep_alive)
