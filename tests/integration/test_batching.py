@@ -264,3 +264,35 @@ def test_invalid_input_is_still_checked_before_the_queue(transport: str, tight: 
             await client.aclose()
 
     asyncio.run(wrong_width())
+
+
+def test_a_client_that_disconnects_leaves_the_queue(tight: Server) -> None:
+    import socket
+
+    def executions() -> int:
+        stats = tight.get("/v2/models/mlp/stats").json()["model_stats"][0]
+        return int(stats["inference_count"])
+
+    body = json.dumps(
+        {"inputs": [{"name": "float_input", "shape": [1, 64], "datatype": "FP32",
+                     "data": ROWS[0].tolist()}]}
+    ).encode()  # fmt: skip
+    request = b"POST /v2/models/mlp/infer HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
+    before = executions()
+    sockets = [socket.create_connection((tight.host, tight.port)) for _ in range(4)]
+    for sock in sockets:
+        sock.sendall(request)
+    for sock in sockets[:3]:  # gone while their requests wait behind the first
+        sock.close()
+    kept = sockets[3]
+    kept.settimeout(30)
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += kept.recv(65536)
+    kept.close()
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    ran = executions() - before
+    assert 1 <= ran < 4  # the abandoned requests that were still queued never ran
