@@ -186,7 +186,9 @@ def _worker_main(
     registry: Registry | None,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; Ctrl-C reaches it
-    sock = bind(settings.http.host, ports[0], reuse_port=True)
+    # Bound but not listening: the kernel must not hand this worker connections before
+    # its models are loaded; the server listens once it starts serving.
+    sock = bind(settings.http.host, ports[0], reuse_port=True, listen=False)
     _run_worker(settings, sock, ports[1], ready, registry)
 
 
@@ -198,7 +200,10 @@ def serve(settings: ServerSettings) -> None:
     """
     if settings.worker_count() == 1:
         _run_worker(
-            settings, bind(settings.http.host, settings.http.port), settings.grpc.port, None
+            settings,
+            bind(settings.http.host, settings.http.port, listen=False),  # listens once loaded
+            settings.grpc.port,
+            None,
         )
         return
     discover(Path(settings.repository))  # a missing repository fails here, not in N workers
@@ -297,6 +302,13 @@ class _Supervisor:
         from ..repository.registry import Registry
 
         self._registry = Registry(Path(settings.repository), threads=1, batching=settings.batching)
+        # What every worker imports, imported once here so that the workers share its
+        # pages too (grpcio aside: it is imported after the fork, in the worker).
+        import uvloop  # noqa: F401
+
+        from .. import engine, metrics  # noqa: F401
+        from . import http  # noqa: F401
+
         # Long-lived objects out of the collector's reach: its passes would write to
         # every object's header and un-share the pages after the fork.
         gc.freeze()
@@ -339,10 +351,15 @@ class _Supervisor:
 
                 multiprocess.mark_process_dead(process.pid)
                 # A worker that dies at start-up must not make the supervisor spin.
-                if time.monotonic() - started < _RESTART_BACKOFF_S and wait(
-                    [self._wake_read], timeout=_RESTART_BACKOFF_S
-                ):
-                    break
+                if time.monotonic() - started < _RESTART_BACKOFF_S:
+                    logger.warning(
+                        "worker %d died within %.0f s of starting; restarting in %.0f s",
+                        slot,
+                        _RESTART_BACKOFF_S,
+                        _RESTART_BACKOFF_S,
+                    )
+                    if wait([self._wake_read], timeout=_RESTART_BACKOFF_S):
+                        break
                 self._start(slot, ports).close()
 
     def _shutdown(self) -> None:
