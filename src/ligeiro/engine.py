@@ -2,8 +2,9 @@
 
 It knows no transport: REST, gRPC and the in-process API are thin layers over it.
 ``run`` computes in the caller's thread; ``submit`` is the servers' path: a model
-with ``[batching]`` goes through its batcher and runs on the model's own threads,
-any other model runs at once on the event loop (docs/adr/0004-batching.md says why).
+with ``[batching]`` goes through its batcher (which runs batches on the model's own
+threads or on the event loop, ``BatchingPolicy.run_on``), any other model runs at once
+on the event loop (docs/adr/0004-batching.md says why).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, final
 
 from .errors import InvalidInputError, LigeiroError
 from .repository.registry import ModelState, ModelVersion, Registry
-from .scheduling.batcher import Batcher, LoopClock
+from .scheduling.batcher import Batcher, LoopClock, run_here
 from .scheduling.stats import ModelStats
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from .metrics import Metrics
+    from .scheduling.batcher import Execute
     from .scheduling.policy import BatchingPolicy
 
 __all__ = ["Engine", "InferenceResult"]
@@ -227,7 +229,7 @@ class Engine:
         """Validate ``inputs`` and schedule ``model`` on them: the servers' path.
 
         A model with ``[batching]`` waits its turn in its batcher (at most
-        ``timeout_s`` in the queue, when given) and runs off the event loop.
+        ``timeout_s`` in the queue, when given).
 
         Raises:
             InvalidInputError: as ``run``, or the request cannot be batched.
@@ -246,11 +248,21 @@ class Engine:
         try:
             names = self._validate(model, inputs, outputs)
             arrays = await batcher.submit(inputs, names, timeout_s)
-        except LigeiroError:
+        except (LigeiroError, asyncio.CancelledError):  # cancelled: the client went away
             stats.record_request(False, self._clock() - start)
             raise
         stats.record_request(True, self._clock() - start)
         return InferenceResult(model, arrays)
+
+    def admit(self, model: ModelVersion) -> None:
+        """Refuse a request for ``model`` before decoding it, if its queue is full.
+
+        Raises:
+            ServerOverloadedError: the model's batching queue is full.
+        """
+        batcher = self._batchers.get((model.name, model.version))
+        if batcher is not None:
+            batcher.admit()
 
     def _validate(
         self, model: ModelVersion, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None
@@ -279,18 +291,24 @@ class Engine:
         batcher = None
         if policy is not None and policy.max_batch_size > 0:
             loop = asyncio.get_running_loop()
-            pool = ThreadPoolExecutor(
-                policy.instances, thread_name_prefix=f"ligeiro-{model.name}-{model.version}"
-            )
-            self._executors.append(pool)
+            on_thread = policy.runs_on_thread(self.registry.threads)
+            if on_thread:
+                pool = ThreadPoolExecutor(
+                    policy.instances, thread_name_prefix=f"ligeiro-{model.name}-{model.version}"
+                )
+                self._executors.append(pool)
+                execute: Execute = partial(loop.run_in_executor, pool)
+            else:
+                execute = run_here(loop)
             batcher = Batcher(
                 f"model {model.name!r} version {model.version}",
                 policy,
                 model.runtime.run,
-                partial(loop.run_in_executor, pool),
+                execute,
                 clock=LoopClock(loop),
                 observer=self._observer(model.name, model.version),
                 loop=loop,
+                defer=not on_thread,
             )
         self._batchers[model.name, model.version] = batcher
         return batcher

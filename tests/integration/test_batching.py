@@ -36,9 +36,17 @@ def transport(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def tight(examples: Path) -> Iterator[Server]:
-    """The MLP without batching, a queue of 4 and one run at a time: easy to overload."""
+    """The MLP without batching, a queue of 4 and one run at a time: easy to overload.
+
+    The model runs on its own thread, so the event loop reads every request while it
+    computes and the queue fills as fast as clients send.
+    """
     srv = start_server(
-        examples, "--threads", "1", "--batch", "mlp:max_batch_size=1,max_queue_size=4"
+        examples,
+        "--threads",
+        "1",
+        "--batch",
+        "mlp:max_batch_size=1,max_queue_size=4,run_on=thread",
     )
     yield srv
     srv.stop()

@@ -16,7 +16,7 @@ from ligeiro.errors import (
     InvalidInputError,
     ServerOverloadedError,
 )
-from ligeiro.scheduling.batcher import Batcher
+from ligeiro.scheduling.batcher import Batcher, run_here
 from ligeiro.scheduling.policy import BatchingPolicy
 
 
@@ -333,3 +333,82 @@ def test_an_output_without_a_batch_axis_is_an_inference_error() -> None:
                 future.result()
 
     run(scenario, compute=summed)
+
+
+def test_on_the_event_loop_the_requests_of_one_pass_start_as_one_batch() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        runs: list[int] = []
+
+        def compute(inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
+            runs.append(inputs["x"].shape[0])
+            return _double(inputs, outputs)
+
+        batcher = Batcher(
+            '"m" version 1',
+            BatchingPolicy(max_batch_size=8, run_on="loop"),
+            compute,
+            run_here(loop),
+            clock=FakeClock(),
+            observer=Recorder(),
+            loop=loop,
+            defer=True,
+        )
+        x = np.ones((1, 1), np.float32)
+        futures = [batcher.submit({"x": x * i}, ["y"]) for i in range(3)]
+        assert runs == []  # nothing runs before the loop's pass ends
+        await _settle()
+        assert runs == [3]  # one run for the three requests of that pass
+        assert [f.result()["y"][0, 0] for f in futures] == [0.0, 2.0, 4.0]
+        later = batcher.submit({"x": x}, ["y"])
+        await _settle()
+        assert runs == [3, 1]
+        assert later.result()["y"].tolist() == [[2.0]]
+
+    asyncio.run(main())
+
+
+def test_a_failing_run_on_the_loop_fails_its_requests() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def broken(inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
+            raise InferenceError("the model fell over")
+
+        batcher = Batcher(
+            '"m" version 1',
+            BatchingPolicy(max_batch_size=8),
+            broken,
+            run_here(loop),
+            clock=FakeClock(),
+            observer=Recorder(),
+            loop=loop,
+            defer=True,
+        )
+        future = batcher.submit({"x": np.ones((1, 1), np.float32)}, ["y"])
+        await _settle()
+        with pytest.raises(InferenceError, match="the model fell over"):
+            future.result()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("policy", "threads", "on_thread"),
+    [
+        ({}, 1, False),
+        ({}, 2, True),
+        ({"instances": 2}, 1, True),
+        ({"run_on": "thread"}, 1, True),
+        ({"run_on": "loop"}, 4, False),
+    ],
+)
+def test_where_batches_run(policy: dict[str, Any], threads: int, on_thread: bool) -> None:
+    assert BatchingPolicy(max_batch_size=4, **policy).runs_on_thread(threads) is on_thread
+
+
+def test_the_loop_runs_one_batch_at_a_time() -> None:
+    with pytest.raises(
+        ValueError, match="run_on = 'loop' runs one batch at a time; instances is 2"
+    ):
+        BatchingPolicy(max_batch_size=4, run_on="loop", instances=2)

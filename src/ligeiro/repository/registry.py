@@ -188,6 +188,7 @@ class Registry:
         batching: Mapping[str, BatchingPolicy] | None = None,
     ) -> None:
         self.root = root
+        self.threads = threads
         self._models: dict[str, _Model] = {}
         overrides = dict(batching or {})
         for folder in discover(root):

@@ -7,9 +7,12 @@ and outputs) are concatenated on the batch axis, run as one, and the answer is s
 back by rows. With several run slots (``instances``), a free slot takes a batch once it
 reaches a preferred size or its oldest request has waited ``max_queue_delay_us``.
 
-Everything here runs on the event loop except the model itself, which runs on an
-executor (threads: ONNX Runtime releases the GIL), so the loop parses the next requests
-while the model computes. Time comes from an injected clock, so tests drive it.
+Everything here runs on the event loop. The model runs where ``execute`` puts it: on
+the model's threads (ONNX Runtime releases the GIL, so the loop parses the next
+requests meanwhile), or on the loop itself (``run_here``), which saves the hop when the
+worker has no spare core. Run on the loop, dispatching waits for the end of the loop's
+current pass (``defer``), so that the requests parsed in one pass start as one batch.
+Time comes from an injected clock, so tests drive it.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
 
     from .policy import BatchingPolicy
 
-__all__ = ["BatchObserver", "Batcher", "Clock", "Execute", "LoopClock", "Timer"]
+__all__ = ["BatchObserver", "Batcher", "Clock", "Execute", "LoopClock", "Timer", "run_here"]
 
 
 class Timer(Protocol):
@@ -73,11 +76,25 @@ class LoopClock:
 
 
 class Execute(Protocol):
-    """Runs ``work`` off the event loop; the future completes on the loop."""
+    """Runs ``work``; the future completes on the loop."""
 
     def __call__(
         self, work: Callable[[], list[np.ndarray]]
     ) -> asyncio.Future[list[np.ndarray]]: ...
+
+
+def run_here(loop: asyncio.AbstractEventLoop) -> Execute:
+    """An ``Execute`` that runs the work at once, on the calling (event loop) thread."""
+
+    def execute(work: Callable[[], list[np.ndarray]]) -> asyncio.Future[list[np.ndarray]]:
+        future: asyncio.Future[list[np.ndarray]] = loop.create_future()
+        try:
+            future.set_result(work())
+        except Exception as exc:  # the batcher hands it to every request of the batch
+            future.set_exception(exc)
+        return future
+
+    return execute
 
 
 class BatchObserver(Protocol):
@@ -117,6 +134,8 @@ class Batcher:
         clock: time and timers (the event loop in the server).
         observer: told about queue length, waits and runs.
         loop: where the requests' futures live.
+        defer: start batches at the end of the loop's current pass rather than at once
+            (for ``execute = run_here(loop)``).
     """
 
     def __init__(
@@ -129,6 +148,7 @@ class Batcher:
         clock: Clock,
         observer: BatchObserver,
         loop: asyncio.AbstractEventLoop,
+        defer: bool = False,
     ) -> None:
         self.name = name
         self.policy = policy
@@ -140,6 +160,8 @@ class Batcher:
         self._queue: deque[_Request] = deque()
         self._running = 0
         self._timer: Timer | None = None
+        self._defer = defer
+        self._deferred = False
         self._delay_s = policy.max_queue_delay_us / 1e6
         self._ready_rows = (
             min(policy.preferred_batch_sizes)
@@ -173,11 +195,7 @@ class Batcher:
             ServerOverloadedError: the queue is full.
         """
         rows, key = self._shape_key(inputs, outputs)
-        if len(self._queue) >= self.policy.max_queue_size:
-            raise ServerOverloadedError(
-                f"{self.name}: queue full ({self.policy.max_queue_size} requests waiting); "
-                "retry later"
-            )
+        self.admit()
         future: asyncio.Future[dict[str, np.ndarray]] = self._loop.create_future()
         now = self._clock.time()
         request = _Request(inputs, tuple(outputs), rows, key, future, now)
@@ -188,8 +206,24 @@ class Batcher:
         self._queue.append(request)
         future.add_done_callback(partial(self._done, request))
         self._observer.queued(len(self._queue))
-        self._schedule()
+        if not self._defer:
+            self._schedule()
+        elif not self._deferred:
+            self._deferred = True
+            self._loop.call_soon(self._schedule)
         return future
+
+    def admit(self) -> None:
+        """Refuse early, before a request is even decoded, when the queue is full.
+
+        Raises:
+            ServerOverloadedError: the queue is full.
+        """
+        if len(self._queue) >= self.policy.max_queue_size:
+            raise ServerOverloadedError(
+                f"{self.name}: queue full ({self.policy.max_queue_size} requests waiting); "
+                "retry later"
+            )
 
     # -- scheduling ---------------------------------------------------------------------
 
@@ -217,6 +251,7 @@ class Batcher:
 
     def _schedule(self) -> None:
         """Start batches while there is work and a free run slot."""
+        self._deferred = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

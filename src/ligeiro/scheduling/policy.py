@@ -6,7 +6,7 @@ or asyncio.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -16,10 +16,9 @@ __all__ = ["BatchingPolicy"]
 class BatchingPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """How a model version's requests are queued, batched and run.
 
-    A model without ``[batching]`` runs each request on the event loop as it arrives:
-    for a model that answers in microseconds, a hop to another thread costs more than
-    the model (docs/adr/0004-batching.md). With it, requests queue and run on the
-    model's own threads, and the event loop keeps parsing while the model computes.
+    A model without ``[batching]`` runs each request on the event loop as it arrives.
+    With it, requests that arrive while the model is busy queue and run together as
+    one batch (docs/adr/0004-batching.md).
 
     Attributes:
         max_batch_size: rows per run; 1 queues and offloads without batching, 0 turns
@@ -32,6 +31,13 @@ class BatchingPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
         max_queue_size: requests waiting at most; beyond, the server answers 429 /
             RESOURCE_EXHAUSTED.
         instances: batches that run at once, each on its own thread.
+        run_on: where a batch runs. ``"thread"``: on the model's own threads, so the
+            event loop keeps parsing while the model computes (worth it when the worker
+            has a spare core). ``"loop"``: on the event loop itself, which saves the hop
+            to a thread and back (tens to hundreds of µs) when there is no spare core
+            to gain: the requests that arrive during a run are read and batched right
+            after it. ``"auto"`` (default): ``"thread"`` when the worker runs ONNX
+            Runtime on more than one thread or ``instances > 1``, else ``"loop"``.
     """
 
     max_batch_size: Annotated[int, msgspec.Meta(ge=0)]
@@ -39,6 +45,7 @@ class BatchingPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     preferred_batch_sizes: list[Annotated[int, msgspec.Meta(gt=0)]] = []
     max_queue_size: Annotated[int, msgspec.Meta(gt=0)] = 1024
     instances: Annotated[int, msgspec.Meta(gt=0)] = 1
+    run_on: Literal["auto", "loop", "thread"] = "auto"
 
     def __post_init__(self) -> None:
         too_big = [n for n in self.preferred_batch_sizes if n > self.max_batch_size]
@@ -46,3 +53,13 @@ class BatchingPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
             raise ValueError(
                 f"preferred_batch_sizes {too_big} exceed max_batch_size {self.max_batch_size}"
             )
+        if self.run_on == "loop" and self.instances > 1:
+            raise ValueError(
+                f"run_on = 'loop' runs one batch at a time; instances is {self.instances}"
+            )
+
+    def runs_on_thread(self, runtime_threads: int) -> bool:
+        """Whether batches run off the event loop (resolving ``"auto"``)."""
+        if self.run_on == "auto":
+            return runtime_threads > 1 or self.instances > 1
+        return self.run_on == "thread"

@@ -147,6 +147,7 @@ class GrpcService:
         code = _INTERNAL
         try:
             model = self.engine.model(request.model_name, request.model_version or None)
+            self.engine.admit(model)  # a full queue refuses before the tensors are decoded
             decoded = decode_infer_request(request)
             result = await self.engine.submit(
                 model, decoded.inputs, decoded.outputs, timeout_s=decoded.timeout_s

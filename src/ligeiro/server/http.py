@@ -280,6 +280,7 @@ class HttpApp:
         try:
             model = self.engine.model(name, version)
             model_label, version_label = model.name, model.version
+            self.engine.admit(model)  # a full queue refuses before the body is decoded
             response = await answer(model, body, header_length, keep_alive)
             status = 200
             return response
