@@ -1,7 +1,9 @@
-"""``python -m benchmarks``: the iris benchmark, gRPC beside REST, the one-shot clients.
+"""``python -m benchmarks``: every benchmark, one after another (about 15 minutes).
 
-Extra arguments go to ``bench_iris`` (``python -m benchmarks --duration 3``);
-``bench_grpc`` and ``bench_oneshot`` run with their defaults. The JSON
+The iris benchmark, gRPC beside REST, the one-shot clients, dynamic batching (mlp, and
+the thread hop on iris), overload at ten times the sustainable rate, and workers
+(shared weights, restarts, 1 vs 2). Extra arguments go to ``bench_iris``
+(``python -m benchmarks --duration 3``); the others run with their defaults. The JSON
 and Markdown reports land in ``benchmarks/results/`` (git-ignored) under a UTC time
 stamp, so successive runs never overwrite each other.
 """
@@ -12,15 +14,25 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import bench_grpc, bench_oneshot
+from . import bench_batching, bench_grpc, bench_oneshot, bench_overload, bench_workers
 from .bench_iris import main
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 if __name__ == "__main__":
-    stem = RESULTS / f"iris-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    stem = RESULTS / f"iris-{stamp}"
     status = main(sys.argv[1:], prog="python -m benchmarks", report_stem=stem)
     for bench in (bench_grpc, bench_oneshot):
-        status = status or bench.main(["--markdown"])
+        status = bench.main(["--markdown"]) or status
+    for name, bench, args in (
+        ("batching-mlp", bench_batching, ["--model", "mlp"]),
+        ("batching-iris", bench_batching, ["--model", "iris"]),
+        ("overload", bench_overload, []),
+        ("workers", bench_workers, []),
+    ):
+        report = RESULTS / f"{name}-{stamp}"
+        args += ["--markdown", f"{report}.md", "--json", f"{report}.json"]
+        status = bench.main(args) or status
     sys.exit(status)

@@ -281,7 +281,8 @@ def _tree_peak_rss_bytes(root: int) -> int:
 
 @final
 class ServerProcess:
-    """A server command pinned to one core, ready once an HTTP URL answers 200.
+    """A server command pinned to ``core`` (a core, or a CPU list like ``"0-1"``), ready
+    once an HTTP URL answers 200.
 
     Use as a context manager so the server is stopped even when a measurement fails::
 
@@ -298,7 +299,7 @@ class ServerProcess:
         log_path: Path,
         cwd: Path | None = None,
         env: Mapping[str, str] | None = None,
-        core: int = SERVER_CORE,
+        core: int | str = SERVER_CORE,
     ) -> None:
         self.argv = ["taskset", "-c", str(core), *argv]
         self.ready_url = ready_url
@@ -509,9 +510,9 @@ def wrk_seconds(duration_s: float) -> int:
 
 
 def run_wrk(
-    request: HttpRequest, *, connections: int, duration_s: float, core: int = LOAD_CORE
+    request: HttpRequest, *, connections: int, duration_s: float, core: int | str = LOAD_CORE
 ) -> LoadResult:
-    """Load ``request.url`` with wrk on one thread pinned to ``core``.
+    """Load ``request.url`` with wrk on one thread pinned to ``core`` (or a CPU list).
 
     One thread keeps wrk on its own core; it sustains far more than one Python core
     serves, so it is never the bottleneck here.
@@ -542,6 +543,7 @@ def measure(
     connections: int,
     duration_s: float,
     warmup_s: float,
+    load_core: int | str = LOAD_CORE,
 ) -> Measurement:
     """Warm the server up at ``connections``, then load it and read what the load cost.
 
@@ -550,9 +552,9 @@ def measure(
     are not counted. CPU time is read around the measured run only.
     """
     if warmup_s > 0:
-        run_wrk(request, connections=connections, duration_s=warmup_s)
+        run_wrk(request, connections=connections, duration_s=warmup_s, core=load_core)
     cpu_before = server.cpu_s()
-    load = run_wrk(request, connections=connections, duration_s=duration_s)
+    load = run_wrk(request, connections=connections, duration_s=duration_s, core=load_core)
     cpu_used_s = server.cpu_s() - cpu_before
     server.check_running()
     return Measurement(

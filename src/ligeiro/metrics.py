@@ -111,6 +111,7 @@ class Metrics:
         # labels() builds a tuple and takes a lock; the hot path looks children up here.
         self._children: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
         self._model_children: dict[tuple[str, str], tuple[Histogram, Histogram]] = {}
+        self._queue_child: dict[tuple[str, str], tuple[Histogram, Gauge]] = {}
 
     def observe_request(
         self, model: str, version: str, protocol: str, code: str, seconds: float
@@ -141,13 +142,23 @@ class Metrics:
 
     def observe_queue(self, model: str, version: str, waited: Sequence[float]) -> None:
         """Record how long each request of a batch waited in the queue."""
-        child = self._queue.labels(model, version)
+        child = self._queue_children(model, version)[0]
         for seconds in waited:
             child.observe(seconds)
 
     def set_queue_length(self, model: str, version: str, length: int) -> None:
         """The number of requests now waiting in the model's queue."""
-        self._queue_length.labels(model, version).set(length)
+        self._queue_children(model, version)[1].set(length)
+
+    def _queue_children(self, model: str, version: str) -> tuple[Histogram, Gauge]:
+        key = (model, version)
+        child = self._queue_child.get(key)
+        if child is None:
+            child = self._queue_child[key] = (
+                self._queue.labels(model, version),
+                self._queue_length.labels(model, version),
+            )
+        return child
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric (of every worker, when several)."""

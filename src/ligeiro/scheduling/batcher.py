@@ -208,9 +208,8 @@ class Batcher:
         self._observer.queued(len(self._queue))
         if not self._defer:
             self._schedule()
-        elif not self._deferred:
-            self._deferred = True
-            self._loop.call_soon(self._schedule)
+        else:
+            self._schedule_later()
         return future
 
     def admit(self) -> None:
@@ -255,7 +254,7 @@ class Batcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        while self._queue and self._running < self.policy.instances:
+        while self._queue and self._running < self.policy.instances and not self._deferred:
             if self._running and not self._worth_running():
                 oldest = self._queue[0].enqueued
                 self._timer = self._clock.call_at(oldest + self._delay_s, self._schedule)
@@ -300,11 +299,30 @@ class Batcher:
             }
         self._running += 1
         future = self._execute(partial(self._compute, inputs, batch[0].outputs))
-        future.add_done_callback(partial(self._finished, batch, now))
+        if future.done():
+            # It ran right here, on the event loop: answer now, and leave the next batch
+            # to the loop's next pass, so that I/O (and new requests) come in between.
+            self._complete(batch, now, future)
+            self._schedule_later()
+        else:
+            future.add_done_callback(partial(self._finished, batch, now))
+
+    def _schedule_later(self) -> None:
+        """Schedule at the end of the loop's current pass (once, however often asked)."""
+        if not self._deferred:
+            self._deferred = True
+            self._loop.call_soon(self._schedule)
 
     def _finished(
         self, batch: list[_Request], started: float, future: asyncio.Future[list[np.ndarray]]
     ) -> None:
+        self._complete(batch, started, future)
+        self._schedule()
+
+    def _complete(
+        self, batch: list[_Request], started: float, future: asyncio.Future[list[np.ndarray]]
+    ) -> None:
+        """Hand each request its rows of the batch's outputs, or the batch's error."""
         self._running -= 1
         rows = sum(r.rows for r in batch)
         self._observer.executed(rows, self._clock.time() - started)
@@ -332,7 +350,6 @@ class Batcher:
                         {n: a[start:end] for n, a in zip(names, arrays, strict=True)}
                     )
                 start = end
-        self._schedule()
 
     # -- leaving the queue early ----------------------------------------------------------
 
