@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Protocol, final
 
@@ -119,7 +119,7 @@ class _Request:
     future: asyncio.Future[dict[str, np.ndarray]]
     enqueued: float
     deadline: Timer | None = None
-    queued: bool = field(default=True)
+    queued: bool = True
 
 
 @final
@@ -129,8 +129,8 @@ class Batcher:
     Args:
         name: the model and version, for messages (``"mlp" version 1``).
         policy: sizes, delay, queue bound and run slots.
-        compute: runs the model (on the executor's thread).
-        execute: hands ``compute`` to the executor.
+        compute: runs the model.
+        execute: runs ``compute``: on the model's threads, or here (``run_here``).
         clock: time and timers (the event loop in the server).
         observer: told about queue length, waits and runs.
         loop: where the requests' futures live.
