@@ -1,7 +1,7 @@
 """Dynamic batching: one ligeiro server with batching on, off, and queued without batching.
 
-Four targets run the same command, ``ligeiro serve examples/models --workers 1
---threads 1 --grpc-port 0`` pinned to core 0, and differ only by ``--batch``:
+Four targets run the same command, ``ligeiro serve <repository> --workers 1 --threads 1
+--grpc-port 0`` pinned to core 0, and differ only by ``--batch``:
 
 - ``batched``: the model batches (``max_batch_size = 64``) on the event loop, which is
   what ``run_on = "auto"`` picks for a worker with one runtime thread;
@@ -11,20 +11,23 @@ Four targets run the same command, ``ligeiro serve examples/models --workers 1
   the model's thread: the thread hop without the batching.
 
 wrk loads each with one ``[1, N]`` FP32 row as V2 JSON (``--model mlp``: a digits row,
-``--model iris``: the seed's flower) from core 1, in rounds with a rotated order, as
-``bench_iris`` does (``_rounds.py``). Before and after each measured run the model's
-Triton statistics (``GET /v2/models/<m>/stats``) are read, so the table shows the mean
-batch size the run really had. It prints throughput, latency, CPU per request, the
-throughput ratios to ``unbatched`` at each concurrency, and the latency ratios at c=1.
+``--model iris``: the seed's flower, ``--model wide``: ``linspace(-1, 1, 256)``) from
+core 1, in rounds with a rotated order, as ``bench_iris`` does (``_rounds.py``). Before
+and after each measured run the model's Triton statistics (``GET /v2/models/<m>/stats``)
+are read, so the table shows the mean batch size the run really had. It prints
+throughput, latency, CPU per request, the throughput ratios to ``unbatched`` at each
+concurrency, and the latency ratios at c=1.
 
-``--model mlp`` (64 -> 2048 -> 2048 -> 10) is heavy enough for batching to matter;
-``--model iris`` measures what the hop to the model's thread costs a tiny model
-(docs/adr/0004-batching.md).
+``--model mlp`` (64 -> 2048 -> 2048 -> 10, ``examples/models``) is heavy enough for
+batching to matter; ``--model wide`` (256 -> 4096 -> 4096 -> 16, float32 MatMul + Add +
+Relu, about 72 MB of seeded random weights generated into a temporary repository by
+``_models.build_mlp``, nothing downloaded) is memory-bound, so that one pass over the
+weights serving many rows is where batching pays most; ``--model iris`` measures what
+the hop to the model's thread costs a tiny model (docs/adr/0004-batching.md).
 
-Run: ``python -m benchmarks.bench_batching [--model mlp|iris] [--rounds 3] [--duration 5]
+Run: ``python -m benchmarks.bench_batching [--model mlp|iris|wide] [--rounds 3] [--duration 5]
 [--warmup 1] [--concurrency 1,16,64] [--servers batched,batched-thread,unbatched,queued]
-[--json PATH]
-[--markdown PATH]``
+[--json PATH] [--markdown PATH]``
 """
 
 from __future__ import annotations
@@ -34,13 +37,17 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
+
+import numpy as np
 
 from ._harness import (
     LOAD_CORE,
@@ -58,11 +65,12 @@ from ._harness import (
     run_wrk,
     wrk_seconds,
 )
+from ._models import build_mlp
 from ._rounds import Run, Spread, describe_rounds, median_runs, rotated, round_ratios
 from .bench_iris import RESULT_HEADERS, Rounds, Startup, expected_seconds, result_rows
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -84,23 +92,99 @@ DIGIT_ZERO: Final = (
 SETOSA: Final = (5.1, 3.5, 1.4, 0.2)
 
 
+WIDE_WIDTHS: Final = (256, 4096, 4096, 16)  # input, two hidden layers, output
+WIDE_CONFIG: Final = "[batching]\nmax_batch_size = 64\nmax_queue_size = 512\n"
+
+
+def _outputs(answer: object) -> list[dict[str, object]]:
+    """The ``outputs`` of a V2 answer, as far as they are objects."""
+    outputs = answer.get("outputs", []) if isinstance(answer, dict) else []
+    return [o for o in outputs if isinstance(o, dict)] if isinstance(outputs, list) else []
+
+
+def label_is(expected: int) -> Callable[[object], bool]:
+    """An answer check: ``output_label`` is ``[expected]``."""
+
+    def check(answer: object) -> bool:
+        labels = [o.get("data") for o in _outputs(answer) if o.get("name") == "output_label"]
+        return labels == [[expected]]
+
+    return check
+
+
+def finite_y(width: int) -> Callable[[object], bool]:
+    """An answer check: one output ``y`` of shape ``[1, width]`` holding finite numbers."""
+
+    def check(answer: object) -> bool:
+        ys = [o for o in _outputs(answer) if o.get("name") == "y"]
+        if len(ys) != 1 or ys[0].get("shape") != [1, width]:
+            return False
+        data = ys[0].get("data")
+        return (
+            isinstance(data, list)
+            and len(data) == width
+            and all(isinstance(v, int | float) and math.isfinite(v) for v in data)
+        )
+
+    return check
+
+
+def example_repository(name: str, build_script: Path) -> Callable[[contextlib.ExitStack], Path]:
+    """A repository provider: ``examples/models``, building ``name`` when it is missing."""
+
+    def prepare(_stack: contextlib.ExitStack) -> Path:
+        if not (MODELS / name / "1" / "model.onnx").exists():
+            build = [sys.executable, str(build_script), "--out", str(MODELS)]
+            print(f"building the {name} model: {' '.join(build)}", flush=True)
+            subprocess.run(build, cwd=ROOT, check=True)
+        return MODELS
+
+    return prepare
+
+
+def generated_repository(
+    name: str, widths: Sequence[int], config: str
+) -> Callable[[contextlib.ExitStack], Path]:
+    """A repository provider: a temporary one (removed when the stack closes) holding
+    ``name/1/model.onnx`` from ``build_mlp(widths)`` and ``name/config.toml``."""
+
+    def prepare(stack: contextlib.ExitStack) -> Path:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ligeiro-batching-")))
+        weights = build_mlp(folder / name / "1" / "model.onnx", widths, graph_name=name)
+        (folder / name / "config.toml").write_text(config)
+        print(
+            f"generated the {name} model, {weights / 1e6:.1f} MB of weights, in {folder}",
+            flush=True,
+        )
+        return folder
+
+    return prepare
+
+
 @dataclass(frozen=True)
 class ModelCase:
-    """A model, the row that loads it, and the ``--batch`` value of each target.
+    """A model: where it comes from, the row that loads it, how its answer is checked,
+    and the ``--batch`` value of each target.
 
     ``None`` means no ``--batch`` option: the model's own ``config.toml`` decides.
+    ``prepare`` returns the repository to serve (building what is missing); a temporary
+    one lives until the stack it is given closes. ``expects`` describes ``check``.
     """
 
     name: str
     row: tuple[float, ...]
-    expected_label: int
     batch: Mapping[str, str | None]
-    build_script: Path
+    prepare: Callable[[contextlib.ExitStack], Path]
+    repository: str  # the repository as the report names it
+    check: Callable[[object], bool]
+    expects: str
+    input_name: str = "float_input"
+    packages: tuple[str, ...] = ()  # versions worth recording beyond PACKAGES
 
     def payload(self) -> dict[str, object]:
         """The V2 JSON request: one row as a ``[1, features]`` FP32 tensor."""
         tensor = {
-            "name": "float_input",
+            "name": self.input_name,
             "shape": [1, len(self.row)],
             "datatype": "FP32",
             "data": list(self.row),
@@ -112,7 +196,6 @@ CASES: Final = {
     "mlp": ModelCase(
         "mlp",
         DIGIT_ZERO,
-        expected_label=0,
         # config.toml: max_batch_size = 64, max_queue_size = 512.
         batch={
             "batched": None,
@@ -120,12 +203,14 @@ CASES: Final = {
             "unbatched": "max_batch_size=0",
             "queued": "max_batch_size=1,run_on=thread",
         },
-        build_script=ROOT / "examples" / "build_mlp.py",
+        prepare=example_repository("mlp", ROOT / "examples" / "build_mlp.py"),
+        repository="examples/models",
+        check=label_is(0),
+        expects="output_label [0]",
     ),
     "iris": ModelCase(
         "iris",
         SETOSA,
-        expected_label=0,
         # iris has no [batching]: unbatched is its default.
         batch={
             "batched": "max_batch_size=64",
@@ -133,16 +218,36 @@ CASES: Final = {
             "unbatched": None,
             "queued": "max_batch_size=1,run_on=thread",
         },
-        build_script=ROOT / "examples" / "build_iris.py",
+        prepare=example_repository("iris", ROOT / "examples" / "build_iris.py"),
+        repository="examples/models",
+        check=label_is(0),
+        expects="output_label [0]",
+    ),
+    "wide": ModelCase(
+        "wide",
+        tuple(np.linspace(-1, 1, WIDE_WIDTHS[0]).round(4).tolist()),
+        # WIDE_CONFIG: max_batch_size = 64, max_queue_size = 512, as mlp's config.toml.
+        batch={
+            "batched": None,
+            "batched-thread": "max_batch_size=64,max_queue_size=512,run_on=thread",
+            "unbatched": "max_batch_size=0",
+            "queued": "max_batch_size=1,run_on=thread",
+        },
+        prepare=generated_repository("wide", WIDE_WIDTHS, WIDE_CONFIG),
+        repository="<temporary repository>",
+        check=finite_y(WIDE_WIDTHS[-1]),
+        expects=f"y of shape [1, {WIDE_WIDTHS[-1]}], all finite",
+        input_name="x",
+        packages=("onnx",),
     ),
 }
 
 
-def command(case: ModelCase, target: str, port: int) -> list[str]:
+def command(case: ModelCase, target: str, port: int, repository: Path) -> list[str]:
     """The ``ligeiro serve`` command line of one target."""
     executable = str(Path(sys.executable).with_name("ligeiro"))
     argv = [
-        executable, "serve", str(MODELS), "--host", HOST, "--port", str(port),
+        executable, "serve", str(repository), "--host", HOST, "--port", str(port),
         "--workers", "1", "--threads", "1", "--grpc-port", "0",
     ]  # fmt: skip
     if (batch := case.batch[target]) is not None:
@@ -150,32 +255,21 @@ def command(case: ModelCase, target: str, port: int) -> list[str]:
     return argv
 
 
-def ensure_model(case: ModelCase) -> None:
-    """Build the example model when it is missing (``make models`` does the same)."""
-    if (MODELS / case.name / "1" / "model.onnx").exists():
-        return
-    build = [sys.executable, str(case.build_script), "--out", str(MODELS)]
-    print(f"building the {case.name} model: {' '.join(build)}", flush=True)
-    subprocess.run(build, cwd=ROOT, check=True)
-
-
 def verify(case: ModelCase, request: HttpRequest) -> None:
-    """Send the row once; require a 200 whose ``output_label`` is the expected class.
+    """Send the row once; require a 200 whose answer passes the case's check.
 
     Raises:
-        BenchmarkError: no answer, a non-200 status, or another label.
+        BenchmarkError: no answer, a non-200 status, or an answer the check rejects.
     """
     try:
         status, body = http_call(request)
         answer = json.loads(body)
     except (OSError, ValueError) as error:
         raise BenchmarkError(f"{request.method} {request.url} failed: {error}") from None
-    outputs = answer.get("outputs", []) if isinstance(answer, dict) else []
-    labels = [o.get("data") for o in outputs if o.get("name") == "output_label"]
-    if status != 200 or labels != [[case.expected_label]]:
+    if status != 200 or not case.check(answer):
         raise BenchmarkError(
-            f"{request.method} {request.url}: expected 200 with output_label "
-            f"[{case.expected_label}], got {status}: {body[:300].decode(errors='replace')}"
+            f"{request.method} {request.url}: expected 200 with {case.expects}, "
+            f"got {status}: {body[:300].decode(errors='replace')}"
         )
 
 
@@ -242,6 +336,7 @@ class LiveServer:
 
 def start_target(
     case: ModelCase,
+    repository: Path,
     name: str,
     round_: int,
     options: argparse.Namespace,
@@ -262,7 +357,7 @@ def start_target(
     )
     server = stack.enter_context(
         ServerProcess(
-            command(case, name, port),
+            command(case, name, port, repository),
             f"{base_url}/v2/health/ready",
             log_path=WORK_DIR / "logs" / f"batching-{case.name}-{name}-{round_}.log",
             cwd=ROOT,
@@ -309,7 +404,11 @@ def measure_target(
 
 
 def run_round(
-    round_index: int, case: ModelCase, options: argparse.Namespace, out: BatchingRounds
+    round_index: int,
+    case: ModelCase,
+    repository: Path,
+    options: argparse.Namespace,
+    out: BatchingRounds,
 ) -> None:
     """One round: start every target, then load them back to back at each concurrency."""
     round_ = round_index + 1
@@ -318,7 +417,7 @@ def run_round(
         live: dict[str, LiveServer] = {}
         for name in order:
             try:
-                live[name], startup_s = start_target(case, name, round_, options, stack)
+                live[name], startup_s = start_target(case, repository, name, round_, options, stack)
             except BenchmarkError as error:
                 out.fail(name, round_, error)
                 continue
@@ -460,7 +559,7 @@ def markdown_heading(machine: Machine, command_line: str, case: ModelCase, round
     return (
         f"Measured {machine.date} with `{command_line}` on {machine.summary()}. "
         f"Model `{case.name}`, one `[1, {len(case.row)}]` FP32 row as V2 JSON per request. "
-        "Each target is `ligeiro serve examples/models --workers 1 --threads 1` pinned to "
+        f"Each target is `ligeiro serve {case.repository} --workers 1 --threads 1` pinned to "
         f"core 0, differing only by `--batch` ({flags}); wrk runs on core 1. "
         f"In each of {rounds} round(s) every target is started and stays up, and at each "
         "concurrency the targets are loaded back to back, in an order rotated every round. "
@@ -527,6 +626,7 @@ def _json_document(
     options: argparse.Namespace,
     command_line: str,
     machine: Machine,
+    repository: Path,
 ) -> dict[str, object]:
     """Every run of every round, the batch sizes, and each ratio's per-round values."""
     others = [name for name in options.servers if name != REFERENCE]
@@ -536,7 +636,7 @@ def _json_document(
         "command": command_line,
         "machine": dataclasses.asdict(machine),
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(options).items()},
-        "commands": {name: command(case, name, 0) for name in options.servers},
+        "commands": {name: command(case, name, 0, repository) for name in options.servers},
         "runs": [dataclasses.asdict(run) for run in measured.runs],
         "batch_sizes": [{**dataclasses.asdict(b), "mean": b.mean} for b in measured.batch_sizes],
         "startups": [dataclasses.asdict(startup) for startup in measured.startups],
@@ -570,10 +670,10 @@ def main(
         raise SystemExit("bench_batching needs two cores: one for the server, one for wrk")
     os.sched_setaffinity(0, {LOAD_CORE})
     measured = BatchingRounds()
-    with exclusive_machine():
+    with exclusive_machine(), contextlib.ExitStack() as models:
         ensure_tools()
-        ensure_model(case)
-        machine = machine_info(PACKAGES)
+        repository = case.prepare(models)
+        machine = machine_info((*PACKAGES, *case.packages))
         print(
             f"model {case.name}: {options.rounds} round(s) x {len(options.servers)} target(s) x "
             f"{len(options.concurrency)} concurrencies x ({options.warmup:g} s warm-up + "
@@ -583,7 +683,7 @@ def main(
         )
         started = time.monotonic()
         for round_index in range(options.rounds):
-            run_round(round_index, case, options, measured)
+            run_round(round_index, case, repository, options, measured)
         print(f"done in {(time.monotonic() - started) / 60:.1f} min", flush=True)
     print("\n" + render(measured, case, options, markdown=False))
     heading = markdown_heading(machine, command_line, case, options.rounds)
@@ -592,7 +692,7 @@ def main(
     if options.markdown:
         _write(options.markdown, report)
     if options.json:
-        document = _json_document(measured, case, options, command_line, machine)
+        document = _json_document(measured, case, options, command_line, machine, repository)
         _write(options.json, json.dumps(document, indent=2) + "\n")
     return 1 if measured.failures else 0
 

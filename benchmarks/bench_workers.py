@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import itertools
 import json
 import logging
 import math
@@ -69,6 +68,7 @@ from ._harness import (
     machine_info,
     measure,
 )
+from ._models import build_mlp
 from ._rounds import Run, Spread, describe_rounds, median_runs, rotated, round_ratios
 from .bench_iris import MODELS, V2_PAYLOAD, ensure_models, v2_predicts_class_0
 
@@ -112,51 +112,15 @@ def hidden_width(target_bytes: float, layers: int = BIG_HIDDEN_LAYERS) -> int:
 def build_big_model(path: Path, target_bytes: float) -> int:
     """Write a float32 MLP (MatMul + Add + Relu) of about ``target_bytes`` of weights.
 
-    Input ``x`` is FP32 ``[N, 256]``; output ``y`` is FP32 ``[N, 16]``. The weights are
-    random (seeded), so no page of them is zero and every page counts in RSS. IR version
-    8 and opset 17: onnxruntime 1.31 rejects the IR version the installed onnx writes by
-    default.
+    Input ``x`` is FP32 ``[N, 256]``; output ``y`` is FP32 ``[N, 16]``; between them
+    ``BIG_HIDDEN_LAYERS + 1`` hidden layers of ``hidden_width(target_bytes)``. The
+    generator (seeded random weights, IR 8, opset 17) is ``_models.build_mlp``.
 
     Returns:
         The bytes of the initializers (weights and biases).
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
     width = hidden_width(target_bytes)
-    sizes = [BIG_INPUTS, *[width] * (BIG_HIDDEN_LAYERS + 1), BIG_OUTPUTS]
-    nodes, initializers = [], []
-    current = "x"
-    for index, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
-        # He initialisation keeps the activations in range through the Relu layers.
-        weight = rng.standard_normal((fan_in, fan_out), dtype=np.float32)
-        weight *= np.float32(math.sqrt(2.0 / fan_in))
-        bias = rng.standard_normal(fan_out, dtype=np.float32) * np.float32(0.01)
-        initializers += [
-            numpy_helper.from_array(weight, f"w{index}"),
-            numpy_helper.from_array(bias, f"b{index}"),
-        ]
-        is_last = index == len(sizes) - 2
-        nodes += [
-            helper.make_node("MatMul", [current, f"w{index}"], [f"m{index}"]),
-            helper.make_node("Add", [f"m{index}", f"b{index}"], ["y" if is_last else f"a{index}"]),
-        ]
-        if not is_last:
-            nodes.append(helper.make_node("Relu", [f"a{index}"], [f"h{index}"]))
-            current = f"h{index}"
-    graph = helper.make_graph(
-        nodes,
-        "big_mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", BIG_INPUTS])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", BIG_OUTPUTS])],
-        initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return sum(len(tensor.raw_data) for tensor in initializers)
+    return build_mlp(path, [BIG_INPUTS, *[width] * (BIG_HIDDEN_LAYERS + 1), BIG_OUTPUTS])
 
 
 def big_request(base_url: str) -> HttpRequest:
