@@ -466,6 +466,26 @@ def test_sigterm_lets_an_open_stream_finish(repository: Path) -> None:
         srv.stop()
 
 
+def test_sigterm_ends_an_idle_stream_without_waiting_out_the_grace(repository: Path) -> None:
+    srv = start_server(repository, "--threads", "1", "--graceful-timeout", "30")
+    requests: queue.Queue[pb.ModelInferRequest | None] = queue.Queue()
+    try:
+        with grpc.insecure_channel(srv.grpc_target) as channel:
+            stream = GRPCInferenceServiceStub(channel).ModelStreamInfer(
+                iter(requests.get, None), timeout=30
+            )
+            requests.put(iris_request(id="only"))
+            assert next(stream).infer_response.id == "only"
+            started = time.monotonic()
+            srv.process.send_signal(signal.SIGTERM)
+            assert list(stream) == []  # ended by the server, with OK, while the client idles
+            assert srv.process.wait(30) == 0
+            assert time.monotonic() - started < 10  # not the 30 s graceful timeout
+    finally:
+        requests.put(None)
+        srv.stop()
+
+
 def test_calls_over_the_concurrency_limit_are_refused(
     repository: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

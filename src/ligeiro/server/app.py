@@ -123,13 +123,14 @@ async def _serve(
 
         # One worker: a taken gRPC port is an error. Several: they share the port the
         # supervisor reserved.
-        grpc_server, grpc_port = await start_grpc_server(
+        grpc_server = await start_grpc_server(
             engine,
             metrics,
             settings.grpc,
             _grpc_address(settings.grpc_host(), grpc_port),
             reuse_port=ready is not None,
         )
+        grpc_port = grpc_server.port
         grpc_text = f" and grpc://{_grpc_address(settings.grpc_host(), grpc_port)}"
     host, port = sock.getsockname()[:2]
     if ready is None:

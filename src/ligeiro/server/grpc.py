@@ -8,6 +8,7 @@ status in ``_STATUS``, the one table between the errors and gRPC.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any, NoReturn, final
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from ..repository.registry import ModelVersion
     from ..settings import GrpcSettings
 
-__all__ = ["GrpcService", "start_grpc_server", "status_for"]
+__all__ = ["GrpcServer", "GrpcService", "start_grpc_server", "status_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ _STATUS: dict[type[LigeiroError], grpc.StatusCode] = {
     InferenceError: grpc.StatusCode.INTERNAL,
 }
 _OK = grpc.StatusCode.OK
+# Once the server shuts down, a stream silent for this long is ended.
+_STREAM_GRACE_S = 1.0
 _INTERNAL = grpc.StatusCode.INTERNAL
 _INTERNAL_MESSAGE = "internal server error (logged)"
 _LIFECYCLE_MESSAGE = (
@@ -97,6 +100,7 @@ class GrpcService:
     def __init__(self, engine: Engine, metrics: Metrics) -> None:
         self.engine = engine
         self.metrics = metrics
+        self._closing = asyncio.Event()
 
     # -- health and metadata ----------------------------------------------------------
 
@@ -180,17 +184,38 @@ class GrpcService:
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         # As Triton does: a failed request answers with error_message and the stream
         # carries on with the next one. Messages arrive unparsed so that a malformed
-        # one is answered like any other bad request.
-        async for data in request_iterator:
-            try:
-                response = await self._infer(decode_message(pb.ModelInferRequest, data))
-            except LigeiroError as exc:
-                yield pb.ModelStreamInferResponse(error_message=str(exc))
-            except Exception:
-                logger.exception("unexpected error in a gRPC stream request")
-                yield pb.ModelStreamInferResponse(error_message=_INTERNAL_MESSAGE)
-            else:
-                yield pb.ModelStreamInferResponse(infer_response=response)
+        # one is answered like any other bad request. Once the server shuts down, a
+        # stream that stays silent for _STREAM_GRACE_S is ended (OK), so an idle client
+        # does not hold the shutdown for the whole graceful timeout.
+        messages = aiter(request_iterator)
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            while True:
+                receive = asyncio.ensure_future(anext(messages))
+                await asyncio.wait((receive, closing), return_when=asyncio.FIRST_COMPLETED)
+                try:
+                    data = await (
+                        asyncio.wait_for(receive, _STREAM_GRACE_S) if closing.done() else receive
+                    )
+                except (StopAsyncIteration, TimeoutError):
+                    return
+                yield await self._stream_answer(data)
+        finally:
+            closing.cancel()
+
+    async def _stream_answer(self, data: bytes) -> pb.ModelStreamInferResponse:
+        try:
+            response = await self._infer(decode_message(pb.ModelInferRequest, data))
+        except LigeiroError as exc:
+            return pb.ModelStreamInferResponse(error_message=str(exc))
+        except Exception:
+            logger.exception("unexpected error in a gRPC stream request")
+            return pb.ModelStreamInferResponse(error_message=_INTERNAL_MESSAGE)
+        return pb.ModelStreamInferResponse(infer_response=response)
+
+    def close_streams(self) -> None:
+        """Shutting down: end each stream once it has been silent for a moment."""
+        self._closing.set()
 
     # -- repository -----------------------------------------------------------------------
 
@@ -282,10 +307,25 @@ def _rpc_handlers(service: GrpcService) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(_SERVICE, handlers)
 
 
+@final
+class GrpcServer:
+    """A started gRPC server: its port, and a graceful stop."""
+
+    def __init__(self, server: grpc.aio.Server, service: GrpcService, port: int) -> None:
+        self._server = server
+        self._service = service
+        self.port = port
+
+    async def stop(self, grace_s: float) -> None:
+        """Refuse new calls; let running ones finish within ``grace_s``; end idle streams."""
+        self._service.close_streams()
+        await self._server.stop(grace_s)
+
+
 async def start_grpc_server(
     engine: Engine, metrics: Metrics, settings: GrpcSettings, address: str, *, reuse_port: bool
-) -> tuple[grpc.aio.Server, int]:
-    """Bind and start the gRPC service on the running loop; return it and its port.
+) -> GrpcServer:
+    """Bind and start the gRPC service on the running loop.
 
     Args:
         address: ``host:port`` to bind; port 0 picks a free one.
@@ -304,7 +344,8 @@ async def start_grpc_server(
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
-    server.add_generic_rpc_handlers((_rpc_handlers(GrpcService(engine, metrics)),))
+    service = GrpcService(engine, metrics)
+    server.add_generic_rpc_handlers((_rpc_handlers(service),))
     try:
         bound: int = server.add_insecure_port(address)
     except RuntimeError as exc:  # grpcio raises this when the bind fails
@@ -312,4 +353,4 @@ async def start_grpc_server(
     if bound == 0:  # older grpcio reports a failed bind this way
         raise OSError(f"cannot listen for gRPC on {address}")
     await server.start()
-    return server, bound
+    return GrpcServer(server, service, bound)
