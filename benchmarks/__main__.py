@@ -1,9 +1,10 @@
 """``python -m benchmarks``: every benchmark, one after another (about 15 minutes).
 
 The iris benchmark, gRPC beside REST, the one-shot clients, dynamic batching (mlp, and
-the thread hop on iris), overload at ten times the sustainable rate, and workers
-(shared weights, restarts, 1 vs 2). Extra arguments go to ``bench_iris``
-(``python -m benchmarks --duration 3``); the others run with their defaults. The JSON
+the thread hop on iris), overload at ten times the sustainable rate, workers (shared
+weights, restarts, 1 vs 2) and ``ligeiro optimize`` (graph, int8, fp16). Extra arguments
+go to ``bench_iris`` (``python -m benchmarks --duration 3``); the others run with their
+defaults. The JSON
 and Markdown reports land in ``benchmarks/results/`` (git-ignored) under a UTC time
 stamp, so successive runs never overwrite each other.
 """
@@ -14,7 +15,14 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import bench_batching, bench_grpc, bench_oneshot, bench_overload, bench_workers
+from . import (
+    bench_batching,
+    bench_grpc,
+    bench_oneshot,
+    bench_optimize,
+    bench_overload,
+    bench_workers,
+)
 from .bench_iris import main
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -31,6 +39,7 @@ if __name__ == "__main__":
         ("batching-iris", bench_batching, ["--model", "iris"]),
         ("overload", bench_overload, []),
         ("workers", bench_workers, []),
+        ("optimize", bench_optimize, []),
     ):
         report = RESULTS / f"{name}-{stamp}"
         args += ["--markdown", f"{report}.md", "--json", f"{report}.json"]

@@ -17,6 +17,8 @@ __version__ = "0.1.0"
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError as ConfigError
+from .errors import ConversionError as ConversionError
+from .errors import DeadlineExceededError as DeadlineExceededError
 from .errors import InferenceError as InferenceError
 from .errors import InvalidInputError as InvalidInputError
 from .errors import LigeiroError as LigeiroError
@@ -25,6 +27,7 @@ from .errors import ModelNotFoundError as ModelNotFoundError
 from .errors import ModelNotReadyError as ModelNotReadyError
 from .errors import RequestTooLargeError as RequestTooLargeError
 from .errors import ServerOverloadedError as ServerOverloadedError
+from .errors import UntrustedModelError as UntrustedModelError
 
 if TYPE_CHECKING:
     from .engine import Engine as Engine
@@ -47,6 +50,8 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ConfigError",
+    "ConversionError",
+    "DeadlineExceededError",
     "Engine",
     "InferenceError",
     "InferenceResult",
@@ -57,5 +62,6 @@ __all__ = [
     "ModelNotReadyError",
     "RequestTooLargeError",
     "ServerOverloadedError",
+    "UntrustedModelError",
     "__version__",
 ]

@@ -1,4 +1,4 @@
-"""The ``ligeiro`` command: ``serve``, ``infer`` and ``version``.
+"""The ``ligeiro`` command: ``serve``, ``infer``, ``convert``, ``optimize`` and ``version``.
 
 Errors print one line and exit with the code their class defines.
 """
@@ -163,6 +163,146 @@ def infer(
     except OSError as exc:
         raise click.ClickException(f"cannot reach {url}: {exc.strerror or exc}") from None
     click.echo(answer.decode())
+
+
+@cli.command()
+@click.argument("source")
+@click.option(
+    "--data",
+    "sample",
+    required=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Sample input rows (.csv, .parquet or .npy): the check runs on them, and "
+    "column names become feature names.",
+)
+@click.option(
+    "--out",
+    "folder",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="The model's folder in a repository, REPO/NAME.",
+)
+@click.option("--version", "model_version", type=int, help="Version to write (default: next).")
+@click.option(
+    "--tolerance",
+    type=float,
+    default=1e-5,
+    show_default=True,
+    help="Largest difference allowed between the original's and the ONNX's outputs.",
+)
+@click.option("--sample-rows", type=int, help="Check on this many rows drawn from --data.")
+@click.option(
+    "--drop-column", "drop", multiple=True, help="A column of --data that is not an input."
+)
+@click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Allow loading a pickle/joblib file: unpickling runs code from the file.",
+)
+def convert(
+    source: str,
+    sample: Path,
+    folder: Path,
+    model_version: int | None,
+    tolerance: float,
+    sample_rows: int | None,
+    drop: tuple[str, ...],
+    trust_pickle: bool,
+) -> None:
+    """Convert SOURCE to ONNX in a model folder, after checking it against the original.
+
+    SOURCE is a saved model (.skops; .joblib/.pkl only with --trust-pickle; XGBoost
+    .json/.ubj; LightGBM .txt) or a PyTorch module as package.module:attribute. The
+    original and the ONNX model run on the sample; if they disagree beyond --tolerance,
+    nothing is written and the command fails with the report.
+    """
+    _logging()
+    from .convert.convert import convert_model
+
+    result = convert_model(
+        source,
+        sample,
+        folder,
+        version=model_version,
+        tolerance=tolerance,
+        trust_pickle=trust_pickle,
+        sample_rows=sample_rows,
+        drop_columns=drop,
+    )
+    click.echo(result.fidelity.table())
+    click.echo(f"wrote {result.model_path} (report: {result.report_path})")
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option(
+    "--mode",
+    type=click.Choice(["graph", "int8", "fp16"]),
+    required=True,
+    help="graph: ONNX Runtime's graph optimizations saved; int8: dynamic quantization "
+    "of MatMul/Gemm weights; fp16: float16 inside, float32 at the edges.",
+)
+@click.option("--version", "model_version", help="Version to optimize (default: the highest).")
+@click.option(
+    "--data",
+    "sample",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Sample inputs (.csv, .parquet or .npy); default: 64 generated rows.",
+)
+@click.option(
+    "--tolerance",
+    type=float,
+    required=True,
+    help="Largest difference allowed on outputs other than labels (which must agree).",
+)
+@click.option(
+    "--min-agreement",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Share of rows whose labels must not change.",
+)
+@click.option("--threads", type=int, default=1, show_default=True, help="ORT threads to time on.")
+@click.option("--runs", type=int, default=50, show_default=True, help="Timed runs per batch size.")
+def optimize(
+    folder: Path,
+    mode: str,
+    model_version: str | None,
+    sample: Path | None,
+    tolerance: float,
+    min_agreement: float,
+    threads: int,
+    runs: int,
+) -> None:
+    """Optimize the model in FOLDER and write it as its next version, if it stays close.
+
+    Times the model before and after (batch 1 and the whole sample) and compares their
+    outputs; a result outside --tolerance writes nothing and fails with the report.
+    """
+    _logging()
+    from .convert.optimize import OptimizationError, optimize_model
+
+    try:
+        result = optimize_model(
+            folder,
+            mode=mode,  # type: ignore[arg-type]  # click.Choice checked it
+            tolerance=tolerance,
+            version=model_version,
+            sample=sample,
+            threads=threads,
+            runs=runs,
+            min_agreement=min_agreement,
+            progress=lambda line: click.echo(line, err=True),
+        )
+    except OptimizationError as exc:
+        if exc.result is not None:  # the candidate ran: show why it was refused
+            click.echo(exc.result.table())
+        raise
+    click.echo(result.table())
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
 
 @cli.command()

@@ -11,7 +11,9 @@
     ├── ServerOverloadedError     a bounded queue is full
     ├── DeadlineExceededError     the request's timeout passed while it waited
     ├── ModelLoadError            a model file or config cannot be loaded
-    └── ConfigError               a server setting is invalid
+    ├── ConfigError               a server setting is invalid
+    └── ConversionError           a saved model cannot be converted, or its ONNX disagrees
+        └── UntrustedModelError   the file needs unpickling (runs code) and was not trusted
 
 Each transport maps these to its own status codes in a single table
 (``server/http.py``, ``server/grpc.py``); nothing here knows HTTP or gRPC.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "ConversionError",
     "DeadlineExceededError",
     "InferenceError",
     "InvalidInputError",
@@ -30,6 +33,7 @@ __all__ = [
     "ModelNotReadyError",
     "RequestTooLargeError",
     "ServerOverloadedError",
+    "UntrustedModelError",
 ]
 
 
@@ -84,5 +88,22 @@ class ModelLoadError(LigeiroError):
 
 class ConfigError(LigeiroError):
     """A server setting is invalid; the message names the source and the key."""
+
+    exit_code = 2
+
+
+class ConversionError(LigeiroError):
+    """A saved model cannot be converted to ONNX, or the ONNX model failed the parity check.
+
+    The message names the file and, for a failed check, carries the report's table.
+    """
+
+
+class UntrustedModelError(ConversionError):
+    """Loading the file would unpickle it (which runs code) and it was not trusted.
+
+    The message says which file, why, and how to go on (trust it once, convert, serve
+    the ONNX).
+    """
 
     exit_code = 2

@@ -116,7 +116,11 @@ def _prediction(model: ModelVersion, outputs: dict[str, np.ndarray], i: int) -> 
     labels = model.config.labels
     prediction: dict[str, Any] = {}
     if model.label_output is not None and model.label_output in outputs:
-        value = outputs[model.label_output][i].item()
+        value = outputs[model.label_output][i]
+        # Text classes come back as an object array of str (skl2onnx's STRING label).
+        value = value.item() if isinstance(value, np.generic) else value
+        if isinstance(value, bytes):
+            value = value.decode()
         if labels is not None and isinstance(value, int) and 0 <= value < len(labels):
             value = labels[value]
         prediction["label"] = value
