@@ -132,6 +132,10 @@ class Target:
     is_expected: Callable[[object], bool]
     is_baseline: bool
     env: Mapping[str, str] = field(default_factory=dict)
+    # Part of the default run; the others only when named in --servers.
+    by_default: bool = True
+    # Its cost is shown as a ratio to this other ligeiro target (same server, one change).
+    compared_to: str | None = None
 
 
 _ONE_WORKER: Final = ("--host", HOST, "--port", "{port}", "--workers", "1")
@@ -163,6 +167,12 @@ def targets() -> dict[str, Target]:
                V2_PAYLOAD, v2_predicts_class_0, is_baseline=False),
         Target("ligeiro-predict", _ligeiro(), "/v2/health/ready", "/v1/models/iris:predict",
                SEED_PAYLOAD, names_setosa, is_baseline=False),
+        # The access log on (to a file), to measure what it costs: --servers
+        # ligeiro-v2,ligeiro-v2-access-log.
+        Target("ligeiro-v2-access-log", _ligeiro(), "/v2/health/ready", "/v2/models/iris/infer",
+               V2_PAYLOAD, v2_predicts_class_0, is_baseline=False,
+               env={"LIGEIRO_ACCESS_LOG": str(WORK_DIR / "access-log.jsonl")},
+               by_default=False, compared_to="ligeiro-v2"),
     )  # fmt: skip
     return {target.name: target for target in all_targets}
 
@@ -388,11 +398,16 @@ def throughput_ratios(
     """Per ligeiro target and baseline, per concurrency, the ratio of req/s in each round."""
     ours = [name for name in servers if not all_targets[name].is_baseline]
     theirs = [name for name in servers if all_targets[name].is_baseline]
-    return {
+    ratios = {
         f"{mine} / {baseline}": round_ratios(measured.runs, mine, baseline)
         for mine in ours
         for baseline in theirs
     }
+    for mine in ours:
+        other = all_targets[mine].compared_to
+        if other is not None and other in servers:
+            ratios[f"{mine} / {other}"] = round_ratios(measured.runs, mine, other)
+    return ratios
 
 
 def render(
@@ -463,7 +478,8 @@ def _positive_int(text: str) -> int:
 
 
 def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
-    names = list(targets())
+    names = [name for name, target in targets().items() if target.by_default]
+    every = list(targets())
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument(
         "--concurrency",
@@ -485,7 +501,7 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
         "--servers",
         default=",".join(names),
         type=lambda text: text.split(","),
-        help=f"comma-separated subset of {','.join(names)}",
+        help=f"comma-separated subset of {','.join(every)} (default {','.join(names)})",
     )
     parser.add_argument(
         "--ready-timeout",
@@ -496,8 +512,8 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write every number and the machine here")
     parser.add_argument("--markdown", type=Path, help="write the Markdown report here")
     args = parser.parse_args(argv)
-    if unknown := set(args.servers) - set(names):
-        parser.error(f"unknown server(s) {', '.join(sorted(unknown))}; choose from {names}")
+    if unknown := set(args.servers) - set(every):
+        parser.error(f"unknown server(s) {', '.join(sorted(unknown))}; choose from {every}")
     return args
 
 

@@ -111,17 +111,21 @@ class Server:
         return b"".join(self.log).decode(errors="replace")
 
 
-def start_server(repository: Path, *args: str, timeout: float = 60) -> Server:
+def start_server(
+    repository: Path, *args: str, timeout: float = 60, stdout: Path | None = None
+) -> Server:
     """Start ``ligeiro serve REPOSITORY --port 0 ARGS`` and wait until it says where it listens.
 
     One worker unless ``args`` say otherwise (the server's default is one per core).
+    Its standard output goes to ``stdout`` when given, else nowhere.
     """
     workers = () if "--workers" in args else ("--workers", "1")
     command = [
         sys.executable, "-m", "ligeiro", "serve", str(repository), "--port", "0",
         "--grpc-port", "0", *workers, *args,
     ]  # fmt: skip
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    with open(stdout or os.devnull, "wb") as out:  # the child keeps its own descriptor
+        process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=out)
     assert process.stderr is not None
     log: list[bytes] = []
     found = threading.Event()

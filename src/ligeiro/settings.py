@@ -76,6 +76,8 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     workers: Annotated[int, msgspec.Meta(ge=0)] = 0
     graceful_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     log_level: str = "info"
+    # One JSON line per inference request: "-" for standard output, or a file path.
+    access_log: str | None = None
     http: HttpSettings = HttpSettings()
     grpc: GrpcSettings = GrpcSettings()
     runtime: RuntimeSettings = RuntimeSettings()

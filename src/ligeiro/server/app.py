@@ -107,7 +107,12 @@ async def _serve(
         )
     else:
         engine = Engine(registry, metrics=metrics)
-    app = HttpApp(engine, metrics, settings.http)
+    access_log = None
+    if settings.access_log is not None:
+        from ..accesslog import AccessLog
+
+        access_log = AccessLog.open(settings.access_log)
+    app = HttpApp(engine, metrics, settings.http, access_log=access_log)
     # Everything loaded so far lives as long as the process: keep it out of the
     # collector's full passes (and off copy-on-write pages after a fork).
     gc.freeze()
@@ -129,6 +134,7 @@ async def _serve(
             settings.grpc,
             _grpc_address(settings.grpc_host(), grpc_port),
             reuse_port=ready is not None,
+            access_log=access_log,
         )
         grpc_port = grpc_server.port
         grpc_text = f" and grpc://{_grpc_address(settings.grpc_host(), grpc_port)}"
@@ -164,6 +170,8 @@ async def _serve(
         logger.warning("graceful timeout: closing %d connection(s) mid-request", len(connections))
     if grpc_stopped is not None:
         await grpc_stopped
+    if access_log is not None:
+        access_log.close()
     engine.close()
 
 

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
     from google.protobuf.message import Message
 
+    from ..accesslog import AccessLog
     from ..engine import Engine
     from ..metrics import Metrics
     from ..repository.registry import ModelVersion
@@ -95,11 +96,15 @@ class GrpcService:
     Args:
         engine: the models.
         metrics: where inference requests are counted and timed (``protocol="grpc"``).
+        access_log: where inference requests are logged, if anywhere.
     """
 
-    def __init__(self, engine: Engine, metrics: Metrics) -> None:
+    def __init__(
+        self, engine: Engine, metrics: Metrics, access_log: AccessLog | None = None
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
+        self.access_log = access_log
         self._closing = asyncio.Event()
 
     # -- health and metadata ----------------------------------------------------------
@@ -149,6 +154,7 @@ class GrpcService:
         start = time.perf_counter()
         model: ModelVersion | None = None
         code = _INTERNAL
+        request_id = request.id or None
         try:
             model = self.engine.model(request.model_name, request.model_version or None)
             self.engine.admit(model)  # a full queue refuses before the tensors are decoded
@@ -163,13 +169,11 @@ class GrpcService:
             code = status_for(exc)
             raise
         finally:
-            self.metrics.observe_request(
-                model.name if model else "",
-                model.version if model else "",
-                "grpc",
-                code.name,
-                time.perf_counter() - start,
-            )
+            seconds = time.perf_counter() - start
+            name, version = (model.name, model.version) if model else ("", "")
+            self.metrics.observe_request(name, version, "grpc", code.name, seconds)
+            if self.access_log is not None:
+                self.access_log.record("grpc", name, version, code.name, seconds, request_id)
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
@@ -323,7 +327,13 @@ class GrpcServer:
 
 
 async def start_grpc_server(
-    engine: Engine, metrics: Metrics, settings: GrpcSettings, address: str, *, reuse_port: bool
+    engine: Engine,
+    metrics: Metrics,
+    settings: GrpcSettings,
+    address: str,
+    *,
+    reuse_port: bool,
+    access_log: AccessLog | None = None,
 ) -> GrpcServer:
     """Bind and start the gRPC service on the running loop.
 
@@ -344,7 +354,7 @@ async def start_grpc_server(
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
-    service = GrpcService(engine, metrics)
+    service = GrpcService(engine, metrics, access_log)
     server.add_generic_rpc_handlers((_rpc_handlers(service),))
     try:
         bound: int = server.add_insecure_port(address)

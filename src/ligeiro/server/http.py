@@ -48,6 +48,7 @@ from ..protocol.predict import decode_predict, encode_predict
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from ..accesslog import AccessLog
     from ..engine import Engine
     from ..metrics import Metrics
     from ..repository.registry import ModelVersion
@@ -116,12 +117,21 @@ class HttpApp:
         engine: the models.
         metrics: where requests are counted and timed.
         settings: transport limits.
+        access_log: where inference requests are logged, if anywhere.
     """
 
-    def __init__(self, engine: Engine, metrics: Metrics, settings: HttpSettings) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: Metrics,
+        settings: HttpSettings,
+        *,
+        access_log: AccessLog | None = None,
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.settings = settings
+        self.access_log = access_log
         self._clock = _Clock()
         self._server_metadata = encode_server_metadata(__version__, _EXTENSIONS)
         self._live_body = encode_health("live", True)
@@ -271,30 +281,36 @@ class HttpApp:
         body: bytes,
         header_length: bytes | None,
         keep_alive: bool,
-        answer: Callable[[ModelVersion, bytes, bytes | None, bool], Awaitable[bytes]],
+        answer: Callable[
+            [ModelVersion, bytes, bytes | None, bool], Awaitable[tuple[bytes, str | None]]
+        ],
     ) -> bytes:
-        """Resolve the model, let ``answer`` decode-run-respond, count and time it."""
+        """Resolve the model, let ``answer`` decode-run-respond, count, time and log it."""
         start = time.perf_counter()
         model_label = version_label = ""
         status = 500
+        request_id = None
         try:
             model = self.engine.model(name, version)
             model_label, version_label = model.name, model.version
             self.engine.admit(model)  # a full queue refuses before the body is decoded
-            response = await answer(model, body, header_length, keep_alive)
+            response, request_id = await answer(model, body, header_length, keep_alive)
             status = 200
             return response
         except LigeiroError as exc:
             status = status_for(exc)
             return self.error(status, str(exc), keep_alive=keep_alive)
         finally:
-            self.metrics.observe_request(
-                model_label, version_label, "http", str(status), time.perf_counter() - start
-            )
+            seconds = time.perf_counter() - start
+            self.metrics.observe_request(model_label, version_label, "http", str(status), seconds)
+            if self.access_log is not None:
+                self.access_log.record(
+                    "http", model_label, version_label, str(status), seconds, request_id
+                )
 
     async def _answer_infer(
         self, model: ModelVersion, body: bytes, header_length: bytes | None, keep_alive: bool
-    ) -> bytes:
+    ) -> tuple[bytes, str | None]:
         length = None if header_length is None else header_length_of(header_length, len(body))
         request = decode_infer_request(body, length)
         result = await self.engine.submit(
@@ -303,21 +319,22 @@ class HttpApp:
         outputs = result.outputs
         if not request.binary_outputs:
             answer = encode_infer_response(model.name, model.version, outputs, request.id)
-            return self.response(200, answer, keep_alive=keep_alive)
+            return self.response(200, answer, keep_alive=keep_alive), request.id
         answer, json_size = encode_binary_infer_response(
             model.name, model.version, outputs, request.id, request.binary_outputs
         )
-        return self.response(
+        response = self.response(
             200,
             answer,
             keep_alive=keep_alive,
             content_type=_BINARY,
             headers=b"inference-header-content-length: %d\r\n" % json_size,
         )
+        return response, request.id
 
     async def _answer_predict(
         self, model: ModelVersion, body: bytes, header_length: bytes | None, keep_alive: bool
-    ) -> bytes:
+    ) -> tuple[bytes, str | None]:
         if header_length is not None:
             raise InvalidInputError(
                 "binary tensor data is for POST /v2/models/{model}/infer, not :predict"
@@ -325,7 +342,7 @@ class HttpApp:
         inputs, single = decode_predict(body, model)
         result = await self.engine.submit(model, inputs)
         answer = encode_predict(model, result.outputs, single)
-        return self.response(200, answer, keep_alive=keep_alive)
+        return self.response(200, answer, keep_alive=keep_alive), None
 
 
 def _text(raw: bytes) -> str:
