@@ -136,6 +136,11 @@ class Engine:
         self.registry = registry
         self._metrics = metrics
         self._clock = clock
+        if metrics is not None:
+            for state in registry.index():
+                metrics.set_model_state(
+                    state.name, state.version, state.is_ready, state.load_seconds
+                )
         self._observers: dict[tuple[str, str], _Observer] = {}
         self._batchers: dict[tuple[str, str], Batcher | None] = {}
         self._executors: list[ThreadPoolExecutor] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 from typing import TYPE_CHECKING, final
 
 from prometheus_client import (
@@ -41,6 +42,16 @@ _LATENCY_BUCKETS = (
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory now (``/proc/self/statm``; 0 where there is none)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_BYTES
+    except OSError:
+        return 0
 
 
 @final
@@ -60,6 +71,15 @@ class Metrics:
         waited in its model's batching queue.
         ``ligeiro_inference_queue_length{model,version}``: requests waiting now (summed
         over workers).
+        ``ligeiro_inference_in_flight{protocol}``: inference requests received and not
+        yet answered (summed over workers).
+        ``ligeiro_model_ready{model,version}``: 1 when the version serves, 0 when it
+        failed to load; ``ligeiro_model_load_duration_seconds{model,version}``: how
+        long its load took.
+        ``ligeiro_process_resident_memory_bytes`` and
+        ``ligeiro_process_cpu_seconds_total``: of every worker, summed (sampled each
+        second by each worker, so exact across workers, unlike ``process_*``, which
+        only a single-process server exports).
     """
 
     def __init__(self) -> None:
@@ -106,8 +126,42 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=self.registry,
         )
+        self._in_flight = Gauge(
+            "ligeiro_inference_in_flight",
+            "Inference requests received and not yet answered.",
+            ["protocol"],
+            multiprocess_mode="livesum",
+            registry=self.registry,
+        )
+        self._model_ready = Gauge(
+            "ligeiro_model_ready",
+            "1 when the model version serves, 0 when it failed to load.",
+            ["model", "version"],
+            multiprocess_mode="max",
+            registry=self.registry,
+        )
+        self._model_load = Gauge(
+            "ligeiro_model_load_duration_seconds",
+            "How long loading the model version took.",
+            ["model", "version"],
+            multiprocess_mode="max",
+            registry=self.registry,
+        )
+        self._rss = Gauge(
+            "ligeiro_process_resident_memory_bytes",
+            "Resident memory of the server's workers, summed.",
+            multiprocess_mode="livesum",
+            registry=self.registry,
+        )
+        self._cpu = Gauge(
+            "ligeiro_process_cpu_seconds_total",
+            "CPU time (user and system) of the server's workers, summed.",
+            multiprocess_mode="livesum",
+            registry=self.registry,
+        )
         if self._multiprocess_dir is None:
             ProcessCollector(registry=self.registry)
+        self._in_flight_children = {p: self._in_flight.labels(p) for p in ("http", "grpc")}
         # labels() builds a tuple and takes a lock; the hot path looks children up here.
         self._children: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
         self._model_children: dict[tuple[str, str], tuple[Histogram, Histogram]] = {}
@@ -159,6 +213,25 @@ class Metrics:
                 self._queue_length.labels(model, version),
             )
         return child
+
+    def request_started(self, protocol: str) -> None:
+        """An inference request arrived (``http`` or ``grpc``)."""
+        self._in_flight_children[protocol].inc()
+
+    def request_finished(self, protocol: str) -> None:
+        """An inference request was answered."""
+        self._in_flight_children[protocol].dec()
+
+    def set_model_state(self, model: str, version: str, ready: bool, load_seconds: float) -> None:
+        """Whether a model version serves, and how long it took to load."""
+        self._model_ready.labels(model, version).set(1 if ready else 0)
+        self._model_load.labels(model, version).set(load_seconds)
+
+    def sample_process(self) -> None:
+        """Record this process's resident memory and CPU time (call it periodically)."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self._cpu.set(usage.ru_utime + usage.ru_stime)
+        self._rss.set(_resident_bytes())
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric (of every worker, when several)."""

@@ -26,7 +26,9 @@ ROW = (
 def metric(text: str, name: str, **labels: str) -> float:
     """The value of one sample in Prometheus text, 0 when absent."""
     for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+        if line.startswith((name + "{", name + " ")) and all(
+            f'{k}="{v}"' in line for k, v in labels.items()
+        ):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
@@ -115,6 +117,33 @@ def test_workers_with_one_thread_share_one_loaded_repository(
     try:
         assert line in srv.output()
         assert [fresh_post(srv, "/v2/models/iris/infer", ROW) for _ in range(10)] == [200] * 10
+    finally:
+        assert srv.stop() == 0
+
+
+def test_model_state_in_flight_and_process_metrics_across_workers(
+    repository: Path, examples: Path
+) -> None:
+    broken = repository / "broken" / "1"
+    broken.mkdir(parents=True)
+    (broken / "model.onnx").write_bytes(b"not onnx")
+    srv = start_server(repository, "--workers", "2", "--threads", "1")
+    try:
+        workers = children(srv.process.pid)
+        assert [fresh_post(srv, "/v2/models/iris/infer", ROW) for _ in range(10)] == [200] * 10
+        time.sleep(1.5)  # every worker samples its memory and CPU each second
+        text = srv.get("/metrics").body.decode()
+        assert metric(text, "ligeiro_model_ready", model="iris", version="1") == 1
+        assert metric(text, "ligeiro_model_ready", model="broken", version="1") == 0
+        assert 0 < metric(text, "ligeiro_model_load_duration_seconds", model="iris") < 60
+        assert metric(text, "ligeiro_inference_in_flight", protocol="http") == 0
+        rss = sum(
+            int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            for pid in workers
+        )
+        reported = metric(text, "ligeiro_process_resident_memory_bytes")
+        assert 0.8 * rss < reported < 1.2 * rss  # the sum over both workers, not one
+        assert metric(text, "ligeiro_process_cpu_seconds_total") > 0
     finally:
         assert srv.stop() == 0
 

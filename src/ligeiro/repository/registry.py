@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, final
 
@@ -55,6 +56,8 @@ class ModelState:
     version: str
     is_ready: bool
     reason: str = ""
+    # Seconds it took to load (or to fail to load).
+    load_seconds: float = 0.0
 
 
 def _declared(
@@ -162,6 +165,7 @@ class _Model:
     ready: dict[str, ModelVersion]
     failed: dict[str, str]
     default: ModelVersion | None
+    load_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @final
@@ -216,11 +220,13 @@ class Registry:
             logger.error("model %r not loaded: %s", folder.name, exc)
             return model
         for version in folder.versions:
+            started = time.perf_counter()
             try:
                 model.ready[str(version)] = load_version(folder, version, config, threads=threads)
             except LigeiroError as exc:
                 model.failed[str(version)] = str(exc)
                 logger.error("model %r version %d not loaded: %s", folder.name, version, exc)
+            model.load_seconds[str(version)] = time.perf_counter() - started
         if model.ready:
             model.default = model.ready[max(model.ready, key=int)]
             logger.info("model %r ready (versions %s)", folder.name, ", ".join(model.ready))
@@ -258,8 +264,14 @@ class Registry:
         """Every model version with its state, sorted by model then version."""
         states = []
         for model in self._models.values():
-            states += [ModelState(model.name, v, True) for v in model.ready]
-            states += [ModelState(model.name, v, False, r) for v, r in model.failed.items()]
+            seconds = model.load_seconds
+            states += [
+                ModelState(model.name, v, True, "", seconds.get(v, 0.0)) for v in model.ready
+            ]
+            states += [
+                ModelState(model.name, v, False, r, seconds.get(v, 0.0))
+                for v, r in model.failed.items()
+            ]
         return sorted(states, key=lambda s: (s.name, int(s.version or 0)))
 
     def close(self) -> None:

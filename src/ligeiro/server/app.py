@@ -37,6 +37,7 @@ from ..repository.layout import discover
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
+    from ..metrics import Metrics
     from ..repository.registry import Registry
     from ..settings import ServerSettings
 
@@ -118,6 +119,7 @@ async def _serve(
     gc.freeze()
     connections = Connections(settings.http)
     connections.start_sweeping()
+    sampler = _ProcessSampler(metrics, loop)
     server = await loop.create_server(
         lambda: HttpConnection(app, connections), sock=sock, backlog=_BACKLOG
     )
@@ -154,6 +156,7 @@ async def _serve(
         ready.close()
 
     await stop.wait()
+    sampler.cancel()
     logger.info("shutting down (pid %d): draining %d connection(s)", os.getpid(), len(connections))
     server.close()
     grpc_stopped = (
@@ -173,6 +176,27 @@ async def _serve(
     if access_log is not None:
         access_log.close()
     engine.close()
+
+
+_SAMPLE_INTERVAL_S = 1.0
+
+
+class _ProcessSampler:
+    """Records the worker's memory and CPU in the metrics now and every second."""
+
+    def __init__(self, metrics: Metrics, loop: asyncio.AbstractEventLoop) -> None:
+        self._metrics = metrics
+        self._loop = loop
+        self._handle: asyncio.TimerHandle | None = None
+        self._tick()
+
+    def _tick(self) -> None:
+        self._metrics.sample_process()
+        self._handle = self._loop.call_later(_SAMPLE_INTERVAL_S, self._tick)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
 
 
 def _run_worker(

@@ -155,6 +155,7 @@ class GrpcService:
         model: ModelVersion | None = None
         code = _INTERNAL
         request_id = request.id or None
+        self.metrics.request_started("grpc")
         try:
             model = self.engine.model(request.model_name, request.model_version or None)
             self.engine.admit(model)  # a full queue refuses before the tensors are decoded
@@ -170,6 +171,7 @@ class GrpcService:
             raise
         finally:
             seconds = time.perf_counter() - start
+            self.metrics.request_finished("grpc")
             name, version = (model.name, model.version) if model else ("", "")
             self.metrics.observe_request(name, version, "grpc", code.name, seconds)
             if self.access_log is not None:

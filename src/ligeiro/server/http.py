@@ -290,6 +290,7 @@ class HttpApp:
         model_label = version_label = ""
         status = 500
         request_id = None
+        self.metrics.request_started("http")
         try:
             model = self.engine.model(name, version)
             model_label, version_label = model.name, model.version
@@ -302,6 +303,7 @@ class HttpApp:
             return self.error(status, str(exc), keep_alive=keep_alive)
         finally:
             seconds = time.perf_counter() - start
+            self.metrics.request_finished("http")
             self.metrics.observe_request(model_label, version_label, "http", str(status), seconds)
             if self.access_log is not None:
                 self.access_log.record(
