@@ -9,13 +9,16 @@ BENCH_ARGS ?=
 MODELS := examples/models
 IRIS   := $(MODELS)/iris/1/model.onnx
 MLP    := $(MODELS)/mlp/1/model.onnx
+# Debian's Prometheus, unpacked into the venv (no service, no root after the download);
+# tests/integration/test_prometheus.py scrapes ligeiro with it.
+PROMETHEUS := $(VENV)/prometheus/usr/bin/prometheus
 
 .PHONY: run test bench models clean
 
 run: $(VENV)/.installed-examples $(IRIS) $(MLP)
 	$(BIN)/ligeiro serve $(MODELS) --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.installed-test $(IRIS) $(MLP)
+test: $(VENV)/.installed-test $(IRIS) $(MLP) $(PROMETHEUS)
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.installed-bench $(IRIS) $(MLP)
@@ -38,6 +41,14 @@ $(IRIS): examples/build_iris.py | $(VENV)/.installed-examples
 
 $(MLP): examples/build_mlp.py examples/build_iris.py | $(VENV)/.installed-examples
 	$(BIN)/python examples/build_mlp.py --out $(MODELS)
+
+$(PROMETHEUS): | $(VENV)/bin/python
+	rm -rf $(VENV)/prometheus && mkdir -p $(VENV)/prometheus/deb
+	cd $(VENV)/prometheus/deb && { apt-get download -q prometheus 2>/dev/null \
+		|| { apt-get update -qq && apt-get download -q prometheus; }; }
+	dpkg -x $(VENV)/prometheus/deb/prometheus_*.deb $(VENV)/prometheus
+	rm -rf $(VENV)/prometheus/deb
+	test -x $@
 
 clean:
 	rm -rf $(VENV) $(MODELS)
