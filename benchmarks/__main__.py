@@ -2,7 +2,8 @@
 
 The iris benchmark, gRPC beside REST, the one-shot clients, dynamic batching (mlp, and
 the thread hop on iris), overload at ten times the sustainable rate, workers (shared
-weights, restarts, 1 vs 2) and ``ligeiro optimize`` (graph, int8, fp16). Extra arguments
+weights, restarts, 1 vs 2), ``ligeiro optimize`` (graph, int8, fp16) and ``ligeiro
+score`` on 10 million rows. Extra arguments
 go to ``bench_iris`` (``python -m benchmarks --duration 3``); the others run with their
 defaults. The JSON
 and Markdown reports land in ``benchmarks/results/`` (git-ignored) under a UTC time
@@ -21,6 +22,7 @@ from . import (
     bench_oneshot,
     bench_optimize,
     bench_overload,
+    bench_score,
     bench_workers,
 )
 from .bench_iris import main
@@ -40,6 +42,7 @@ if __name__ == "__main__":
         ("overload", bench_overload, []),
         ("workers", bench_workers, []),
         ("optimize", bench_optimize, []),
+        ("score", bench_score, []),
     ):
         report = RESULTS / f"{name}-{stamp}"
         args += ["--markdown", f"{report}.md", "--json", f"{report}.json"]
