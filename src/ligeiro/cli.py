@@ -43,6 +43,11 @@ def cli() -> None:
 @click.option("--graceful-timeout", type=float, help="Seconds to drain on SIGTERM (default 30).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option(
+    "--access-log",
+    metavar="TARGET",
+    help="One JSON line per inference request: - for standard output, or a file.",
+)
+@click.option(
     "--config", "config_file", type=click.Path(path_type=Path), help="ligeiro.toml to read."
 )
 @click.option(
@@ -66,6 +71,7 @@ def serve(
     max_request_bytes: int | None,
     graceful_timeout: float | None,
     log_level: str | None,
+    access_log: str | None,
     config_file: Path | None,
     batch: tuple[str, ...],
     print_config: bool,
@@ -80,6 +86,7 @@ def serve(
         "workers": workers,
         "graceful_timeout_s": graceful_timeout,
         "log_level": log_level,
+        "access_log": access_log,
         "http": {"host": host, "port": port, "max_request_bytes": max_request_bytes},
         "grpc": {"port": grpc_port, "enabled": grpc_enabled},
         "runtime": {"threads": threads},
