@@ -28,6 +28,7 @@ Run: ``python -m benchmarks.bench_overload [--factor 10] [--duration 30]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import http.client
 import json
@@ -58,7 +59,7 @@ from ._harness import (
     run_wrk,
 )
 from ._openloop import percentile
-from .bench_batching import CASES, MODELS, ROOT, ensure_model, verify
+from .bench_batching import CASES, MODELS, ROOT, verify
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -413,7 +414,8 @@ def main(
     ]  # fmt: skip
     with exclusive_machine(), tempfile.TemporaryDirectory(prefix="ligeiro-overload-") as folder:
         ensure_tools()
-        ensure_model(CASES["mlp"])
+        # Builds examples/models/mlp when missing; the repository is examples/models.
+        CASES["mlp"].prepare(contextlib.ExitStack())
         machine = machine_info(PACKAGES)
         outcome = run(options, server_argv, port, Path(folder))
     problems = outcome.problems()

@@ -6,9 +6,8 @@ DEADLINE_EXCEEDED) and Triton's statistics read by ``tritonclient``.
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
-import threading
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -117,29 +116,45 @@ def test_a_full_queue_answers_overloaded_and_the_server_recovers(
     assert isinstance(burst(transport, tight, [ROWS[0]])[0], dict)
 
 
-def test_an_overloaded_http_answer_says_when_to_retry(tight: Server) -> None:
+def raw_infer_request() -> bytes:
+    """One HTTP/1.1 request for the mlp, bytes ready to send."""
     body = json.dumps(
         {"inputs": [{"name": "float_input", "shape": [1, 64], "datatype": "FP32",
                      "data": ROWS[0].tolist()}]}
-    )  # fmt: skip
-    seen: list[tuple[int, str | None, bytes]] = []
+    ).encode()  # fmt: skip
+    head = b"POST /v2/models/mlp/infer HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n"
+    return head % len(body) + body
 
-    def send() -> None:
-        conn = http.client.HTTPConnection(tight.host, tight.port, timeout=30)
-        conn.request("POST", "/v2/models/mlp/infer", body)
-        response = conn.getresponse()
-        seen.append((response.status, response.getheader("retry-after"), response.read()))
-        conn.close()
 
-    threads = [threading.Thread(target=send) for _ in range(32)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of one HTTP answer (with a content-length)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    status_line, *lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+    while len(body) < int(headers["content-length"]):
+        body += sock.recv(65536)
+    return int(status_line.split()[1]), headers, body
+
+
+def test_an_overloaded_http_answer_says_when_to_retry(tight: Server) -> None:
+    # Every connection is open and every request sent before the first can finish: the
+    # server reads them together, runs one, queues four and refuses the rest.
+    sockets = [socket.create_connection((tight.host, tight.port), timeout=30) for _ in range(32)]
+    request = raw_infer_request()
+    for sock in sockets:
+        sock.sendall(request)
+    seen = [read_answer(sock) for sock in sockets]
+    for sock in sockets:
+        sock.close()
     assert {status for status, _, _ in seen} <= {200, 429}
-    refused = [(after, body) for status, after, body in seen if status == 429]
+    refused = [(headers, body) for status, headers, body in seen if status == 429]
     assert refused, "32 requests at once should overflow a queue of 4"
-    assert all(after == "1" for after, _ in refused)
+    assert all(headers["retry-after"] == "1" for headers, _ in refused)
     assert "queue full" in json.loads(refused[0][1])["error"]
 
 
@@ -276,32 +291,30 @@ def test_invalid_input_is_still_checked_before_the_queue(transport: str, tight: 
 
 
 def test_a_client_that_disconnects_leaves_the_queue(tight: Server) -> None:
-    import socket
-
     def executions() -> int:
         stats = tight.get("/v2/models/mlp/stats").json()["model_stats"][0]
         return int(stats["inference_count"])
 
-    body = json.dumps(
-        {"inputs": [{"name": "float_input", "shape": [1, 64], "datatype": "FP32",
-                     "data": ROWS[0].tolist()}]}
-    ).encode()  # fmt: skip
-    request = b"POST /v2/models/mlp/infer HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (
-        len(body),
-        body,
-    )
-    before = executions()
-    sockets = [socket.create_connection((tight.host, tight.port)) for _ in range(4)]
-    for sock in sockets:
-        sock.sendall(request)
-    for sock in sockets[:3]:  # gone while their requests wait behind the first
-        sock.close()
-    kept = sockets[3]
-    kept.settimeout(30)
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        answer += kept.recv(65536)
-    kept.close()
-    assert answer.startswith(b"HTTP/1.1 200 ")
-    ran = executions() - before
-    assert 1 <= ran < 4  # the abandoned requests that were still queued never ran
+    request = raw_infer_request()
+    dropped = []
+    # A loaded machine can stall this client between sending and closing for longer
+    # than the model runs; then the abandoned requests ran before the server saw them
+    # go. One attempt out of five in which some never ran shows they leave the queue.
+    for _ in range(5):
+        before = executions()
+        sockets = [socket.create_connection((tight.host, tight.port)) for _ in range(4)]
+        for sock in sockets:
+            sock.sendall(request)
+        for sock in sockets[:3]:  # gone while their requests wait behind the first
+            sock.close()
+        kept = sockets[3]
+        kept.settimeout(30)
+        status, _, _ = read_answer(kept)
+        kept.close()
+        assert status == 200
+        ran = executions() - before
+        assert 1 <= ran <= 4
+        dropped.append(4 - ran)
+        if dropped[-1]:
+            break
+    assert any(dropped), f"every abandoned request ran in all attempts: {dropped}"
