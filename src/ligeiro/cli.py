@@ -48,6 +48,12 @@ def cli() -> None:
     help="One JSON line per inference request: - for standard output, or a file.",
 )
 @click.option(
+    "--otel-endpoint",
+    metavar="URL",
+    help="Trace requests to this OTLP/HTTP collector (needs ligeiro[otel]); "
+    "the OTEL_* variables also turn tracing on.",
+)
+@click.option(
     "--config", "config_file", type=click.Path(path_type=Path), help="ligeiro.toml to read."
 )
 @click.option(
@@ -72,6 +78,7 @@ def serve(
     graceful_timeout: float | None,
     log_level: str | None,
     access_log: str | None,
+    otel_endpoint: str | None,
     config_file: Path | None,
     batch: tuple[str, ...],
     print_config: bool,
@@ -87,6 +94,7 @@ def serve(
         "graceful_timeout_s": graceful_timeout,
         "log_level": log_level,
         "access_log": access_log,
+        "otel_endpoint": otel_endpoint,
         "http": {"host": host, "port": port, "max_request_bytes": max_request_bytes},
         "grpc": {"port": grpc_port, "enabled": grpc_enabled},
         "runtime": {"threads": threads},
@@ -411,6 +419,68 @@ def score(
         model, source, output, options, progress=sys.stderr if shows_progress else None
     )
     click.echo(summary.line())
+
+
+@cli.command()
+@click.argument("url")
+@click.argument("model")
+@click.option("--version", "model_version", help="The model version (default: the server's).")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="A V2 JSON request body to send (default: one built from the model's metadata).",
+)
+@click.option("--batch-size", type=int, default=1, show_default=True, help="Rows per request.")
+@click.option("--concurrency", help="Closed loop: 16, 1,4,16 or 1:64:x2 (the default mode, 1).")
+@click.option(
+    "--rate", type=float, multiple=True, help="Open loop, requests/s; repeat for several levels."
+)
+@click.option(
+    "--stages",
+    help="Ramping open loop: DURATION:TARGET,... e.g. 30s:100/m,60s:4000/m (TARGET per s, "
+    "or per minute with /m).",
+)
+@click.option("--duration", type=float, default=10.0, show_default=True, help="Seconds per level.")
+@click.option("--warmup", type=float, default=0.0, show_default=True, help="Seconds, unmeasured.")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds per answer.")
+@click.option(
+    "--connections", type=int, default=512, show_default=True, help="Open-loop connection cap."
+)
+@click.option("--processes", type=int, default=1, show_default=True, help="Generator processes.")
+@click.option("--metrics-url", help="Server metrics (default: URL/metrics).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write JSON here.")
+@click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write HTML here.")
+def bench(
+    url: str,
+    model: str,
+    model_version: str | None,
+    data: Path | None,
+    batch_size: int,
+    concurrency: str | None,
+    rate: tuple[float, ...],
+    stages: str | None,
+    duration: float,
+    warmup: float,
+    timeout: float,
+    connections: int,
+    processes: int,
+    metrics_url: str | None,
+    json_path: Path | None,
+    html_path: Path | None,
+) -> None:
+    """Load MODEL on the V2 server at URL and report latency and throughput per level.
+
+    Exits 1 when any request failed (non-2xx, timeout, connection error or not sent).
+    """
+    from .bench._command import BenchCommand
+
+    command = BenchCommand(
+        url, model, model_version, data, batch_size, concurrency, rate, stages, duration,
+        warmup, timeout, connections, processes, metrics_url, json_path, html_path,
+    )  # fmt: skip
+    code = command.run()
+    if code:
+        sys.exit(code)
 
 
 def _logging() -> None:

@@ -78,6 +78,9 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     log_level: str = "info"
     # One JSON line per inference request: "-" for standard output, or a file path.
     access_log: str | None = None
+    # OpenTelemetry traces to this OTLP/HTTP collector (base URL, as
+    # OTEL_EXPORTER_OTLP_ENDPOINT); unset, the OTEL_* variables decide (ligeiro.tracing).
+    otel_endpoint: str | None = None
     http: HttpSettings = HttpSettings()
     grpc: GrpcSettings = GrpcSettings()
     runtime: RuntimeSettings = RuntimeSettings()

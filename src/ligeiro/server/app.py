@@ -35,6 +35,7 @@ from ..errors import LigeiroError
 from ..repository.layout import discover
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from multiprocessing.process import BaseProcess
 
     from ..metrics import Metrics
@@ -113,7 +114,12 @@ async def _serve(
         from ..accesslog import AccessLog
 
         access_log = AccessLog.open(settings.access_log)
-    app = HttpApp(engine, metrics, settings.http, access_log=access_log)
+    tracing = None
+    if _tracing_enabled(settings):
+        from ..tracing import Tracing  # only when on: opentelemetry is never imported off
+
+        tracing = Tracing(settings.otel_endpoint)
+    app = HttpApp(engine, metrics, settings.http, access_log=access_log, tracing=tracing)
     # Everything loaded so far lives as long as the process: keep it out of the
     # collector's full passes (and off copy-on-write pages after a fork).
     gc.freeze()
@@ -137,6 +143,7 @@ async def _serve(
             _grpc_address(settings.grpc_host(), grpc_port),
             reuse_port=ready is not None,
             access_log=access_log,
+            tracing=tracing,
         )
         grpc_port = grpc_server.port
         grpc_text = f" and grpc://{_grpc_address(settings.grpc_host(), grpc_port)}"
@@ -175,7 +182,28 @@ async def _serve(
         await grpc_stopped
     if access_log is not None:
         access_log.close()
+    if tracing is not None:
+        tracing.close()
     engine.close()
+
+
+def _tracing_enabled(settings: ServerSettings, env: Mapping[str, str] = os.environ) -> bool:
+    """Whether to trace (README, "Tracing"): ``otel_endpoint`` set, or the standard
+    variables name an OTLP endpoint or a traces exporter; ``OTEL_SDK_DISABLED=true`` or
+    ``OTEL_TRACES_EXPORTER=none`` keep it off whatever else is set."""
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    if env.get("OTEL_TRACES_EXPORTER", "").lower() == "none":
+        return False
+    return settings.otel_endpoint is not None or any(
+        name in env
+        for name in (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_TRACES_EXPORTER",
+            "_LIGEIRO_SPAN_EXPORTER",  # the tests' exporter (ligeiro.tracing)
+        )
+    )
 
 
 _SAMPLE_INTERVAL_S = 1.0

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from ..metrics import Metrics
     from ..repository.registry import ModelVersion
     from ..settings import GrpcSettings
+    from ..tracing import Tracing
 
 __all__ = ["GrpcServer", "GrpcService", "start_grpc_server", "status_for"]
 
@@ -97,14 +98,20 @@ class GrpcService:
         engine: the models.
         metrics: where inference requests are counted and timed (``protocol="grpc"``).
         access_log: where inference requests are logged, if anywhere.
+        tracing: where inference requests are traced, if anywhere.
     """
 
     def __init__(
-        self, engine: Engine, metrics: Metrics, access_log: AccessLog | None = None
+        self,
+        engine: Engine,
+        metrics: Metrics,
+        access_log: AccessLog | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.access_log = access_log
+        self.tracing = tracing
         self._closing = asyncio.Event()
 
     # -- health and metadata ----------------------------------------------------------
@@ -149,21 +156,48 @@ class GrpcService:
 
     # -- inference ----------------------------------------------------------------------
 
-    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        """Resolve, decode, run, encode; count and time it. Raises the domain's errors."""
+    async def _infer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        """Resolve, decode, run, encode; count, time, log and trace it.
+
+        Raises the domain's errors.
+        """
         start = time.perf_counter()
         model: ModelVersion | None = None
         code = _INTERNAL
         request_id = request.id or None
+        trace = None
+        if self.tracing is not None:  # the one test tracing costs when off
+            metadata = dict(context.invocation_metadata() or ())
+            trace = self.tracing.start(
+                "grpc", metadata.get("traceparent"), metadata.get("tracestate")
+            )
         self.metrics.request_started("grpc")
         try:
             model = self.engine.model(request.model_name, request.model_version or None)
             self.engine.admit(model)  # a full queue refuses before the tensors are decoded
-            decoded = decode_infer_request(request)
-            result = await self.engine.submit(
-                model, decoded.inputs, decoded.outputs, timeout_s=decoded.timeout_s
-            )
-            response = encode_infer_response(model.name, model.version, result.outputs, decoded.id)
+            if trace is None:
+                decoded = decode_infer_request(request)
+                result = await self.engine.submit(
+                    model, decoded.inputs, decoded.outputs, timeout_s=decoded.timeout_s
+                )
+                response = encode_infer_response(
+                    model.name, model.version, result.outputs, decoded.id
+                )
+            else:
+                trace.model(model)
+                began = time.time_ns()
+                decoded = decode_infer_request(request)
+                trace.stage("decode", began, time.time_ns())
+                result = await trace.submit(
+                    self.engine, model, decoded.inputs, decoded.outputs, decoded.timeout_s
+                )
+                began = time.time_ns()
+                response = encode_infer_response(
+                    model.name, model.version, result.outputs, decoded.id
+                )
+                trace.stage("encode", began, time.time_ns())
             code = _OK
             return response
         except LigeiroError as exc:
@@ -176,12 +210,15 @@ class GrpcService:
             self.metrics.observe_request(name, version, "grpc", code.name, seconds)
             if self.access_log is not None:
                 self.access_log.record("grpc", name, version, code.name, seconds, request_id)
+            if trace is not None:
+                trace.request_id = request_id
+                trace.finish(code.name, code is _OK)
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         try:
-            return await self._infer(request)
+            return await self._infer(request, context)
         except Exception as exc:
             await _abort(context, exc)
 
@@ -205,13 +242,15 @@ class GrpcService:
                     )
                 except (StopAsyncIteration, TimeoutError):
                     return
-                yield await self._stream_answer(data)
+                yield await self._stream_answer(data, context)
         finally:
             closing.cancel()
 
-    async def _stream_answer(self, data: bytes) -> pb.ModelStreamInferResponse:
+    async def _stream_answer(
+        self, data: bytes, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStreamInferResponse:
         try:
-            response = await self._infer(decode_message(pb.ModelInferRequest, data))
+            response = await self._infer(decode_message(pb.ModelInferRequest, data), context)
         except LigeiroError as exc:
             return pb.ModelStreamInferResponse(error_message=str(exc))
         except Exception:
@@ -336,6 +375,7 @@ async def start_grpc_server(
     *,
     reuse_port: bool,
     access_log: AccessLog | None = None,
+    tracing: Tracing | None = None,
 ) -> GrpcServer:
     """Bind and start the gRPC service on the running loop.
 
@@ -356,7 +396,7 @@ async def start_grpc_server(
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
-    service = GrpcService(engine, metrics, access_log)
+    service = GrpcService(engine, metrics, access_log, tracing)
     server.add_generic_rpc_handlers((_rpc_handlers(service),))
     try:
         bound: int = server.add_insecure_port(address)

@@ -48,11 +48,15 @@ from ..protocol.predict import decode_predict, encode_predict
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    import numpy as np
+
     from ..accesslog import AccessLog
     from ..engine import Engine
     from ..metrics import Metrics
+    from ..protocol.codec import DecodedRequest
     from ..repository.registry import ModelVersion
     from ..settings import HttpSettings
+    from ..tracing import RequestTrace, Tracing
 
 __all__ = ["Connections", "HttpApp", "HttpConnection", "status_for"]
 
@@ -118,6 +122,7 @@ class HttpApp:
         metrics: where requests are counted and timed.
         settings: transport limits.
         access_log: where inference requests are logged, if anywhere.
+        tracing: where inference requests are traced, if anywhere.
     """
 
     def __init__(
@@ -127,11 +132,13 @@ class HttpApp:
         settings: HttpSettings,
         *,
         access_log: AccessLog | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.settings = settings
         self.access_log = access_log
+        self.tracing = tracing
         self._clock = _Clock()
         self._server_metadata = encode_server_metadata(__version__, _EXTENSIONS)
         self._live_body = encode_health("live", True)
@@ -178,10 +185,13 @@ class HttpApp:
         body: bytes,
         keep_alive: bool,
         header_length: bytes | None = None,
+        traceparent: bytes | None = None,
+        tracestate: bytes | None = None,
     ) -> bytes:
         """Answer one request; never raises. HEAD gets GET's headers without the body.
 
-        ``header_length`` is the raw ``Inference-Header-Content-Length`` value, if sent.
+        ``header_length`` is the raw ``Inference-Header-Content-Length`` value, if sent;
+        ``traceparent`` and ``tracestate`` the W3C trace context headers.
         """
         if method == b"HEAD":
             answer = await self.handle(b"GET", url, body, keep_alive)
@@ -189,13 +199,16 @@ class HttpApp:
         path = url.split(b"?", 1)[0]
         try:
             if path.startswith(b"/v2/models/"):
-                return await self._model_route(method, path[11:], body, header_length, keep_alive)
+                return await self._model_route(
+                    method, path[11:], body, header_length, keep_alive, traceparent, tracestate
+                )
             if path.startswith(b"/v1/models/") and path.endswith(b":predict"):
                 if method != b"POST":
                     return self._not_allowed(b"POST", keep_alive)
                 return await self._inference(
-                    _text(path[11:-8]), None, body, header_length, keep_alive, self._answer_predict
-                )
+                    _text(path[11:-8]), None, body, header_length, keep_alive,
+                    self._answer_predict, traceparent, tracestate,
+                )  # fmt: skip
             route = self._get_routes.get(path.rstrip(b"/") or path)
             if route is None:
                 return self.error(
@@ -242,7 +255,14 @@ class HttpApp:
         )
 
     async def _model_route(
-        self, method: bytes, rest: bytes, body: bytes, header_length: bytes | None, keep_alive: bool
+        self,
+        method: bytes,
+        rest: bytes,
+        body: bytes,
+        header_length: bytes | None,
+        keep_alive: bool,
+        traceparent: bytes | None,
+        tracestate: bytes | None,
     ) -> bytes:
         parts = _text(rest).split("/")
         name, version, tail = parts[0], None, parts[1:]
@@ -252,8 +272,9 @@ class HttpApp:
             if method != b"POST":
                 return self._not_allowed(b"POST", keep_alive)
             return await self._inference(
-                name, version, body, header_length, keep_alive, self._answer_infer
-            )
+                name, version, body, header_length, keep_alive,
+                self._answer_infer, traceparent, tracestate,
+            )  # fmt: skip
         if len(tail) > 1 or (tail and tail[0] not in ("ready", "stats")) or not name:
             return self.error(404, f"no route for /v2/models/{_text(rest)}", keep_alive=keep_alive)
         if method != b"GET":
@@ -282,20 +303,28 @@ class HttpApp:
         header_length: bytes | None,
         keep_alive: bool,
         answer: Callable[
-            [ModelVersion, bytes, bytes | None, bool], Awaitable[tuple[bytes, str | None]]
+            [ModelVersion, bytes, bytes | None, bool, RequestTrace | None],
+            Awaitable[tuple[bytes, str | None]],
         ],
+        traceparent: bytes | None = None,
+        tracestate: bytes | None = None,
     ) -> bytes:
-        """Resolve the model, let ``answer`` decode-run-respond, count, time and log it."""
+        """Resolve the model, let ``answer`` decode-run-respond; count, time, log, trace."""
         start = time.perf_counter()
         model_label = version_label = ""
         status = 500
         request_id = None
+        trace = None
+        if self.tracing is not None:  # the one test tracing costs when off
+            trace = self.tracing.start("http", _latin(traceparent), _latin(tracestate))
         self.metrics.request_started("http")
         try:
             model = self.engine.model(name, version)
             model_label, version_label = model.name, model.version
+            if trace is not None:
+                trace.model(model)
             self.engine.admit(model)  # a full queue refuses before the body is decoded
-            response, request_id = await answer(model, body, header_length, keep_alive)
+            response, request_id = await answer(model, body, header_length, keep_alive, trace)
             status = 200
             return response
         except LigeiroError as exc:
@@ -309,42 +338,85 @@ class HttpApp:
                 self.access_log.record(
                     "http", model_label, version_label, str(status), seconds, request_id
                 )
+            if trace is not None:
+                trace.request_id = request_id
+                trace.finish(str(status), status == 200)
 
     async def _answer_infer(
-        self, model: ModelVersion, body: bytes, header_length: bytes | None, keep_alive: bool
+        self,
+        model: ModelVersion,
+        body: bytes,
+        header_length: bytes | None,
+        keep_alive: bool,
+        trace: RequestTrace | None,
     ) -> tuple[bytes, str | None]:
+        began = time.time_ns()
         length = None if header_length is None else header_length_of(header_length, len(body))
         request = decode_infer_request(body, length)
-        result = await self.engine.submit(
-            model, request.inputs, request.outputs, timeout_s=request.timeout_s
+        if trace is None:
+            result = await self.engine.submit(
+                model, request.inputs, request.outputs, timeout_s=request.timeout_s
+            )
+            return self._infer_response(model, request, result.outputs, keep_alive), request.id
+        trace.stage("decode", began, time.time_ns())
+        result = await trace.submit(
+            self.engine, model, request.inputs, request.outputs, request.timeout_s
         )
-        outputs = result.outputs
+        began = time.time_ns()
+        response = self._infer_response(model, request, result.outputs, keep_alive)
+        trace.stage("encode", began, time.time_ns())
+        return response, request.id
+
+    def _infer_response(
+        self,
+        model: ModelVersion,
+        request: DecodedRequest,
+        outputs: dict[str, np.ndarray],
+        keep_alive: bool,
+    ) -> bytes:
         if not request.binary_outputs:
             answer = encode_infer_response(model.name, model.version, outputs, request.id)
-            return self.response(200, answer, keep_alive=keep_alive), request.id
+            return self.response(200, answer, keep_alive=keep_alive)
         answer, json_size = encode_binary_infer_response(
             model.name, model.version, outputs, request.id, request.binary_outputs
         )
-        response = self.response(
+        return self.response(
             200,
             answer,
             keep_alive=keep_alive,
             content_type=_BINARY,
             headers=b"inference-header-content-length: %d\r\n" % json_size,
         )
-        return response, request.id
 
     async def _answer_predict(
-        self, model: ModelVersion, body: bytes, header_length: bytes | None, keep_alive: bool
+        self,
+        model: ModelVersion,
+        body: bytes,
+        header_length: bytes | None,
+        keep_alive: bool,
+        trace: RequestTrace | None,
     ) -> tuple[bytes, str | None]:
         if header_length is not None:
             raise InvalidInputError(
                 "binary tensor data is for POST /v2/models/{model}/infer, not :predict"
             )
+        began = time.time_ns()
         inputs, single = decode_predict(body, model)
-        result = await self.engine.submit(model, inputs)
+        if trace is None:
+            result = await self.engine.submit(model, inputs)
+            answer = encode_predict(model, result.outputs, single)
+            return self.response(200, answer, keep_alive=keep_alive), None
+        trace.stage("decode", began, time.time_ns())
+        result = await trace.submit(self.engine, model, inputs)
+        began = time.time_ns()
         answer = encode_predict(model, result.outputs, single)
-        return self.response(200, answer, keep_alive=keep_alive), None
+        response = self.response(200, answer, keep_alive=keep_alive)
+        trace.stage("encode", began, time.time_ns())
+        return response, None
+
+
+def _latin(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.decode("latin-1")
 
 
 def _text(raw: bytes) -> str:
@@ -403,8 +475,9 @@ class HttpConnection(asyncio.Protocol):
 
     __slots__ = (
         "_app", "_body", "_connections", "_content_length", "_expect_continue",
-        "_header_length", "_loop", "_parser", "_pending", "_size", "_too_large", "_transport",
-        "_url", "_writing_paused", "is_closing", "is_receiving", "last_active",
+        "_header_length", "_loop", "_parser", "_pending", "_size", "_too_large", "_traceparent",
+        "_tracestate", "_transport", "_url", "_writing_paused", "is_closing", "is_receiving",
+        "last_active",
     )  # fmt: skip
 
     def __init__(self, app: HttpApp, connections: Connections) -> None:
@@ -421,6 +494,8 @@ class HttpConnection(asyncio.Protocol):
         self._content_length = 0
         self._expect_continue = False
         self._header_length: bytes | None = None
+        self._traceparent: bytes | None = None
+        self._tracestate: bytes | None = None
         self._too_large = False
         self._writing_paused = False
         self.is_receiving = False
@@ -467,13 +542,15 @@ class HttpConnection(asyncio.Protocol):
         self._content_length = 0
         self._expect_continue = False
         self._header_length = None
+        self._traceparent = None
+        self._tracestate = None
         self._too_large = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # Only three headers matter here; compare lengths first to skip the others cheaply.
+        # Only five headers matter here; compare lengths first to skip the others cheaply.
         size = len(name)
         if size == 14 and name.lower() == b"content-length":
             self._content_length = int(value) if value.isdigit() else 0
@@ -481,6 +558,10 @@ class HttpConnection(asyncio.Protocol):
             self._expect_continue = True
         elif size == 31 and name.lower() == b"inference-header-content-length":
             self._header_length = value  # the binary tensor extension; the codec parses it
+        elif size == 11 and name.lower() == b"traceparent":  # W3C trace context, for tracing
+            self._traceparent = value
+        elif size == 10 and name.lower() == b"tracestate":
+            self._tracestate = value
 
     def on_headers_complete(self) -> None:
         limit = self._app.settings.max_request_bytes
@@ -506,7 +587,13 @@ class HttpConnection(asyncio.Protocol):
         keep_alive = self._parser.should_keep_alive() and not self.is_closing
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         answer = self._app.handle(
-            self._parser.get_method(), self._url, body, keep_alive, self._header_length
+            self._parser.get_method(),
+            self._url,
+            body,
+            keep_alive,
+            self._header_length,
+            self._traceparent,
+            self._tracestate,
         )
         task = self._loop.create_task(answer)
         self._pending.append((task, keep_alive))

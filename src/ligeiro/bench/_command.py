@@ -1,0 +1,146 @@
+"""What ``ligeiro bench`` does once click has parsed its options."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
+
+import click
+
+from ._openloop import http_request
+from ._payload import payload_from_metadata
+from ._plan import parse_concurrency, parse_stages
+from ._report import format_table, to_html, to_json
+from ._runner import CLIENT_BUSY, BenchPlan, Level, run_bench
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ..client import Client
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BenchCommand"]
+
+
+@dataclass(frozen=True)
+class BenchCommand:
+    """``ligeiro bench``'s options, as click parsed them."""
+
+    url: str
+    model: str
+    model_version: str | None
+    data: Path | None
+    batch_size: int
+    concurrency: str | None
+    rate: tuple[float, ...]
+    stages: str | None
+    duration_s: float
+    warmup_s: float
+    timeout_s: float
+    connections: int
+    processes: int
+    metrics_url: str | None
+    json_path: Path | None
+    html_path: Path | None
+
+    def run(self) -> int:
+        """Run the levels, print the table, write the reports; 1 when any request failed."""
+        from ..client import Client
+
+        modes = sum((self.concurrency is not None, bool(self.rate), self.stages is not None))
+        if modes > 1:
+            raise click.UsageError("give one of --concurrency, --rate and --stages")
+        parts = urlsplit(self.url if "//" in self.url else f"http://{self.url}")
+        if parts.scheme != "http" or parts.hostname is None:
+            raise click.UsageError(f"expected a URL like http://127.0.0.1:8000, got {self.url!r}")
+        host, port = parts.hostname, parts.port or 80
+        base = f"http://{parts.netloc}"
+        route = f"/v2/models/{quote(self.model, safe='')}"
+        if self.model_version is not None:
+            route += f"/versions/{quote(self.model_version, safe='')}"
+        try:
+            concurrency = (
+                parse_concurrency(self.concurrency or "1") if not modes or self.concurrency else []
+            )
+            stages = parse_stages(self.stages) if self.stages else []
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+        with Client(base, timeout_s=self.timeout_s) as client:
+            body = self._body(client, route)
+        plan = BenchPlan(
+            host, port, http_request(base + route + "/infer", body),
+            concurrency=concurrency, rates_per_s=self.rate, stages=stages,
+            duration_s=self.duration_s, warmup_s=self.warmup_s, timeout_s=self.timeout_s,
+            connections=self.connections, processes=self.processes,
+        )  # fmt: skip
+        metrics_base = self.metrics_url or base + "/metrics"
+        metrics_parts = urlsplit(metrics_base)
+        with Client(f"http://{metrics_parts.netloc}", timeout_s=5.0) as metrics:
+            levels = run_bench(plan, metrics, metrics_parts.path or "/metrics", _progress)
+        click.echo(format_table(levels))
+        self._warn(levels)
+        meta = self._meta(body)
+        if self.json_path is not None:
+            self.json_path.write_text(json.dumps(to_json(levels, meta), indent=2) + "\n")
+        if self.html_path is not None:
+            self.html_path.write_text(to_html(levels, meta))
+        return 1 if any(level.error_count for level in levels) else 0
+
+    def _body(self, client: Client, route: str) -> bytes:
+        if self.data is not None:
+            return self.data.read_bytes()
+        try:
+            metadata: dict[str, Any] = json.loads(client.request("GET", route))
+        except OSError as exc:
+            raise click.ClickException(f"cannot reach {self.url}: {exc.strerror or exc}") from None
+        try:
+            return payload_from_metadata(metadata, self.batch_size)
+        except ValueError as exc:
+            raise click.ClickException(f"{self.model}: {exc}") from None
+
+    def _warn(self, levels: list[Level]) -> None:
+        busy = [level.label for level in levels if level.is_client_bound]
+        if busy:
+            click.echo(
+                f"warning: the load generator used over {CLIENT_BUSY:.0%} of a core at "
+                f"{', '.join(busy)}: it, not the server, may be the bottleneck there"
+                + ("" if self.processes > 1 else "; try --processes N"),
+                err=True,
+            )
+        for level in levels:
+            not_sent = level.errors.get("not_sent", 0)
+            if not_sent:
+                click.echo(
+                    f"warning: {level.label}: {not_sent} requests not sent (every one of "
+                    f"--connections {self.connections} was busy)",
+                    err=True,
+                )
+
+    def _meta(self, body: bytes) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "model": self.model,
+            "version": self.model_version,
+            "batch_size": self.batch_size,
+            "request_bytes": len(body),
+            "duration_s": self.duration_s,
+            "warmup_s": self.warmup_s,
+            "processes": self.processes,
+            "client_cpus": os.cpu_count(),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+
+
+def _progress(level: Level) -> None:
+    p99 = level.latency_ms.get("p99")
+    click.echo(
+        f"{level.label}: {level.throughput_per_s:,.1f} ok/s, "
+        f"p99 {'-' if p99 is None else f'{p99:.2f}'} ms, {level.error_count} errors",
+        err=True,
+    )

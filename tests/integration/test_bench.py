@@ -1,0 +1,93 @@
+"""``ligeiro bench`` against a real ``ligeiro serve`` (the shared ``server`` fixture)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from click.testing import CliRunner
+
+from ligeiro.cli import cli
+from tests.conftest import IRIS_REQUEST
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.conftest import Server
+
+
+def _bench(server: Server, *args: str) -> tuple[int, str]:
+    url = f"http://{server.host}:{server.port}"
+    result = CliRunner().invoke(cli, ["bench", url, *args])
+    return result.exit_code, result.output
+
+
+def test_concurrency_sweep_reports_every_level(server: Server, tmp_path: Path) -> None:
+    out, page = tmp_path / "bench.json", tmp_path / "bench.html"
+    code, output = _bench(
+        server, "iris", "--concurrency", "1:4:x2", "--duration", "0.7",
+        "--json", str(out), "--html", str(page),
+    )  # fmt: skip
+    assert code == 0, output
+    report = json.loads(out.read_text())
+    levels = report["levels"]
+    assert [level["label"] for level in levels] == ["c=1", "c=2", "c=4"]
+    for level in levels:
+        assert level["ok"] > 0
+        assert level["errors"] == {}
+        ms = level["latency_ms"]
+        assert ms["p50"] <= ms["p90"] <= ms["p95"] <= ms["p99"] <= ms["max"]
+        assert level["throughput_per_s"] > 0
+        assert level["server_cpu_cores"] is not None
+        assert level["server_rss_bytes"] > 0
+        assert level["client_cpu"] >= 0
+    assert report["meta"]["model"] == "iris"
+    html = page.read_text()
+    assert html.count("<svg") == 2
+    assert "<script" not in html
+    assert "p99" in output
+
+
+def test_rate_is_achieved(server: Server, tmp_path: Path) -> None:
+    data = tmp_path / "iris.json"
+    data.write_text(json.dumps(IRIS_REQUEST))
+    out = tmp_path / "rate.json"
+    code, output = _bench(
+        server, "iris", "--data", str(data), "--rate", "200", "--duration", "1.5",
+        "--json", str(out),
+    )  # fmt: skip
+    assert code == 0, output
+    (level,) = json.loads(out.read_text())["levels"]
+    assert level["mode"] == "rate"
+    assert abs(level["throughput_per_s"] - 200) <= 40
+
+
+def test_stages_ramp(server: Server, tmp_path: Path) -> None:
+    out = tmp_path / "stages.json"
+    code, output = _bench(server, "mlp", "--stages", "0.5s:100,0s:50,0.5s:50", "--json", str(out))
+    assert code == 0, output
+    levels = json.loads(out.read_text())["levels"]
+    assert [level["mode"] for level in levels] == ["stage", "stage"]
+    # A ramp 0 -> 100/s over 0.5 s sends 25; a flat 50/s for 0.5 s sends 25.
+    assert [level["sent"] for level in levels] == [25, 25]
+
+
+def test_errors_are_counted_and_fail_the_run(server: Server, tmp_path: Path) -> None:
+    data = tmp_path / "iris.json"
+    data.write_text(json.dumps(IRIS_REQUEST))
+    out = tmp_path / "errors.json"
+    code, output = _bench(
+        server, "no-such-model", "--data", str(data), "--concurrency", "2",
+        "--duration", "0.3", "--json", str(out),
+    )  # fmt: skip
+    assert code == 1, output
+    (level,) = json.loads(out.read_text())["levels"]
+    assert level["ok"] == 0
+    assert level["errors"]["404"] == level["sent"] > 0
+
+
+def test_unknown_model_without_data_stops_at_metadata(server: Server) -> None:
+    url = f"http://{server.host}:{server.port}"
+    result = CliRunner().invoke(cli, ["bench", url, "no-such-model", "--duration", "0.2"])
+    assert result.exit_code != 0
+    assert "no-such-model" in str(result.exception)
