@@ -55,7 +55,7 @@ import urllib.parse
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Sequence
@@ -255,13 +255,33 @@ class _Connection(asyncio.Protocol):
         self.fail()
 
 
-class _Accounting:
-    """What both pools share: failures into the result, and the timeout sweep."""
+class _Target(Protocol):
+    """Where a pool connects (both run configurations have these)."""
 
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+
+class _Accounting:
+    """What both pools share: connecting, failures into the result, the timeout sweep."""
+
+    config: _Target
+    loop: asyncio.AbstractEventLoop
     result: OpenLoopResult
     busy: set[_Connection]
     timeout_s: float
     start: float  # the run's start on the monotonic clock
+
+    async def _connect(self, connection: _Connection) -> None:
+        try:
+            await self.loop.create_connection(
+                lambda: connection, self.config.host, self.config.port
+            )
+        except OSError:
+            connection.fail()
 
     def failed(self, scheduled_at: float, outcome: int) -> None:
         if outcome == HUNG:
@@ -281,6 +301,8 @@ class _Accounting:
 
 class _Pool(_Accounting):
     """Idle and busy connections, capped at ``limit``; the result they fill in."""
+
+    config: OpenLoop
 
     def __init__(self, config: OpenLoop, result: OpenLoopResult) -> None:
         self.config = config
@@ -304,14 +326,6 @@ class _Pool(_Accounting):
         self.busy.add(connection)
         connection.send(request, scheduled_at)
         return True
-
-    async def _connect(self, connection: _Connection) -> None:
-        try:
-            await self.loop.create_connection(
-                lambda: connection, self.config.host, self.config.port
-            )
-        except OSError:
-            connection.fail()
 
     def answered(
         self, connection: _Connection, status: int, scheduled_at: float, *, keep: bool
@@ -426,6 +440,8 @@ class _Constant:
 class _ClosedPool(_Accounting):
     """``concurrency`` connections that each send again as soon as they are answered."""
 
+    config: ClosedLoop
+
     def __init__(self, config: ClosedLoop, result: OpenLoopResult) -> None:
         self.config = config
         self.result = result
@@ -452,14 +468,6 @@ class _ClosedPool(_Accounting):
         self.result.sent += 1
         self.busy.add(connection)
         connection.send(request, time.monotonic())
-
-    async def _connect(self, connection: _Connection) -> None:
-        try:
-            await self.loop.create_connection(
-                lambda: connection, self.config.host, self.config.port
-            )
-        except OSError:
-            connection.fail()
 
     def answered(
         self, connection: _Connection, status: int, scheduled_at: float, *, keep: bool
