@@ -12,13 +12,16 @@ MLP    := $(MODELS)/mlp/1/model.onnx
 # Debian's Prometheus, unpacked into the venv (no service, no root after the download);
 # tests/integration/test_prometheus.py scrapes ligeiro with it.
 PROMETHEUS := $(VENV)/prometheus/usr/bin/prometheus
+# Debian's chromium-headless-shell and the libraries it lacks here, unpacked into the venv
+# (scripts/fetch_chromium.sh); tests/integration/test_bench_html.py screenshots a report with it.
+CHROMIUM := $(VENV)/chromium/headless-shell
 
 .PHONY: run test bench models clean
 
 run: $(VENV)/.installed-examples $(IRIS) $(MLP)
 	$(BIN)/ligeiro serve $(MODELS) --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.installed-test $(IRIS) $(MLP) $(PROMETHEUS)
+test: $(VENV)/.installed-test $(IRIS) $(MLP) $(PROMETHEUS) $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.installed-bench $(IRIS) $(MLP)
@@ -48,6 +51,10 @@ $(PROMETHEUS): | $(VENV)/bin/python
 		|| { apt-get update -qq && apt-get download -q prometheus; }; }
 	dpkg -x $(VENV)/prometheus/deb/prometheus_*.deb $(VENV)/prometheus
 	rm -rf $(VENV)/prometheus/deb
+	test -x $@
+
+$(CHROMIUM): scripts/fetch_chromium.sh | $(VENV)/bin/python
+	sh scripts/fetch_chromium.sh $(VENV)/chromium
 	test -x $@
 
 clean:

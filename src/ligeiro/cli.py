@@ -447,7 +447,10 @@ def score(
     "--connections", type=int, default=512, show_default=True, help="Open-loop connection cap."
 )
 @click.option("--processes", type=int, default=1, show_default=True, help="Generator processes.")
-@click.option("--metrics-url", help="Server metrics (default: URL/metrics).")
+@click.option(
+    "--metrics-url",
+    help="Server metrics for CPU/RSS (default: URL/metrics over HTTP; none over gRPC).",
+)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write JSON here.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write HTML here.")
 def bench(
@@ -470,7 +473,10 @@ def bench(
 ) -> None:
     """Load MODEL on the V2 server at URL and report latency and throughput per level.
 
-    Exits 1 when any request failed (non-2xx, timeout, connection error or not sent).
+    URL is http://HOST:PORT (V2 REST over HTTP/1.1) or grpc://HOST:PORT (V2 gRPC,
+    ModelInfer; one channel per connection); errors count by HTTP status or gRPC code.
+    Exits 1 when any request failed (non-2xx or non-OK, timeout, connection error or
+    not sent).
     """
     from .bench._command import BenchCommand
 

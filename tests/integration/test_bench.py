@@ -91,3 +91,63 @@ def test_unknown_model_without_data_stops_at_metadata(server: Server) -> None:
     result = CliRunner().invoke(cli, ["bench", url, "no-such-model", "--duration", "0.2"])
     assert result.exit_code != 0
     assert "no-such-model" in str(result.exception)
+
+
+def _bench_grpc(server: Server, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["bench", f"grpc://{server.grpc_target}", *args])
+    return result.exit_code, result.output
+
+
+def test_grpc_concurrency_sweep(server: Server, tmp_path: Path) -> None:
+    out = tmp_path / "grpc.json"
+    code, output = _bench_grpc(
+        server, "iris", "--concurrency", "1:2:x2", "--duration", "0.5", "--json", str(out)
+    )
+    assert code == 0, output
+    report = json.loads(out.read_text())
+    assert report["meta"]["protocol"] == "grpc"
+    levels = report["levels"]
+    assert [level["label"] for level in levels] == ["c=1", "c=2"]
+    for level in levels:
+        assert level["ok"] == level["sent"] > 0
+        assert level["errors"] == {}
+        assert level["latency_ms"]["p50"] <= level["latency_ms"]["p99"]
+        assert level["server_cpu_cores"] is None  # no --metrics-url: n/a
+    assert "n/a" in output
+
+
+def test_grpc_rate_is_achieved_with_metrics(server: Server, tmp_path: Path) -> None:
+    data = tmp_path / "iris.json"
+    data.write_text(json.dumps(IRIS_REQUEST))
+    out = tmp_path / "grpc-rate.json"
+    code, output = _bench_grpc(
+        server, "iris", "--data", str(data), "--rate", "200", "--duration", "1.5",
+        "--metrics-url", f"http://{server.host}:{server.port}/metrics", "--json", str(out),
+    )  # fmt: skip
+    assert code == 0, output
+    (level,) = json.loads(out.read_text())["levels"]
+    assert level["mode"] == "rate"
+    assert abs(level["throughput_per_s"] - 200) <= 50
+    assert level["server_rss_bytes"] > 0
+
+
+def test_grpc_errors_are_counted_by_code_name(server: Server, tmp_path: Path) -> None:
+    data = tmp_path / "iris.json"
+    data.write_text(json.dumps(IRIS_REQUEST))
+    out = tmp_path / "grpc-errors.json"
+    code, output = _bench_grpc(
+        server, "no-such-model", "--data", str(data), "--concurrency", "2",
+        "--duration", "0.3", "--json", str(out),
+    )  # fmt: skip
+    assert code == 1, output
+    (level,) = json.loads(out.read_text())["levels"]
+    assert level["ok"] == 0
+    assert level["errors"] == {"NOT_FOUND": level["sent"]}
+    assert level["sent"] > 0
+    assert "NOT_FOUND:" in output
+
+
+def test_grpc_unknown_model_without_data_stops_at_metadata(server: Server) -> None:
+    code, output = _bench_grpc(server, "no-such-model", "--duration", "0.2")
+    assert code == 1
+    assert "no-such-model" in output

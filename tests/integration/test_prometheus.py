@@ -1,6 +1,7 @@
 """A real Prometheus (Debian's, unpacked by `make test`) scrapes a two-worker ligeiro
-under load; request counts and p95 latency read back through PromQL agree with what
-the server really did (its access log holds every request's latency)."""
+loaded by `ligeiro bench`; request counts and p95 latency read back through PromQL agree
+with what the server really did (its access log holds every request's latency) and with
+what the load generator measured."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ligeiro.bench import BenchPlan, http_request, run_bench
 from ligeiro.client import AsyncClient
-from tests.conftest import ROOT, Server, start_server
+from tests.conftest import IRIS_REQUEST, ROOT, Server, start_server
 
 PROMETHEUS = ROOT / ".venv" / "prometheus" / "usr" / "bin" / "prometheus"
 # The server's latency histogram buckets (src/ligeiro/metrics.py), in seconds.
@@ -124,8 +126,14 @@ def test_prometheus_reads_back_request_counts_and_p95(
     total = 'sum(ligeiro_inference_requests_total{model="iris",code="200"})'
     load(ligeiro, 8)  # the series exists, and is scraped before the load...
     wait_for(prometheus, total, 8)
-    load(ligeiro)  # ...so that the load shows as a rate
-    wait_for(prometheus, total, 8 + REQUESTS)  # exact, whichever worker was scraped
+    # ...so that the load, from `ligeiro bench`, shows as a rate.
+    body = json.dumps(IRIS_REQUEST).encode()
+    request = http_request(f"http://{ligeiro.host}:{ligeiro.port}/v2/models/iris/infer", body)
+    (level,) = run_bench(BenchPlan(ligeiro.host, ligeiro.port, request, concurrency=[8],
+                                   duration_s=3.0))  # fmt: skip
+    assert level.error_count == 0
+    sent = level.ok
+    wait_for(prometheus, total, 8 + sent)  # exact, whichever worker was scraped
     assert scalar(prometheus, f"sum(rate({total[4:-1]}[1m]))") > 0
 
     p95 = scalar(
@@ -138,11 +146,16 @@ def test_prometheus_reads_back_request_counts_and_p95(
         json.loads(line)["latency_ms"] / 1e3
         for line in (tmp_path / "access.jsonl").read_text().splitlines()
     )
-    assert len(latencies) == 8 + REQUESTS
+    assert len(latencies) == 8 + sent
     exact = latencies[math.ceil(0.95 * len(latencies)) - 1]
     # Within the histogram's bucket error: PromQL interpolates inside the bucket that
-    # holds the 95th percentile, so both lie in the same bucket.
+    # holds the 95th percentile, so it lies in the same bucket as the exact value...
     assert bucket_of(p95) == bucket_of(exact), (p95, exact)
+    # ...and within one bucket's width of what the client measured (which adds the
+    # client's own time on top of the server's).
+    client = level.latency_ms["p95"] / 1e3
+    lower, upper = bucket_of(client)
+    assert abs(p95 - client) <= upper - lower, (p95, client)
     assert len(query(prometheus, "ligeiro_process_resident_memory_bytes")) == 1
 
 

@@ -86,3 +86,19 @@ def test_modes_are_exclusive() -> None:
     )
     assert result.exit_code == 2
     assert "give one of" in result.output
+
+
+def test_url_scheme_must_be_http_or_grpc() -> None:
+    result = CliRunner().invoke(cli, ["bench", "ftp://127.0.0.1:1", "m"])
+    assert result.exit_code == 2
+    assert "grpc://127.0.0.1:8001" in result.output
+
+
+def test_grpc_request_carries_the_json_tensors() -> None:
+    from ligeiro.bench._grpcloop import infer_request_bytes
+    from ligeiro.protocol.grpc_codec import decode_infer_request, decode_message, pb
+
+    body = b'{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1.5,2.5]}]}'
+    message = decode_message(pb.ModelInferRequest, infer_request_bytes(body, "m", "2"))
+    assert (message.model_name, message.model_version) == ("m", "2")
+    assert decode_infer_request(message).inputs["x"].tolist() == [[1.5, 2.5]]

@@ -1,7 +1,8 @@
 """``ligeiro bench``: load any V2 server (ligeiro, Triton, MLServer) and report per level.
 
 Closed-loop concurrency sweeps, open-loop constant rates and k6-style ramping stages
-over keep-alive HTTP/1.1 (``_openloop``), with p50/p90/p95/p99/max, errors by status,
+over keep-alive HTTP/1.1 (``_openloop``) or gRPC (``_grpcloop``, ``grpc://HOST:PORT``),
+with p50/p90/p95/p99/max, errors by HTTP status or gRPC code name,
 the server's CPU and RSS when it exports ligeiro's metrics, and the generator's own CPU.
 
 Example:
@@ -15,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+from ._grpcloop import infer_request_bytes as infer_request_bytes
 from ._openloop import http_request as http_request
 from ._payload import payload_from_metadata as payload_from_metadata
 from ._plan import Stage as Stage
@@ -33,6 +35,7 @@ __all__ = [
     "Stage",
     "format_table",
     "http_request",
+    "infer_request_bytes",
     "parse_concurrency",
     "parse_stages",
     "payload_from_metadata",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -12,6 +13,7 @@ from urllib.parse import quote, urlsplit
 
 import click
 
+from ._grpcloop import infer_request_bytes
 from ._openloop import http_request
 from ._payload import payload_from_metadata
 from ._plan import parse_concurrency, parse_stages
@@ -20,8 +22,6 @@ from ._runner import CLIENT_BUSY, BenchPlan, Level, run_bench
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    from ..client import Client
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +57,13 @@ class BenchCommand:
         if modes > 1:
             raise click.UsageError("give one of --concurrency, --rate and --stages")
         parts = urlsplit(self.url if "//" in self.url else f"http://{self.url}")
-        if parts.scheme != "http" or parts.hostname is None:
-            raise click.UsageError(f"expected a URL like http://127.0.0.1:8000, got {self.url!r}")
-        host, port = parts.hostname, parts.port or 80
-        base = f"http://{parts.netloc}"
-        route = f"/v2/models/{quote(self.model, safe='')}"
-        if self.model_version is not None:
-            route += f"/versions/{quote(self.model_version, safe='')}"
+        if parts.scheme not in ("http", "grpc") or parts.hostname is None:
+            raise click.UsageError(
+                f"expected a URL like http://127.0.0.1:8000 or grpc://127.0.0.1:8001, "
+                f"got {self.url!r}"
+            )
+        is_grpc = parts.scheme == "grpc"
+        host, port = parts.hostname, parts.port or (8001 if is_grpc else 80)
         try:
             concurrency = (
                 parse_concurrency(self.concurrency or "1") if not modes or self.concurrency else []
@@ -71,34 +71,82 @@ class BenchCommand:
             stages = parse_stages(self.stages) if self.stages else []
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from None
-        with Client(base, timeout_s=self.timeout_s) as client:
-            body = self._body(client, route)
+        if is_grpc:
+            request = self._grpc_request(parts.netloc)
+        else:
+            request = self._http_request(f"http://{parts.netloc}")
         plan = BenchPlan(
-            host, port, http_request(base + route + "/infer", body),
+            host, port, request,
             concurrency=concurrency, rates_per_s=self.rate, stages=stages,
             duration_s=self.duration_s, warmup_s=self.warmup_s, timeout_s=self.timeout_s,
             connections=self.connections, processes=self.processes,
+            protocol="grpc" if is_grpc else "http",
         )  # fmt: skip
-        metrics_base = self.metrics_url or base + "/metrics"
-        metrics_parts = urlsplit(metrics_base)
-        with Client(f"http://{metrics_parts.netloc}", timeout_s=5.0) as metrics:
-            levels = run_bench(plan, metrics, metrics_parts.path or "/metrics", _progress)
+        # A gRPC port serves no /metrics: the server's numbers need --metrics-url there.
+        metrics_url = self.metrics_url or (None if is_grpc else f"http://{parts.netloc}/metrics")
+        with contextlib.ExitStack() as stack:
+            metrics = None
+            if metrics_url is not None:
+                metrics_parts = urlsplit(metrics_url)
+                metrics = stack.enter_context(
+                    Client(f"http://{metrics_parts.netloc}", timeout_s=5.0)
+                )
+            levels = run_bench(plan, metrics, urlsplit(metrics_url or "").path or "/metrics",
+                               _progress)  # fmt: skip
         click.echo(format_table(levels))
+        if metrics_url is None:
+            click.echo(
+                "server CPU/RSS: n/a (a gRPC port serves no metrics; give --metrics-url "
+                "http://HOST:HTTP_PORT/metrics)",
+                err=True,
+            )
         self._warn(levels)
-        meta = self._meta(body)
+        meta = self._meta(len(request), "grpc" if is_grpc else "http")
         if self.json_path is not None:
             self.json_path.write_text(json.dumps(to_json(levels, meta), indent=2) + "\n")
         if self.html_path is not None:
             self.html_path.write_text(to_html(levels, meta))
         return 1 if any(level.error_count for level in levels) else 0
 
-    def _body(self, client: Client, route: str) -> bytes:
+    def _http_request(self, base: str) -> bytes:
+        from ..client import Client
+
+        route = f"/v2/models/{quote(self.model, safe='')}"
+        if self.model_version is not None:
+            route += f"/versions/{quote(self.model_version, safe='')}"
         if self.data is not None:
-            return self.data.read_bytes()
+            body = self.data.read_bytes()
+        else:
+            with Client(base, timeout_s=self.timeout_s) as client:
+                try:
+                    metadata: dict[str, Any] = json.loads(client.request("GET", route))
+                except OSError as exc:
+                    raise click.ClickException(
+                        f"cannot reach {self.url}: {exc.strerror or exc}"
+                    ) from None
+            body = self._from_metadata(metadata)
+        return http_request(base + route + "/infer", body)
+
+    def _grpc_request(self, target: str) -> bytes:
+        """A serialized ``ModelInferRequest``: ``--data`` or the metadata, through the codecs."""
+        from ..client import GrpcClient
+        from ..errors import LigeiroError
+
+        if self.data is not None:
+            body = self.data.read_bytes()
+        else:
+            with GrpcClient(target, timeout_s=self.timeout_s) as client:
+                try:
+                    metadata = client.model_metadata(self.model, self.model_version)
+                except LigeiroError as exc:
+                    raise click.ClickException(f"{self.url}: {self.model}: {exc}") from None
+            body = self._from_metadata(metadata)
         try:
-            metadata: dict[str, Any] = json.loads(client.request("GET", route))
-        except OSError as exc:
-            raise click.ClickException(f"cannot reach {self.url}: {exc.strerror or exc}") from None
+            return infer_request_bytes(body, self.model, self.model_version)
+        except LigeiroError as exc:
+            raise click.ClickException(f"{self.data}: {exc}") from None
+
+    def _from_metadata(self, metadata: dict[str, Any]) -> bytes:
         try:
             return payload_from_metadata(metadata, self.batch_size)
         except ValueError as exc:
@@ -122,13 +170,14 @@ class BenchCommand:
                     err=True,
                 )
 
-    def _meta(self, body: bytes) -> dict[str, Any]:
+    def _meta(self, request_bytes: int, protocol: str) -> dict[str, Any]:
         return {
             "url": self.url,
+            "protocol": protocol,
             "model": self.model,
             "version": self.model_version,
             "batch_size": self.batch_size,
-            "request_bytes": len(body),
+            "request_bytes": request_bytes,
             "duration_s": self.duration_s,
             "warmup_s": self.warmup_s,
             "processes": self.processes,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import TYPE_CHECKING, Literal
 
+from ._grpcloop import GRPC_STATUS, run_grpc_closed_loop, run_grpc_open_loop, status_name
 from ._openloop import (
     HUNG,
     NOT_SENT,
@@ -42,7 +43,11 @@ CLIENT_BUSY: float = 0.9
 
 @dataclass(frozen=True)
 class BenchPlan:
-    """Where to send what, and which levels to run (exactly one of the three)."""
+    """Where to send what, and which levels to run (exactly one of the three).
+
+    ``request`` is a raw HTTP/1.1 request (``http_request``), or for ``protocol="grpc"``
+    a serialized ``ModelInferRequest`` (``infer_request_bytes``).
+    """
 
     host: str
     port: int
@@ -55,11 +60,12 @@ class BenchPlan:
     timeout_s: float = 10.0
     connections: int = 512
     processes: int = 1
+    protocol: Literal["http", "grpc"] = "http"
 
 
 @dataclass
 class Level:
-    """One load level's numbers. Latencies (ms) are of 2xx answers only."""
+    """One load level's numbers. Latencies (ms) are of 2xx (gRPC: OK) answers only."""
 
     label: str
     mode: Literal["concurrency", "rate", "stage"]
@@ -67,7 +73,8 @@ class Level:
     duration_s: float
     sent: int = 0
     ok: int = 0
-    errors: dict[str, int] = field(default_factory=dict)  # status or outcome -> count
+    # HTTP status, gRPC code name (NOT_FOUND) or outcome (timeout, not_sent) -> count
+    errors: dict[str, int] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)  # p50 p90 p95 p99 max mean
     throughput_per_s: float = 0.0  # 2xx answers per second
     server_cpu_cores: float | None = None
@@ -94,10 +101,10 @@ def _level(
     level = Level(label, mode, target, duration_s, client_cpu=client_cpu)
     latencies = []
     for _, status, latency_ms in events:
-        if 200 <= status < 300:
+        if 200 <= status < 300 or status == GRPC_STATUS:
             latencies.append(latency_ms)
         else:
-            key = _OUTCOMES.get(status, str(status))
+            key = _OUTCOMES.get(status) or _grpc_name(status) or str(status)
             level.errors[key] = level.errors.get(key, 0) + 1
     level.ok = len(latencies)
     level.sent = len(events) - level.errors.get("not_sent", 0)
@@ -109,6 +116,10 @@ def _level(
             "mean": sum(latencies) / len(latencies),
         }
     return level
+
+
+def _grpc_name(status: int) -> str | None:
+    return status_name(status) if status > GRPC_STATUS else None
 
 
 def _server(level: Level, before: ServerSample | None, after: ServerSample | None) -> None:
@@ -125,11 +136,23 @@ def _open(config: OpenLoop) -> OpenLoopResult:
     return run_open_loop(config)
 
 
+def _grpc_closed(config: ClosedLoop) -> OpenLoopResult:
+    return run_grpc_closed_loop(config)
+
+
+def _grpc_open(config: OpenLoop) -> OpenLoopResult:
+    return run_grpc_open_loop(config)
+
+
 class _Driver:
     """Runs one load on this process, or split over ``processes`` and merged."""
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, protocol: Literal["http", "grpc"] = "http") -> None:
         self.processes = processes
+        # Module-level functions, so that a spawned process can unpickle them.
+        self.run_closed, self.run_open = (
+            (_grpc_closed, _grpc_open) if protocol == "grpc" else (_closed, _open)
+        )
         self.pool = (
             ProcessPoolExecutor(processes, mp_context=get_context("spawn"))
             if processes > 1
@@ -138,14 +161,14 @@ class _Driver:
 
     def closed(self, config: ClosedLoop) -> tuple[list[Event], float]:
         if self.pool is None:
-            return _one(run_closed_loop(config))
+            return _one(self.run_closed(config))
         shares = _split(config.concurrency, self.processes)
         configs = [_replace_closed(config, n) for n in shares if n]
-        return _merge(list(self.pool.map(_closed, configs)))
+        return _merge(list(self.pool.map(self.run_closed, configs)))
 
     def open(self, config: OpenLoop) -> tuple[list[Event], float]:
         if self.pool is None:
-            return _one(run_open_loop(config))
+            return _one(self.run_open(config))
         n = self.processes
         offsets = config.schedule_s
         if offsets is None:
@@ -164,7 +187,7 @@ class _Driver:
             )
             for i in range(n)
         ]
-        return _merge(list(self.pool.map(_open, configs)))
+        return _merge(list(self.pool.map(self.run_open, configs)))
 
     def close(self) -> None:
         if self.pool is not None:
@@ -207,7 +230,7 @@ def run_bench(
         return scrape(metrics, metrics_path) if metrics is not None else None
 
     requests = [plan.request]
-    driver = _Driver(plan.processes)
+    driver = _Driver(plan.processes, plan.protocol)
     levels: list[Level] = []
     try:
         for concurrency in plan.concurrency:
