@@ -129,7 +129,9 @@ def test_prometheus_reads_back_request_counts_and_p95(
     # ...so that the load, from `ligeiro bench`, shows as a rate.
     body = json.dumps(IRIS_REQUEST).encode()
     request = http_request(f"http://{ligeiro.host}:{ligeiro.port}/v2/models/iris/infer", body)
-    (level,) = run_bench(BenchPlan(ligeiro.host, ligeiro.port, request, concurrency=[8],
+    # An open loop at a modest rate: no request waits in the generator, so what it
+    # measures is the server's time plus its own per-request overhead.
+    (level,) = run_bench(BenchPlan(ligeiro.host, ligeiro.port, request, rates_per_s=[300],
                                    duration_s=3.0))  # fmt: skip
     assert level.error_count == 0
     sent = level.ok
@@ -151,11 +153,12 @@ def test_prometheus_reads_back_request_counts_and_p95(
     # Within the histogram's bucket error: PromQL interpolates inside the bucket that
     # holds the 95th percentile, so it lies in the same bucket as the exact value...
     assert bucket_of(p95) == bucket_of(exact), (p95, exact)
-    # ...and within one bucket's width of what the client measured (which adds the
-    # client's own time on top of the server's).
+    # ...and within the bucket error of what `ligeiro bench` measured, once the
+    # generator's own time per request (its median excess over the server's) is allowed.
     client = level.latency_ms["p95"] / 1e3
+    overhead = max(0.0, level.latency_ms["p50"] / 1e3 - latencies[len(latencies) // 2])
     lower, upper = bucket_of(client)
-    assert abs(p95 - client) <= upper - lower, (p95, client)
+    assert abs(p95 - client) <= (upper - lower) + overhead, (p95, client, overhead)
     assert len(query(prometheus, "ligeiro_process_resident_memory_bytes")) == 1
 
 
