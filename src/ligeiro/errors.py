@@ -6,7 +6,8 @@
     ├── ModelNotFoundError        unknown model or version
     ├── ModelNotReadyError        known, but failed to load or not loaded yet
     ├── InvalidInputError         the request does not fit the model or the protocol
-    │   └── RequestTooLargeError  the body is over the configured limit
+    │   ├── RequestTooLargeError  the body is over the configured limit
+    │   └── UnsupportedEncodingError  a Content-Encoding the server cannot decode
     ├── InferenceError            the runtime failed on input that looked valid
     ├── ServerOverloadedError     a bounded queue is full
     ├── DeadlineExceededError     the request's timeout passed while it waited
@@ -33,6 +34,7 @@ __all__ = [
     "ModelNotReadyError",
     "RequestTooLargeError",
     "ServerOverloadedError",
+    "UnsupportedEncodingError",
     "UntrustedModelError",
 ]
 
@@ -66,6 +68,10 @@ class InvalidInputError(LigeiroError):
 
 class RequestTooLargeError(InvalidInputError):
     """The request body is larger than the configured limit."""
+
+
+class UnsupportedEncodingError(InvalidInputError):
+    """The request body is compressed in a way the server does not decode."""
 
 
 class InferenceError(LigeiroError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from collections import deque
 from email.utils import formatdate
 from typing import TYPE_CHECKING, final
@@ -29,6 +30,7 @@ from ..errors import (
     ModelNotReadyError,
     RequestTooLargeError,
     ServerOverloadedError,
+    UnsupportedEncodingError,
 )
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..protocol.codec import (
@@ -65,6 +67,7 @@ logger = logging.getLogger(__name__)
 # The single table from domain errors to HTTP status codes; first match on the MRO.
 _STATUS: dict[type[LigeiroError], int] = {
     RequestTooLargeError: 413,
+    UnsupportedEncodingError: 415,
     InvalidInputError: 400,
     ModelNotFoundError: 404,
     ModelNotReadyError: 503,
@@ -74,7 +77,8 @@ _STATUS: dict[type[LigeiroError], int] = {
 }
 _REASONS = {
     200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
-    408: b"Request Timeout", 413: b"Content Too Large", 429: b"Too Many Requests",
+    408: b"Request Timeout", 413: b"Content Too Large", 415: b"Unsupported Media Type",
+    429: b"Too Many Requests",
     500: b"Internal Server Error", 503: b"Service Unavailable", 504: b"Gateway Timeout",
 }  # fmt: skip
 # A full queue empties within milliseconds; a second is the smallest Retry-After.
@@ -187,17 +191,21 @@ class HttpApp:
         header_length: bytes | None = None,
         traceparent: bytes | None = None,
         tracestate: bytes | None = None,
+        content_encoding: bytes | None = None,
     ) -> bytes:
         """Answer one request; never raises. HEAD gets GET's headers without the body.
 
         ``header_length`` is the raw ``Inference-Header-Content-Length`` value, if sent;
-        ``traceparent`` and ``tracestate`` the W3C trace context headers.
+        ``traceparent`` and ``tracestate`` the W3C trace context headers;
+        ``content_encoding`` the body's ``Content-Encoding`` (gzip and deflate decode).
         """
         if method == b"HEAD":
             answer = await self.handle(b"GET", url, body, keep_alive)
             return answer[: answer.index(b"\r\n\r\n") + 4]
         path = url.split(b"?", 1)[0]
         try:
+            if content_encoding is not None:
+                body = _decompress(body, content_encoding, self.settings.max_request_bytes)
             if path.startswith(b"/v2/models/"):
                 return await self._model_route(
                     method, path[11:], body, header_length, keep_alive, traceparent, tracestate
@@ -415,6 +423,43 @@ class HttpApp:
         return response, None
 
 
+# Content-Encoding -> zlib's wbits: gzip's header and trailer, or zlib's (RFC 9110
+# "deflate").
+_ENCODINGS = {
+    b"gzip": 16 + zlib.MAX_WBITS,
+    b"x-gzip": 16 + zlib.MAX_WBITS,
+    b"deflate": zlib.MAX_WBITS,
+}
+
+
+def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
+    """The body decoded; never more than ``limit`` bytes of it (a small bomb stays small).
+
+    Raises:
+        UnsupportedEncodingError: an encoding other than gzip or deflate.
+        RequestTooLargeError: the decoded body is over ``limit``.
+        InvalidInputError: the body is not valid in its encoding, or is cut short.
+    """
+    wbits = _ENCODINGS.get(encoding)
+    name = encoding.decode("latin-1")
+    if wbits is None:
+        raise UnsupportedEncodingError(
+            f"Content-Encoding {name!r} is not supported; send gzip, deflate or identity"
+        )
+    decoder = zlib.decompressobj(wbits)
+    try:
+        data = decoder.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInputError(f"the body is not valid {name}: {exc}") from None
+    if len(data) > limit:
+        raise RequestTooLargeError(
+            f"the {name} body decodes to more than the limit of {limit} bytes"
+        )
+    if not decoder.eof:
+        raise InvalidInputError(f"the {name} body is cut short")
+    return data
+
+
 def _latin(raw: bytes | None) -> str | None:
     return None if raw is None else raw.decode("latin-1")
 
@@ -474,10 +519,10 @@ class HttpConnection(asyncio.Protocol):
     """One client connection: parse with httptools, answer in order, drain on shutdown."""
 
     __slots__ = (
-        "_app", "_body", "_connections", "_content_length", "_expect_continue",
-        "_header_length", "_loop", "_parser", "_pending", "_size", "_too_large", "_traceparent",
-        "_tracestate", "_transport", "_url", "_writing_paused", "is_closing", "is_receiving",
-        "last_active",
+        "_app", "_body", "_connections", "_content_encoding", "_content_length",
+        "_expect_continue", "_header_length", "_loop", "_parser", "_pending", "_size",
+        "_too_large", "_traceparent", "_tracestate", "_transport", "_url", "_writing_paused",
+        "is_closing", "is_receiving", "last_active",
     )  # fmt: skip
 
     def __init__(self, app: HttpApp, connections: Connections) -> None:
@@ -494,6 +539,7 @@ class HttpConnection(asyncio.Protocol):
         self._content_length = 0
         self._expect_continue = False
         self._header_length: bytes | None = None
+        self._content_encoding: bytes | None = None
         self._traceparent: bytes | None = None
         self._tracestate: bytes | None = None
         self._too_large = False
@@ -544,13 +590,14 @@ class HttpConnection(asyncio.Protocol):
         self._header_length = None
         self._traceparent = None
         self._tracestate = None
+        self._content_encoding = None
         self._too_large = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # Only five headers matter here; compare lengths first to skip the others cheaply.
+        # Only six headers matter here; compare lengths first to skip the others cheaply.
         size = len(name)
         if size == 14 and name.lower() == b"content-length":
             self._content_length = int(value) if value.isdigit() else 0
@@ -562,6 +609,9 @@ class HttpConnection(asyncio.Protocol):
             self._traceparent = value
         elif size == 10 and name.lower() == b"tracestate":
             self._tracestate = value
+        elif size == 16 and name.lower() == b"content-encoding":
+            value = value.strip().lower()
+            self._content_encoding = None if value == b"identity" else value
 
     def on_headers_complete(self) -> None:
         limit = self._app.settings.max_request_bytes
@@ -594,6 +644,7 @@ class HttpConnection(asyncio.Protocol):
             self._header_length,
             self._traceparent,
             self._tracestate,
+            self._content_encoding,
         )
         task = self._loop.create_task(answer)
         self._pending.append((task, keep_alive))
