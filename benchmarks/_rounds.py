@@ -76,6 +76,16 @@ class Spread:
         return f"{self.low:{spec}}-{self.high:{spec}}"
 
 
+def ratio_cell(values: Iterable[float], digits: int = 2) -> str:
+    """Per-round ratios as ``median x (low-high)``; ``-`` when there are none."""
+    values = list(values)
+    if not values:
+        return "-"
+    spread = Spread.of(values)
+    spec = f".{digits}f"
+    return f"{spread.median:{spec}}x ({spread.range(spec)})"
+
+
 def rotated(items: Sequence[T], round_index: int) -> list[T]:
     """``items`` rotated left by ``round_index`` (from 0): each round another goes first."""
     if not items:

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,13 +33,12 @@ from ._harness import (
     free_port,
     measure,
 )
+from ._rounds import ratio_cell
+from .bench_iris import V2_PAYLOAD
 
 ROOT = Path(__file__).resolve().parent.parent
 IRIS = ROOT / "examples" / "models" / "iris"
-BODY = json.dumps(
-    {"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32",
-                 "data": [5.1, 3.5, 1.4, 0.2]}]}
-).encode()  # fmt: skip
+BODY = json.dumps(V2_PAYLOAD).encode()  # the seed's iris row
 
 
 def _worktree(revision: str, into: Path) -> Path:
@@ -63,10 +61,6 @@ def _serve(src: Path, repository: Path, log: Path) -> tuple[ServerProcess, str]:
         argv, f"{url}/v2/health/ready", log_path=log, env={"PYTHONPATH": str(src)}
     )
     return server, url
-
-
-def _ratio(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f}x ({min(values):.3f}-{max(values):.3f})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     report = (
         f"`python -m benchmarks.bench_ab {options.a} {options.b}` ({options.rounds} rounds, "
         f"c={options.concurrency}, {options.duration:g} s per run): B / A req/s "
-        f"{_ratio(throughput)}, CPU per request {_ratio(cpu)}"
+        f"{ratio_cell(throughput, 3)}, CPU per request {ratio_cell(cpu, 3)}"
     )
     print(report)
     if options.markdown is not None:

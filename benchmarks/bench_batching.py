@@ -66,7 +66,7 @@ from ._harness import (
     wrk_seconds,
 )
 from ._models import build_mlp
-from ._rounds import Run, Spread, describe_rounds, median_runs, rotated, round_ratios
+from ._rounds import Run, Spread, describe_rounds, median_runs, ratio_cell, rotated, round_ratios
 from .bench_iris import RESULT_HEADERS, Rounds, Startup, expected_seconds, result_rows
 
 if TYPE_CHECKING:
@@ -464,13 +464,6 @@ def latency_ratios(runs: Sequence[Run], numerator: str, concurrency: int) -> dic
     return {"p50": p50, "mean": mean} if p50 else {}
 
 
-def _ratio_cell(values: Sequence[float]) -> str:
-    if not values:
-        return "-"
-    spread = Spread.of(values)
-    return f"{spread.median:.2f}x ({spread.range('.2f')})"
-
-
 # --- reports ------------------------------------------------------------------------------
 
 
@@ -525,7 +518,7 @@ def render(
             format_table(
                 [f"req/s ratio to {REFERENCE}: median (range)", *(f"c={c}" for c in concurrency)],
                 [
-                    [name, *(_ratio_cell(by_c.get(c, [])) for c in concurrency)]
+                    [name, *(ratio_cell(by_c.get(c, [])) for c in concurrency)]
                     for name, by_c in throughput.items()
                 ],
                 markdown=markdown,
@@ -537,7 +530,7 @@ def render(
             format_table(
                 [f"latency ratio to {REFERENCE} at c={low}", "p50", "mean (1 / req/s)"],
                 [
-                    [name, _ratio_cell(by.get("p50", [])), _ratio_cell(by.get("mean", []))]
+                    [name, ratio_cell(by.get("p50", [])), ratio_cell(by.get("mean", []))]
                     for name, by in latency.items()
                 ],
                 markdown=markdown,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -30,17 +29,12 @@ from ._harness import (
     free_port,
     run_wrk,
 )
+from ._rounds import ratio_cell
+from .bench_iris import V2_PAYLOAD
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "examples" / "models"
-BODY = json.dumps(
-    {"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32",
-                 "data": [5.1, 3.5, 1.4, 0.2]}]}
-).encode()  # fmt: skip
-
-
-def _ratio(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f}x ({min(values):.3f}-{max(values):.3f})"
+BODY = json.dumps(V2_PAYLOAD).encode()  # the seed's iris row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     report = (
         f"`python -m benchmarks.bench_generator` ({options.rounds} rounds, "
         f"c={options.concurrency}, {options.duration:g} s per run): ligeiro bench / wrk "
-        f"req/s {_ratio(throughput)}, p50 {_ratio(p50)}"
+        f"req/s {ratio_cell(throughput, 3)}, p50 {ratio_cell(p50, 3)}"
     )
     print(report)
     if options.markdown is not None:

@@ -52,7 +52,7 @@ from ._harness import (
     measure,
     wrk_seconds,
 )
-from ._rounds import Run, Spread, describe_rounds, median_runs, rotated, round_ratios
+from ._rounds import Run, Spread, describe_rounds, median_runs, ratio_cell, rotated, round_ratios
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -429,7 +429,7 @@ def render(
     if ratios:
         headers = ["req/s ratio: median (range)", *(f"c={c}" for c in options.concurrency)]
         rows = [
-            [pair, *(_ratio_cell(by_c.get(c, [])) for c in options.concurrency)]
+            [pair, *(ratio_cell(by_c.get(c, [])) for c in options.concurrency)]
             for pair, by_c in ratios.items()
         ]
         parts.append(format_table(headers, rows, markdown=markdown))
@@ -438,13 +438,6 @@ def render(
         for f in measured.failures
     ]
     return "\n\n".join(parts)
-
-
-def _ratio_cell(ratios: list[float]) -> str:
-    if not ratios:
-        return "-"
-    spread = Spread.of(ratios)
-    return f"{spread.median:.2f}x ({spread.range('.2f')})"
 
 
 def markdown_heading(machine: Machine, command: str, rounds: int) -> str:

@@ -7,7 +7,7 @@ runs alone, so each pays the whole model; at most 64 wait). The run:
 1. measures the sustainable rate: wrk, closed loop, 16 connections, for
    ``--sustain-duration`` seconds after one of warm-up; 200s per second;
 2. offers ``--factor`` (10) times that rate for ``--duration`` (30) seconds with the
-   open-loop generator (``_openloop.py``) on core 1: one digits row per request, and
+   open-loop generator (``ligeiro.bench._openloop``) on core 1: one digits row per request, and
    every ``--deadline-every`` (10th) request with ``"parameters": {"timeout": 50000}``
    (50 ms in the queue at most), so the 504 path is exercised too;
 3. meanwhile probes ``GET /v2/health/live`` every 100 ms on its own keep-alive connection
@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from ligeiro.bench._openloop import percentile
+
 from ._harness import (
     LOAD_CORE,
     BenchmarkError,
@@ -58,7 +60,6 @@ from ._harness import (
     machine_info,
     run_wrk,
 )
-from ._openloop import percentile
 from .bench_batching import CASES, MODELS, ROOT, verify
 
 if TYPE_CHECKING:
@@ -154,7 +155,7 @@ def open_loop(
     rate: float,
     out: Path,
 ) -> dict[str, object]:
-    """Run ``_openloop`` as its own process on the load core; return its summary.
+    """Run ``ligeiro.bench._openloop`` as its own process on the load core; return its summary.
 
     A process of its own keeps the generator's event loop clear of this process's probe
     and sampler threads (and of their GIL).
@@ -163,7 +164,7 @@ def open_loop(
         BenchmarkError: the generator failed.
     """
     command = [
-        "taskset", "-c", str(LOAD_CORE), sys.executable, "-m", "benchmarks._openloop", url,
+        "taskset", "-c", str(LOAD_CORE), sys.executable, "-m", "ligeiro.bench._openloop", url,
         "--rate", f"{rate:.1f}", "--duration", str(options.duration),
         "--connections", str(options.connections), "--timeout", str(options.client_timeout),
         "--json", str(out),
@@ -306,8 +307,9 @@ def markdown_heading(machine: Machine, command_line: str, server_argv: Sequence[
     return (
         f"Measured {machine.date} with `{command_line}` on {machine.summary()}. "
         f"Server: `{' '.join(server_argv)}` pinned to core 0. The open-loop generator "
-        "(`benchmarks/_openloop.py`, uvloop, keep-alive HTTP/1.1, one request per connection "
-        "at a time) runs on core 1 beside the health prober and the RSS sampler. Latencies "
+        "(`ligeiro.bench._openloop`, the engine of `ligeiro bench --rate`; uvloop, "
+        "keep-alive HTTP/1.1, one request per connection at a time) runs on core 1 "
+        "beside the health prober and the RSS sampler. Latencies "
         "run from each request's scheduled send time."
     )
 

@@ -69,7 +69,7 @@ from ._harness import (
     measure,
 )
 from ._models import build_mlp
-from ._rounds import Run, Spread, describe_rounds, median_runs, rotated, round_ratios
+from ._rounds import Run, Spread, describe_rounds, median_runs, ratio_cell, rotated, round_ratios
 from .bench_iris import MODELS, V2_PAYLOAD, ensure_models, v2_predicts_class_0
 
 if TYPE_CHECKING:
@@ -836,7 +836,7 @@ def render(results: Results, options: argparse.Namespace, *, markdown: bool) -> 
     model_mib = results.model_bytes / 2**20
     ratios = scaling_ratios(results)
     ratio_rows = [
-        [model, *(_ratio_cell(by_c.get(c, [])) for c in options.concurrency)]
+        [model, *(ratio_cell(by_c.get(c, [])) for c in options.concurrency)]
         for model, by_c in ratios.items()
     ]
     parts = [
@@ -871,13 +871,6 @@ def render(results: Results, options: argparse.Namespace, *, markdown: bool) -> 
     ]
     parts += [f"failure: {failure.splitlines()[0]}" for failure in results.failures]
     return "\n\n".join(parts)
-
-
-def _ratio_cell(ratios: list[float]) -> str:
-    if not ratios:
-        return "-"
-    spread = Spread.of(ratios)
-    return f"{spread.median:.2f}x ({spread.range('.2f')})"
 
 
 def markdown_heading(machine: Machine, command: str) -> str:

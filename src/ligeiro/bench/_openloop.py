@@ -33,7 +33,7 @@ the constant rate by any schedule (``ligeiro bench --stages`` ramps with it). Ea
 finished request leaves an ``Event`` (scheduled offset, outcome, latency), so a caller
 can cut one run into stages after the fact.
 
-Run: ``python -m benchmarks._openloop URL --rate 2000 --duration 10 --body payload.json
+Run: ``python -m ligeiro.bench._openloop URL --rate 2000 --duration 10 --body payload.json
 [--body other.json:1] [--connections 512] [--timeout 10] [--json PATH]``
 (``--body FILE:WEIGHT`` mixes bodies: ``a.json:9 b.json:1`` sends ``b`` every tenth).
 """

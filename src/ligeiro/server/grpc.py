@@ -177,26 +177,21 @@ class GrpcService:
         try:
             model = self.engine.model(request.model_name, request.model_version or None)
             self.engine.admit(model)  # a full queue refuses before the tensors are decoded
+            began = 0 if trace is None else time.time_ns()
+            decoded = decode_infer_request(request)
             if trace is None:
-                decoded = decode_infer_request(request)
                 result = await self.engine.submit(
                     model, decoded.inputs, decoded.outputs, timeout_s=decoded.timeout_s
                 )
-                response = encode_infer_response(
-                    model.name, model.version, result.outputs, decoded.id
-                )
             else:
                 trace.model(model)
-                began = time.time_ns()
-                decoded = decode_infer_request(request)
                 trace.stage("decode", began, time.time_ns())
                 result = await trace.submit(
                     self.engine, model, decoded.inputs, decoded.outputs, decoded.timeout_s
                 )
                 began = time.time_ns()
-                response = encode_infer_response(
-                    model.name, model.version, result.outputs, decoded.id
-                )
+            response = encode_infer_response(model.name, model.version, result.outputs, decoded.id)
+            if trace is not None:
                 trace.stage("encode", began, time.time_ns())
             code = _OK
             return response

@@ -358,21 +358,22 @@ class HttpApp:
         keep_alive: bool,
         trace: RequestTrace | None,
     ) -> tuple[bytes, str | None]:
-        began = time.time_ns()
+        began = 0 if trace is None else time.time_ns()
         length = None if header_length is None else header_length_of(header_length, len(body))
         request = decode_infer_request(body, length)
         if trace is None:
             result = await self.engine.submit(
                 model, request.inputs, request.outputs, timeout_s=request.timeout_s
             )
-            return self._infer_response(model, request, result.outputs, keep_alive), request.id
-        trace.stage("decode", began, time.time_ns())
-        result = await trace.submit(
-            self.engine, model, request.inputs, request.outputs, request.timeout_s
-        )
-        began = time.time_ns()
+        else:
+            trace.stage("decode", began, time.time_ns())
+            result = await trace.submit(
+                self.engine, model, request.inputs, request.outputs, request.timeout_s
+            )
+            began = time.time_ns()
         response = self._infer_response(model, request, result.outputs, keep_alive)
-        trace.stage("encode", began, time.time_ns())
+        if trace is not None:
+            trace.stage("encode", began, time.time_ns())
         return response, request.id
 
     def _infer_response(
@@ -408,18 +409,19 @@ class HttpApp:
             raise InvalidInputError(
                 "binary tensor data is for POST /v2/models/{model}/infer, not :predict"
             )
-        began = time.time_ns()
+        began = 0 if trace is None else time.time_ns()
         inputs, single = decode_predict(body, model)
         if trace is None:
             result = await self.engine.submit(model, inputs)
-            answer = encode_predict(model, result.outputs, single)
-            return self.response(200, answer, keep_alive=keep_alive), None
-        trace.stage("decode", began, time.time_ns())
-        result = await trace.submit(self.engine, model, inputs)
-        began = time.time_ns()
-        answer = encode_predict(model, result.outputs, single)
-        response = self.response(200, answer, keep_alive=keep_alive)
-        trace.stage("encode", began, time.time_ns())
+        else:
+            trace.stage("decode", began, time.time_ns())
+            result = await trace.submit(self.engine, model, inputs)
+            began = time.time_ns()
+        response = self.response(
+            200, encode_predict(model, result.outputs, single), keep_alive=keep_alive
+        )
+        if trace is not None:
+            trace.stage("encode", began, time.time_ns())
         return response, None
 
 
