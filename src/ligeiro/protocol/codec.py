@@ -59,8 +59,8 @@ __all__ = [
 _decoder = msgspec.json.Decoder(InferRequest)
 _encoder = msgspec.json.Encoder()
 
-# The platform name Triton reports for ONNX Runtime models; clients key on it.
-PLATFORM = "onnxruntime_onnx"
+# The platform names Triton reports, per ligeiro platform; clients key on them.
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "python": "python", "pipeline": "ensemble"}
 # The extension's HTTP header, and the one name GET /v2 advertises for it.
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_EXTENSION = "binary_tensor_data"
@@ -484,12 +484,15 @@ def _tensor_metadata(specs: Iterable[TensorSpecLike]) -> list[TensorMetadata]:
 def encode_model_metadata(
     name: str,
     versions: list[str],
+    platform: str,
     inputs: Iterable[TensorSpecLike],
     outputs: Iterable[TensorSpecLike],
 ) -> bytes:
     """Encode ``GET /v2/models/{m}``: name, versions, platform, inputs and outputs."""
     return _encoder.encode(
-        ModelMetadata(name, versions, PLATFORM, _tensor_metadata(inputs), _tensor_metadata(outputs))
+        ModelMetadata(
+            name, versions, PLATFORMS[platform], _tensor_metadata(inputs), _tensor_metadata(outputs)
+        )
     )
 
 

@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError, Message
 from ..errors import InvalidInputError
 from ._generated import grpc_service_pb2 as pb
 from .codec import (
-    PLATFORM,
+    PLATFORMS,
     DecodedRequest,
     TensorSpecLike,
     array_from_raw,
@@ -244,6 +244,7 @@ def _tensor_metadata(
 def encode_model_metadata(
     name: str,
     versions: list[str],
+    platform: str,
     inputs: Iterable[TensorSpecLike],
     outputs: Iterable[TensorSpecLike],
 ) -> pb.ModelMetadataResponse:
@@ -251,7 +252,7 @@ def encode_model_metadata(
     return pb.ModelMetadataResponse(
         name=name,
         versions=versions,
-        platform=PLATFORM,
+        platform=PLATFORMS[platform],
         inputs=_tensor_metadata(inputs),
         outputs=_tensor_metadata(outputs),
     )

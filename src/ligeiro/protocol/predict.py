@@ -3,11 +3,13 @@
 Accepts KServe V1 ``{"instances": [...]}``, where an instance is an object of named
 features (in any order; the model's ``config.toml`` gives the column order) or a list
 of numbers, and the seed's bare object ``{"sepal_length": 5.1, ...}``. A feature that is
-missing or ``null`` becomes NaN, for the pipeline's imputer to fill.
+missing or ``null`` becomes NaN, for the pipeline's imputer to fill. A model whose one
+input is text (BYTES) takes ``{"inputs": "..."}`` or ``{"inputs": ["...", ...]}``.
 
-Answers ``{"predictions": [...]}`` for ``instances`` and one prediction object for a
-bare object. With a classifier a prediction is ``{"label": ..., "probabilities":
-{label: p, ...}}``, using ``labels`` from the config when it names them.
+Answers ``{"predictions": [...]}`` for ``instances`` (or a list of texts) and one
+prediction for a bare object (or one text). With a classifier a prediction is
+``{"label": ..., "probabilities": {label: p, ...}}``, using ``labels`` from the config
+when it names them.
 """
 
 from __future__ import annotations
@@ -71,6 +73,30 @@ def _row(instance: Any, features: list[str] | None, width: int, where: str) -> l
     )
 
 
+def _texts(payload: dict[str, Any]) -> tuple[np.ndarray, bool]:
+    """``{"inputs": "..."}`` or ``{"inputs": ["...", ...]}`` as an object array of str."""
+    if len(payload) != 1:
+        unknown = next(key for key in payload if key != "inputs")
+        raise InvalidInputError(f"unknown key {unknown!r}; a text request has only 'inputs'")
+    texts = payload["inputs"]
+    single = isinstance(texts, str)
+    if single:
+        texts = [texts]
+    elif not isinstance(texts, list) or not texts:
+        raise InvalidInputError(
+            "'inputs' must be a string or a non-empty list of strings, got "
+            + ("an empty list" if isinstance(texts, list) else type(texts).__name__)
+        )
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidInputError(
+                f"inputs[{i}]: expected a string, got {type(text).__name__} {text!r}"
+            )
+    array = np.empty(len(texts), dtype=object)
+    array[:] = texts
+    return array, single
+
+
 def decode_predict(body: bytes, model: ModelVersion) -> tuple[dict[str, np.ndarray], bool]:
     """Decode a predict body into the model's single input; say whether it was one bare object.
 
@@ -87,6 +113,9 @@ def decode_predict(body: bytes, model: ModelVersion) -> tuple[dict[str, np.ndarr
     (spec,) = model.inputs.values()
     width = spec.shape[-1] if len(spec.shape) == 2 else -1
     features = model.config.features
+    if spec.dtype.kind == "O" and isinstance(payload, dict) and "inputs" in payload:
+        texts, single = _texts(payload)
+        return {spec.name: texts}, single
     if isinstance(payload, dict) and "instances" in payload:
         instances = payload["instances"]
         if not isinstance(instances, list) or not instances:
@@ -112,6 +141,13 @@ def decode_predict(body: bytes, model: ModelVersion) -> tuple[dict[str, np.ndarr
     return {spec.name: array}, single
 
 
+def _plain(value: Any) -> Any:
+    """A row of an output as JSON-able values: numpy scalars and arrays to lists, bytes to str."""
+    if isinstance(value, np.ndarray | np.generic):
+        value = value.tolist()
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _prediction(model: ModelVersion, outputs: dict[str, np.ndarray], i: int) -> Any:
     labels = model.config.labels
     prediction: dict[str, Any] = {}
@@ -130,7 +166,7 @@ def _prediction(model: ModelVersion, outputs: dict[str, np.ndarray], i: int) -> 
         prediction["probabilities"] = dict(zip(names, row, strict=False))
     if prediction:
         return prediction
-    values = {name: array[i].tolist() for name, array in outputs.items()}
+    values = {name: _plain(array[i]) for name, array in outputs.items()}
     return next(iter(values.values())) if len(values) == 1 else values
 
 

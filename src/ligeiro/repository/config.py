@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -14,9 +14,12 @@ from ..scheduling.policy import BatchingPolicy
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["ModelConfig", "TensorConfig", "load_config"]
+__all__ = ["PLATFORMS", "ModelConfig", "StepConfig", "TensorConfig", "load_config"]
 
 CONFIG_FILE = "config.toml"
+# What runs a model: an ONNX graph, the model folder's own Python code, or a chain of
+# other models of the repository.
+PLATFORMS = ("onnxruntime", "python", "pipeline")
 
 
 class TensorConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -30,11 +33,28 @@ class TensorConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         return TensorSpec(self.name, DATATYPES[self.datatype], tuple(self.shape))
 
 
+class StepConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One ``[[steps]]`` entry of a pipeline: another model of the repository.
+
+    Attributes:
+        model: the model's name.
+        version: the version to run; absent, the model's default version.
+    """
+
+    model: str
+    version: int | None = None
+
+
 class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """Everything a model folder's ``config.toml`` may say; every key is optional.
 
     Attributes:
-        platform: the runtime; only ``"onnxruntime"`` today.
+        platform: what runs the model: ``"onnxruntime"`` (``<version>/model.onnx``),
+            ``"python"`` (``<version>/model.py``, see ``ligeiro.runtime.python``) or
+            ``"pipeline"`` (``steps``, see ``ligeiro.runtime.pipeline``).
+        parameters: free-form settings handed to a Python model when it loads.
+        steps: a pipeline's models, in order; each one's outputs feed the later ones
+            by tensor name.
         features: names of the columns of the model's single 2-D input, in order;
             they let ``POST /v1/models/{m}:predict`` take ``{"feature": value}`` objects.
         labels: class names, indexed by the label output's integer value.
@@ -55,6 +75,8 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     inputs: list[TensorConfig] | None = None
     outputs: list[TensorConfig] | None = None
     batching: BatchingPolicy | None = None
+    parameters: dict[str, Any] | None = None
+    steps: list[StepConfig] | None = None
 
 
 def load_config(folder: Path) -> ModelConfig:
@@ -70,9 +92,24 @@ def load_config(folder: Path) -> ModelConfig:
         config = msgspec.toml.decode(path.read_bytes(), type=ModelConfig)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
-    if config.platform != "onnxruntime":
+    if config.platform not in PLATFORMS:
         raise ModelLoadError(
-            f"{path}: platform {config.platform!r} is not supported; expected 'onnxruntime'"
+            f"{path}: platform {config.platform!r} is not supported; expected one of "
+            + ", ".join(repr(p) for p in PLATFORMS)
+        )
+    if (config.platform == "pipeline") != bool(config.steps):
+        raise ModelLoadError(
+            f"{path}: "
+            + (
+                "a pipeline needs a non-empty [[steps]] list"
+                if config.platform == "pipeline"
+                else f"[[steps]] belong to platform = 'pipeline', not {config.platform!r}"
+            )
+        )
+    if config.platform == "python" and (config.inputs is None or config.outputs is None):
+        raise ModelLoadError(
+            f"{path}: a Python model must declare its [[inputs]] and [[outputs]] "
+            "(name, datatype, shape)"
         )
     for section, tensors in (("inputs", config.inputs), ("outputs", config.outputs)):
         for i, tensor in enumerate(tensors or ()):

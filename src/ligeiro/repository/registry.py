@@ -11,11 +11,13 @@ import msgspec
 
 from ..errors import LigeiroError, ModelLoadError, ModelNotFoundError, ModelNotReadyError
 from ..runtime.onnx import OnnxRuntime
+from ..runtime.pipeline import PipelineRuntime, Step
+from ..runtime.python import PythonRuntime
 from .config import CONFIG_FILE, ModelConfig, TensorConfig, load_config
 from .layout import MODEL_FILE, ModelFolder, discover
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from pathlib import Path
 
     from ..runtime.base import Runtime, TensorSpec
@@ -107,15 +109,59 @@ def _resolve_output(
     return config_value
 
 
+def _runtime(
+    folder: ModelFolder,
+    version: int,
+    config: ModelConfig,
+    threads: int,
+    resolve: Callable[[str, str | None], ModelVersion] | None,
+) -> Runtime:
+    """The runtime ``config.platform`` names, loaded."""
+    if config.platform == "python":
+        # load_config checks that a Python model declares both.
+        assert config.inputs is not None
+        assert config.outputs is not None
+        return PythonRuntime(
+            folder.path / str(version),
+            name=folder.name,
+            inputs=[t.spec() for t in config.inputs],
+            outputs=[t.spec() for t in config.outputs],
+            parameters=config.parameters,
+        )
+    if config.platform == "pipeline":
+        assert config.steps is not None  # load_config checks
+        where = str(folder.path / CONFIG_FILE)
+        steps = []
+        for i, step in enumerate(config.steps):
+            wanted = None if step.version is None else str(step.version)
+            try:
+                if resolve is None or step.model == folder.name:
+                    raise ModelNotFoundError(f"a pipeline cannot run {step.model!r} here")
+                model = resolve(step.model, wanted)
+            except (ModelNotFoundError, ModelNotReadyError) as exc:
+                raise ModelLoadError(f"{where}: steps[{i}] {step.model!r}: {exc}") from None
+            steps.append(Step(model.name, model.runtime, model.inputs, model.outputs))
+        declared = None if config.outputs is None else [t.spec() for t in config.outputs]
+        return PipelineRuntime(folder.name, where, steps, declared)
+    return OnnxRuntime(folder.model_file(version), threads=threads)
+
+
 def load_version(
-    folder: ModelFolder, version: int, config: ModelConfig, *, threads: int
+    folder: ModelFolder,
+    version: int,
+    config: ModelConfig,
+    *,
+    threads: int,
+    resolve: Callable[[str, str | None], ModelVersion] | None = None,
 ) -> ModelVersion:
     """Load one version of a model and check its config against the graph.
+
+    ``resolve`` finds a pipeline's steps among the loaded models.
 
     Raises:
         ModelLoadError: naming the file and what is wrong with it.
     """
-    runtime = OnnxRuntime(folder.model_file(version), threads=threads)
+    runtime = _runtime(folder, version, config, threads, resolve)
     inputs = _declared(folder.path, "inputs", runtime.inputs, config.inputs)
     outputs = _declared(folder.path, "outputs", runtime.outputs, config.outputs)
     where = str(folder.path / CONFIG_FILE)
@@ -195,34 +241,70 @@ class Registry:
         self.threads = threads
         self._models: dict[str, _Model] = {}
         overrides = dict(batching or {})
-        for folder in discover(root):
-            self._models[folder.name] = self._load_model(
-                folder, threads, overrides.pop(folder.name, None)
-            )
+        folders = discover(root)
+        configs = {f.name: self._read_config(f, overrides.pop(f.name, None)) for f in folders}
+        for folder in self._load_order(folders, configs):
+            self._models[folder.name] = self._load_model(folder, configs[folder.name])
         for name in overrides:
             logger.warning("batching settings for %r: the repository has no such model", name)
 
     @staticmethod
-    def _load_model(folder: ModelFolder, threads: int, batching: BatchingPolicy | None) -> _Model:
-        model = _Model(folder.name, {}, {}, None)
+    def _read_config(
+        folder: ModelFolder, batching: BatchingPolicy | None
+    ) -> ModelConfig | ModelLoadError:
+        """The folder's config (with the server's batching), or why it cannot load."""
         try:
             if not folder.versions:
                 raise ModelLoadError(
                     f"{folder.path}: no version folders (expected {folder.path}/1/{MODEL_FILE})"
                 )
             config = load_config(folder.path)
-            if batching is not None:
-                config = msgspec.structs.replace(config, batching=batching)
         except ModelLoadError as exc:
+            return exc
+        if batching is not None:
+            config = msgspec.structs.replace(config, batching=batching)
+        return config
+
+    @staticmethod
+    def _load_order(
+        folders: list[ModelFolder], configs: Mapping[str, ModelConfig | ModelLoadError]
+    ) -> list[ModelFolder]:
+        """Folders in an order where a pipeline comes after the models it runs."""
+        steps = {
+            name: [s.model for s in config.steps or ()]
+            for name, config in configs.items()
+            if isinstance(config, ModelConfig)
+        }
+        ordered: list[ModelFolder] = []
+        placed: set[str] = set()
+        pending = list(folders)
+        while pending:
+            ready = [
+                f
+                for f in pending
+                if all(s in placed or s not in configs for s in steps.get(f.name, ()))
+            ]
+            # A cycle: load the rest anyway; their steps are then reported missing.
+            for folder in ready or pending:
+                ordered.append(folder)
+                placed.add(folder.name)
+            pending = [f for f in pending if f.name not in placed]
+        return ordered
+
+    def _load_model(self, folder: ModelFolder, config: ModelConfig | ModelLoadError) -> _Model:
+        model = _Model(folder.name, {}, {}, None)
+        if isinstance(config, ModelLoadError):
             # The folder or its config is broken: every version fails for that reason.
             for version in folder.versions or ("",):
-                model.failed[str(version)] = str(exc)
-            logger.error("model %r not loaded: %s", folder.name, exc)
+                model.failed[str(version)] = str(config)
+            logger.error("model %r not loaded: %s", folder.name, config)
             return model
         for version in folder.versions:
             started = time.perf_counter()
             try:
-                model.ready[str(version)] = load_version(folder, version, config, threads=threads)
+                model.ready[str(version)] = load_version(
+                    folder, version, config, threads=self.threads, resolve=self.get
+                )
             except LigeiroError as exc:
                 model.failed[str(version)] = str(exc)
                 logger.error("model %r version %d not loaded: %s", folder.name, version, exc)

@@ -151,7 +151,11 @@ class GrpcService:
             await _abort(context, exc)
         versions = self.engine.versions(model.name)
         return encode_model_metadata(
-            model.name, versions, model.inputs.values(), model.outputs.values()
+            model.name,
+            versions,
+            model.config.platform,
+            model.inputs.values(),
+            model.outputs.values(),
         )
 
     # -- inference ----------------------------------------------------------------------

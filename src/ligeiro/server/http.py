@@ -300,7 +300,9 @@ class HttpApp:
                 200, encode_health("ready", True, model.name), keep_alive=keep_alive
             )
         versions = self.engine.versions(name)
-        body = encode_model_metadata(name, versions, model.inputs.values(), model.outputs.values())
+        body = encode_model_metadata(
+            name, versions, model.config.platform, model.inputs.values(), model.outputs.values()
+        )
         return self.response(200, body, keep_alive=keep_alive)
 
     async def _inference(
