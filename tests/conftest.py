@@ -26,6 +26,13 @@ IRIS_REQUEST: dict[str, Any] = {
         {"name": "float_input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}
     ]
 }
+# The example models, as an "unknown model" error lists them (make builds them all
+# before the tests; without make, the session fixture builds iris and mlp).
+EXAMPLE_NAMES = (
+    ", ".join(sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir() and p.name[0] != "."))
+    if EXAMPLES.is_dir()
+    else "iris, mlp"
+)
 _SERVING = re.compile(rb"serving .*on http://([\d.]+|\[[0-9a-f:]+\]):(\d+)")
 _GRPC_SERVING = re.compile(rb"serving .* grpc://([\d.]+|\[[0-9a-f:]+\]):(\d+)")
 

@@ -32,6 +32,11 @@ def cli() -> None:
 @click.option("--grpc-port", type=int, help="gRPC port; 0 picks a free one (default 8001).")
 @click.option("--grpc/--no-grpc", "grpc_enabled", default=None, help="Serve V2 gRPC (default on).")
 @click.option(
+    "--grpc-transport",
+    type=click.Choice(["h2", "grpcio"]),
+    help="What carries gRPC: ligeiro's HTTP/2 framing or grpcio's grpc.aio (default grpcio).",
+)
+@click.option(
     "--workers", type=int, help="Worker processes sharing the port (default 0: one per core)."
 )
 @click.option(
@@ -65,6 +70,18 @@ def cli() -> None:
     "mlp:max_batch_size=64,max_queue_delay_us=500 (max_batch_size=0 turns it off). "
     "Repeat for several models.",
 )
+@click.option(
+    "--model-control",
+    type=click.Choice(["none", "poll", "explicit"]),
+    help="How models change while serving: never (default), when their folders change "
+    "(poll), or through the repository API (explicit; needs --admin-token).",
+)
+@click.option(
+    "--admin-token",
+    metavar="TOKEN",
+    help="Bearer token of the repository API (better: the LIGEIRO_ADMIN_TOKEN variable, "
+    "which no process listing shows).",
+)
 @click.option("--print-config", is_flag=True, help="Print the effective settings and exit.")
 def serve(
     repository: Path | None,
@@ -72,6 +89,7 @@ def serve(
     port: int | None,
     grpc_port: int | None,
     grpc_enabled: bool | None,
+    grpc_transport: str | None,
     workers: int | None,
     threads: int | None,
     max_request_bytes: int | None,
@@ -81,6 +99,8 @@ def serve(
     otel_endpoint: str | None,
     config_file: Path | None,
     batch: tuple[str, ...],
+    model_control: str | None,
+    admin_token: str | None,
     print_config: bool,
 ) -> None:
     """Serve the models in REPOSITORY (<model>/<version>/model.onnx) over V2 REST and gRPC."""
@@ -95,14 +115,19 @@ def serve(
         "log_level": log_level,
         "access_log": access_log,
         "otel_endpoint": otel_endpoint,
+        "model_control": model_control,
+        "admin_token": admin_token,
         "http": {"host": host, "port": port, "max_request_bytes": max_request_bytes},
-        "grpc": {"port": grpc_port, "enabled": grpc_enabled},
+        "grpc": {"port": grpc_port, "enabled": grpc_enabled, "transport": grpc_transport},
         "runtime": {"threads": threads},
         "batching": dict(_batch_option(text) for text in batch) or None,
     }
     settings = load_settings(cli_layer, config_file=config_file)
     if print_config:
-        click.echo(msgspec.json.format(msgspec.json.encode(settings)).decode())
+        shown = settings
+        if settings.admin_token is not None:  # a secret: say it is set, not what it is
+            shown = msgspec.structs.replace(settings, admin_token="<set>")
+        click.echo(msgspec.json.format(msgspec.json.encode(shown)).decode())
         return
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -373,7 +398,28 @@ def optimize(
 @click.option(
     "--progress/--no-progress",
     default=None,
-    help="Show rows, rows/s and ETA on stderr (default: when stderr is a terminal).",
+    help="Show rows, rows/s and ETA on stderr (default: when stderr is a terminal); "
+    "with --engine spark, Spark's progress bar.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["builtin", "spark"]),
+    default="builtin",
+    show_default=True,
+    help="builtin: this machine's processes; spark: a Spark job (needs ligeiro[spark]), "
+    "writing OUTPUT as a directory of part files.",
+)
+@click.option(
+    "--master",
+    metavar="URL",
+    help="With --engine spark: the Spark master (default local[*]).",
+)
+@click.option(
+    "--conf",
+    "spark_conf",
+    metavar="KEY=VALUE",
+    multiple=True,
+    help="With --engine spark: a Spark setting, as spark-submit takes it; repeatable.",
 )
 def score(
     model: Path,
@@ -390,6 +436,9 @@ def score(
     rejects: Path | None,
     nulls: str,
     progress: bool | None,
+    engine: str,
+    master: str | None,
+    spark_conf: tuple[str, ...],
 ) -> None:
     """Score the rows of INPUT with MODEL and write the predictions to OUTPUT.
 
@@ -397,9 +446,19 @@ def score(
     INPUT is a CSV, Parquet or JSON Lines file, or a directory of them. Classifiers
     write label, label_name and probability_<class>; other models one column per
     output element. Bad rows are reported with file, row and column.
+
+    With --engine spark the same scoring runs as a Spark job (local[*], or --master),
+    and OUTPUT is a directory of Spark's part files.
     """
     from .score import ScoreOptions, score_files
 
+    if engine != "spark" and (master is not None or spark_conf):
+        raise click.UsageError("--master and --conf need --engine spark")
+    if engine == "spark" and (workers != 1 or on_error != "fail" or rejects is not None):
+        raise click.UsageError(
+            "--workers, --on-error reject and --rejects do not apply to --engine spark "
+            "(the master sets the parallelism: --master local[N]; a bad row fails the job)"
+        )
     if on_error == "reject" and rejects is None:
         raise click.UsageError("--on-error reject needs --rejects PATH")
     options = ScoreOptions(
@@ -415,6 +474,26 @@ def score(
         nulls_as_nan=nulls == "nan",
     )
     shows_progress = sys.stderr.isatty() if progress is None else progress
+    if engine == "spark":
+        try:
+            from . import spark
+        except ImportError as exc:  # no pyspark: the message names the extra
+            from .errors import ConfigError
+
+            raise ConfigError(str(exc)) from None
+
+        conf = dict(c.partition("=")[::2] for c in spark_conf)
+        summary = spark.score_files(
+            model,
+            source,
+            output,
+            options,
+            master=master or "local[*]",
+            conf=conf,
+            progress=shows_progress,
+        )
+        click.echo(summary.line())
+        return
     summary = score_files(
         model, source, output, options, progress=sys.stderr if shows_progress else None
     )

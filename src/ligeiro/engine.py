@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, final
 
 from .errors import InvalidInputError, LigeiroError
-from .repository.registry import ModelState, ModelVersion, Registry
+from .repository.registry import ModelState, ModelVersion, Registry, Staged
 from .scheduling.batcher import Batcher, LoopClock, run_here
 from .scheduling.stats import ModelStats
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from .metrics import Metrics
+    from .repository.config import ModelConfig
     from .scheduling.batcher import Execute
     from .scheduling.policy import BatchingPolicy
 
@@ -142,8 +143,10 @@ class Engine:
                     state.name, state.version, state.is_ready, state.load_seconds
                 )
         self._observers: dict[tuple[str, str], _Observer] = {}
-        self._batchers: dict[tuple[str, str], Batcher | None] = {}
-        self._executors: list[ThreadPoolExecutor] = []
+        # Per loaded version (by identity: a reload of version 1 gets its own).
+        self._batchers: dict[ModelVersion, Batcher | None] = {}
+        self._executors: dict[ModelVersion, ThreadPoolExecutor] = {}
+        self._draining: set[asyncio.Task[float]] = set()
 
     @classmethod
     def from_repository(
@@ -243,21 +246,26 @@ class Engine:
             InferenceError: the runtime failed.
         """
         try:
-            batcher = self._batchers[model.name, model.version]
+            batcher = self._batchers[model]
         except KeyError:
             batcher = self._start_batcher(model)
-        if batcher is None:
-            return self.run(model, inputs, outputs)
-        start = self._clock()
-        stats = self._observer(model.name, model.version).stats
+        usage = model.usage  # a version being replaced waits for these to end (drain)
+        usage.active += 1
         try:
-            names = self._validate(model, inputs, outputs)
-            arrays = await batcher.submit(inputs, names, timeout_s)
-        except (LigeiroError, asyncio.CancelledError):  # cancelled: the client went away
-            stats.record_request(False, self._clock() - start)
-            raise
-        stats.record_request(True, self._clock() - start)
-        return InferenceResult(model, arrays)
+            if batcher is None:
+                return self.run(model, inputs, outputs)
+            start = self._clock()
+            stats = self._observer(model.name, model.version).stats
+            try:
+                names = self._validate(model, inputs, outputs)
+                arrays = await batcher.submit(inputs, names, timeout_s)
+            except (LigeiroError, asyncio.CancelledError):  # cancelled: the client went away
+                stats.record_request(False, self._clock() - start)
+                raise
+            stats.record_request(True, self._clock() - start)
+            return InferenceResult(model, arrays)
+        finally:
+            usage.leave()
 
     def admit(self, model: ModelVersion) -> None:
         """Refuse a request for ``model`` before decoding it, if its queue is full.
@@ -265,7 +273,7 @@ class Engine:
         Raises:
             ServerOverloadedError: the model's batching queue is full.
         """
-        batcher = self._batchers.get((model.name, model.version))
+        batcher = self._batchers.get(model)
         if batcher is not None:
             batcher.admit()
 
@@ -301,7 +309,7 @@ class Engine:
                 pool = ThreadPoolExecutor(
                     policy.instances, thread_name_prefix=f"ligeiro-{model.name}-{model.version}"
                 )
-                self._executors.append(pool)
+                self._executors[model] = pool
                 execute: Execute = partial(loop.run_in_executor, pool)
             else:
                 execute = run_here(loop)
@@ -315,8 +323,69 @@ class Engine:
                 loop=loop,
                 defer=not on_thread,
             )
-        self._batchers[model.name, model.version] = batcher
+        self._batchers[model] = batcher
         return batcher
+
+    # -- changes ------------------------------------------------------------------------
+
+    async def prepare(
+        self,
+        names: Sequence[str],
+        *,
+        override: Mapping[str, ModelConfig] | None = None,
+        unload: bool = False,
+    ) -> Staged:
+        """Load and warm up what changed in models ``names`` on a thread; serve nothing yet.
+
+        See ``Registry.prepare``; the event loop keeps serving while this loads.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            None, partial(self.registry.prepare, names, override=override, unload=unload)
+        )
+
+    def commit(self, staged: Staged) -> asyncio.Task[float]:
+        """Serve ``staged`` from now on; the versions it replaces finish their requests
+        (drain) and are then unloaded, in the task returned (its result: seconds).
+        """
+        retired = self.registry.commit(staged)
+        if self._metrics is not None:
+            for state in staged.states():
+                self._metrics.set_model_state(
+                    state.name, state.version, state.is_ready, state.load_seconds
+                )
+            serving = {(s.name, s.version) for s in staged.states() if s.is_ready}
+            for version in retired:
+                if (version.name, version.version) not in serving:
+                    self._metrics.set_model_state(version.name, version.version, False, 0.0)
+        task = asyncio.get_running_loop().create_task(self._drain(retired))
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+        return task
+
+    async def _drain(self, retired: list[ModelVersion]) -> float:
+        """Wait for the requests on ``retired`` to end, then unload them."""
+        started = self._clock()
+        for version in retired:
+            usage = version.usage
+            if usage.active:
+                idle = asyncio.Event()
+                usage.on_idle = idle.set
+                await idle.wait()
+        for version in retired:
+            self._batchers.pop(version, None)
+            pool = self._executors.pop(version, None)
+            if pool is not None:
+                pool.shutdown(wait=False)
+            version.runtime.close()
+        seconds = self._clock() - started
+        if retired:
+            logger.info(
+                "drained and unloaded %s in %.3f s",
+                ", ".join(f"{v.name!r} version {v.version}" for v in retired),
+                seconds,
+            )
+        return seconds
 
     def infer(
         self,
@@ -331,7 +400,7 @@ class Engine:
 
     def close(self) -> None:
         """Stop the batchers' threads (after their running batches), unload every model."""
-        for pool in self._executors:
+        for pool in self._executors.values():
             pool.shutdown(wait=True, cancel_futures=True)
         self._executors.clear()
         self._batchers.clear()

@@ -12,6 +12,8 @@
     ├── ServerOverloadedError     a bounded queue is full
     ├── DeadlineExceededError     the request's timeout passed while it waited
     ├── ModelLoadError            a model file or config cannot be loaded
+    ├── AuthenticationError       the admin API's bearer token is missing or wrong
+    ├── ControlDisabledError      the admin API is off (model control is not "explicit")
     ├── ConfigError               a server setting is invalid
     └── ConversionError           a saved model cannot be converted, or its ONNX disagrees
         └── UntrustedModelError   the file needs unpickling (runs code) and was not trusted
@@ -23,7 +25,9 @@ Each transport maps these to its own status codes in a single table
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
     "ConfigError",
+    "ControlDisabledError",
     "ConversionError",
     "DeadlineExceededError",
     "InferenceError",
@@ -113,3 +117,11 @@ class UntrustedModelError(ConversionError):
     """
 
     exit_code = 2
+
+
+class AuthenticationError(LigeiroError):
+    """The repository API needs the admin bearer token, and the request lacks it."""
+
+
+class ControlDisabledError(LigeiroError):
+    """The repository API's changes are off: the server runs without explicit control."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -48,6 +48,9 @@ class GrpcSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     max_message_bytes: Annotated[int, msgspec.Meta(gt=0)] = 64 * 1024 * 1024
     # Calls (streams included) a worker runs at once; more get RESOURCE_EXHAUSTED.
     max_concurrent_rpcs: Annotated[int, msgspec.Meta(gt=0)] = 1024
+    # What carries gRPC: our HTTP/2 framing on the event loop ("h2"), or grpcio's
+    # grpc.aio server ("grpcio"). Measured in docs/adr/0007-grpc-h2-transport.md.
+    transport: Literal["h2", "grpcio"] = "grpcio"
 
 
 class RuntimeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -81,6 +84,12 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     # OpenTelemetry traces to this OTLP/HTTP collector (base URL, as
     # OTEL_EXPORTER_OTLP_ENDPOINT); unset, the OTEL_* variables decide (ligeiro.tracing).
     otel_endpoint: str | None = None
+    # How the repository may change while serving (ligeiro.server.control): never,
+    # when its files change, or through the repository API (which needs admin_token).
+    model_control: Literal["none", "poll", "explicit"] = "none"
+    # The bearer token of the repository API (LIGEIRO_ADMIN_TOKEN); no inference
+    # request needs it.
+    admin_token: str | None = None
     http: HttpSettings = HttpSettings()
     grpc: GrpcSettings = GrpcSettings()
     runtime: RuntimeSettings = RuntimeSettings()
@@ -172,6 +181,11 @@ def load_settings(
     _check(layer, "command line")
     merged = _merge(merged, layer)
     settings: ServerSettings = msgspec.convert(merged, ServerSettings, strict=False)
+    if settings.model_control == "explicit" and not settings.admin_token:
+        raise ConfigError(
+            "model_control = 'explicit' needs an admin token (--admin-token or "
+            "LIGEIRO_ADMIN_TOKEN): the repository API loads and unloads models"
+        )
     return settings
 
 

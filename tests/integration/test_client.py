@@ -9,7 +9,7 @@ import pytest
 
 from ligeiro import InvalidInputError, ModelNotFoundError
 from ligeiro.client import AsyncClient, Client
-from tests.conftest import Server
+from tests.conftest import EXAMPLE_NAMES, Server
 
 X = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
 
@@ -109,4 +109,7 @@ def test_cli_infer_one_shot(server: Server, capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit) as exit_info:
         main(["infer", "roses", "--url", url(server), "--data", seed])
     assert exit_info.value.code == 3
-    assert capsys.readouterr().err == "error: unknown model 'roses'; the repository has iris, mlp\n"
+    assert (
+        capsys.readouterr().err
+        == f"error: unknown model 'roses'; the repository has {EXAMPLE_NAMES}\n"
+    )

@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
-from tests.conftest import Server
+from tests.conftest import EXAMPLE_NAMES, Server
 from tests.integration.test_v2_rest import EXAMPLES
 
 Client = httpclient.InferenceServerClient | grpcclient.InferenceServerClient
@@ -244,7 +244,7 @@ def test_several_inputs_with_selected_outputs(identity: Client) -> None:
         (
             lambda c: c.infer("nope", [iris(c)]),
             "not found",
-            "unknown model 'nope'; the repository has iris, mlp",
+            f"unknown model 'nope'; the repository has {EXAMPLE_NAMES}",
         ),
         (
             lambda c: c.infer("iris", [iris(c)], model_version="9"),
@@ -254,7 +254,7 @@ def test_several_inputs_with_selected_outputs(identity: Client) -> None:
         (
             lambda c: model_metadata(c, "nope"),
             "not found",
-            "unknown model 'nope'; the repository has iris, mlp",
+            f"unknown model 'nope'; the repository has {EXAMPLE_NAMES}",
         ),
         (
             lambda c: model_metadata(c, "iris", "9"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import EXAMPLE_NAMES, Server
 
 SEED = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
 LABELS = ["iris-setosa", "iris-versicolor", "iris-virginica"]
@@ -90,4 +90,4 @@ def test_errors(server: Server, body: object, status: int, message: str) -> None
 def test_unknown_model(server: Server) -> None:
     answer = server.post("/v1/models/roses:predict", SEED)
     assert answer.status == 404
-    assert answer.json()["error"] == "unknown model 'roses'; the repository has iris, mlp"
+    assert answer.json()["error"] == f"unknown model 'roses'; the repository has {EXAMPLE_NAMES}"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import IRIS_REQUEST, Server, start_server
+from tests.conftest import EXAMPLE_NAMES, IRIS_REQUEST, Server, start_server
 from tests.models import ONNX_TYPES
 
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
@@ -196,7 +196,7 @@ def test_expect_100_continue(server: Server) -> None:
             "/v2/models/unknown/infer",
             "{}",
             404,
-            "unknown model 'unknown'; the repository has iris, mlp",
+            f"unknown model 'unknown'; the repository has {EXAMPLE_NAMES}",
         ),
         (
             "POST",

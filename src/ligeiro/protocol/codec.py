@@ -25,6 +25,7 @@ from .messages import (
     InferRequest,
     InferResponse,
     ModelMetadata,
+    RepositoryModel,
     RequestInput,
     ResponseOutput,
     ServerMetadata,
@@ -48,6 +49,7 @@ __all__ = [
     "encode_infer_response",
     "encode_model_metadata",
     "encode_model_stats",
+    "encode_repository_index",
     "encode_server_metadata",
     "header_length_of",
     "raw_from_array",
@@ -506,6 +508,16 @@ def encode_health(field: str, value: bool, name: str | None = None) -> bytes:
     body: dict[str, str | bool] = {} if name is None else {"name": name}
     body[field] = value
     return _encoder.encode(body)
+
+
+def encode_repository_index(states: Iterable[ModelState]) -> bytes:
+    """Encode the repository index: ``[{"name", "version", "state", "reason"}, ...]``."""
+    return _encoder.encode(
+        [
+            RepositoryModel(s.name, s.version, "READY" if s.is_ready else "UNAVAILABLE", s.reason)
+            for s in states
+        ]
+    )
 
 
 def encode_error(message: str) -> bytes:

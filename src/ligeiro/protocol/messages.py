@@ -82,3 +82,12 @@ class ServerMetadata(msgspec.Struct):
 
 class ErrorResponse(msgspec.Struct):
     error: str
+
+
+class RepositoryModel(msgspec.Struct):
+    """An entry of ``POST /v2/repository/index``'s answer."""
+
+    name: str
+    version: str
+    state: str
+    reason: str

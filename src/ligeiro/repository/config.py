@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
@@ -14,7 +14,15 @@ from ..scheduling.policy import BatchingPolicy
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["PLATFORMS", "ModelConfig", "StepConfig", "TensorConfig", "load_config"]
+__all__ = [
+    "PLATFORMS",
+    "ModelConfig",
+    "StepConfig",
+    "TensorConfig",
+    "VersionPolicy",
+    "decode_config",
+    "load_config",
+]
 
 CONFIG_FILE = "config.toml"
 # What runs a model: an ONNX graph, the model folder's own Python code, or a chain of
@@ -45,6 +53,34 @@ class StepConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     version: int | None = None
 
 
+class VersionPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """``version_policy``: which version folders load (Triton's three policies).
+
+    Exactly one of: ``{ latest = N }`` (the N highest), ``{ all = true }``, or
+    ``{ specific = [1, 3] }``. Without a policy every version loads.
+    """
+
+    latest: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    all: bool = False
+    specific: list[Annotated[int, msgspec.Meta(gt=0)]] | None = None
+
+    def __post_init__(self) -> None:
+        chosen = sum((self.latest is not None, self.all, self.specific is not None))
+        if chosen != 1:
+            raise ValueError(
+                "give exactly one of latest = N, all = true, specific = [...]; "
+                f"{'none' if chosen == 0 else chosen} given"
+            )
+
+    def select(self, versions: tuple[int, ...]) -> tuple[int, ...]:
+        """The versions (of those on disk, sorted) that this policy loads."""
+        if self.latest is not None:
+            return versions[-self.latest :]
+        if self.specific is not None:
+            return tuple(v for v in versions if v in self.specific)
+        return versions
+
+
 class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """Everything a model folder's ``config.toml`` may say; every key is optional.
 
@@ -55,6 +91,13 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
         parameters: free-form settings handed to a Python model when it loads.
         steps: a pipeline's models, in order; each one's outputs feed the later ones
             by tensor name.
+        version_policy: which versions load (default: all of them).
+        version_labels: names for versions (``{ stable = 1, canary = 2 }``); a
+            request may name a label wherever it names a version.
+        traffic: shares of the requests that name no version, per version or label
+            (``{ "1" = 90, "2" = 10 }``); absent, they go to the highest version.
+        warmup: a V2 JSON request file in the model folder that a new version runs
+            before it takes traffic; absent, it runs on a generated one-row sample.
         features: names of the columns of the model's single 2-D input, in order;
             they let ``POST /v1/models/{m}:predict`` take ``{"feature": value}`` objects.
         labels: class names, indexed by the label output's integer value.
@@ -77,6 +120,10 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     batching: BatchingPolicy | None = None
     parameters: dict[str, Any] | None = None
     steps: list[StepConfig] | None = None
+    version_policy: VersionPolicy | None = None
+    version_labels: dict[str, Annotated[int, msgspec.Meta(gt=0)]] | None = None
+    traffic: dict[str, Annotated[int, msgspec.Meta(ge=0)]] | None = None
+    warmup: str | None = None
 
 
 def load_config(folder: Path) -> ModelConfig:
@@ -88,8 +135,21 @@ def load_config(folder: Path) -> ModelConfig:
     path = folder / CONFIG_FILE
     if not path.is_file():
         return ModelConfig()
+    return decode_config(path.read_bytes(), str(path))
+
+
+def decode_config(data: bytes, path: str, *, json: bool = False) -> ModelConfig:
+    """A config from TOML (or JSON: the repository API's overrides), checked.
+
+    Raises:
+        ModelLoadError: naming ``path``: not valid, unknown or mistyped keys, or keys
+            that contradict each other.
+    """
     try:
-        config = msgspec.toml.decode(path.read_bytes(), type=ModelConfig)
+        if json:
+            config = msgspec.json.decode(data, type=ModelConfig)
+        else:
+            config = msgspec.toml.decode(data, type=ModelConfig)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
     if config.platform not in PLATFORMS:
@@ -111,6 +171,16 @@ def load_config(folder: Path) -> ModelConfig:
             f"{path}: a Python model must declare its [[inputs]] and [[outputs]] "
             "(name, datatype, shape)"
         )
+    if config.traffic is not None:
+        labels = config.version_labels or {}
+        unknown = [k for k in config.traffic if not k.isdigit() and k not in labels]
+        if unknown:
+            raise ModelLoadError(
+                f"{path}: traffic names {unknown[0]!r}, neither a version number nor a "
+                f"label in version_labels ({', '.join(labels) or 'none'})"
+            )
+        if not any(config.traffic.values()):
+            raise ModelLoadError(f"{path}: traffic gives every version a weight of 0")
     for section, tensors in (("inputs", config.inputs), ("outputs", config.outputs)):
         for i, tensor in enumerate(tensors or ()):
             if tensor.datatype not in DATATYPES:

@@ -1,8 +1,16 @@
-"""Loaded models: which versions serve, which failed and why."""
+"""Loaded models: which versions serve, which failed and why, and how they change.
+
+A change (a reload, a new version on disk, an unload) happens in two steps so that a
+server never serves a half-loaded model: ``prepare`` loads and warms what changed on
+the side (slow; any thread) and ``commit`` switches to it at once (on the thread that
+serves), returning the versions that no longer serve. Those finish the requests they
+have (``Usage``) before they are closed.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, final
@@ -15,15 +23,16 @@ from ..runtime.pipeline import PipelineRuntime, Step
 from ..runtime.python import PythonRuntime
 from .config import CONFIG_FILE, ModelConfig, TensorConfig, load_config
 from .layout import MODEL_FILE, ModelFolder, discover
+from .warmup import warm_up
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
     from pathlib import Path
 
     from ..runtime.base import Runtime, TensorSpec
     from ..scheduling.policy import BatchingPolicy
 
-__all__ = ["ModelState", "ModelVersion", "Registry"]
+__all__ = ["ModelState", "ModelVersion", "Registry", "Staged", "Usage"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +41,25 @@ _LABEL_OUTPUT = "output_label"
 _PROBABILITY_OUTPUT = "output_probability"
 
 
-@dataclass(frozen=True, slots=True)
+@final
+class Usage:
+    """The requests a model version is serving now, and who waits for the last to end."""
+
+    __slots__ = ("active", "on_idle")
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.on_idle: Callable[[], None] | None = None
+
+    def leave(self) -> None:
+        self.active -= 1
+        if not self.active and self.on_idle is not None:
+            self.on_idle()
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class ModelVersion:
-    """One loaded, servable version of a model."""
+    """One loaded, servable version of a model (compared and hashed by identity)."""
 
     name: str
     version: str
@@ -45,9 +70,11 @@ class ModelVersion:
     label_output: str | None = None
     probability_output: str | None = None
     output_names: tuple[str, ...] = field(init=False)
+    usage: Usage = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "output_names", tuple(self.outputs))
+        object.__setattr__(self, "usage", Usage())
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,22 +232,126 @@ def load_version(
     )
 
 
+# Config keys that change which versions serve and how requests reach them, not what a
+# loaded version is: a version whose files and other keys are unchanged is kept.
+_ROUTING_KEYS = {"version_policy": None, "version_labels": None, "traffic": None}
+
+
+def _signature(folder: ModelFolder, version: int) -> tuple[tuple[str, int, int], ...]:
+    """What a version folder holds: each file's path, size and modification time."""
+    base = folder.path / str(version)
+    found = []
+    for directory, _, files in os.walk(base):
+        for name in files:
+            path = os.path.join(directory, name)
+            try:
+                stat = os.stat(path)
+            except OSError:  # removed while we looked: the next change event sees it
+                continue
+            found.append((os.path.relpath(path, base), stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(found))
+
+
+@final
+class _Split:
+    """Smooth weighted round robin over versions: exact shares, evenly interleaved."""
+
+    __slots__ = ("_current", "_targets", "_total")
+
+    def __init__(self, targets: list[tuple[ModelVersion, int]]) -> None:
+        self._targets = targets
+        self._current = [0] * len(targets)
+        self._total = sum(weight for _, weight in targets)
+
+    def pick(self) -> ModelVersion:
+        current = self._current
+        best = 0
+        for i, (_, weight) in enumerate(self._targets):
+            current[i] += weight
+            if current[i] > current[best]:
+                best = i
+        current[best] -= self._total
+        return self._targets[best][0]
+
+
 @dataclass(slots=True)
 class _Model:
     name: str
-    ready: dict[str, ModelVersion]
-    failed: dict[str, str]
-    default: ModelVersion | None
+    ready: dict[str, ModelVersion] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    default: ModelVersion | None = None
     load_seconds: dict[str, float] = field(default_factory=dict)
+    # Why a ready version is not the one on disk (a reload of it failed).
+    notes: dict[str, str] = field(default_factory=dict)
+    config: ModelConfig | None = None
+    # A config given through the repository API instead of config.toml.
+    override: ModelConfig | None = None
+    signatures: dict[str, tuple[tuple[str, int, int], ...]] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    split: _Split | None = None
+
+    def route(self) -> None:
+        """Set the default version, labels and traffic split from the config."""
+        self.default = self.ready[max(self.ready, key=int)] if self.ready else None
+        config = self.config or ModelConfig()
+        self.labels = {k: str(v) for k, v in (config.version_labels or {}).items()}
+        self.split = None
+        if config.traffic:
+            targets = []
+            for key, weight in config.traffic.items():
+                version = self.labels.get(key, key)
+                if weight and version in self.ready:
+                    targets.append((self.ready[version], weight))
+                elif weight:
+                    logger.warning(
+                        "model %r: traffic for %s: version %s is not ready; its share goes "
+                        "to the others",
+                        self.name,
+                        key,
+                        version,
+                    )
+            if targets:
+                self.split = _Split(targets)
+
+
+@final
+class Staged:
+    """Models loaded by ``Registry.prepare``, not yet serving: ``None`` removes one."""
+
+    __slots__ = ("models", "seconds")
+
+    def __init__(self, models: dict[str, _Model | None], seconds: float) -> None:
+        self.models = models
+        # How long loading and warming took.
+        self.seconds = seconds
+
+    def states(self) -> list[ModelState]:
+        """What the change would serve, for the API's answer."""
+        return [s for m in self.models.values() if m is not None for s in _states(m)]
+
+
+def _states(model: _Model) -> list[ModelState]:
+    seconds = model.load_seconds
+    states = [
+        ModelState(model.name, v, True, model.notes.get(v, ""), seconds.get(v, 0.0))
+        for v in model.ready
+    ]
+    states += [
+        ModelState(model.name, v, False, r, seconds.get(v, 0.0))
+        for v, r in model.failed.items()
+        if v not in model.ready
+    ]
+    return states
 
 
 @final
 class Registry:
     """The models of one repository, loaded.
 
-    Every version of every model is loaded; one that fails is logged and kept as
-    not-ready with its reason, and never stops the others. A model's default version is
-    its highest ready one.
+    Every version a model's ``version_policy`` selects (all, by default) is loaded;
+    one that fails is logged and kept as not-ready with its reason, and never stops the
+    others. A model's default version is its highest ready one; ``traffic`` splits the
+    requests that name no version.
 
     Args:
         root: the repository folder.
@@ -239,18 +370,111 @@ class Registry:
     ) -> None:
         self.root = root
         self.threads = threads
+        self._batching = dict(batching or {})
         self._models: dict[str, _Model] = {}
-        overrides = dict(batching or {})
         folders = discover(root)
-        configs = {f.name: self._read_config(f, overrides.pop(f.name, None)) for f in folders}
-        for folder in self._load_order(folders, configs):
-            self._models[folder.name] = self._load_model(folder, configs[folder.name])
-        for name in overrides:
+        for name in self._batching.keys() - {f.name for f in folders}:
             logger.warning("batching settings for %r: the repository has no such model", name)
+        staged = self._stage({f.name: f for f in folders}, {}, warm=False)
+        self.commit(staged)
 
-    @staticmethod
+    # -- changes ------------------------------------------------------------------------
+
+    def prepare(
+        self,
+        names: Iterable[str],
+        *,
+        override: Mapping[str, ModelConfig] | None = None,
+        unload: bool = False,
+        warm: bool = True,
+    ) -> Staged:
+        """Load (or unload) models ``names`` as they are on disk now, without serving them.
+
+        Versions whose files and config are unchanged are kept as they are; new or
+        changed ones are loaded and warmed up. A model whose new versions all fail keeps
+        serving what it served. Pipelines that run any of ``names`` are rebuilt on the
+        new versions. A name no longer on disk is removed; ``unload`` makes the models
+        unavailable ("unloaded") whatever is on disk. ``override`` replaces a model's
+        config.toml (the repository API's load with a config). ``warm`` runs each new
+        version once before it is staged.
+        """
+        wanted = set(names)
+        # Pipelines that run a changed model, however indirectly, are rebuilt with it.
+        grown = True
+        while grown:
+            grown = False
+            for model in self._models.values():
+                steps = {s.model for s in (model.config.steps or ())} if model.config else set()
+                if model.name not in wanted and steps & wanted:
+                    wanted.add(model.name)
+                    grown = True
+        on_disk = {f.name: f for f in discover(self.root)}
+        return self._stage(
+            {n: on_disk.get(n) for n in wanted},
+            dict(override or {}),
+            warm=warm,
+            unload=set(names) if unload else frozenset(),
+        )
+
+    def commit(self, staged: Staged) -> list[ModelVersion]:
+        """Serve what ``staged`` holds, at once; return the versions no longer served."""
+        retired: list[ModelVersion] = []
+        for name, model in staged.models.items():
+            old = self._models.get(name)
+            if model is None:
+                self._models.pop(name, None)
+            else:
+                self._models[name] = model
+            if old is not None:
+                kept = set(model.ready.values()) if model is not None else set()
+                retired += [v for v in old.ready.values() if v not in kept]
+        return retired
+
+    def _stage(
+        self,
+        folders: Mapping[str, ModelFolder | None],
+        override: Mapping[str, ModelConfig],
+        *,
+        warm: bool,
+        unload: set[str] | frozenset[str] = frozenset(),
+    ) -> Staged:
+        started = time.perf_counter()
+        staged: dict[str, _Model | None] = {}
+        configs: dict[str, ModelConfig | ModelLoadError] = {}
+        present: list[ModelFolder] = []
+        for name, folder in folders.items():
+            if name in unload:
+                old = self._models.get(name)
+                versions = (old.ready.keys() | old.failed.keys()) if old else {""}
+                staged[name] = _Model(name, failed=dict.fromkeys(versions, "unloaded"))
+            elif folder is None:
+                staged[name] = None  # gone from disk
+            else:
+                old = self._models.get(name)
+                given = override.get(name) or (old.override if old else None)
+                configs[name] = self._read_config(folder, given)
+                present.append(folder)
+
+        def resolve(name: str, version: str | None) -> ModelVersion:
+            if name in staged:
+                model = staged[name]
+                if model is None:
+                    raise ModelNotFoundError(f"unknown model {name!r} (gone from the repository)")
+                return self._pick(model, version)
+            return self.get(name, version)
+
+        for folder in self._load_order(present, configs):
+            model = self._load_model(
+                folder, configs[folder.name], self._models.get(folder.name), resolve, warm
+            )
+            model.override = override.get(folder.name) or (
+                old.override if (old := self._models.get(folder.name)) else None
+            )
+            staged[folder.name] = model
+        return Staged(staged, time.perf_counter() - started)
+
     def _read_config(
-        folder: ModelFolder, batching: BatchingPolicy | None
+        self, folder: ModelFolder, given: ModelConfig | None
     ) -> ModelConfig | ModelLoadError:
         """The folder's config (with the server's batching), or why it cannot load."""
         try:
@@ -258,9 +482,10 @@ class Registry:
                 raise ModelLoadError(
                     f"{folder.path}: no version folders (expected {folder.path}/1/{MODEL_FILE})"
                 )
-            config = load_config(folder.path)
+            config = given if given is not None else load_config(folder.path)
         except ModelLoadError as exc:
             return exc
+        batching = self._batching.get(folder.name)
         if batching is not None:
             config = msgspec.structs.replace(config, batching=batching)
         return config
@@ -291,31 +516,103 @@ class Registry:
             pending = [f for f in pending if f.name not in placed]
         return ordered
 
-    def _load_model(self, folder: ModelFolder, config: ModelConfig | ModelLoadError) -> _Model:
-        model = _Model(folder.name, {}, {}, None)
+    def _load_model(
+        self,
+        folder: ModelFolder,
+        config: ModelConfig | ModelLoadError,
+        previous: _Model | None,
+        resolve: Callable[[str, str | None], ModelVersion],
+        warm: bool,
+    ) -> _Model:
+        model = _Model(folder.name)
         if isinstance(config, ModelLoadError):
             # The folder or its config is broken: every version fails for that reason.
             for version in folder.versions or ("",):
                 model.failed[str(version)] = str(config)
             logger.error("model %r not loaded: %s", folder.name, config)
-            return model
-        for version in folder.versions:
+            return self._keep_serving(model, previous)
+        model.config = config
+        policy = config.version_policy
+        versions = policy.select(folder.versions) if policy is not None else folder.versions
+        for version in versions:
+            key = str(version)
+            signature = _signature(folder, version)
+            kept = self._unchanged(previous, key, signature, config)
+            if kept is not None:
+                model.ready[key] = kept
+                model.signatures[key] = signature
+                model.load_seconds[key] = previous.load_seconds.get(key, 0.0) if previous else 0.0
+                continue
             started = time.perf_counter()
             try:
-                model.ready[str(version)] = load_version(
-                    folder, version, config, threads=self.threads, resolve=self.get
+                loaded = load_version(
+                    folder, version, config, threads=self.threads, resolve=resolve
                 )
+                if warm:
+                    warm_up(loaded, folder.path)
             except LigeiroError as exc:
-                model.failed[str(version)] = str(exc)
+                model.failed[key] = str(exc)
                 logger.error("model %r version %d not loaded: %s", folder.name, version, exc)
-            model.load_seconds[str(version)] = time.perf_counter() - started
+                old = previous.ready.get(key) if previous is not None else None
+                if old is not None:  # a reload of this version failed: the old one serves on
+                    model.ready[key] = old
+                    model.notes[key] = f"serving the previous load; the new one failed: {exc}"
+                    model.signatures[key] = previous.signatures.get(key, ()) if previous else ()
+            else:
+                model.ready[key] = loaded
+                model.signatures[key] = signature
+            model.load_seconds[key] = time.perf_counter() - started
+        if not versions:
+            model.failed[""] = (
+                f"{folder.path / CONFIG_FILE}: version_policy selects none of the versions "
+                f"on disk ({', '.join(map(str, folder.versions))})"
+            )
+        return self._keep_serving(model, previous)
+
+    @staticmethod
+    def _unchanged(
+        previous: _Model | None,
+        key: str,
+        signature: tuple[tuple[str, int, int], ...],
+        config: ModelConfig,
+    ) -> ModelVersion | None:
+        """The loaded version to keep, if its files and config are as they were."""
+        if previous is None or config.platform == "pipeline":  # a pipeline's steps may differ
+            return None
+        old = previous.ready.get(key)
+        if old is None or key in previous.notes or previous.signatures.get(key) != signature:
+            return None
+        same = msgspec.structs.replace(old.config, **_ROUTING_KEYS) == msgspec.structs.replace(
+            config, **_ROUTING_KEYS
+        )
+        return old if same else None
+
+    @staticmethod
+    def _keep_serving(model: _Model, previous: _Model | None) -> _Model:
+        """Route ``model``; if nothing in it is ready, the previous versions serve on."""
+        if not model.ready and previous is not None and previous.ready:
+            logger.warning(
+                "model %r: the new load has no ready version; versions %s serve on",
+                model.name,
+                ", ".join(previous.ready),
+            )
+            model.ready = dict(previous.ready)
+            model.signatures = dict(previous.signatures)
+            model.notes = {
+                v: "serving the previous load; the new one failed" for v in previous.ready
+            }
+            model.config = previous.config
+        model.route()
         if model.ready:
-            model.default = model.ready[max(model.ready, key=int)]
-            logger.info("model %r ready (versions %s)", folder.name, ", ".join(model.ready))
+            logger.info("model %r ready (versions %s)", model.name, ", ".join(model.ready))
         return model
 
+    # -- serving ------------------------------------------------------------------------
+
     def get(self, name: str, version: str | None = None) -> ModelVersion:
-        """The version to serve: the one named, or the model's default.
+        """The version to serve: the one named (a number or a label), or the default.
+
+        Without a version, a model with ``traffic`` picks by the weights.
 
         Raises:
             ModelNotFoundError: no such model, or no such version of it.
@@ -325,35 +622,41 @@ class Registry:
         if model is None:
             known = ", ".join(sorted(self._models)) or "no models"
             raise ModelNotFoundError(f"unknown model {name!r}; the repository has {known}")
+        return self._pick(model, version)
+
+    @staticmethod
+    def _pick(model: _Model, version: str | None) -> ModelVersion:
+        name = model.name
         if version is None:
+            if model.split is not None:
+                return model.split.pick()
             if model.default is None:
                 reasons = "; ".join(model.failed.values())
                 raise ModelNotReadyError(f"model {name!r} is not ready: {reasons}")
             return model.default
         found = model.ready.get(version)
+        if found is None and version in model.labels:
+            version = model.labels[version]
+            found = model.ready.get(version)
         if found is None:
             if version in model.failed:
                 raise ModelNotReadyError(
                     f"model {name!r} version {version} is not ready: {model.failed[version]}"
                 )
-            versions = ", ".join(sorted([*model.ready, *model.failed], key=int)) or "none"
+            versions = ", ".join(sorted([*model.ready, *model.failed], key=lambda v: int(v or 0)))
+            labels = f"; labels: {', '.join(model.labels)}" if model.labels else ""
             raise ModelNotFoundError(
-                f"model {name!r} has no version {version!r}; versions: {versions}"
+                f"model {name!r} has no version {version!r}; versions: {versions or 'none'}{labels}"
             )
         return found
 
+    def names(self) -> list[str]:
+        """The models the registry knows, loaded or not."""
+        return sorted(self._models)
+
     def index(self) -> list[ModelState]:
         """Every model version with its state, sorted by model then version."""
-        states = []
-        for model in self._models.values():
-            seconds = model.load_seconds
-            states += [
-                ModelState(model.name, v, True, "", seconds.get(v, 0.0)) for v in model.ready
-            ]
-            states += [
-                ModelState(model.name, v, False, r, seconds.get(v, 0.0))
-                for v, r in model.failed.items()
-            ]
+        states = [s for model in self._models.values() for s in _states(model)]
         return sorted(states, key=lambda s: (s.name, int(s.version or 0)))
 
     def close(self) -> None:

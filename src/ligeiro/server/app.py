@@ -18,6 +18,7 @@ own copy (docs/adr/0005-workers-share-weights.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import multiprocessing
@@ -26,6 +27,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from ..metrics import Metrics
     from ..repository.registry import Registry
     from ..settings import ServerSettings
+    from .control import Change, Coordinator
 
 __all__ = ["serve"]
 
@@ -88,10 +91,12 @@ async def _serve(
     grpc_port: int,
     ready: Connection | None,
     registry: Registry | None,
+    control_pipe: Connection | None = None,
 ) -> None:
     # Imported here, after the supervisor has set PROMETHEUS_MULTIPROC_DIR.
     from ..engine import Engine
     from ..metrics import Metrics
+    from .control import Control, LocalControl, WorkerControl
     from .http import Connections, HttpApp, HttpConnection
 
     loop = asyncio.get_running_loop()
@@ -119,7 +124,17 @@ async def _serve(
         from ..tracing import Tracing  # only when on: opentelemetry is never imported off
 
         tracing = Tracing(settings.otel_endpoint)
-    app = HttpApp(engine, metrics, settings.http, access_log=access_log, tracing=tracing)
+    control: Control
+    watcher = None
+    if control_pipe is not None:  # one of several workers: the supervisor leads changes
+        control = WorkerControl(engine, settings.model_control, settings.admin_token, control_pipe)
+    else:
+        local = control = LocalControl(engine, settings.model_control, settings.admin_token)
+        if settings.model_control == "poll":
+            watcher = loop.create_task(local.watch(engine.registry.root.absolute(), stop))
+    app = HttpApp(
+        engine, metrics, settings.http, control=control, access_log=access_log, tracing=tracing
+    )
     # Everything loaded so far lives as long as the process: keep it out of the
     # collector's full passes (and off copy-on-write pages after a fork).
     gc.freeze()
@@ -164,6 +179,10 @@ async def _serve(
 
     await stop.wait()
     sampler.cancel()
+    if watcher is not None:
+        await watcher
+    if isinstance(control, WorkerControl):
+        control.close()
     logger.info("shutting down (pid %d): draining %d connection(s)", os.getpid(), len(connections))
     server.close()
     grpc_stopped = (
@@ -233,11 +252,12 @@ def _run_worker(
     grpc_port: int,
     ready: Connection | None,
     registry: Registry | None = None,
+    control_pipe: Connection | None = None,
 ) -> None:
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve(settings, sock, grpc_port, ready, registry))
+        runner.run(_serve(settings, sock, grpc_port, ready, registry, control_pipe))
 
 
 def _worker_main(
@@ -245,12 +265,13 @@ def _worker_main(
     ports: tuple[int, int],
     ready: Connection,
     registry: Registry | None,
+    control_pipe: Connection,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; Ctrl-C reaches it
     # Bound but not listening: the kernel must not hand this worker connections before
     # its models are loaded; the server listens once it starts serving.
     sock = bind(settings.http.host, ports[0], reuse_port=True, listen=False)
-    _run_worker(settings, sock, ports[1], ready, registry)
+    _run_worker(settings, sock, ports[1], ready, registry, control_pipe)
 
 
 def serve(settings: ServerSettings) -> None:
@@ -290,6 +311,9 @@ class _Supervisor:
         self._registry: Registry | None = None
         self._context = multiprocessing.get_context("fork")
         self._workers: dict[int, tuple[BaseProcess, float]] = {}
+        # Each worker's control pipe (ligeiro.server.control): model changes run on all.
+        self._pipes: dict[int, Connection] = {}
+        self._coordinator: Coordinator | None = None
         self._stopping = False
         # The signal handler writes here so that wait() wakes up: no polling.
         self._wake_read, self._wake_write = os.pipe()
@@ -377,13 +401,19 @@ class _Supervisor:
 
     def _start(self, slot: int, ports: tuple[int, int]) -> Connection:
         receiver, sender = self._context.Pipe(duplex=False)
+        ours, theirs = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=_worker_main,
-            args=(self.settings, ports, sender, self._registry),
+            args=(self.settings, ports, sender, self._registry, theirs),
             name=f"ligeiro-worker-{slot}",
         )
         process.start()
         sender.close()
+        theirs.close()
+        old = self._pipes.pop(slot, None)
+        if old is not None:
+            old.close()
+        self._pipes[slot] = ours
         self._workers[slot] = (process, time.monotonic())
         return receiver
 
@@ -392,11 +422,63 @@ class _Supervisor:
         os.write(self._wake_write, b"x")
 
     def _watch(self, ports: tuple[int, int]) -> None:
+        from .control import Coordinator, watch
+
+        self._coordinator = Coordinator(self._registry, _START_TIMEOUT_S)
+        changes, send = self._context.Pipe(duplex=False)
+        stop_watching = threading.Event()
+        watcher = None
+        if self.settings.model_control == "poll":
+            watcher = threading.Thread(
+                target=watch,
+                args=(Path(self.settings.repository).resolve(), send.send, stop_watching),
+                name="ligeiro-watch",
+                daemon=True,
+            )
+            watcher.start()
+        try:
+            self._wait(ports, changes)
+        finally:
+            stop_watching.set()
+            if watcher is not None:
+                watcher.join(5)
+            changes.close()
+            send.close()
+
+    def _change(self, change: Change, origin: tuple[int, int] | None) -> None:
+        """Run a change on every worker; answer the worker that asked, if one did."""
+        assert self._coordinator is not None
+        states, error = self._coordinator.run(self._pipes, change)
+        if origin is not None:
+            slot, ident = origin
+            pipe = self._pipes.get(slot)
+            if pipe is not None:
+                with contextlib.suppress(OSError):  # it died meanwhile
+                    pipe.send(("done", ident, (states, error)))
+
+    def _wait(self, ports: tuple[int, int], changes: Connection) -> None:
+        assert self._coordinator is not None
         while not self._stopping:
+            for slot, message in self._coordinator.deferred:
+                if message[0] == "change":
+                    self._change(message[2], (slot, message[1]))
+            self._coordinator.deferred.clear()
             sentinels = {process.sentinel: slot for slot, (process, _) in self._workers.items()}
-            for sentinel in wait([*sentinels, self._wake_read]):
+            pipes = {pipe: slot for slot, pipe in self._pipes.items()}
+            for sentinel in wait([*sentinels, *pipes, changes, self._wake_read]):
                 if sentinel == self._wake_read:
                     break
+                if sentinel is changes:
+                    self._change((changes.recv(), None, False), None)
+                    continue
+                if sentinel in pipes:
+                    try:
+                        message = sentinel.recv()
+                    except EOFError:  # the worker died: its sentinel says so too
+                        continue
+                    if message[0] == "change":
+                        self._change(message[2], (pipes[sentinel], message[1]))
+                    continue
                 slot = sentinels[sentinel]  # type: ignore[index]
                 process, started = self._workers[slot]
                 process.join()

@@ -15,17 +15,21 @@ import time
 import zlib
 from collections import deque
 from email.utils import formatdate
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Any, final
 from urllib.parse import unquote
 
 import httptools
+import msgspec
 
 from .. import __version__
 from ..errors import (
+    AuthenticationError,
+    ControlDisabledError,
     DeadlineExceededError,
     InferenceError,
     InvalidInputError,
     LigeiroError,
+    ModelLoadError,
     ModelNotFoundError,
     ModelNotReadyError,
     RequestTooLargeError,
@@ -42,6 +46,7 @@ from ..protocol.codec import (
     encode_infer_response,
     encode_model_metadata,
     encode_model_stats,
+    encode_repository_index,
     encode_server_metadata,
     header_length_of,
 )
@@ -59,6 +64,7 @@ if TYPE_CHECKING:
     from ..repository.registry import ModelVersion
     from ..settings import HttpSettings
     from ..tracing import RequestTrace, Tracing
+    from .control import Control
 
 __all__ = ["Connections", "HttpApp", "HttpConnection", "status_for"]
 
@@ -69,6 +75,9 @@ _STATUS: dict[type[LigeiroError], int] = {
     RequestTooLargeError: 413,
     UnsupportedEncodingError: 415,
     InvalidInputError: 400,
+    ModelLoadError: 400,
+    AuthenticationError: 401,
+    ControlDisabledError: 403,
     ModelNotFoundError: 404,
     ModelNotReadyError: 503,
     ServerOverloadedError: 429,
@@ -76,7 +85,8 @@ _STATUS: dict[type[LigeiroError], int] = {
     InferenceError: 500,
 }
 _REASONS = {
-    200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+    200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden",
+    404: b"Not Found", 405: b"Method Not Allowed",
     408: b"Request Timeout", 413: b"Content Too Large", 415: b"Unsupported Media Type",
     429: b"Too Many Requests",
     500: b"Internal Server Error", 503: b"Service Unavailable", 504: b"Gateway Timeout",
@@ -125,6 +135,7 @@ class HttpApp:
         engine: the models.
         metrics: where requests are counted and timed.
         settings: transport limits.
+        control: the repository API's model control (none: the API's index only).
         access_log: where inference requests are logged, if anywhere.
         tracing: where inference requests are traced, if anywhere.
     """
@@ -135,10 +146,12 @@ class HttpApp:
         metrics: Metrics,
         settings: HttpSettings,
         *,
+        control: Control | None = None,
         access_log: AccessLog | None = None,
         tracing: Tracing | None = None,
     ) -> None:
         self.engine = engine
+        self.control = control
         self.metrics = metrics
         self.settings = settings
         self.access_log = access_log
@@ -192,12 +205,14 @@ class HttpApp:
         traceparent: bytes | None = None,
         tracestate: bytes | None = None,
         content_encoding: bytes | None = None,
+        authorization: bytes | None = None,
     ) -> bytes:
         """Answer one request; never raises. HEAD gets GET's headers without the body.
 
         ``header_length`` is the raw ``Inference-Header-Content-Length`` value, if sent;
         ``traceparent`` and ``tracestate`` the W3C trace context headers;
-        ``content_encoding`` the body's ``Content-Encoding`` (gzip and deflate decode).
+        ``content_encoding`` the body's ``Content-Encoding`` (gzip and deflate decode);
+        ``authorization`` the header the repository API checks.
         """
         if method == b"HEAD":
             answer = await self.handle(b"GET", url, body, keep_alive)
@@ -217,6 +232,10 @@ class HttpApp:
                     _text(path[11:-8]), None, body, header_length, keep_alive,
                     self._answer_predict, traceparent, tracestate,
                 )  # fmt: skip
+            if path.startswith(b"/v2/repository/"):
+                if method != b"POST":
+                    return self._not_allowed(b"POST", keep_alive)
+                return await self._repository(_text(path[15:]), body, authorization, keep_alive)
             route = self._get_routes.get(path.rstrip(b"/") or path)
             if route is None:
                 return self.error(
@@ -226,7 +245,9 @@ class HttpApp:
                 return self._not_allowed(b"GET", keep_alive)
             return route(keep_alive)
         except LigeiroError as exc:
-            return self.error(status_for(exc), str(exc), keep_alive=keep_alive)
+            status = status_for(exc)
+            headers = b'www-authenticate: Bearer realm="ligeiro"\r\n' if status == 401 else b""
+            return self.error(status, str(exc), keep_alive=keep_alive, headers=headers)
         except Exception:
             logger.exception(
                 "unexpected error answering %s %s", method.decode(), url.decode("latin-1")
@@ -261,6 +282,37 @@ class HttpApp:
             keep_alive=keep_alive,
             content_type=METRICS_CONTENT_TYPE.encode(),
         )
+
+    async def _repository(
+        self, rest: str, body: bytes, authorization: bytes | None, keep_alive: bool
+    ) -> bytes:
+        """``POST /v2/repository/index``, ``.../models/{m}/load`` and ``.../unload``."""
+        control = self.control
+        parts = rest.split("/")
+        if parts == ["index"]:
+            if control is not None:
+                control.authorize(authorization, change=False)
+            ready_only = bool(_json_object(body, "index request").get("ready", False))
+            states = [s for s in self.engine.index() if s.is_ready or not ready_only]
+            return self.response(200, encode_repository_index(states), keep_alive=keep_alive)
+        if len(parts) != 3 or parts[0] != "models" or parts[2] not in ("load", "unload"):
+            return self.error(404, f"no route for /v2/repository/{rest}", keep_alive=keep_alive)
+        if control is None:
+            raise ControlDisabledError("this server has no model control")
+        control.authorize(authorization, change=True)
+        name = parts[1]
+        if parts[2] == "unload":
+            states = await control.unload(name)
+        else:
+            parameters = _json_object(body, "load request").get("parameters") or {}
+            config = parameters.get("config") if isinstance(parameters, dict) else None
+            if config is not None and not isinstance(config, str):
+                raise InvalidInputError(
+                    "parameters.config must be a string holding the config as JSON, "
+                    f"got {type(config).__name__}"
+                )
+            states = await control.load(name, None if config is None else config.encode())
+        return self.response(200, encode_repository_index(states), keep_alive=keep_alive)
 
     async def _model_route(
         self,
@@ -464,6 +516,19 @@ def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
     return data
 
 
+def _json_object(body: bytes, what: str) -> dict[str, Any]:
+    """An optional JSON object body (empty: ``{}``)."""
+    if not body.strip():
+        return {}
+    try:
+        value = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise InvalidInputError(f"{what}: malformed JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"{what}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def _latin(raw: bytes | None) -> str | None:
     return None if raw is None else raw.decode("latin-1")
 
@@ -523,7 +588,7 @@ class HttpConnection(asyncio.Protocol):
     """One client connection: parse with httptools, answer in order, drain on shutdown."""
 
     __slots__ = (
-        "_app", "_body", "_connections", "_content_encoding", "_content_length",
+        "_app", "_authorization", "_body", "_connections", "_content_encoding", "_content_length",
         "_expect_continue", "_header_length", "_loop", "_parser", "_pending", "_size",
         "_too_large", "_traceparent", "_tracestate", "_transport", "_url", "_writing_paused",
         "is_closing", "is_receiving", "last_active",
@@ -544,6 +609,7 @@ class HttpConnection(asyncio.Protocol):
         self._expect_continue = False
         self._header_length: bytes | None = None
         self._content_encoding: bytes | None = None
+        self._authorization: bytes | None = None
         self._traceparent: bytes | None = None
         self._tracestate: bytes | None = None
         self._too_large = False
@@ -595,13 +661,14 @@ class HttpConnection(asyncio.Protocol):
         self._traceparent = None
         self._tracestate = None
         self._content_encoding = None
+        self._authorization = None
         self._too_large = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # Only six headers matter here; compare lengths first to skip the others cheaply.
+        # Only seven headers matter here; compare lengths first to skip the others cheaply.
         size = len(name)
         if size == 14 and name.lower() == b"content-length":
             self._content_length = int(value) if value.isdigit() else 0
@@ -616,6 +683,8 @@ class HttpConnection(asyncio.Protocol):
         elif size == 16 and name.lower() == b"content-encoding":
             value = value.strip().lower()
             self._content_encoding = None if value == b"identity" else value
+        elif size == 13 and name.lower() == b"authorization":  # the repository API's token
+            self._authorization = value
 
     def on_headers_complete(self) -> None:
         limit = self._app.settings.max_request_bytes
@@ -649,6 +718,7 @@ class HttpConnection(asyncio.Protocol):
             self._traceparent,
             self._tracestate,
             self._content_encoding,
+            self._authorization,
         )
         task = self._loop.create_task(answer)
         self._pending.append((task, keep_alive))
