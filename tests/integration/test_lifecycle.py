@@ -293,3 +293,34 @@ def test_explicit_control_needs_a_token(repository: Path) -> None:
     )
     assert result.returncode == 2
     assert "model_control = 'explicit' needs an admin token" in result.stderr
+
+
+def test_pipelines_follow_their_steps(repository: Path, model_bytes: bytes) -> None:
+    from tests.integration.test_pipelines import BOTH_CONFIG, DOUBLED, SCALE_CONFIG, SCALE_MODEL
+
+    for name, config, script in (("scale", SCALE_CONFIG, SCALE_MODEL), ("both", BOTH_CONFIG, None)):
+        (repository / name / "1").mkdir(parents=True)
+        (repository / name / "config.toml").write_text(config.replace("version = 1\n", ""))
+        if script is not None:
+            (repository / name / "1" / "model.py").write_text(script)
+    request = {
+        "inputs": [
+            {"name": "raw", "shape": [1, 4], "datatype": "FP32", "data": DOUBLED[0].tolist()}
+        ]
+    }
+    srv = start_server(repository, "--model-control", "explicit", "--admin-token", TOKEN)
+    try:
+        assert srv.post("/v2/models/both/infer", request).status == 200
+        _version(repository, 2, model_bytes)
+        assert srv.request("POST", "/v2/repository/models/iris/load", "", AUTH).status == 200
+        assert srv.post("/v2/models/both/infer", request).status == 200
+        # Its step unloaded, the pipeline cannot serve, and says why.
+        assert srv.request("POST", "/v2/repository/models/iris/unload", "", AUTH).status == 200
+        answer = srv.post("/v2/models/both/infer", request)
+        assert answer.status == 503
+        assert "steps[1] 'iris': model 'iris' is not ready: unloaded" in answer.json()["error"]
+        assert srv.request("POST", "/v2/repository/models/iris/load", "", AUTH).status == 200
+        assert srv.post("/v2/models/both/infer", request).json()["outputs"][0]["data"] == [0]
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.output()

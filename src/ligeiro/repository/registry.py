@@ -553,8 +553,12 @@ class Registry:
             except LigeiroError as exc:
                 model.failed[key] = str(exc)
                 logger.error("model %r version %d not loaded: %s", folder.name, version, exc)
-                old = previous.ready.get(key) if previous is not None else None
-                if old is not None:  # a reload of this version failed: the old one serves on
+                # A reload of this version failed: the old one serves on (not a pipeline's,
+                # which runs step versions that are being unloaded).
+                old = None
+                if previous is not None and config.platform != "pipeline":
+                    old = previous.ready.get(key)
+                if old is not None:
                     model.ready[key] = old
                     model.notes[key] = f"serving the previous load; the new one failed: {exc}"
                     model.signatures[key] = previous.signatures.get(key, ()) if previous else ()
@@ -567,7 +571,9 @@ class Registry:
                 f"{folder.path / CONFIG_FILE}: version_policy selects none of the versions "
                 f"on disk ({', '.join(map(str, folder.versions))})"
             )
-        return self._keep_serving(model, previous)
+        # A pipeline never serves on from its previous load: that one runs step versions
+        # which are being unloaded.
+        return self._keep_serving(model, previous if config.platform != "pipeline" else None)
 
     @staticmethod
     def _unchanged(

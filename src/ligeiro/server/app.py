@@ -504,6 +504,9 @@ class _Supervisor:
                     if wait([self._wake_read], timeout=_RESTART_BACKOFF_S):
                         break
                 self._start(slot, ports).close()
+                if self._registry is None:  # it loaded the disk's state: replay the API's
+                    for change in self._coordinator.applied:
+                        self._coordinator.run({slot: self._pipes[slot]}, change, replay=True)
 
     def _shutdown(self) -> None:
         processes = [process for process, _ in self._workers.values() if process.is_alive()]

@@ -275,10 +275,15 @@ class Coordinator:
         self._ids = itertools.count()
         # Messages read while waiting for another one: handled after the change.
         self.deferred: list[tuple[int, tuple[str, int, Any]]] = []
+        # The changes made so far, for a worker that restarts and loads from disk
+        # (when there is no supervisor's copy to fork it from).
+        self.applied: list[Change] = []
 
-    def run(self, pipes: dict[int, Connection], change: Change) -> tuple[list[Any], str | None]:
+    def run(
+        self, pipes: dict[int, Connection], change: Change, *, replay: bool = False
+    ) -> tuple[list[Any], str | None]:
         """Apply ``change`` on every worker of ``pipes`` (slot → pipe); the states after
-        it, or an error."""
+        it, or an error. ``replay``: a change made before, for a restarted worker."""
         from multiprocessing.connection import wait
 
         ident = next(self._ids)
@@ -328,7 +333,11 @@ class Coordinator:
             committed = collect("committed")
         except LigeiroError as exc:
             return [], str(exc)
-        if self.registry is not None:  # so that a restarted worker forks the new state
+        if replay:
+            return [], None
+        if self.registry is None:
+            self.applied.append(change)
+        else:  # so that a restarted worker forks the new state
             override = _override(names[0], config) if config is not None else {}
             # Not warmed: the supervisor serves nothing, and a model's first run (a
             # tokenizer's thread pool) is better made after the fork.
