@@ -23,7 +23,7 @@ from onnx import helper
 
 from ligeiro.protocol._generated import grpc_service_pb2 as pb
 from ligeiro.protocol._generated.grpc_service_pb2_grpc import GRPCInferenceServiceStub
-from tests.conftest import Server, start_server
+from tests.conftest import EXAMPLE_NAMES, Server, start_server
 from tests.models import ONNX_TYPES, identity_model, write
 
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
@@ -196,21 +196,21 @@ def test_stream_answers_each_request_and_survives_errors(stub: GRPCInferenceServ
 
 def test_repository_and_statistics(stub: GRPCInferenceServiceStub) -> None:
     index = stub.RepositoryIndex(pb.RepositoryIndexRequest())
-    assert [(m.name, m.version, m.state) for m in index.models] == [
-        ("iris", "1", "READY"),
-        ("mlp", "1", "READY"),
-    ]
+    states = {(m.name, m.version): m.state for m in index.models}
+    assert states[("iris", "1")] == states[("mlp", "1")] == "READY"
+    assert sorted({m.name for m in index.models}) == EXAMPLE_NAMES.split(", ")
     stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="iris"))
     assert [(s.name, s.version) for s in stats.model_stats] == [("iris", "1")]
     error = call_error(stub.ModelStatistics, pb.ModelStatisticsRequest(name="nope"))
     assert error.code() == grpc.StatusCode.NOT_FOUND
+    # Loading and unloading need --model-control explicit (test_lifecycle.py has them).
     error = call_error(stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name="iris"))
-    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "not available yet" in (error.details() or "")
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "needs --model-control explicit" in (error.details() or "")
     error = call_error(
         stub.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(model_name="iris")
     )
-    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_requests_are_counted_with_protocol_grpc(

@@ -324,3 +324,43 @@ def test_pipelines_follow_their_steps(repository: Path, model_bytes: bytes) -> N
     finally:
         srv.stop()
     assert "Traceback" not in srv.output()
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_tritonclient_drives_the_repository_api(
+    repository: Path, model_bytes: bytes, transport: str
+) -> None:
+    """Triton's own clients load, unload and list models, with the token as a header."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    srv = start_server(repository, "--model-control", "explicit", "--admin-token", TOKEN)
+    client = (
+        httpclient.InferenceServerClient(f"{srv.host}:{srv.port}")
+        if transport == "http"
+        else grpcclient.InferenceServerClient(srv.grpc_target)
+    )
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    try:
+        _version(repository, 2, model_bytes)
+        client.load_model("iris", headers=headers)
+        assert client.get_model_metadata("iris", headers=headers)  # no token needed, but harmless
+        assert srv.post("/v2/models/iris/infer", IRIS_REQUEST).json()["model_version"] == "2"
+        client.load_model("iris", headers=headers, config=json.dumps({"traffic": {"1": 100}}))
+        assert srv.post("/v2/models/iris/infer", IRIS_REQUEST).json()["model_version"] == "1"
+        index = client.get_model_repository_index(headers=headers)
+        if transport == "grpc":
+            index = [{"name": m.name, "version": m.version, "state": m.state} for m in index.models]
+        assert {(m["version"], m["state"]) for m in index} == {("1", "READY"), ("2", "READY")}
+        client.unload_model("iris", headers=headers)
+        assert not client.is_model_ready("iris")
+        with pytest.raises(InferenceServerException, match="bearer token is not the admin token"):
+            client.load_model("iris", headers={"authorization": "Bearer nope"})
+        with pytest.raises(InferenceServerException, match="needs 'Authorization: Bearer"):
+            client.load_model("iris")
+        with pytest.raises(InferenceServerException, match="no model folder 'ghost'"):
+            client.load_model("ghost", headers=headers)
+    finally:
+        client.close()
+        srv.stop()

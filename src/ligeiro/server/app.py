@@ -159,6 +159,7 @@ async def _serve(
             reuse_port=ready is not None,
             access_log=access_log,
             tracing=tracing,
+            control=control,
         )
         grpc_port = grpc_server.port
         grpc_text = f" and grpc://{_grpc_address(settings.grpc_host(), grpc_port)}"

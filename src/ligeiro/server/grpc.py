@@ -1,7 +1,10 @@
-"""V2 gRPC (``inference.GRPCInferenceService``): a grpc.aio servicer over the engine.
+"""V2 gRPC (``inference.GRPCInferenceService``): the service's methods over the engine.
 
-It runs on the worker's event loop beside HTTP. grpcio's C core parses HTTP/2 and
-enforces the message limit (RESOURCE_EXHAUSTED before any of this code runs);
+It runs on the worker's event loop beside HTTP, carried by one of two transports
+(``[grpc] transport``): grpc.aio, whose C core parses HTTP/2 and enforces the message
+limit (RESOURCE_EXHAUSTED before any of this code runs), or our own HTTP/2 framing in
+``grpc_h2.py`` (ADR 0007). Both call the same ``GrpcService`` methods with a
+``CallContext``;
 ``protocol/grpc_codec.py`` turns messages into numpy. Every domain error maps to a
 status in ``_STATUS``, the one table between the errors and gRPC.
 """
@@ -11,17 +14,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, NoReturn, final
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, final
 
 import grpc
 import grpc.aio
 
 from .. import __version__
 from ..errors import (
+    AuthenticationError,
+    ControlDisabledError,
     DeadlineExceededError,
     InferenceError,
     InvalidInputError,
     LigeiroError,
+    ModelLoadError,
     ModelNotFoundError,
     ModelNotReadyError,
     RequestTooLargeError,
@@ -37,7 +43,7 @@ from ..protocol.grpc_codec import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from google.protobuf.message import Message
 
@@ -47,8 +53,17 @@ if TYPE_CHECKING:
     from ..repository.registry import ModelVersion
     from ..settings import GrpcSettings
     from ..tracing import Tracing
+    from .control import Control
+    from .grpc_h2 import H2GrpcServer
 
-__all__ = ["GrpcServer", "GrpcService", "start_grpc_server", "status_for"]
+__all__ = [
+    "CallContext",
+    "GrpcServer",
+    "GrpcService",
+    "start_grpc_server",
+    "status_for",
+    "unary_methods",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +71,9 @@ logger = logging.getLogger(__name__)
 _STATUS: dict[type[LigeiroError], grpc.StatusCode] = {
     RequestTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     InvalidInputError: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelLoadError: grpc.StatusCode.INVALID_ARGUMENT,
+    AuthenticationError: grpc.StatusCode.UNAUTHENTICATED,
+    ControlDisabledError: grpc.StatusCode.PERMISSION_DENIED,
     ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
     ModelNotReadyError: grpc.StatusCode.UNAVAILABLE,
     ServerOverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -67,10 +85,19 @@ _OK = grpc.StatusCode.OK
 _STREAM_GRACE_S = 1.0
 _INTERNAL = grpc.StatusCode.INTERNAL
 _INTERNAL_MESSAGE = "internal server error (logged)"
-_LIFECYCLE_MESSAGE = (
-    "ligeiro loads the repository at start; loading and unloading models through the "
-    "API is not available yet (issue 7, model lifecycle)"
-)
+
+
+class CallContext(Protocol):
+    """What a method asks of its call, whichever transport carries it."""
+
+    def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]] | None: ...
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn: ...
+
+
+if TYPE_CHECKING:
+    # A unary method behind its parsing: the request's bytes in, the answer out.
+    UnaryHandler = Callable[[bytes, CallContext], Awaitable[Message]]
 
 
 def status_for(error: LigeiroError) -> grpc.StatusCode:
@@ -82,7 +109,7 @@ def status_for(error: LigeiroError) -> grpc.StatusCode:
     return _INTERNAL
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> NoReturn:
+async def _abort(context: CallContext, error: Exception) -> NoReturn:
     if isinstance(error, LigeiroError):
         await context.abort(status_for(error), str(error))
     logger.error("unexpected error in a gRPC call", exc_info=error)
@@ -99,6 +126,7 @@ class GrpcService:
         metrics: where inference requests are counted and timed (``protocol="grpc"``).
         access_log: where inference requests are logged, if anywhere.
         tracing: where inference requests are traced, if anywhere.
+        control: the repository API's model control (none: the index only).
     """
 
     def __init__(
@@ -107,8 +135,10 @@ class GrpcService:
         metrics: Metrics,
         access_log: AccessLog | None = None,
         tracing: Tracing | None = None,
+        control: Control | None = None,
     ) -> None:
         self.engine = engine
+        self.control = control
         self.metrics = metrics
         self.access_log = access_log
         self.tracing = tracing
@@ -117,18 +147,18 @@ class GrpcService:
     # -- health and metadata ----------------------------------------------------------
 
     async def ServerLive(
-        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ServerLiveRequest, context: CallContext
     ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(
-        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ServerReadyRequest, context: CallContext
     ) -> pb.ServerReadyResponse:
         # Ready once the repository is loaded, as over HTTP.
         return pb.ServerReadyResponse(ready=True)
 
     async def ModelReady(
-        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ModelReadyRequest, context: CallContext
     ) -> pb.ModelReadyResponse:
         # Unknown or broken: not ready, as REST answers and tritonclient reads it.
         try:
@@ -138,12 +168,12 @@ class GrpcService:
         return pb.ModelReadyResponse(ready=True)
 
     async def ServerMetadata(
-        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ServerMetadataRequest, context: CallContext
     ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name="ligeiro", version=__version__, extensions=[])
 
     async def ModelMetadata(
-        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ModelMetadataRequest, context: CallContext
     ) -> pb.ModelMetadataResponse:
         try:
             model = self.engine.model(request.name, request.version or None)
@@ -161,7 +191,7 @@ class GrpcService:
     # -- inference ----------------------------------------------------------------------
 
     async def _infer(
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ModelInferRequest, context: CallContext
     ) -> pb.ModelInferResponse:
         """Resolve, decode, run, encode; count, time, log and trace it.
 
@@ -214,7 +244,7 @@ class GrpcService:
                 trace.finish(code.name, code is _OK)
 
     async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ModelInferRequest, context: CallContext
     ) -> pb.ModelInferResponse:
         try:
             return await self._infer(request, context)
@@ -222,7 +252,7 @@ class GrpcService:
             await _abort(context, exc)
 
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[bytes], context: CallContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         # As Triton does: a failed request answers with error_message and the stream
         # carries on with the next one. Messages arrive unparsed so that a malformed
@@ -246,7 +276,7 @@ class GrpcService:
             closing.cancel()
 
     async def _stream_answer(
-        self, data: bytes, context: grpc.aio.ServicerContext
+        self, data: bytes, context: CallContext
     ) -> pb.ModelStreamInferResponse:
         try:
             response = await self._infer(decode_message(pb.ModelInferRequest, data), context)
@@ -264,7 +294,7 @@ class GrpcService:
     # -- repository -----------------------------------------------------------------------
 
     async def ModelStatistics(
-        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ModelStatisticsRequest, context: CallContext
     ) -> pb.ModelStatisticsResponse:
         try:
             stats = self.engine.stats(request.name or None, request.version or None)
@@ -272,9 +302,25 @@ class GrpcService:
             await _abort(context, exc)
         return encode_model_statistics(stats)
 
+    def _authorize(self, context: CallContext, *, change: bool) -> Control:
+        """The model control, once the call's ``authorization`` metadata passes it."""
+        if self.control is None:
+            raise ControlDisabledError("this server has no model control")
+        token = next(
+            (v for k, v in context.invocation_metadata() or () if k.lower() == "authorization"),
+            None,
+        )
+        self.control.authorize(token.encode() if isinstance(token, str) else token, change=change)
+        return self.control
+
     async def RepositoryIndex(
-        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+        self, request: pb.RepositoryIndexRequest, context: CallContext
     ) -> pb.RepositoryIndexResponse:
+        if self.control is not None:
+            try:
+                self._authorize(context, change=False)
+            except LigeiroError as exc:
+                await _abort(context, exc)
         models = [
             pb.RepositoryIndexResponse.ModelIndex(
                 name=s.name,
@@ -288,16 +334,32 @@ class GrpcService:
         return pb.RepositoryIndexResponse(models=models)
 
     async def RepositoryModelLoad(
-        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+        self, request: pb.RepositoryModelLoadRequest, context: CallContext
     ) -> pb.RepositoryModelLoadResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _LIFECYCLE_MESSAGE)
-        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+        """Reload a model; ``parameters["config"]`` (a JSON string) replaces its config."""
+        try:
+            control = self._authorize(context, change=True)
+            config = None
+            if "config" in request.parameters:
+                parameter = request.parameters["config"]
+                if parameter.WhichOneof("parameter_choice") != "string_param":
+                    raise InvalidInputError(
+                        "parameters['config'] must be a string_param holding the config as JSON"
+                    )
+                config = parameter.string_param.encode()
+            await control.load(request.model_name, config)
+        except LigeiroError as exc:
+            await _abort(context, exc)
+        return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
-        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+        self, request: pb.RepositoryModelUnloadRequest, context: CallContext
     ) -> pb.RepositoryModelUnloadResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _LIFECYCLE_MESSAGE)
-        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+        try:
+            await self._authorize(context, change=True).unload(request.model_name)
+        except LigeiroError as exc:
+            await _abort(context, exc)
+        return pb.RepositoryModelUnloadResponse()
 
 
 _SERVICE = "inference.GRPCInferenceService"
@@ -322,12 +384,12 @@ def _serialize(message: Message) -> bytes:
 
 
 def _parsing(
-    method: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]],
+    method: Callable[[Any, CallContext], Awaitable[Message]],
     message_type: type[Message],
-) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]:
+) -> UnaryHandler:
     """``method`` behind our own parsing: grpc's would answer bad bytes with UNKNOWN."""
 
-    async def handler(data: bytes, context: grpc.aio.ServicerContext) -> Message:
+    async def handler(data: bytes, context: CallContext) -> Message:
         try:
             request = decode_message(message_type, data)
         except LigeiroError as exc:
@@ -337,13 +399,16 @@ def _parsing(
     return handler
 
 
+def unary_methods(service: GrpcService) -> dict[str, UnaryHandler]:
+    """Each unary method by name, taking the request's bytes (both transports serve these)."""
+    return {name: _parsing(getattr(service, name), type_) for name, type_ in _UNARY.items()}
+
+
 def _rpc_handlers(service: GrpcService) -> grpc.GenericRpcHandler:
     """The service's method table (what protoc's ``add_..._to_server`` would build)."""
     handlers = {
-        name: grpc.unary_unary_rpc_method_handler(
-            _parsing(getattr(service, name), message_type), response_serializer=_serialize
-        )
-        for name, message_type in _UNARY.items()
+        name: grpc.unary_unary_rpc_method_handler(handler, response_serializer=_serialize)
+        for name, handler in unary_methods(service).items()
     }
     handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
         service.ModelStreamInfer, response_serializer=_serialize
@@ -375,8 +440,9 @@ async def start_grpc_server(
     reuse_port: bool,
     access_log: AccessLog | None = None,
     tracing: Tracing | None = None,
-) -> GrpcServer:
-    """Bind and start the gRPC service on the running loop.
+    control: Control | None = None,
+) -> GrpcServer | H2GrpcServer:
+    """Bind and start the gRPC service on the running loop, on ``settings.transport``.
 
     Args:
         address: ``host:port`` to bind; port 0 picks a free one.
@@ -386,6 +452,11 @@ async def start_grpc_server(
     Raises:
         OSError: the address cannot be bound.
     """
+    service = GrpcService(engine, metrics, access_log, tracing, control)
+    if settings.transport == "h2":
+        from .grpc_h2 import start_h2_grpc_server
+
+        return await start_h2_grpc_server(service, settings, address, reuse_port=reuse_port)
     limit = settings.max_message_bytes
     server = grpc.aio.server(
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
@@ -395,7 +466,6 @@ async def start_grpc_server(
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
-    service = GrpcService(engine, metrics, access_log, tracing)
     server.add_generic_rpc_handlers((_rpc_handlers(service),))
     try:
         bound: int = server.add_insecure_port(address)
