@@ -9,25 +9,32 @@ BENCH_ARGS ?=
 MODELS := examples/models
 IRIS   := $(MODELS)/iris/1/model.onnx
 MLP    := $(MODELS)/mlp/1/model.onnx
+# The text models (tokenizer, MiniLM encoder, sentiment head, pipelines): build_text.py
+# writes this pipeline's config last, so it stands for the whole set.
+TEXT   := $(MODELS)/minilm-int8/config.toml
 # Debian's Prometheus, unpacked into the venv (no service, no root after the download);
 # tests/integration/test_prometheus.py scrapes ligeiro with it.
 PROMETHEUS := $(VENV)/prometheus/usr/bin/prometheus
 # Debian's chromium-headless-shell and the libraries it lacks here, unpacked into the venv
 # (scripts/fetch_chromium.sh); tests/integration/test_bench_html.py screenshots a report with it.
 CHROMIUM := $(VENV)/chromium/headless-shell
+# Java 17+ for pyspark: the one on PATH, else Debian's openjdk-17-jre-headless unpacked into
+# the venv (scripts/fetch_java.sh); this file holds its JAVA_HOME, which
+# tests/integration/test_spark.py and benchmarks/bench_score.py read.
+JAVA := $(VENV)/java/JAVA_HOME
 
 .PHONY: run test bench models clean
 
-run: $(VENV)/.installed-examples $(IRIS) $(MLP)
+run: $(VENV)/.installed-examples $(IRIS) $(MLP) $(TEXT)
 	$(BIN)/ligeiro serve $(MODELS) --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.installed-test $(IRIS) $(MLP) $(PROMETHEUS) $(CHROMIUM)
+test: $(VENV)/.installed-test $(IRIS) $(MLP) $(TEXT) $(PROMETHEUS) $(CHROMIUM) $(JAVA)
 	$(BIN)/python -m pytest
 
-bench: $(VENV)/.installed-bench $(IRIS) $(MLP)
+bench: $(VENV)/.installed-bench $(IRIS) $(MLP) $(TEXT) $(JAVA)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
-models: $(IRIS) $(MLP)
+models: $(IRIS) $(MLP) $(TEXT)
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +52,9 @@ $(IRIS): examples/build_iris.py | $(VENV)/.installed-examples
 $(MLP): examples/build_mlp.py examples/build_iris.py | $(VENV)/.installed-examples
 	$(BIN)/python examples/build_mlp.py --out $(MODELS)
 
+$(TEXT): examples/build_text.py examples/text/sentences.tsv examples/text/tokenizer_model.py | $(VENV)/.installed-examples
+	$(BIN)/python examples/build_text.py --out $(MODELS)
+
 $(PROMETHEUS): | $(VENV)/bin/python
 	rm -rf $(VENV)/prometheus && mkdir -p $(VENV)/prometheus/deb
 	cd $(VENV)/prometheus/deb && { apt-get download -q prometheus 2>/dev/null \
@@ -56,6 +66,10 @@ $(PROMETHEUS): | $(VENV)/bin/python
 $(CHROMIUM): scripts/fetch_chromium.sh | $(VENV)/bin/python
 	sh scripts/fetch_chromium.sh $(VENV)/chromium
 	test -x $@
+
+$(JAVA): scripts/fetch_java.sh | $(VENV)/bin/python
+	sh scripts/fetch_java.sh $(VENV)/java
+	test -x "$$(cat $@)/bin/java"
 
 clean:
 	rm -rf $(VENV) $(MODELS)

@@ -2,12 +2,12 @@
 
 The iris benchmark, gRPC beside REST, the one-shot clients, dynamic batching (mlp, and
 the thread hop on iris), overload at ten times the sustainable rate, workers (shared
-weights, restarts, 1 vs 2), ``ligeiro optimize`` (graph, int8, fp16) and ``ligeiro
-score`` on 10 million rows. Extra arguments
-go to ``bench_iris`` (``python -m benchmarks --duration 3``); the others run with their
-defaults. The JSON
-and Markdown reports land in ``benchmarks/results/`` (git-ignored) under a UTC time
-stamp, so successive runs never overwrite each other.
+weights, restarts, 1 vs 2), hot swaps under load, ``ligeiro optimize`` (graph, int8,
+fp16), ``ligeiro score`` on 10 million rows, and the sentiment pipeline against seed
+002's FastAPI server. Extra arguments go to ``bench_iris`` (``python -m benchmarks
+--duration 3``); the others run with their defaults. The JSON and Markdown reports
+land in ``benchmarks/results/`` (git-ignored) under a UTC time stamp, so successive
+runs never overwrite each other.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from pathlib import Path
 from . import (
     bench_batching,
     bench_grpc,
+    bench_lifecycle,
     bench_oneshot,
     bench_optimize,
     bench_overload,
     bench_score,
+    bench_text,
     bench_workers,
 )
 from .bench_iris import main
@@ -41,8 +43,10 @@ if __name__ == "__main__":
         ("batching-iris", bench_batching, ["--model", "iris"]),
         ("overload", bench_overload, []),
         ("workers", bench_workers, []),
+        ("lifecycle", bench_lifecycle, []),
         ("optimize", bench_optimize, []),
         ("score", bench_score, []),
+        ("text", bench_text, []),
     ):
         report = RESULTS / f"{name}-{stamp}"
         args += ["--markdown", f"{report}.md", "--json", f"{report}.json"]

@@ -9,11 +9,16 @@ through, by:
   the fitted pipeline's ``predict_proba`` → label names → ``ParquetWriter``, in chunks of
   ``--batch-rows`` (the same as ligeiro's), pinned to one core;
 - **ligeiro score, 1 worker**: pinned to one core (``--threads 1``);
-- **ligeiro score, 2 workers**: on cores 0-1 (the reader/writer process and two workers).
+- **ligeiro score, 2 workers**: on cores 0-1 (the reader/writer process and two workers);
+- **ligeiro on Spark local[2]**: ``ligeiro score --engine spark --master local[2]`` on
+  cores 0-1 (``ligeiro.spark`` through ``mapInArrow``; output a directory of part files).
 
 Each runs as its own process; rows/s is rows over its whole wall time (start-up
-included), and peak RSS is the sum of every process's high-water mark in its tree
-(sampled from /proc every 50 ms, so a forked worker cannot hide its memory). Before
+included: for Spark, the JVM's too), and peak RSS is the sum of every process's
+high-water mark in its tree (sampled from /proc every 50 ms, so a forked worker cannot
+hide its memory). For Spark the tree is the Python driver, Spark's JVM (driver and
+local executor in one) and the Python workers that the JVM forks; the JVM's part is
+shown apart. Before
 any number is reported the outputs are compared: labels must be equal on every row and
 probabilities within 1e-5 (the ONNX graph runs in float32, scikit-learn in float64).
 
@@ -26,6 +31,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -35,7 +41,7 @@ from typing import Final
 
 import numpy as np
 
-from ._harness import _tree_peak_rss_bytes, exclusive_machine, format_table, machine_info
+from ._harness import _process_tree, exclusive_machine, format_table, machine_info
 from .bench_iris import MODELS, PICKLE, ensure_models
 
 ROOT: Final = Path(__file__).resolve().parent.parent
@@ -44,7 +50,11 @@ FEATURES: Final = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 LABELS: Final = ("iris-setosa", "iris-versicolor", "iris-virginica")
 SEED: Final = 8
 GENERATE_ROWS: Final = 1 << 20  # rows generated (and written as a row group) at a time
-PACKAGES: Final = ("ligeiro", "onnxruntime", "numpy", "pyarrow", "pandas", "scikit-learn")
+PACKAGES: Final = (
+    "ligeiro", "onnxruntime", "numpy", "pyarrow", "pandas", "scikit-learn", "pyspark"
+)  # fmt: skip
+# Java for pyspark, found by `make bench` (scripts/fetch_java.sh) when none is on PATH.
+JAVA_HOME_FILE: Final = ROOT / ".venv" / "java" / "JAVA_HOME"
 TARGET_RATIO: Final = 3.0
 TARGET_RSS_MIB: Final = 500
 
@@ -124,6 +134,20 @@ class Result:
     seconds: float
     rows_per_s: float
     peak_rss_mib: float
+    jvm_rss_mib: float = 0.0  # of peak_rss_mib, Spark's JVM
+
+
+def _rss_bytes(root: int) -> tuple[int, int]:
+    """The high-water resident sets (VmHWM) of ``root``'s live tree: all, and java's."""
+    total = jvm = 0
+    for pid in _process_tree(root):
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            fields = dict(line.split(":", 1) for line in status if ":" in line)
+            kib = int(fields.get("VmHWM", "0 kB").split()[0])
+            total += kib
+            jvm += kib if fields["Name"].strip() == "java" else 0
+    return total * 1024, jvm * 1024
 
 
 def run(name: str, cores: str, argv: list[str], rows: int) -> Result:
@@ -131,17 +155,19 @@ def run(name: str, cores: str, argv: list[str], rows: int) -> Result:
     command = ["taskset", "-c", cores, *argv]
     print(f"{name}: {' '.join(command)}", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    if "JAVA_HOME" not in env and JAVA_HOME_FILE.is_file():
+        env["JAVA_HOME"] = JAVA_HOME_FILE.read_text().strip()
     start = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
-    peak = 0
+    peak = jvm = 0
     while True:
         # wait4 reaps it with its own rusage (not the maximum over every child this
         # process ever had, which RUSAGE_CHILDREN would give).
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
         if pid:
             break
-        with contextlib.suppress(OSError):
-            peak = max(peak, _tree_peak_rss_bytes(process.pid))
+        total, java = _rss_bytes(process.pid)
+        peak, jvm = max(peak, total), max(jvm, java)
         time.sleep(0.05)
     seconds = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -149,28 +175,37 @@ def run(name: str, cores: str, argv: list[str], rows: int) -> Result:
         raise SystemExit(f"{name} failed with exit code {process.returncode}")
     # Its own peak (kilobytes on Linux), in case it grew after the last sample.
     peak = max(peak, usage.ru_maxrss * 1024)
-    return Result(name, cores, seconds, rows / seconds, peak / 2**20)
+    return Result(name, cores, seconds, rows / seconds, peak / 2**20, jvm / 2**20)
 
 
 def check(reference: Path, candidate: Path) -> None:
-    """Labels equal on every row and probabilities within 1e-5, or the run stops."""
+    """Labels equal on every row and probabilities within 1e-5, or the run stops.
+
+    ``candidate`` may be a directory of part files (Spark's), compared in id order.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     # One column at a time (80 MB each at 10M rows): the two files' row groups differ.
     rows = pq.ParquetFile(reference).metadata.num_rows
-    if pq.ParquetFile(candidate).metadata.num_rows != rows:
+    order = pc.sort_indices(pq.read_table(candidate, columns=["id"]).column(0))
+    if len(order) != rows:
         raise SystemExit(f"{candidate}: not {rows:,} rows like {reference}")
+
+    def read(path: Path, column: str) -> object:
+        values = pq.read_table(path, columns=[column]).column(0)
+        if pa.types.is_dictionary(values.type):  # ligeiro's label_name; Spark's is plain
+            values = values.cast(values.type.value_type)
+        return values.take(order) if path == candidate else values
+
     for column in ("id", "label", "label_name"):
-        expected = pq.read_table(reference, columns=[column]).column(0)
-        if not expected.equals(
-            pq.read_table(candidate, columns=[column]).column(0).cast(expected.type)
-        ):
+        expected = read(reference, column)
+        if not expected.equals(read(candidate, column).cast(expected.type)):
             raise SystemExit(f"{candidate}: column {column} differs from {reference}")
     for name in LABELS:
         column = f"probability_{name}"
-        left, right = (
-            pq.read_table(p, columns=[column]).column(0).to_numpy() for p in (reference, candidate)
-        )
+        left, right = (read(p, column).to_numpy() for p in (reference, candidate))
         diff = np.abs(left - right).max()
         if diff > 1e-5:
             raise SystemExit(f"{candidate}: {column} differs by {diff:.3g}")
@@ -193,9 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         source = generate(args.rows)
         model = str(MODELS / "iris")
         python = [sys.executable]
-        outputs = {
-            name: WORK / f"out-{name}.parquet" for name in ("pandas", "ligeiro-1", "ligeiro-2")
-        }
+        names = ("pandas", "ligeiro-1", "ligeiro-2", "spark")
+        outputs = {name: WORK / f"out-{name}.parquet" for name in names}
         batch = ["--batch-rows", str(args.batch_rows)]
         score = [*python, "-m", "ligeiro", "score", model, str(source), "--keep", "id", *batch]
         results = [
@@ -205,16 +239,24 @@ def main(argv: list[str] | None = None) -> int:
                 [*score, "-o", str(outputs["ligeiro-1"]), "--workers", "1"], args.rows),
             run("ligeiro score, 2 workers", "0-1",
                 [*score, "-o", str(outputs["ligeiro-2"]), "--workers", "2"], args.rows),
+            run("ligeiro on Spark local[2]", "0-1",
+                [*score, "-o", str(outputs["spark"]), "--engine", "spark",
+                 "--master", "local[2]", "--conf", "spark.ui.enabled=false"], args.rows),
         ]  # fmt: skip
         check(outputs["pandas"], outputs["ligeiro-1"])
         check(outputs["ligeiro-1"], outputs["ligeiro-2"])
+        check(outputs["ligeiro-1"], outputs["spark"])
         for path in outputs.values():
-            path.unlink()
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     base = results[0].rows_per_s
-    headers = ["scorer", "cores", "seconds", "rows/s", "vs pandas", "peak RSS (MiB)"]
+    headers = ["scorer", "cores", "seconds", "rows/s", "vs pandas", "peak RSS (MiB)", "of it JVM"]
     rows = [
         [r.name, r.cores, f"{r.seconds:.2f}", f"{r.rows_per_s:,.0f}",
-         f"{r.rows_per_s / base:.2f}", f"{r.peak_rss_mib:.0f}"]
+         f"{r.rows_per_s / base:.2f}", f"{r.peak_rss_mib:.0f}",
+         f"{r.jvm_rss_mib:.0f}" if r.jvm_rss_mib else "-"]
         for r in results
     ]  # fmt: skip
     one = results[1]

@@ -86,10 +86,24 @@ class Server:
     ) -> Response:
         if isinstance(body, dict):
             body = json.dumps(body)
+        reused = self._conn is not None
         if self._conn is None:
             self._conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-        self._conn.request(method, path, body=body, headers=headers or {})
-        raw = self._conn.getresponse()
+        try:
+            self._conn.request(method, path, body=body, headers=headers or {})
+            raw = self._conn.getresponse()
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            self._conn.close()
+            self._conn = None
+            if not reused:
+                raise
+            # The server closed the connection after its keep-alive timeout (a shared
+            # server sits idle while other tests run): once more on a new one.
+            return self.request(method, path, body, headers)
+        except BaseException:
+            self._conn.close()
+            self._conn = None
+            raise
         response = Response(raw.status, {k.lower(): v for k, v in raw.getheaders()}, raw.read())
         if raw.will_close:
             self._conn.close()

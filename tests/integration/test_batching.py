@@ -22,7 +22,7 @@ from ligeiro import Engine
 from ligeiro.client import AsyncClient, AsyncGrpcClient
 from ligeiro.errors import DeadlineExceededError, InvalidInputError, ServerOverloadedError
 from ligeiro.repository.registry import Registry
-from tests.conftest import Server, start_server
+from tests.conftest import EXAMPLE_NAMES, Server, start_server
 from tests.models import write
 
 ROWS = load_digits().data.astype(np.float32)
@@ -240,7 +240,9 @@ def test_tritonclient_reads_statistics_and_sends_timeouts(transport: str, server
 
 def test_every_model_stats_route(server: Server) -> None:
     every = server.get("/v2/models/stats").json()["model_stats"]
-    assert [(m["name"], m["version"]) for m in every] == [("iris", "1"), ("mlp", "1")]
+    assert [(m["name"], m["version"]) for m in every] == [
+        (name, "1") for name in EXAMPLE_NAMES.split(", ")
+    ]
     one = server.get("/v2/models/mlp/versions/1/stats").json()["model_stats"]
     assert [(m["name"], m["version"]) for m in one] == [("mlp", "1")]
     missing = server.get("/v2/models/nope/stats")

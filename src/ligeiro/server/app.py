@@ -475,7 +475,7 @@ class _Supervisor:
                 if sentinel in pipes:
                     try:
                         message = sentinel.recv()
-                    except EOFError:  # the worker died: its sentinel says so too
+                    except (EOFError, OSError):  # the worker died (and may be restarted)
                         continue
                     if message[0] == "change":
                         self._change(message[2], (pipes[sentinel], message[1]))
