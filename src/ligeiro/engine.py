@@ -313,6 +313,9 @@ class Engine:
                 execute: Execute = partial(loop.run_in_executor, pool)
             else:
                 execute = run_here(loop)
+            # On a thread, a lone request on an idle model still runs on the loop (no
+            # hop); the requests of one loop pass are gathered first, so that under load
+            # they run as a batch on the thread.
             batcher = Batcher(
                 f"model {model.name!r} version {model.version}",
                 policy,
@@ -321,7 +324,8 @@ class Engine:
                 clock=LoopClock(loop),
                 observer=self._observer(model.name, model.version),
                 loop=loop,
-                defer=not on_thread,
+                defer=True,
+                inline=run_here(loop) if on_thread else None,
             )
         self._batchers[model] = batcher
         return batcher

@@ -412,3 +412,87 @@ def test_the_loop_runs_one_batch_at_a_time() -> None:
         ValueError, match="run_on = 'loop' runs one batch at a time; instances is 2"
     ):
         BatchingPolicy(max_batch_size=4, run_on="loop", instances=2)
+
+
+def test_on_a_thread_a_lone_request_on_an_idle_model_runs_on_the_loop() -> None:
+    """No hop for one request at a time; under load, batches still go to the thread."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        executor = FakeExecutor(loop)
+        inline_runs: list[int] = []
+        here = run_here(loop)
+
+        def inline(work: Callable[[], list[np.ndarray]]) -> asyncio.Future[list[np.ndarray]]:
+            inline_runs.append(work.args[0]["x"].shape[0])  # type: ignore[attr-defined]
+            return here(work)
+
+        batcher = Batcher(
+            '"m" version 1',
+            BatchingPolicy(max_batch_size=8, run_on="thread"),
+            _double,
+            executor,
+            clock=FakeClock(),
+            observer=Recorder(),
+            loop=loop,
+            defer=True,
+            inline=inline,
+        )
+        x = np.ones((1, 1), np.float32)
+        alone = batcher.submit({"x": x}, ["y"])
+        await _settle()
+        assert inline_runs == [1]
+        assert executor.jobs == []
+        assert alone.result()["y"].tolist() == [[2.0]]
+        # Two in one pass: a batch, on the thread; what comes meanwhile waits for it.
+        pair = [batcher.submit({"x": x * i}, ["y"]) for i in (1, 2)]
+        await _settle()
+        assert [work.args[0]["x"].shape[0] for work, _ in executor.jobs] == [2]  # type: ignore[attr-defined]
+        late = [batcher.submit({"x": x * i}, ["y"]) for i in (3, 4)]
+        await _settle()
+        assert batcher.queue_length == 2
+        await executor.finish()
+        # They waited together for the busy model: a batch on the thread, not the loop.
+        assert [work.args[0]["x"].shape[0] for work, _ in executor.jobs] == [2]  # type: ignore[attr-defined]
+        await executor.finish()
+        assert inline_runs == [1]
+        assert [f.result()["y"].tolist() for f in pair + late] == [[[2 * i]] for i in range(1, 5)]
+
+    asyncio.run(main())
+
+
+def test_a_model_whose_lone_runs_are_slow_stays_off_the_loop() -> None:
+    """Past inline_max_s a lone run would hold up the loop's other work: the thread it is."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        clock, executor = FakeClock(), FakeExecutor(loop)
+
+        def slow(inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
+            clock.now_us += 30_000  # 30 ms a run
+            return _double(inputs, outputs)
+
+        batcher = Batcher(
+            '"m" version 1',
+            BatchingPolicy(max_batch_size=8, run_on="thread"),
+            slow,
+            executor,
+            clock=clock,
+            observer=Recorder(),
+            loop=loop,
+            defer=True,
+            inline=run_here(loop),
+            inline_max_s=0.02,
+        )
+        x = np.ones((1, 1), np.float32)
+        first = batcher.submit({"x": x}, ["y"])
+        await _settle()
+        assert first.done()  # unmeasured yet: it ran on the loop, and took 30 ms
+        assert executor.jobs == []
+        second = batcher.submit({"x": x}, ["y"])
+        await _settle()
+        assert len(executor.jobs) == 1  # now known to be slow: on the thread
+        await executor.finish()
+        assert second.result()["y"].tolist() == [[2.0]]
+
+    asyncio.run(main())

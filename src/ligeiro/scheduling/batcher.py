@@ -135,7 +135,13 @@ class Batcher:
         observer: told about queue length, waits and runs.
         loop: where the requests' futures live.
         defer: start batches at the end of the loop's current pass rather than at once
-            (for ``execute = run_here(loop)``).
+            (for ``execute = run_here(loop)``, or with ``inline``).
+        inline: where a request runs that arrives to an idle model with nothing else
+            queued (``run_here(loop)``): at one request at a time the hop to ``execute``'s
+            thread and back is pure cost. Only while the model's lone runs take under
+            ``inline_max_s``: a longer run would hold up the loop's other work (other
+            models, health checks).
+        inline_max_s: see ``inline``.
     """
 
     def __init__(
@@ -149,11 +155,17 @@ class Batcher:
         observer: BatchObserver,
         loop: asyncio.AbstractEventLoop,
         defer: bool = False,
+        inline: Execute | None = None,
+        inline_max_s: float = 0.02,
     ) -> None:
         self.name = name
         self.policy = policy
         self._compute = compute
         self._execute = execute
+        self._inline = inline
+        self._inline_max_s = inline_max_s
+        # How long a batch of one request takes (a moving average; 0 until measured).
+        self._lone_s = 0.0
         self._clock = clock
         self._observer = observer
         self._loop = loop
@@ -248,8 +260,11 @@ class Batcher:
             )
         return rows, tuple(key)
 
-    def _schedule(self) -> None:
-        """Start batches while there is work and a free run slot."""
+    def _schedule(self, fresh: bool = False) -> None:
+        """Start batches while there is work and a free run slot.
+
+        ``fresh``: called for requests that just arrived (not after a run or a timer).
+        """
         self._deferred = False
         if self._timer is not None:
             self._timer.cancel()
@@ -259,7 +274,7 @@ class Batcher:
                 oldest = self._queue[0].enqueued
                 self._timer = self._clock.call_at(oldest + self._delay_s, self._schedule)
                 return
-            self._dispatch(self._take())
+            self._dispatch(self._take(), fresh)
 
     def _worth_running(self) -> bool:
         """With a batch already running: is the queue full enough, or waited long enough?"""
@@ -284,7 +299,7 @@ class Batcher:
         self._queue = rest
         return batch
 
-    def _dispatch(self, batch: list[_Request]) -> None:
+    def _dispatch(self, batch: list[_Request], fresh: bool = False) -> None:
         now = self._clock.time()
         for request in batch:
             if request.deadline is not None:
@@ -297,8 +312,18 @@ class Batcher:
             inputs = {
                 name: np.concatenate([r.inputs[name] for r in batch]) for name in batch[0].inputs
             }
+        execute = self._execute
+        if (
+            fresh
+            and self._inline is not None
+            and len(batch) == 1
+            and not self._running
+            and not self._queue
+            and self._lone_s < self._inline_max_s
+        ):
+            execute = self._inline
         self._running += 1
-        future = self._execute(partial(self._compute, inputs, batch[0].outputs))
+        future = execute(partial(self._compute, inputs, batch[0].outputs))
         if future.done():
             # It ran right here, on the event loop: answer now, and leave the next batch
             # to the loop's next pass, so that I/O (and new requests) come in between.
@@ -311,7 +336,7 @@ class Batcher:
         """Schedule at the end of the loop's current pass (once, however often asked)."""
         if not self._deferred:
             self._deferred = True
-            self._loop.call_soon(self._schedule)
+            self._loop.call_soon(self._schedule, True)
 
     def _finished(
         self, batch: list[_Request], started: float, future: asyncio.Future[list[np.ndarray]]
@@ -325,7 +350,10 @@ class Batcher:
         """Hand each request its rows of the batch's outputs, or the batch's error."""
         self._running -= 1
         rows = sum(r.rows for r in batch)
-        self._observer.executed(rows, self._clock.time() - started)
+        seconds = self._clock.time() - started
+        self._observer.executed(rows, seconds)
+        if len(batch) == 1:
+            self._lone_s = seconds if not self._lone_s else 0.8 * self._lone_s + 0.2 * seconds
         try:
             arrays = future.result()
             names = batch[0].outputs
