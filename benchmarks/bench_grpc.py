@@ -1,12 +1,20 @@
-"""gRPC ModelInfer beside V2 REST on the same ligeiro process, iris, one core.
+"""gRPC ModelInfer beside V2 REST on ligeiro, iris, one core: both gRPC transports.
 
-One ``ligeiro serve`` (pinned to core 0) listens on both transports. At each
-concurrency the two are loaded back to back, in an order rotated every round, from core
-1: REST with ``wrk`` (the V2 JSON body), gRPC with ``h2load`` (Debian's nghttp2-client)
-sending a prebuilt, gRPC-framed ``ModelInferRequest`` with ``raw_input_contents`` over
-``-c`` connections with one stream each, the way wrk keeps one request per connection.
-h2load counts HTTP/2 answers, not gRPC statuses, so one real grpcio call is checked
-first: the same prebuilt request must come back with the right label.
+Two ``ligeiro serve`` processes (pinned to core 0, one loaded at a time) serve the same
+models, one with ``--grpc-transport grpcio`` (grpc.aio) and one with ``h2`` (ligeiro's
+own HTTP/2 framing, ADR 0007). At each concurrency the four targets are loaded back to
+back, in an order rotated every round, from core 1: REST with ``wrk`` (the V2 JSON
+body), gRPC with ``h2load`` (Debian's nghttp2-client) sending a prebuilt, gRPC-framed
+``ModelInferRequest`` with ``raw_input_contents`` over ``-c`` connections with one
+stream each, the way wrk keeps one request per connection. REST is also loaded by
+``h2load --h1`` (``rest-h2load``): on loopback the load generator's own kernel work is
+partly charged to the server, and h2load's differs from wrk's, so gRPC is compared
+with REST from both. h2load counts HTTP/2
+answers, not gRPC statuses, so one real grpcio call is checked on each server first:
+the same prebuilt request must come back with the right label.
+
+``--method live`` loads ``ServerLive`` (and REST's ``/v2/health/live``) instead: the
+transports' ceiling with a handler that does nothing.
 
 Run: ``python -m benchmarks.bench_grpc [--rounds 3] [--duration 5] [--concurrency 1,16,64]``
 """
@@ -37,7 +45,7 @@ from ._harness import (
     machine_info,
     measure,
 )
-from ._rounds import rotated
+from ._rounds import ratio_cell, rotated
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 BIN: Final = Path(sys.executable).parent
@@ -46,7 +54,11 @@ ROW: Final = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
 V2_BODY: Final = (
     b'{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}'
 )
-METHOD: Final = "/inference.GRPCInferenceService/ModelInfer"
+SERVICE: Final = "/inference.GRPCInferenceService/"
+# "rest" is loaded by wrk, "rest-h2load" by h2load --h1: the same generator as gRPC's,
+# whose own cost on the shared loopback differs from wrk's.
+TARGETS: Final = ("rest", "rest-h2load", "grpc.aio", "grpc-h2")
+TRANSPORT: Final = {"grpc.aio": "grpcio", "grpc-h2": "h2"}
 
 
 @dataclass(frozen=True)
@@ -54,7 +66,7 @@ class Result:
     transport: str
     connections: int
     requests_per_s: float
-    latency_ms: float  # wrk's p50 for REST, h2load's mean for gRPC
+    latency_ms: float  # wrk's p50 for rest, h2load's mean for the others
     cpu_us_per_request: float
     failed: int
 
@@ -92,13 +104,25 @@ def check_grpc(port: int) -> None:
 
 
 def run_h2load(
-    url: str, frame: Path, *, connections: int, duration_s: float, warmup_s: float
+    url: str,
+    body: Path | None,
+    *,
+    connections: int,
+    duration_s: float,
+    warmup_s: float,
+    http1: bool = False,
 ) -> tuple[float, float, int, int]:
-    """req/s, mean ms, requests done and requests failed, from one h2load run."""
+    """req/s, mean ms, requests done and requests failed, from one h2load run.
+
+    gRPC by default (POST ``body``, a framed message); ``http1`` loads REST instead
+    (JSON ``body``, or GET without one), so both can be compared from one load generator.
+    """
     command = [
         "taskset", "-c", str(LOAD_CORE), "h2load", "-c", str(connections), "-m", "1",
         "-D", str(max(1, round(duration_s))), "--warm-up-time", str(max(1, round(warmup_s))),
-        "-H", "content-type: application/grpc", "-H", "te: trailers", "-d", str(frame), url,
+        *(["--h1", "-H", "content-type: application/json"] if http1 else
+          ["-H", "content-type: application/grpc", "-H", "te: trailers"]),
+        *(["-d", str(body)] if body is not None else []), url,
     ]  # fmt: skip
     done = subprocess.run(
         command, capture_output=True, text=True, check=False, timeout=duration_s + 60
@@ -123,81 +147,130 @@ def _milliseconds(text: str) -> float:
     raise BenchmarkError(f"h2load printed a duration I cannot read: {text!r}")
 
 
+def _ratios(runs: list[Result], bases: list[Result]) -> str:
+    """Per-round ratios of req/s to the same round's ``bases``."""
+    pairs = zip(bases, runs, strict=True)
+    return ratio_cell(r.requests_per_s / b.requests_per_s for b, r in pairs)
+
+
+def live_request() -> bytes:
+    """An empty ServerLiveRequest, gRPC-framed."""
+    return b"\x00\x00\x00\x00\x00"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--method", choices=["infer", "live"], default="infer")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     ensure_tools({"wrk": "wrk", "h2load": "nghttp2-client", "taskset": "util-linux"},
                  ("wrk", "h2load", "taskset"))  # fmt: skip
 
-    http_port, grpc_port = free_port(HOST), free_port(HOST)
-    command = [
-        str(BIN / "ligeiro"), "serve", str(ROOT / "examples" / "models"), "--host", HOST,
-        "--port", str(http_port), "--grpc-port", str(grpc_port), "--workers", "1",
-    ]  # fmt: skip
-    rest = HttpRequest(
-        "POST", f"http://{HOST}:{http_port}/v2/models/iris/infer", V2_BODY,
-        {"Content-Type": "application/json"},
-    )  # fmt: skip
+    ports = {target: (free_port(HOST), free_port(HOST)) for target in TRANSPORT}
+    servers = {
+        target: ServerProcess(
+            [
+                str(BIN / "ligeiro"),
+                "serve",
+                str(ROOT / "examples" / "models"),
+                "--host",
+                HOST,
+                "--port",
+                str(http_port),
+                "--grpc-port",
+                str(grpc_port),
+                "--workers",
+                "1",
+                "--grpc-transport",
+                TRANSPORT[target],
+            ],
+            f"http://{HOST}:{http_port}/v2/health/ready",
+            log_path=ROOT / ".bench" / "logs" / f"grpc-{TRANSPORT[target]}.log",
+        )
+        for target, (http_port, grpc_port) in ports.items()
+    }
+    http_port = ports["grpc.aio"][0]
+    rest_body: bytes | None = None
+    if args.method == "live":
+        rest = HttpRequest("GET", f"http://{HOST}:{http_port}/v2/health/live")
+        method, frame_bytes = "ServerLive", live_request()
+    else:
+        rest_body = V2_BODY
+        rest = HttpRequest(
+            "POST", f"http://{HOST}:{http_port}/v2/models/iris/infer", V2_BODY,
+            {"Content-Type": "application/json"},
+        )  # fmt: skip
+        method, frame_bytes = "ModelInfer", grpc_request()
     results: list[Result] = []
     with (
         exclusive_machine(),
         tempfile.TemporaryDirectory(prefix="ligeiro-grpc-") as folder,
-        ServerProcess(command, f"http://{HOST}:{http_port}/v2/health/ready",
-                      log_path=ROOT / ".bench" / "logs" / "grpc.log") as server,
-    ):  # fmt: skip
+        servers["grpc.aio"],
+        servers["grpc-h2"],
+    ):
         frame = Path(folder) / "request.bin"
-        frame.write_bytes(grpc_request())
-        server.start()
-        check_grpc(grpc_port)
+        frame.write_bytes(frame_bytes)
+        json_body = Path(folder) / "request.json"
+        json_body.write_bytes(rest_body or b"")
+        for target, server in servers.items():
+            server.start()
+            check_grpc(ports[target][1])
         for round_index in range(args.rounds):
             for connections in concurrencies:
-                for transport in rotated(["rest", "grpc"], round_index):
-                    if transport == "rest":
+                for target in rotated(TARGETS, round_index):
+                    if target == "rest":
+                        server = servers["grpc.aio"]
                         m = measure(server, rest, connections=connections,
                                     duration_s=args.duration, warmup_s=args.warmup)  # fmt: skip
                         results.append(Result("rest", connections, m.load.requests_per_s,
                                               m.load.p50_ms, m.cpu_us_per_request,
                                               m.load.non_2xx + m.load.socket_errors))  # fmt: skip
                         continue
+                    http1 = target == "rest-h2load"
+                    server = servers["grpc.aio" if http1 else target]
                     before = server.cpu_s()
                     rate, mean_ms, done, failed = run_h2load(
-                        f"http://{HOST}:{grpc_port}{METHOD}",
-                        frame,
+                        rest.url if http1 else f"http://{HOST}:{ports[target][1]}{SERVICE}{method}",
+                        (json_body if rest_body else None) if http1 else frame,
                         connections=connections,
                         duration_s=args.duration,
                         warmup_s=args.warmup,
+                        http1=http1,
                     )
-                    cpu = (server.cpu_s() - before) * 1e6 / max(done, 1)
-                    results.append(Result("grpc", connections, rate, mean_ms, cpu, failed))
+                    # The CPU covers the warm-up too: count its calls at the measured rate.
+                    calls = done + rate * max(1, round(args.warmup))
+                    cpu = (server.cpu_s() - before) * 1e6 / max(calls, 1)
+                    results.append(Result(target, connections, rate, mean_ms, cpu, failed))
                     server.check_running()
     rows = []
     for connections in concurrencies:
         by = {t: [r for r in results if r.transport == t and r.connections == connections]
-              for t in ("rest", "grpc")}  # fmt: skip
-        ratios = [
-            g.requests_per_s / r.requests_per_s for r, g in zip(by["rest"], by["grpc"], strict=True)
-        ]
-        for transport, runs in by.items():
+              for t in TARGETS}  # fmt: skip
+
+        for target, runs in by.items():
+            grpc = target.startswith("grpc")
             rows.append([
-                transport, str(connections),
+                target, str(connections),
                 f"{statistics.median(r.requests_per_s for r in runs):,.0f}",
                 f"{statistics.median(r.latency_ms for r in runs):.2f}",
                 f"{statistics.median(r.cpu_us_per_request for r in runs):.0f}",
                 str(sum(r.failed for r in runs)),
-                f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
-                if transport == "grpc" else "",
+                _ratios(runs, by["rest"]) if grpc else "",
+                _ratios(runs, by["rest-h2load"]) if grpc else "",
+                _ratios(runs, by["grpc.aio"]) if target == "grpc-h2" else "",
             ])  # fmt: skip
-    machine = machine_info(["ligeiro", "grpcio", "protobuf", "onnxruntime"])
-    print(f"{machine.date}: median of {args.rounds} round(s), {args.duration:g} s per run")
+    machine = machine_info(["ligeiro", "grpcio", "protobuf", "hpack", "onnxruntime"])
+    print(f"{machine.date}: {method}, median of {args.rounds} round(s), "
+          f"{args.duration:g} s per run")  # fmt: skip
     print(f"on {machine.summary()}")
-    print("REST latency is wrk's p50; gRPC latency is h2load's mean per request.")
-    headers = ["transport", "c", "req/s", "latency ms", "CPU µs/req", "failed", "grpc / rest"]
+    print("Latency is wrk's p50 for rest, h2load's mean per request for the others.")
+    headers = ["target", "c", "req/s", "latency ms", "CPU µs/req", "failed", "/ rest",
+               "/ rest-h2load", "/ grpc.aio"]  # fmt: skip
     print(format_table(headers, rows, markdown=args.markdown))
     return 0
 

@@ -34,7 +34,7 @@ def cli() -> None:
 @click.option(
     "--grpc-transport",
     type=click.Choice(["h2", "grpcio"]),
-    help="What carries gRPC: ligeiro's HTTP/2 framing or grpcio's grpc.aio (default grpcio).",
+    help="What carries gRPC: ligeiro's HTTP/2 framing or grpcio's grpc.aio (default h2).",
 )
 @click.option(
     "--workers", type=int, help="Worker processes sharing the port (default 0: one per core)."

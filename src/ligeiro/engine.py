@@ -313,9 +313,8 @@ class Engine:
                 execute: Execute = partial(loop.run_in_executor, pool)
             else:
                 execute = run_here(loop)
-            # On a thread, a lone request on an idle model still runs on the loop (no
-            # hop); the requests of one loop pass are gathered first, so that under load
-            # they run as a batch on the thread.
+            # The requests of one loop pass are gathered first; with idle_on_loop a lone
+            # one on an idle model runs right on the loop (no hop to the thread).
             batcher = Batcher(
                 f"model {model.name!r} version {model.version}",
                 policy,
@@ -324,8 +323,8 @@ class Engine:
                 clock=LoopClock(loop),
                 observer=self._observer(model.name, model.version),
                 loop=loop,
-                defer=True,
-                inline=run_here(loop) if on_thread else None,
+                defer=not on_thread or policy.idle_on_loop,
+                inline=run_here(loop) if on_thread and policy.idle_on_loop else None,
             )
         self._batchers[model] = batcher
         return batcher

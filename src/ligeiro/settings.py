@@ -48,9 +48,9 @@ class GrpcSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     max_message_bytes: Annotated[int, msgspec.Meta(gt=0)] = 64 * 1024 * 1024
     # Calls (streams included) a worker runs at once; more get RESOURCE_EXHAUSTED.
     max_concurrent_rpcs: Annotated[int, msgspec.Meta(gt=0)] = 1024
-    # What carries gRPC: our HTTP/2 framing on the event loop ("h2"), or grpcio's
-    # grpc.aio server ("grpcio"). Measured in docs/adr/0007-grpc-h2-transport.md.
-    transport: Literal["h2", "grpcio"] = "grpcio"
+    # What carries gRPC: our HTTP/2 framing on the event loop ("h2", 2-3x grpc.aio's
+    # throughput), or grpcio's grpc.aio server ("grpcio"). See docs/adr/0007.
+    transport: Literal["h2", "grpcio"] = "h2"
 
 
 class RuntimeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

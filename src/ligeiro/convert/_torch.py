@@ -86,7 +86,7 @@ def convert_torch_module(module: Any, sample: pd.DataFrame | np.ndarray) -> Conv
             torch.onnx.export(
                 module,
                 (tensor,),
-                buffer,
+                buffer,  # type: ignore[arg-type]  # the TorchScript exporter takes a file object
                 input_names=[FLOAT_INPUT],
                 output_names=[OUTPUT],
                 dynamic_axes={FLOAT_INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
