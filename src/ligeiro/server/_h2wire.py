@@ -12,7 +12,7 @@ import struct
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import grpc
+    from .grpc import StatusCode
 
 # Frame types (RFC 9113 §6) and flags.
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS = 0x0, 0x1, 0x2, 0x3, 0x4
@@ -82,8 +82,8 @@ OK_TRAILERS = literal(b"grpc-status", b"0")
 ACCEPT_ENCODING = literal(b"grpc-accept-encoding", b"identity")
 
 
-def status_block(code: grpc.StatusCode, message: str) -> bytes:
-    block = literal(b"grpc-status", str(code.value[0]).encode())
+def status_block(code: StatusCode, message: str) -> bytes:
+    block = literal(b"grpc-status", str(int(code)).encode())
     if message:
         block += literal(b"grpc-message", percent_encoded(message))
     return block

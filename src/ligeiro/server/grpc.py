@@ -1,11 +1,11 @@
 """V2 gRPC (``inference.GRPCInferenceService``): the service's methods over the engine.
 
 It runs on the worker's event loop beside HTTP, carried by one of two transports
-(``[grpc] transport``): grpc.aio, whose C core parses HTTP/2 and enforces the message
-limit (RESOURCE_EXHAUSTED before any of this code runs), or our own HTTP/2 framing in
-``grpc_h2.py`` (ADR 0007). Both call the same ``GrpcService`` methods with a
-``CallContext``;
-``protocol/grpc_codec.py`` turns messages into numpy. Every domain error maps to a
+(``[grpc] transport``): our own HTTP/2 framing in ``grpc_h2.py`` (ADR 0007), or grpc.aio
+in ``grpc_aio.py``, whose C core parses HTTP/2 and enforces the message limit. This
+module imports no grpcio: the h2 transport never loads it. Both call the same
+``GrpcService`` methods with a ``CallContext``; ``protocol/grpc_codec.py`` turns messages
+into numpy. Every domain error maps to a
 status in ``_STATUS``, the one table between the errors and gRPC.
 """
 
@@ -14,10 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, final
-
-import grpc
-import grpc.aio
 
 from .. import __version__
 from ..errors import (
@@ -54,12 +52,13 @@ if TYPE_CHECKING:
     from ..settings import GrpcSettings
     from ..tracing import Tracing
     from .control import Control
+    from .grpc_aio import GrpcServer
     from .grpc_h2 import H2GrpcServer
 
 __all__ = [
     "CallContext",
-    "GrpcServer",
     "GrpcService",
+    "StatusCode",
     "start_grpc_server",
     "status_for",
     "unary_methods",
@@ -67,23 +66,46 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+
+class StatusCode(IntEnum):
+    """gRPC's status codes (the spec's numbers), so that the service needs no grpcio."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
 # The single table from domain errors to gRPC status codes; first match on the MRO.
-_STATUS: dict[type[LigeiroError], grpc.StatusCode] = {
-    RequestTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    InvalidInputError: grpc.StatusCode.INVALID_ARGUMENT,
-    ModelLoadError: grpc.StatusCode.INVALID_ARGUMENT,
-    AuthenticationError: grpc.StatusCode.UNAUTHENTICATED,
-    ControlDisabledError: grpc.StatusCode.PERMISSION_DENIED,
-    ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
-    ModelNotReadyError: grpc.StatusCode.UNAVAILABLE,
-    ServerOverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
-    InferenceError: grpc.StatusCode.INTERNAL,
+_STATUS: dict[type[LigeiroError], StatusCode] = {
+    RequestTooLargeError: StatusCode.RESOURCE_EXHAUSTED,
+    InvalidInputError: StatusCode.INVALID_ARGUMENT,
+    ModelLoadError: StatusCode.INVALID_ARGUMENT,
+    AuthenticationError: StatusCode.UNAUTHENTICATED,
+    ControlDisabledError: StatusCode.PERMISSION_DENIED,
+    ModelNotFoundError: StatusCode.NOT_FOUND,
+    ModelNotReadyError: StatusCode.UNAVAILABLE,
+    ServerOverloadedError: StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExceededError: StatusCode.DEADLINE_EXCEEDED,
+    InferenceError: StatusCode.INTERNAL,
 }
-_OK = grpc.StatusCode.OK
+_OK = StatusCode.OK
 # Once the server shuts down, a stream silent for this long is ended.
 _STREAM_GRACE_S = 1.0
-_INTERNAL = grpc.StatusCode.INTERNAL
+_INTERNAL = StatusCode.INTERNAL
 _INTERNAL_MESSAGE = "internal server error (logged)"
 
 
@@ -92,7 +114,7 @@ class CallContext(Protocol):
 
     def invocation_metadata(self) -> Sequence[tuple[str, str]] | None: ...
 
-    async def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn: ...
+    async def abort(self, code: StatusCode, details: str = "") -> NoReturn: ...
 
 
 if TYPE_CHECKING:
@@ -100,7 +122,7 @@ if TYPE_CHECKING:
     UnaryHandler = Callable[[bytes, CallContext], Awaitable[Message]]
 
 
-def status_for(error: LigeiroError) -> grpc.StatusCode:
+def status_for(error: LigeiroError) -> StatusCode:
     """The gRPC status for a domain error (INTERNAL for anything unmapped)."""
     for cls in type(error).__mro__:
         status = _STATUS.get(cls)
@@ -378,11 +400,6 @@ _UNARY: dict[str, type[Message]] = {
 }
 
 
-def _serialize(message: Message) -> bytes:
-    data: bytes = message.SerializeToString()
-    return data
-
-
 def _parsing(
     method: Callable[[Any, CallContext], Awaitable[Message]],
     message_type: type[Message],
@@ -402,33 +419,6 @@ def _parsing(
 def unary_methods(service: GrpcService) -> dict[str, UnaryHandler]:
     """Each unary method by name, taking the request's bytes (both transports serve these)."""
     return {name: _parsing(getattr(service, name), type_) for name, type_ in _UNARY.items()}
-
-
-def _rpc_handlers(service: GrpcService) -> grpc.GenericRpcHandler:
-    """The service's method table (what protoc's ``add_..._to_server`` would build)."""
-    handlers = {
-        name: grpc.unary_unary_rpc_method_handler(handler, response_serializer=_serialize)
-        for name, handler in unary_methods(service).items()
-    }
-    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
-        service.ModelStreamInfer, response_serializer=_serialize
-    )
-    return grpc.method_handlers_generic_handler(_SERVICE, handlers)
-
-
-@final
-class GrpcServer:
-    """A started gRPC server: its port, and a graceful stop."""
-
-    def __init__(self, server: grpc.aio.Server, service: GrpcService, port: int) -> None:
-        self._server = server
-        self._service = service
-        self.port = port
-
-    async def stop(self, grace_s: float) -> None:
-        """Refuse new calls; let running ones finish within ``grace_s``; end idle streams."""
-        self._service.close_streams()
-        await self._server.stop(grace_s)
 
 
 async def start_grpc_server(
@@ -457,21 +447,6 @@ async def start_grpc_server(
         from .grpc_h2 import start_h2_grpc_server
 
         return await start_h2_grpc_server(service, settings, address, reuse_port=reuse_port)
-    limit = settings.max_message_bytes
-    server = grpc.aio.server(
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-            ("grpc.so_reuseport", 1 if reuse_port else 0),
-        ],
-    )
-    server.add_generic_rpc_handlers((_rpc_handlers(service),))
-    try:
-        bound: int = server.add_insecure_port(address)
-    except RuntimeError as exc:  # grpcio raises this when the bind fails
-        raise OSError(f"cannot listen for gRPC on {address}: {exc}") from None
-    if bound == 0:  # older grpcio reports a failed bind this way
-        raise OSError(f"cannot listen for gRPC on {address}")
-    await server.start()
-    return GrpcServer(server, service, bound)
+    from .grpc_aio import start_aio_grpc_server  # grpcio: imported only for this transport
+
+    return await start_aio_grpc_server(service, settings, address, reuse_port=reuse_port)

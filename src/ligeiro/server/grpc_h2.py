@@ -29,7 +29,6 @@ import types
 from collections import deque
 from typing import TYPE_CHECKING, Any, NoReturn, cast, final
 
-import grpc
 from hpack import Decoder, HPACKError
 
 from ._h2wire import (
@@ -74,7 +73,7 @@ from ._h2wire import (
     timeout_s,
     unpadded,
 )
-from .grpc import _SERVICE, unary_methods
+from .grpc import _SERVICE, StatusCode, unary_methods
 
 if TYPE_CHECKING:
     import socket
@@ -98,13 +97,13 @@ _MAX_FRAME = 1024 * 1024  # what we accept; we send no more than the peer's sett
 _MAX_HEADER_LIST = 64 * 1024
 _HEADER_CACHE = 64  # decoded header blocks kept per connection
 
-_OK = grpc.StatusCode.OK
-_INTERNAL = grpc.StatusCode.INTERNAL
-_UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
-_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
-_RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
-_DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
-_INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT
+_OK = StatusCode.OK
+_INTERNAL = StatusCode.INTERNAL
+_UNIMPLEMENTED = StatusCode.UNIMPLEMENTED
+_UNAVAILABLE = StatusCode.UNAVAILABLE
+_RESOURCE_EXHAUSTED = StatusCode.RESOURCE_EXHAUSTED
+_DEADLINE_EXCEEDED = StatusCode.DEADLINE_EXCEEDED
+_INVALID_ARGUMENT = StatusCode.INVALID_ARGUMENT
 _STREAMING = "ModelStreamInfer"
 
 if TYPE_CHECKING:
@@ -115,7 +114,7 @@ if TYPE_CHECKING:
 class _Abort(Exception):
     """A call ends with this status (``context.abort``)."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    def __init__(self, code: StatusCode, details: str) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
@@ -137,7 +136,7 @@ class _Context:
             if not name.startswith(b":")
         )
 
-    async def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn:
+    async def abort(self, code: StatusCode, details: str = "") -> NoReturn:
         raise _Abort(code, details)
 
 
@@ -686,16 +685,14 @@ class H2GrpcConnection(asyncio.Protocol):
             return
         self._send(stream, b"\x00" + len(data).to_bytes(4, "big") + data, trailers)
 
-    def _finish(
-        self, stream: _Stream, code: grpc.StatusCode, message: str, extra: bytes = b""
-    ) -> None:
+    def _finish(self, stream: _Stream, code: StatusCode, message: str, extra: bytes = b"") -> None:
         """End the call with this status (trailers-only when nothing was sent)."""
         if stream.done:
             return
         stream.outbox.clear()
         self._send(stream, None, status_block(code, message) + extra)
 
-    def _refuse(self, stream: _Stream, status: bytes, code: grpc.StatusCode, message: str) -> None:
+    def _refuse(self, stream: _Stream, status: bytes, code: StatusCode, message: str) -> None:
         # Not gRPC (wrong method or content-type): an HTTP status an HTTP/2 client can read.
         # ":status" by its static table name (index 8), as a literal value.
         block = b"\x08" + hpack_int(len(status), 7, 0) + status
