@@ -245,6 +245,9 @@ def test_traffic_changes_through_the_api(two_versions: Path) -> None:
         assert srv.post("/v2/models/iris/infer", IRIS_REQUEST).status == 200
         missing = srv.request("POST", "/v2/repository/models/ghost/load", "", AUTH)
         assert missing.status == 404
+        for name in (".staging", "%2E%2E"):  # hidden folders and the parent are not models
+            outside = srv.request("POST", f"/v2/repository/models/{name}/load", "", AUTH)
+            assert outside.status == 404, name
     finally:
         srv.stop()
 

@@ -135,7 +135,7 @@ class Control:
                 versions it served before, if any, serve on).
         """
         root = self.engine.registry.root
-        if not (root / name).is_dir():
+        if name.startswith(".") or not (root / name).is_dir():
             raise ModelNotFoundError(f"no model folder {name!r} in the repository {root}")
         _override(name, config)  # a bad config is refused here, before any worker loads
         return await self.apply((name,), config, False)
