@@ -313,8 +313,9 @@ class Engine:
                 execute: Execute = partial(loop.run_in_executor, pool)
             else:
                 execute = run_here(loop)
-            # The requests of one loop pass are gathered first; with idle_on_loop a lone
-            # one on an idle model runs right on the loop (no hop to the thread).
+            # On the loop (and with idle_on_loop) the requests of one loop pass are
+            # gathered before a batch starts; with idle_on_loop a lone one on an idle
+            # model then runs right on the loop (no hop to the thread).
             batcher = Batcher(
                 f"model {model.name!r} version {model.version}",
                 policy,
