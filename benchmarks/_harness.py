@@ -510,12 +510,18 @@ def wrk_seconds(duration_s: float) -> int:
 
 
 def run_wrk(
-    request: HttpRequest, *, connections: int, duration_s: float, core: int | str = LOAD_CORE
+    request: HttpRequest,
+    *,
+    connections: int,
+    duration_s: float,
+    core: int | str = LOAD_CORE,
+    threads: int = 1,
 ) -> LoadResult:
-    """Load ``request.url`` with wrk on one thread pinned to ``core`` (or a CPU list).
+    """Load ``request.url`` with wrk on ``threads`` threads pinned to ``core`` (or a CPU list).
 
     One thread keeps wrk on its own core; it sustains far more than one Python core
-    serves, so it is never the bottleneck here.
+    serves, so it is never the bottleneck here. Loading several server cores takes a
+    thread per load core. ``$WRK`` names the binary when it is not on PATH.
 
     Raises:
         BenchmarkError: wrk failed or printed something unreadable.
@@ -525,7 +531,8 @@ def run_wrk(
         script.write_text(wrk_script(request))
         command = [
             "taskset", "-c", str(core),
-            "wrk", "-t1", f"-c{connections}", f"-d{wrk_seconds(duration_s)}s",
+            os.environ.get("WRK", "wrk"), f"-t{threads}", f"-c{connections}",
+            f"-d{wrk_seconds(duration_s)}s",
             "--latency", "-s", str(script), request.url,
         ]  # fmt: skip
         done = subprocess.run(

@@ -20,12 +20,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ._harness import (
     BenchmarkError,
@@ -36,9 +35,7 @@ from ._harness import (
     format_table,
     free_port,
     machine_info,
-    parse_wrk,
-    wrk_script,
-    wrk_seconds,
+    run_wrk,
 )
 
 if TYPE_CHECKING:
@@ -64,23 +61,6 @@ class Point:
         return statistics.median(r.requests_per_s for r in self.runs)
 
 
-def _wrk(request: HttpRequest, cores: list[int], connections: int, duration_s: float) -> LoadResult:
-    with tempfile.TemporaryDirectory(prefix="ligeiro-wrk-") as folder:
-        script = Path(folder) / "post.lua"
-        script.write_text(wrk_script(request))
-        command = [
-            "taskset", "-c", ",".join(map(str, cores)),
-            os.environ.get("WRK", "wrk"), f"-t{len(cores)}", f"-c{connections}",
-            f"-d{wrk_seconds(duration_s)}s", "--latency", "-s", str(script), request.url,
-        ]  # fmt: skip
-        done = subprocess.run(
-            command, capture_output=True, text=True, check=False, timeout=duration_s + 60
-        )
-    if done.returncode != 0:
-        raise BenchmarkError(f"wrk exited with {done.returncode}: {done.stderr or done.stdout}")
-    return parse_wrk(done.stdout, connections)
-
-
 def measure_workers(workers: int, load_cores: list[int], options: argparse.Namespace) -> Point:
     port = free_port(HOST)
     argv = [
@@ -94,6 +74,7 @@ def measure_workers(workers: int, load_cores: list[int], options: argparse.Names
         {"Content-Type": "application/json"},
     )
     connections = options.connections_per_worker * workers
+    load: dict[str, Any] = {"core": ",".join(map(str, load_cores)), "threads": len(load_cores)}
     runs, cpu = [], []
     with tempfile.TemporaryDirectory(prefix="ligeiro-scaling-") as folder:
         log = Path(folder) / "server.log"
@@ -102,10 +83,12 @@ def measure_workers(workers: int, load_cores: list[int], options: argparse.Names
             argv, f"http://{HOST}:{port}/v2/health/ready", log_path=log, core=core_list
         ) as server:
             server.start(timeout_s=120)
-            _wrk(request, load_cores, connections, 1)  # warm-up
+            run_wrk(request, connections=connections, duration_s=1, **load)  # warm-up
             for _ in range(options.rounds):
                 before = server.cpu_s()
-                result = _wrk(request, load_cores, connections, options.duration)
+                result = run_wrk(
+                    request, connections=connections, duration_s=options.duration, **load
+                )
                 used = server.cpu_s() - before
                 server.check_running()
                 if result.non_2xx or result.socket_errors:

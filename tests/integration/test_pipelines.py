@@ -224,7 +224,7 @@ def test_friendly_text_requests(srv: Server) -> None:
         assert answer.json()["error"] == message
 
 
-def test_concurrent_text_requests_batch(srv: Server) -> None:
+def test_concurrent_text_requests_each_get_their_own_answer(srv: Server) -> None:
     texts = [f"sentence number {i}" for i in range(48)]
 
     async def burst() -> list[dict[str, np.ndarray]]:

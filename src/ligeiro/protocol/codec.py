@@ -43,6 +43,7 @@ __all__ = [
     "array_from_raw",
     "decode_infer_request",
     "decode_json",
+    "decode_json_object",
     "encode_binary_infer_response",
     "encode_error",
     "encode_health",
@@ -107,6 +108,21 @@ def decode_json(body: bytes | memoryview, decoder: msgspec.json.Decoder[Any], wh
         return decoder.decode(body)
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
         raise InvalidInputError(f"invalid {what}: {exc}") from None
+
+
+_object_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def decode_json_object(body: bytes, what: str) -> dict[str, Any]:
+    """An optional JSON object body (the repository API's): empty means ``{}``.
+
+    Raises:
+        InvalidInputError: malformed JSON, or not an object.
+    """
+    if not body.strip():
+        return {}
+    value: dict[str, Any] = decode_json(body, _object_decoder, what)
+    return value
 
 
 def _first_scalar(data: Any) -> Any:

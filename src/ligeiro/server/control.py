@@ -167,7 +167,7 @@ class LocalControl(Control):
         self, names: tuple[str, ...], config: bytes | None, unload: bool
     ) -> list[ModelState]:
         async with self._lock:  # one change at a time
-            override = _override(names[0], config) if config is not None else {}
+            override = _override(names[0], config)
             staged = await self.engine.prepare(names, override=override, unload=unload)
             self.engine.commit(staged)
         _log(names, staged, unload)
@@ -252,7 +252,7 @@ class WorkerControl(Control):
     async def _prepare(self, ident: int, change: Change) -> None:
         names, config, unload = change
         try:
-            override = _override(names[0], config) if config is not None else {}
+            override = _override(names[0], config)
             self._staged[ident] = await self.engine.prepare(names, override=override, unload=unload)
         except Exception as exc:
             logger.exception("preparing a change of %s", ", ".join(names))
@@ -338,7 +338,7 @@ class Coordinator:
         if self.registry is None:
             self.applied.append(change)
         else:  # so that a restarted worker forks the new state
-            override = _override(names[0], config) if config is not None else {}
+            override = _override(names[0], config)
             # Not warmed: the supervisor serves nothing, and a model's first run (a
             # tokenizer's thread pool) is better made after the fork.
             staged = self.registry.prepare(names, override=override, unload=unload, warm=False)

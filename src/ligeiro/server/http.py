@@ -15,11 +15,10 @@ import time
 import zlib
 from collections import deque
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, final
 from urllib.parse import unquote
 
 import httptools
-import msgspec
 
 from .. import __version__
 from ..errors import (
@@ -40,6 +39,7 @@ from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..protocol.codec import (
     BINARY_EXTENSION,
     decode_infer_request,
+    decode_json_object,
     encode_binary_infer_response,
     encode_error,
     encode_health,
@@ -292,7 +292,7 @@ class HttpApp:
         if parts == ["index"]:
             if control is not None:
                 control.authorize(authorization, change=False)
-            ready_only = bool(_json_object(body, "index request").get("ready", False))
+            ready_only = bool(decode_json_object(body, "index request").get("ready", False))
             states = [s for s in self.engine.index() if s.is_ready or not ready_only]
             return self.response(200, encode_repository_index(states), keep_alive=keep_alive)
         if len(parts) != 3 or parts[0] != "models" or parts[2] not in ("load", "unload"):
@@ -304,7 +304,7 @@ class HttpApp:
         if parts[2] == "unload":
             states = await control.unload(name)
         else:
-            parameters = _json_object(body, "load request").get("parameters") or {}
+            parameters = decode_json_object(body, "load request").get("parameters") or {}
             config = parameters.get("config") if isinstance(parameters, dict) else None
             if config is not None and not isinstance(config, str):
                 raise InvalidInputError(
@@ -514,19 +514,6 @@ def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
     if not decoder.eof:
         raise InvalidInputError(f"the {name} body is cut short")
     return data
-
-
-def _json_object(body: bytes, what: str) -> dict[str, Any]:
-    """An optional JSON object body (empty: ``{}``)."""
-    if not body.strip():
-        return {}
-    try:
-        value = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise InvalidInputError(f"{what}: malformed JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise InvalidInputError(f"{what}: expected a JSON object, got {type(value).__name__}")
-    return value
 
 
 def _latin(raw: bytes | None) -> str | None:
