@@ -218,6 +218,7 @@ class H2GrpcConnection(asyncio.Protocol):
         self._unacked = 0
         self._is_going_away = False
         self._blocked: dict[int, _Stream] = {}  # streams with data waiting for window
+        self._out: list[bytes] = []  # frames written since the server's last flush
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -234,13 +235,14 @@ class H2GrpcConnection(asyncio.Protocol):
             SETTINGS_MAX_HEADER_LIST_SIZE, _MAX_HEADER_LIST,
         )  # fmt: skip
         window = struct.pack(">I", _CONNECTION_WINDOW - DEFAULT_WINDOW)
-        transport.write(frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, window))
+        self._write(frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, window))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
         for stream in list(self._streams.values()):
             self._drop(stream, cancel=True)
         self._transport = None
+        self._out.clear()
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
@@ -572,12 +574,19 @@ class H2GrpcConnection(asyncio.Protocol):
     # -- calls ------------------------------------------------------------------------
 
     def _start(self, stream: _Stream, call: Coroutine[Any, Any, None]) -> None:
+        """Run ``call`` once every connection's frames of this loop pass are read."""
+        self._server.start_soon(self, stream, call)
+
+    def run_call(self, stream: _Stream, call: Coroutine[Any, Any, None]) -> None:
         """Run ``call`` up to its first real wait here, and only then as a task.
 
-        An unbatched ModelInfer never waits, so it answers without a task and a trip
-        through the event loop (Python 3.12's eager tasks, by hand). The call runs in
-        its own copy of the context either way, as a task would.
+        An unbatched ModelInfer never waits, so it answers without a task (Python 3.12's
+        eager tasks, by hand). The call runs in its own copy of the context either way,
+        as a task would. A call whose stream ended while it was due is not run.
         """
+        if stream.done or self._transport is None:
+            call.close()
+            return
         context = contextvars.copy_context()
         try:
             waiting = context.run(call.send, None)
@@ -593,7 +602,6 @@ class H2GrpcConnection(asyncio.Protocol):
             self._failed(stream, exc)
         else:
             size = len(data) + 5
-            transport = self._transport
             if (
                 size <= self._max_frame
                 and size <= stream.send_window
@@ -601,14 +609,14 @@ class H2GrpcConnection(asyncio.Protocol):
                 and size <= self._server.settings.max_message_bytes
                 and not stream.is_started
                 and not stream.done
-                and transport is not None
-            ):  # the usual answer: headers, one DATA frame and trailers in one write
+                and self._transport is not None
+            ):  # the usual answer: headers, one DATA frame and trailers together
                 stream.is_started = stream.done = True
                 stream.send_window -= size
                 self._send_window -= size
                 sid = stream.id
                 data_header = FRAME_HEADER.pack(size >> 16, size & 0xFFFF, DATA, 0, sid)
-                transport.write(
+                self._write(
                     b"".join((
                         frame(HEADERS, END_HEADERS, sid, RESPONSE_HEADERS),
                         data_header, b"\x00", (size - 5).to_bytes(4, "big"), data,
@@ -668,14 +676,33 @@ class H2GrpcConnection(asyncio.Protocol):
                 stream.task.cancel()
             if not stream.done:
                 self._finish(stream, _UNAVAILABLE, "the server is shutting down")
-        if self._transport is not None:
-            self._transport.close()
+        self._close()
 
     # -- frames out -------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
+        """Queue frames; the server writes every connection's at the end of the loop pass.
+
+        Answers leave in one burst rather than one by one between calls: on loopback
+        (and on a busy client) a write that finds the client asleep pays for waking it,
+        and a burst wakes it once (ADR 0007, "Writes and calls per loop pass").
+        """
         if self._transport is not None:
-            self._transport.write(data)
+            if not self._out:
+                self._server.flush_soon(self)
+            self._out.append(data)
+
+    def flush_out(self) -> None:
+        """Write the queued frames, in one call."""
+        out = self._out
+        if out and self._transport is not None:
+            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+
+    def _close(self) -> None:
+        if self._transport is not None:
+            self.flush_out()
+            self._transport.close()
 
     def _answer(self, stream: _Stream, data: bytes, trailers: bytes | None) -> None:
         limit = self._server.settings.max_message_bytes
@@ -806,16 +833,15 @@ class H2GrpcConnection(asyncio.Protocol):
         self._close_if_idle()
 
     def _close_if_idle(self) -> None:
-        if self._is_going_away and not self._streams and self._transport is not None:
-            self._transport.close()
+        if self._is_going_away and not self._streams:
+            self._close()
 
     def _fail(self, code: int, message: str) -> None:
         """A connection error (§5.4.1): GOAWAY with the reason, then close."""
         logger.debug("closing a gRPC connection: %s", message)
         payload = struct.pack(">II", self._last_stream_id, code) + message.encode()[:256]
         self._write(frame(GOAWAY, 0, 0, payload))
-        if self._transport is not None:
-            self._transport.close()
+        self._close()
         self._buffer.clear()
 
 
@@ -859,10 +885,39 @@ class H2GrpcServer:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._idle = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        # Calls due and connections with frames to write, run and written once per loop
+        # pass: every connection's frames are read before the first call runs, and the
+        # answers leave together after the last (H2GrpcConnection._write).
+        self._due: list[tuple[H2GrpcConnection, _Stream, Coroutine[Any, Any, None]]] = []
+        self._unflushed: list[H2GrpcConnection] = []
 
     def call_ended(self) -> None:
         if self.calls == 0:
             self._idle.set()
+
+    def start_soon(
+        self, connection: H2GrpcConnection, stream: _Stream, call: Coroutine[Any, Any, None]
+    ) -> None:
+        if not self._due:
+            self._loop.call_soon(self._run_due)
+        self._due.append((connection, stream, call))
+
+    def _run_due(self) -> None:
+        due, self._due = self._due, []
+        for connection, stream, call in due:
+            connection.run_call(stream, call)
+        self._flush()
+
+    def flush_soon(self, connection: H2GrpcConnection) -> None:
+        if not self._unflushed:
+            self._loop.call_soon(self._flush)
+        self._unflushed.append(connection)
+
+    def _flush(self) -> None:
+        unflushed, self._unflushed = self._unflushed, []
+        for connection in unflushed:
+            connection.flush_out()
 
     async def listen(self, host: str, port: int, *, reuse_port: bool) -> None:
         """Bind ``host:port`` (0 picks a free port) and start accepting.
