@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from ligeiro.errors import InvalidInputError
-from ligeiro.protocol.grpc_codec import decode_infer_request, encode_infer_response, pb
+from ligeiro.protocol.codec import raw_from_array
+from ligeiro.protocol.datatypes import datatype_of
+from ligeiro.protocol.grpc_codec import (
+    decode_infer_request,
+    encode_infer_response,
+    encode_stream_answer,
+    parse_infer_request,
+    pb,
+)
 from ligeiro.settings import load_settings
 
 
@@ -27,7 +35,7 @@ def test_bytes_round_trip() -> None:
     data = b"\x01\x00\x00\x00a\x00\x00\x00\x00\x03\x00\x00\x00\xc3\xa7b"
     array = decode_infer_request(request("BYTES", [3], data)).inputs["x"]
     assert array.tolist() == ["a", "", "çb"]
-    response = encode_infer_response("m", "1", {"y": array}, "id")
+    response = pb.ModelInferResponse.FromString(encode_infer_response("m", "1", {"y": array}, "id"))
     assert response.raw_output_contents[0] == data
     assert (response.outputs[0].datatype, list(response.outputs[0].shape)) == ("BYTES", [3])
 
@@ -53,3 +61,143 @@ def test_grpc_settings_default_to_the_http_host() -> None:
     assert settings.grpc.max_message_bytes == 64 * 1024 * 1024
     settings = load_settings({}, env={"LIGEIRO_GRPC__HOST": "::1", "LIGEIRO_GRPC__PORT": "9"})
     assert (settings.grpc_host(), settings.grpc.port) == ("::1", 9)
+
+
+def _protobuf_answer(
+    name: str, version: str, outputs: dict[str, np.ndarray], request_id: str | None
+) -> bytes:
+    response = pb.ModelInferResponse(model_name=name, model_version=version, id=request_id or "")
+    for output, array in outputs.items():
+        response.outputs.add(name=output, datatype=datatype_of(array.dtype), shape=array.shape)
+        response.raw_output_contents.append(raw_from_array(array))
+    serialized: bytes = response.SerializeToString()
+    return serialized
+
+
+@pytest.mark.parametrize(
+    ("name", "version", "outputs", "request_id"),
+    [
+        ("iris", "1", {"label": np.array([0]), "p": np.ones((1, 3), np.float32)}, None),
+        ("m", "", {"y": np.array(["a", "", "çb"], dtype=object)}, "id-7"),
+        ("é" * 200, "12", {"a" * 300: np.zeros((300, 700), np.float16)}, "x" * 200),
+        ("m", "1", {"scalar": np.array(2.5), "empty": np.zeros((0, 3), np.bool_)}, None),
+        ("m", "1", {}, None),
+    ],
+)
+def test_answers_are_what_protobuf_writes(
+    name: str, version: str, outputs: dict[str, np.ndarray], request_id: str | None
+) -> None:
+    for _ in range(2):  # the second time from the kept output entries
+        answer = encode_infer_response(name, version, outputs, request_id)
+        assert answer == _protobuf_answer(name, version, outputs, request_id)
+    stream = pb.ModelStreamInferResponse.FromString(encode_stream_answer(answer))
+    assert stream.infer_response.SerializeToString() == answer
+
+
+def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(
+        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and a[k].tolist() == b[k].tolist()
+        for k in a
+    )
+
+
+def _tensor(name: str, datatype: str, shape: list[int]) -> pb.ModelInferRequest.InferInputTensor:
+    return pb.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=shape)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        # read from the wire, without protobuf's objects
+        request("FP32", [1, 4], np.arange(4, dtype="<f4").tobytes()),
+        pb.ModelInferRequest(
+            model_name="m" * 200,
+            model_version="3",
+            id="é",
+            inputs=[_tensor("a", "INT64", [2]), _tensor("b" * 150, "BYTES", [1, 1])],
+            outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="y")],
+            raw_input_contents=[np.arange(2).tobytes(), b"\x02\x00\x00\x00hi"],
+        ),
+        pb.ModelInferRequest(
+            model_name="m",
+            inputs=[_tensor("x", "FP64", [300, 2])],
+            raw_input_contents=[np.zeros(600).tobytes()],
+        ),
+        # and through protobuf: parameters, typed contents, a parameter on an output
+        pb.ModelInferRequest(
+            model_name="m",
+            parameters={"timeout": pb.InferParameter(int64_param=5)},
+            inputs=[_tensor("x", "FP32", [1])],
+            raw_input_contents=[b"\0\0\0\0"],
+        ),
+        pb.ModelInferRequest(
+            model_name="m",
+            inputs=[
+                pb.ModelInferRequest.InferInputTensor(
+                    name="x",
+                    datatype="INT32",
+                    shape=[2],
+                    contents=pb.InferTensorContents(int_contents=[1, 2]),
+                )
+            ],
+        ),
+        pb.ModelInferRequest(
+            model_name="m",
+            outputs=[
+                pb.ModelInferRequest.InferRequestedOutputTensor(
+                    name="y", parameters={"binary_data": pb.InferParameter(bool_param=True)}
+                )
+            ],
+        ),
+    ],
+)
+def test_parsed_requests_decode_as_protobuf_reads_them(message: pb.ModelInferRequest) -> None:
+    parsed = parse_infer_request(message.SerializeToString())
+    expected = decode_infer_request(message)
+    assert (parsed.model_name, parsed.model_version, parsed.id) == (
+        message.model_name,
+        message.model_version,
+        message.id,
+    )
+    decoded = parsed.decode()
+    assert _same(decoded.inputs, expected.inputs)
+    assert (decoded.outputs, decoded.id, decoded.timeout_s) == (
+        expected.outputs,
+        expected.id,
+        expected.timeout_s,
+    )
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        (request("FP32", [1, 4], b"\0" * 12), "shape \\[1, 4\\] holds 4 elements"),
+        (request("FP99", [1], b"\0" * 4), "unknown datatype 'FP99'"),
+        (request("FP32", [-1], b""), "shape \\[-1\\] has a negative dimension"),
+        (
+            pb.ModelInferRequest(
+                model_name="m",
+                inputs=[_tensor("x", "FP32", [1])] * 2,
+                raw_input_contents=[b"\0" * 4] * 2,
+            ),
+            "input 'x' appears twice",
+        ),
+        (pb.ModelInferRequest(model_name="m", inputs=[_tensor("x", "FP32", [1])]), "no data"),
+    ],
+)
+def test_parsed_requests_fail_as_protobuf_reads_them(
+    message: pb.ModelInferRequest, error: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=error):
+        decode_infer_request(message)
+    with pytest.raises(InvalidInputError, match=error):
+        parse_infer_request(message.SerializeToString()).decode()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\x0a\x05ab", b"\x0a\xff", b"\x2a\x03\x0a\x05a", b"\xff\xff\xff", b"\x0a\x02\xff\xfe"],
+)
+def test_bytes_that_are_no_request_are_refused(data: bytes) -> None:
+    with pytest.raises(InvalidInputError, match=r"malformed inference\.ModelInferRequest message"):
+        parse_infer_request(data)

@@ -12,7 +12,7 @@ client both run, so neither knows a message field.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, final
 
 import numpy as np
 from google.protobuf.message import DecodeError, Message
@@ -37,14 +37,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ClientCall",
+    "InferRequestMessage",
     "decode_infer_request",
     "decode_message",
     "encode_infer_response",
     "encode_model_metadata",
     "encode_model_statistics",
+    "encode_stream_answer",
     "infer_call",
     "live_call",
     "model_metadata_call",
+    "parse_infer_request",
     "pb",
     "ready_call",
 ]
@@ -128,6 +131,159 @@ def _from_contents(
             )
         return wide.astype(dtype).reshape(shape)
     return np.array(values, dtype=dtype).reshape(shape)
+
+
+@final
+class InferRequestMessage:
+    """A ``ModelInferRequest`` read far enough to route it; ``decode()`` makes its arrays.
+
+    ``parse_infer_request`` reads the usual request (names, datatypes, shapes,
+    ``raw_input_contents``, outputs by name) straight from the wire; any other (typed
+    ``contents``, parameters, anything unexpected) goes through protobuf's parser and
+    ``decode_infer_request``, which also words every error.
+    """
+
+    __slots__ = ("_inputs", "_message", "_outputs", "id", "model_name", "model_version")
+
+    def __init__(
+        self,
+        model_name: str,
+        model_version: str,
+        request_id: str,
+        inputs: list[tuple[str, str, list[int], memoryview]] | None = None,
+        outputs: list[str] | None = None,
+        message: pb.ModelInferRequest | None = None,
+    ) -> None:
+        self.model_name = model_name
+        self.model_version = model_version
+        self.id = request_id
+        self._inputs = inputs
+        self._outputs = outputs
+        self._message = message
+
+    def decode(self) -> DecodedRequest:
+        """Inputs as numpy (views on the request's bytes), the outputs asked for, the id.
+
+        Raises:
+            InvalidInputError: as ``decode_infer_request``.
+        """
+        if self._message is not None:
+            return decode_infer_request(self._message)
+        inputs: dict[str, np.ndarray] = {}
+        for name, datatype, shape, raw in self._inputs or ():
+            inputs[name] = array_from_raw(
+                raw, datatype, shape, f"input {name!r}: ", "raw_input_contents"
+            )
+        return DecodedRequest(inputs, self._outputs, self.id or None)
+
+
+def parse_infer_request(data: bytes) -> InferRequestMessage:
+    """Read a serialized ``ModelInferRequest``.
+
+    Raises:
+        InvalidInputError: ``data`` is not a ``ModelInferRequest``.
+    """
+    message = _scan_infer_request(data)
+    if message is None:
+        request = decode_message(pb.ModelInferRequest, data)
+        message = InferRequestMessage(
+            request.model_name, request.model_version, request.id, message=request
+        )
+    return message
+
+
+def _scan_infer_request(data: bytes) -> InferRequestMessage | None:
+    """The usual request, read without protobuf's objects; None for any other.
+
+    Only length-delimited fields 1, 2, 3 (strings), 5 (inputs with a name, a datatype
+    and a packed shape), 6 (outputs with a name) and 7 (one raw entry per input, no
+    input twice) are read here; a parameter, typed contents, another field or wire
+    type, or bytes that do not parse return None, and protobuf reads the message.
+    """
+    view = memoryview(data)
+    size = len(data)
+    fields: list[str] = ["", "", ""]
+    tensors: list[tuple[str, str, list[int]]] = []
+    outputs: list[str] = []
+    raw: list[memoryview] = []
+    position = 0
+    try:
+        while position < size:
+            tag = data[position]
+            length = data[position + 1]
+            position += 2
+            if length >= 0x80:
+                length, position = _read_varint(data, position - 1)
+            end = position + length
+            if tag & 7 != 2 or end > size:
+                return None
+            number = tag >> 3
+            if number == 7:
+                raw.append(view[position:end])
+            elif number == 5:
+                tensor = _scan_input(data, position, end)
+                if tensor is None:
+                    return None
+                tensors.append(tensor)
+            elif 1 <= number <= 3:
+                fields[number - 1] = str(view[position:end], "utf-8")
+            elif number == 6:
+                # InferRequestedOutputTensor: only its name (tag 0x0a) and nothing else.
+                if data[position] != 0x0A or data[position + 1] != length - 2:
+                    return None
+                outputs.append(str(view[position + 2 : end], "utf-8"))
+            else:
+                return None
+            position = end
+    except (IndexError, UnicodeDecodeError):
+        return None
+    if len(raw) != len(tensors) or len({t[0] for t in tensors}) != len(tensors):
+        return None
+    inputs = [(n, d, shape, r) for (n, d, shape), r in zip(tensors, raw, strict=True)]
+    return InferRequestMessage(fields[0], fields[1], fields[2], inputs, outputs or None)
+
+
+def _scan_input(data: bytes, position: int, end: int) -> tuple[str, str, list[int]] | None:
+    """An InferInputTensor with only a name, a datatype and a packed shape; else None."""
+    name = datatype = ""
+    shape: list[int] = []
+    while position < end:
+        tag = data[position]
+        length = data[position + 1]
+        position += 2
+        if length >= 0x80:
+            length, position = _read_varint(data, position - 1)
+        stop = position + length
+        if stop > end:
+            return None
+        if tag == 0x0A:
+            name = data[position:stop].decode("utf-8")
+        elif tag == 0x12:
+            datatype = data[position:stop].decode("utf-8")
+        elif tag == 0x1A:
+            while position < stop:
+                dimension, position = _read_varint(data, position)
+                shape.append(dimension - (1 << 64) if dimension >= 1 << 63 else dimension)
+            if position != stop:
+                return None
+        else:
+            return None
+        position = stop
+    return (name, datatype, shape) if position == end else None
+
+
+def _read_varint(data: bytes, position: int) -> tuple[int, int]:
+    """A varint at ``position``, and the position after it (IndexError if cut short)."""
+    value = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
+        if shift > 63:
+            raise IndexError("varint over 10 bytes")
 
 
 def decode_infer_request(request: pb.ModelInferRequest) -> DecodedRequest:
@@ -217,17 +373,69 @@ def encode_model_statistics(
 
 def encode_infer_response(
     model_name: str, model_version: str, outputs: dict[str, np.ndarray], request_id: str | None
-) -> pb.ModelInferResponse:
-    """A ``ModelInferResponse`` with each output's bytes in ``raw_output_contents``."""
-    response = pb.ModelInferResponse(
-        model_name=model_name, model_version=model_version, id=request_id or ""
-    )
-    tensors = response.outputs
-    raw = response.raw_output_contents
+) -> bytes:
+    """A serialized ``ModelInferResponse``, each output's bytes in ``raw_output_contents``.
+
+    Written field by field, byte for byte what ``SerializeToString`` writes (fields in
+    number order, empty strings left out, shapes packed): building the message object
+    costs more than the model on a small one. Each output's name, datatype and shape
+    entry is kept once made, as answers repeat them.
+    """
+    parts = [_text_field(b"\x0a", model_name), _text_field(b"\x12", model_version)]
+    if request_id:
+        parts.append(_text_field(b"\x1a", request_id))
+    contents: list[bytes] = []
     for name, array in outputs.items():
-        tensors.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
-        raw.append(raw_from_array(array))
-    return response
+        key = (name, array.dtype, array.shape)
+        entry = _OUTPUT_ENTRIES.get(key)
+        if entry is None:
+            entry = _output_entry(name, datatype_of(array.dtype), array.shape)
+            if len(_OUTPUT_ENTRIES) >= _OUTPUT_ENTRIES_KEPT:
+                _OUTPUT_ENTRIES.clear()
+            _OUTPUT_ENTRIES[key] = entry
+        parts.append(entry)
+        raw = raw_from_array(array)
+        contents += (b"\x32", _varint(len(raw)), raw)
+    parts += contents
+    return b"".join(parts)
+
+
+def encode_stream_answer(response: bytes) -> bytes:
+    """A serialized ``ModelStreamInferResponse`` carrying ``response`` (a serialized answer)."""
+    return b"\x12" + _varint(len(response)) + response
+
+
+_VARINTS = tuple(bytes((i,)) for i in range(128))
+_OUTPUT_ENTRIES: dict[tuple[str, np.dtype, tuple[int, ...]], bytes] = {}
+_OUTPUT_ENTRIES_KEPT = 1024
+
+
+def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _VARINTS[value]
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _text_field(tag: bytes, text: str) -> bytes:
+    """A string field (nothing when empty, as proto3 writes it)."""
+    if not text:
+        return b""
+    data = text.encode("utf-8")
+    return tag + _varint(len(data)) + data
+
+
+def _output_entry(name: str, datatype: str, shape: tuple[int, ...]) -> bytes:
+    """One ``outputs`` entry of a ``ModelInferResponse``: field 5, an InferOutputTensor."""
+    tensor = _text_field(b"\x0a", name) + _text_field(b"\x12", datatype)
+    if shape:
+        packed = b"".join(_varint(d) for d in shape)
+        tensor += b"\x1a" + _varint(len(packed)) + packed
+    return b"\x2a" + _varint(len(tensor)) + tensor
 
 
 def _tensor_metadata(

@@ -12,6 +12,7 @@ status in ``_STATUS``, the one table between the errors and gRPC.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from enum import IntEnum
@@ -32,11 +33,13 @@ from ..errors import (
     ServerOverloadedError,
 )
 from ..protocol.grpc_codec import (
-    decode_infer_request,
+    InferRequestMessage,
     decode_message,
     encode_infer_response,
     encode_model_metadata,
     encode_model_statistics,
+    encode_stream_answer,
+    parse_infer_request,
     pb,
 )
 
@@ -118,8 +121,8 @@ class CallContext(Protocol):
 
 
 if TYPE_CHECKING:
-    # A unary method behind its parsing: the request's bytes in, the answer out.
-    UnaryHandler = Callable[[bytes, CallContext], Awaitable[Message]]
+    # A unary method behind its parsing: the request's bytes in, the answer's bytes out.
+    UnaryHandler = Callable[[bytes, CallContext], Awaitable[bytes]]
 
 
 def status_for(error: LigeiroError) -> StatusCode:
@@ -212,9 +215,7 @@ class GrpcService:
 
     # -- inference ----------------------------------------------------------------------
 
-    async def _infer(
-        self, request: pb.ModelInferRequest, context: CallContext
-    ) -> pb.ModelInferResponse:
+    async def _infer(self, request: InferRequestMessage, context: CallContext) -> bytes:
         """Resolve, decode, run, encode; count, time, log and trace it.
 
         Raises the domain's errors.
@@ -234,7 +235,7 @@ class GrpcService:
             model = self.engine.model(request.model_name, request.model_version or None)
             self.engine.admit(model)  # a full queue refuses before the tensors are decoded
             began = 0 if trace is None else time.time_ns()
-            decoded = decode_infer_request(request)
+            decoded = request.decode()
             if trace is None:
                 result = await self.engine.submit(
                     model, decoded.inputs, decoded.outputs, timeout_s=decoded.timeout_s
@@ -265,9 +266,7 @@ class GrpcService:
                 trace.request_id = request_id
                 trace.finish(code.name, code is _OK)
 
-    async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: CallContext
-    ) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: InferRequestMessage, context: CallContext) -> bytes:
         try:
             return await self._infer(request, context)
         except Exception as exc:
@@ -275,7 +274,7 @@ class GrpcService:
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[bytes], context: CallContext
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    ) -> AsyncIterator[bytes]:
         # As Triton does: a failed request answers with error_message and the stream
         # carries on with the next one. Messages arrive unparsed so that a malformed
         # one is answered like any other bad request. Once the server shuts down, a
@@ -297,17 +296,19 @@ class GrpcService:
         finally:
             closing.cancel()
 
-    async def _stream_answer(
-        self, data: bytes, context: CallContext
-    ) -> pb.ModelStreamInferResponse:
+    async def _stream_answer(self, data: bytes, context: CallContext) -> bytes:
+        """A serialized ModelStreamInferResponse: the answer, or the request's error."""
         try:
-            response = await self._infer(decode_message(pb.ModelInferRequest, data), context)
+            response = await self._infer(parse_infer_request(data), context)
         except LigeiroError as exc:
-            return pb.ModelStreamInferResponse(error_message=str(exc))
+            message = str(exc)
         except Exception:
             logger.exception("unexpected error in a gRPC stream request")
-            return pb.ModelStreamInferResponse(error_message=_INTERNAL_MESSAGE)
-        return pb.ModelStreamInferResponse(infer_response=response)
+            message = _INTERNAL_MESSAGE
+        else:
+            return encode_stream_answer(response)
+        answer: bytes = pb.ModelStreamInferResponse(error_message=message).SerializeToString()
+        return answer
 
     def close_streams(self) -> None:
         """Shutting down: end each stream once it has been silent for a moment."""
@@ -385,40 +386,48 @@ class GrpcService:
 
 
 _SERVICE = "inference.GRPCInferenceService"
-# Each unary method and the message it takes.
-_UNARY: dict[str, type[Message]] = {
-    "ServerLive": pb.ServerLiveRequest,
-    "ServerReady": pb.ServerReadyRequest,
-    "ModelReady": pb.ModelReadyRequest,
-    "ServerMetadata": pb.ServerMetadataRequest,
-    "ModelMetadata": pb.ModelMetadataRequest,
-    "ModelInfer": pb.ModelInferRequest,
-    "ModelStatistics": pb.ModelStatisticsRequest,
-    "RepositoryIndex": pb.RepositoryIndexRequest,
-    "RepositoryModelLoad": pb.RepositoryModelLoadRequest,
-    "RepositoryModelUnload": pb.RepositoryModelUnloadRequest,
+# Each unary method and the message it takes (ModelInfer's is read by its own parser).
+_UNARY: dict[str, Callable[[bytes], Any]] = {
+    name: functools.partial(decode_message, message_type)
+    for name, message_type in (
+        ("ServerLive", pb.ServerLiveRequest),
+        ("ServerReady", pb.ServerReadyRequest),
+        ("ModelReady", pb.ModelReadyRequest),
+        ("ServerMetadata", pb.ServerMetadataRequest),
+        ("ModelMetadata", pb.ModelMetadataRequest),
+        ("ModelStatistics", pb.ModelStatisticsRequest),
+        ("RepositoryIndex", pb.RepositoryIndexRequest),
+        ("RepositoryModelLoad", pb.RepositoryModelLoadRequest),
+        ("RepositoryModelUnload", pb.RepositoryModelUnloadRequest),
+    )
 }
+_UNARY["ModelInfer"] = parse_infer_request
 
 
 def _parsing(
-    method: Callable[[Any, CallContext], Awaitable[Message]],
-    message_type: type[Message],
+    method: Callable[[Any, CallContext], Awaitable[Message | bytes]],
+    parse: Callable[[bytes], Any],
 ) -> UnaryHandler:
-    """``method`` behind our own parsing: grpc's would answer bad bytes with UNKNOWN."""
+    """``method`` behind our own parsing (grpc's would answer bad bytes with UNKNOWN),
+    its answer serialized (ModelInfer's comes serialized)."""
 
-    async def handler(data: bytes, context: CallContext) -> Message:
+    async def handler(data: bytes, context: CallContext) -> bytes:
         try:
-            request = decode_message(message_type, data)
+            request = parse(data)
         except LigeiroError as exc:
             await _abort(context, exc)
-        return await method(request, context)
+        answer = await method(request, context)
+        if type(answer) is bytes:
+            return answer
+        serialized: bytes = answer.SerializeToString()  # type: ignore[union-attr]
+        return serialized
 
     return handler
 
 
 def unary_methods(service: GrpcService) -> dict[str, UnaryHandler]:
     """Each unary method by name, taking the request's bytes (both transports serve these)."""
-    return {name: _parsing(getattr(service, name), type_) for name, type_ in _UNARY.items()}
+    return {name: _parsing(getattr(service, name), parse) for name, parse in _UNARY.items()}
 
 
 async def start_grpc_server(

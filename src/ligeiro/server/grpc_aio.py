@@ -17,8 +17,6 @@ from .grpc import _SERVICE, GrpcService, StatusCode, unary_methods
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
-    from google.protobuf.message import Message
-
     from ..settings import GrpcSettings
 
 __all__ = ["GrpcServer", "start_aio_grpc_server"]
@@ -42,33 +40,27 @@ class _Context:
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
 
-def _serialize(message: Message) -> bytes:
-    data: bytes = message.SerializeToString()
-    return data
-
-
 def _rpc_handlers(service: GrpcService) -> grpc.GenericRpcHandler:
     """The service's method table (what protoc's ``add_..._to_server`` would build)."""
 
     def unary(handler: Any) -> Any:
-        async def call(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Message:
-            return await handler(data, _Context(context))
+        async def call(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            answer: bytes = await handler(data, _Context(context))
+            return answer
 
         return call
 
     async def stream(
         requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Message]:
+    ) -> AsyncIterator[bytes]:
         async for answer in service.ModelStreamInfer(requests, _Context(context)):
             yield answer
 
     handlers = {
-        name: grpc.unary_unary_rpc_method_handler(unary(handler), response_serializer=_serialize)
+        name: grpc.unary_unary_rpc_method_handler(unary(handler))
         for name, handler in unary_methods(service).items()
     }
-    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
-        stream, response_serializer=_serialize
-    )
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(stream)
     return grpc.method_handlers_generic_handler(_SERVICE, handlers)
 
 

@@ -79,8 +79,6 @@ if TYPE_CHECKING:
     import socket
     from collections.abc import AsyncIterator, Coroutine, Generator, Sequence
 
-    from google.protobuf.message import Message
-
     from ..settings import GrpcSettings
     from .grpc import GrpcService, UnaryHandler
 
@@ -596,8 +594,7 @@ class H2GrpcConnection(asyncio.Protocol):
 
     async def _unary(self, stream: _Stream, handler: UnaryHandler, message: bytes) -> None:
         try:
-            response = await handler(message, _Context(stream.headers))
-            data = response.SerializeToString()
+            data = await handler(message, _Context(stream.headers))
         except Exception as exc:  # not CancelledError: a cancelled call answers nothing
             self._failed(stream, exc)
         else:
@@ -629,7 +626,7 @@ class H2GrpcConnection(asyncio.Protocol):
 
     async def _streaming(self, stream: _Stream, messages: _Messages) -> None:
         service = self._server.service
-        answers: AsyncIterator[Message] = service.ModelStreamInfer(
+        answers: AsyncIterator[bytes] = service.ModelStreamInfer(
             messages,
             _Context(stream.headers),
         )
@@ -637,7 +634,7 @@ class H2GrpcConnection(asyncio.Protocol):
             async for response in answers:
                 if stream.done or self._transport is None:
                     return
-                self._answer(stream, response.SerializeToString(), None)
+                self._answer(stream, response, None)
         except Exception as exc:
             self._failed(stream, exc)
         else:
