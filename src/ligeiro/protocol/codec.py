@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -68,6 +69,7 @@ PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "python": "python", "pipeline": 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_EXTENSION = "binary_tensor_data"
 _LENGTH = struct.Struct("<I")
+_BIG_ENDIAN_HOST = sys.byteorder == "big"  # the wire's tensors are little-endian
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,32 +253,34 @@ def array_from_raw(
     if shape and min(shape) < 0:
         raise InvalidInputError(f"{where}shape {shape} has a negative dimension")
     kind = dtype.kind
+    count = math.prod(shape)
     if kind == "O":
         array = _bytes_elements(raw, where)
-    else:
-        if len(raw) % dtype.itemsize:
+        if array.size != count:
             raise InvalidInputError(
-                f"{where}{len(raw)} bytes of {what} are not a whole number of {datatype} "
-                f"elements ({dtype.itemsize} bytes each)"
+                f"{where}shape {shape} holds {count} elements, {what} has {array.size}"
             )
-        if kind == "b":
-            array = np.frombuffer(raw, dtype=np.uint8)
-            if array.size and array.max() > 1:
-                raise InvalidInputError(f"{where}BOOL bytes must be 0 or 1, got {int(array.max())}")
-            array = array.view(np.bool_)
-        else:
-            wire = dtype.newbyteorder("<")
-            array = np.frombuffer(raw, dtype=wire)
-            if wire != dtype:  # a big-endian host
-                array = array.astype(dtype)
-            elif not array.flags.aligned:
-                array = array.copy()
-    count = math.prod(shape)
-    if array.size != count:
+        return array.reshape(shape)
+    size, itemsize = len(raw), dtype.itemsize
+    if size % itemsize:
         raise InvalidInputError(
-            f"{where}shape {shape} holds {count} elements, {what} has {array.size}"
+            f"{where}{size} bytes of {what} are not a whole number of {datatype} "
+            f"elements ({itemsize} bytes each)"
         )
-    return array.reshape(shape)
+    if size != count * itemsize:
+        raise InvalidInputError(
+            f"{where}shape {shape} holds {count} elements, {what} has {size // itemsize}"
+        )
+    if kind == "b":
+        array = np.frombuffer(raw, dtype=np.uint8)
+        if array.size and array.max() > 1:
+            raise InvalidInputError(f"{where}BOOL bytes must be 0 or 1, got {int(array.max())}")
+        return array.view(np.bool_).reshape(shape)
+    # One numpy call: a view of the bytes in the tensor's shape (a little-endian host).
+    if _BIG_ENDIAN_HOST:
+        return np.ndarray(shape, dtype.newbyteorder("<"), raw).astype(dtype)
+    array = np.ndarray(shape, dtype, raw)
+    return array if array.flags.aligned else array.copy()
 
 
 def raw_from_array(array: np.ndarray) -> bytes:
