@@ -498,3 +498,31 @@ def test_shutdown_ends_idle_streams_and_finishes_running_calls(tmp_path: Path) -
     finally:
         client.close()
         assert srv.stop() == 0
+
+
+def test_a_peer_that_does_not_read_is_not_read_from(h2_server: Server) -> None:
+    # A PING flood whose acks are never read: once they fill what the server buffers,
+    # it stops reading that connection, so the flood's sends block; others are served.
+    sock = socket.create_connection(("127.0.0.1", h2_server.grpc_port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"12345678"
+        sock.setblocking(False)
+        chunk = ping * 4096
+        sent, blocked_since, deadline = 0, None, time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                sent += sock.send(chunk)
+                blocked_since = None
+            except BlockingIOError:
+                blocked_since = blocked_since or time.monotonic()
+                if time.monotonic() - blocked_since > 2:
+                    break
+                time.sleep(0.05)
+        assert blocked_since is not None, f"the server read all {sent} bytes of PINGs"
+        with grpc.insecure_channel(f"127.0.0.1:{h2_server.grpc_port}") as channel:
+            stub = GRPCInferenceServiceStub(channel)
+            assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+    finally:
+        sock.close()

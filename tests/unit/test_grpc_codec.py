@@ -201,3 +201,15 @@ def test_parsed_requests_fail_as_protobuf_reads_them(
 def test_bytes_that_are_no_request_are_refused(data: bytes) -> None:
     with pytest.raises(InvalidInputError, match=r"malformed inference\.ModelInferRequest message"):
         parse_infer_request(data)
+
+
+def test_raw_bytes_are_little_endian_in_c_order() -> None:
+    array = np.arange(6, dtype="<i4").reshape(2, 3)
+    expected = array.tobytes()
+    assert raw_from_array(array) == expected
+    assert raw_from_array(np.asfortranarray(array)) == expected
+    assert raw_from_array(array.astype(">i4")) == expected
+    assert raw_from_array(array.T.T[:, ::1]) == expected
+    assert raw_from_array(np.arange(12, dtype="<i4").reshape(2, 6)[:, ::2]) == (
+        np.array([[0, 2, 4], [6, 8, 10]], dtype="<i4").tobytes()
+    )

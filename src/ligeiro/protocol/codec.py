@@ -72,7 +72,7 @@ _LENGTH = struct.Struct("<I")
 _BIG_ENDIAN_HOST = sys.byteorder == "big"  # the wire's tensors are little-endian
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs 1 µs more to make
 class DecodedRequest:
     """An inference request in numpy: inputs by name, outputs asked for, request id.
 
@@ -292,7 +292,9 @@ def raw_from_array(array: np.ndarray) -> bytes:
             parts.append(_LENGTH.pack(len(raw)))
             parts.append(raw)
         return b"".join(parts)
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    if _BIG_ENDIAN_HOST or array.dtype.byteorder == ">":
+        return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    return array.tobytes()  # C order, whatever the array's strides
 
 
 def tensor_from_binary(tensor: RequestInput, raw: memoryview) -> np.ndarray:

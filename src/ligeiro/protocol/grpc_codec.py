@@ -69,6 +69,7 @@ _CONTENTS_FIELD: dict[str, str] = {
     "BYTES": "bytes_contents",
 }
 _M = TypeVar("_M", bound=Message)
+_K = TypeVar("_K")
 _R = TypeVar("_R")
 
 
@@ -143,21 +144,23 @@ class InferRequestMessage:
     ``decode_infer_request``, which also words every error.
     """
 
-    __slots__ = ("_inputs", "_message", "_outputs", "id", "model_name", "model_version")
+    __slots__ = ("_message", "_outputs", "_raw", "_tensors", "id", "model_name", "model_version")
 
     def __init__(
         self,
         model_name: str,
         model_version: str,
         request_id: str,
-        inputs: list[tuple[str, str, list[int], memoryview]] | None = None,
+        tensors: list[tuple[str, str, list[int]]] | None = None,
+        raw: list[memoryview] | None = None,
         outputs: list[str] | None = None,
         message: pb.ModelInferRequest | None = None,
     ) -> None:
         self.model_name = model_name
         self.model_version = model_version
         self.id = request_id
-        self._inputs = inputs
+        self._tensors = tensors
+        self._raw = raw
         self._outputs = outputs
         self._message = message
 
@@ -170,10 +173,10 @@ class InferRequestMessage:
         if self._message is not None:
             return decode_infer_request(self._message)
         inputs: dict[str, np.ndarray] = {}
-        for name, datatype, shape, raw in self._inputs or ():
-            inputs[name] = array_from_raw(
-                raw, datatype, shape, f"input {name!r}: ", "raw_input_contents"
-            )
+        if self._tensors:
+            for (name, datatype, shape), raw in zip(self._tensors, self._raw or (), strict=True):
+                where = f"input {name!r}: "
+                inputs[name] = array_from_raw(raw, datatype, shape, where, "raw_input_contents")
         return DecodedRequest(inputs, self._outputs, self.id or None)
 
 
@@ -192,55 +195,68 @@ def parse_infer_request(data: bytes) -> InferRequestMessage:
     return message
 
 
+# The tags (field number << 3 | wire type 2) of the fields _scan_infer_request reads.
+_MODEL_NAME, _MODEL_VERSION, _ID, _INPUTS, _OUTPUTS, _RAW_INPUT = 0x0A, 0x12, 0x1A, 0x2A, 0x32, 0x3A
+
+
 def _scan_infer_request(data: bytes) -> InferRequestMessage | None:
     """The usual request, read without protobuf's objects; None for any other.
 
-    Only length-delimited fields 1, 2, 3 (strings), 5 (inputs with a name, a datatype
-    and a packed shape), 6 (outputs with a name) and 7 (one raw entry per input, no
-    input twice) are read here; a parameter, typed contents, another field or wire
-    type, or bytes that do not parse return None, and protobuf reads the message.
+    Only fields 1, 2, 3 (strings), 5 (inputs with a name, a datatype and a packed
+    shape), 6 (outputs with a name) and 7 (one raw entry per input, no input twice)
+    are read here; a parameter, typed contents, another field or wire type, or bytes
+    that do not parse return None, and protobuf reads the message.
     """
-    view = memoryview(data)
     size = len(data)
-    fields: list[str] = ["", "", ""]
+    name = version = request_id = ""
     tensors: list[tuple[str, str, list[int]]] = []
-    outputs: list[str] = []
+    outputs: list[str] | None = None
     raw: list[memoryview] = []
+    view = None
     position = 0
     try:
         while position < size:
             tag = data[position]
             length = data[position + 1]
-            position += 2
-            if length >= 0x80:
-                length, position = _read_varint(data, position - 1)
+            if length < 0x80:
+                position += 2
+            else:
+                length, position = _read_varint(data, position + 1)
             end = position + length
-            if tag & 7 != 2 or end > size:
+            if end > size:
                 return None
-            number = tag >> 3
-            if number == 7:
+            if tag == _RAW_INPUT:
+                if view is None:
+                    view = memoryview(data)
                 raw.append(view[position:end])
-            elif number == 5:
+            elif tag == _INPUTS:
                 tensor = _scan_input(data, position, end)
                 if tensor is None:
                     return None
                 tensors.append(tensor)
-            elif 1 <= number <= 3:
-                fields[number - 1] = str(view[position:end], "utf-8")
-            elif number == 6:
-                # InferRequestedOutputTensor: only its name (tag 0x0a) and nothing else.
-                if data[position] != 0x0A or data[position + 1] != length - 2:
+            elif tag == _MODEL_NAME:
+                name = data[position:end].decode()
+            elif tag == _MODEL_VERSION:
+                version = data[position:end].decode()
+            elif tag == _ID:
+                request_id = data[position:end].decode()
+            elif tag == _OUTPUTS:
+                # InferRequestedOutputTensor: only its name (field 1) and nothing else.
+                if length < 2 or data[position] != 0x0A or data[position + 1] != length - 2:
                     return None
-                outputs.append(str(view[position + 2 : end], "utf-8"))
+                if outputs is None:
+                    outputs = []
+                outputs.append(data[position + 2 : end].decode())
             else:
                 return None
             position = end
     except (IndexError, UnicodeDecodeError):
         return None
-    if len(raw) != len(tensors) or len({t[0] for t in tensors}) != len(tensors):
+    if len(raw) != len(tensors) or (
+        len(tensors) > 1 and len({t[0] for t in tensors}) != len(tensors)
+    ):
         return None
-    inputs = [(n, d, shape, r) for (n, d, shape), r in zip(tensors, raw, strict=True)]
-    return InferRequestMessage(fields[0], fields[1], fields[2], inputs, outputs or None)
+    return InferRequestMessage(name, version, request_id, tensors, raw, outputs)
 
 
 def _scan_input(data: bytes, position: int, end: int) -> tuple[str, str, list[int]] | None:
@@ -250,22 +266,29 @@ def _scan_input(data: bytes, position: int, end: int) -> tuple[str, str, list[in
     while position < end:
         tag = data[position]
         length = data[position + 1]
-        position += 2
-        if length >= 0x80:
-            length, position = _read_varint(data, position - 1)
+        if length < 0x80:
+            position += 2
+        else:
+            length, position = _read_varint(data, position + 1)
         stop = position + length
         if stop > end:
             return None
-        if tag == 0x0A:
-            name = data[position:stop].decode("utf-8")
-        elif tag == 0x12:
-            datatype = data[position:stop].decode("utf-8")
-        elif tag == 0x1A:
+        if tag == 0x1A:  # shape, packed
             while position < stop:
-                dimension, position = _read_varint(data, position)
-                shape.append(dimension - (1 << 64) if dimension >= 1 << 63 else dimension)
+                dimension = data[position]
+                if dimension < 0x80:
+                    position += 1
+                else:
+                    dimension, position = _read_varint(data, position)
+                    if dimension >= 1 << 63:
+                        dimension -= 1 << 64
+                shape.append(dimension)
             if position != stop:
                 return None
+        elif tag == 0x0A:
+            name = data[position:stop].decode()
+        elif tag == 0x12:
+            datatype = data[position:stop].decode()
         else:
             return None
         position = stop
@@ -378,10 +401,14 @@ def encode_infer_response(
 
     Written field by field, byte for byte what ``SerializeToString`` writes (fields in
     number order, empty strings left out, shapes packed): building the message object
-    costs more than the model on a small one. Each output's name, datatype and shape
-    entry is kept once made, as answers repeat them.
+    costs more than the model on a small one. The model's name and version, and each
+    output's name, datatype and shape entry, are kept once made: answers repeat them.
     """
-    parts = [_text_field(b"\x0a", model_name), _text_field(b"\x12", model_version)]
+    head = _HEADS.get((model_name, model_version))
+    if head is None:
+        head = _text_field(b"\x0a", model_name) + _text_field(b"\x12", model_version)
+        _keep(_HEADS, (model_name, model_version), head)
+    parts = [head]
     if request_id:
         parts.append(_text_field(b"\x1a", request_id))
     contents: list[bytes] = []
@@ -390,9 +417,7 @@ def encode_infer_response(
         entry = _OUTPUT_ENTRIES.get(key)
         if entry is None:
             entry = _output_entry(name, datatype_of(array.dtype), array.shape)
-            if len(_OUTPUT_ENTRIES) >= _OUTPUT_ENTRIES_KEPT:
-                _OUTPUT_ENTRIES.clear()
-            _OUTPUT_ENTRIES[key] = entry
+            _keep(_OUTPUT_ENTRIES, key, entry)
         parts.append(entry)
         raw = raw_from_array(array)
         contents += (b"\x32", _varint(len(raw)), raw)
@@ -406,8 +431,16 @@ def encode_stream_answer(response: bytes) -> bytes:
 
 
 _VARINTS = tuple(bytes((i,)) for i in range(128))
+# Encoded pieces that answers repeat: model name and version, each output's entry.
+_HEADS: dict[tuple[str, str], bytes] = {}
 _OUTPUT_ENTRIES: dict[tuple[str, np.dtype, tuple[int, ...]], bytes] = {}
-_OUTPUT_ENTRIES_KEPT = 1024
+_KEPT = 1024
+
+
+def _keep(cache: dict[_K, bytes], key: _K, value: bytes) -> None:
+    if len(cache) >= _KEPT:  # shapes that vary without end: start again
+        cache.clear()
+    cache[key] = value
 
 
 def _varint(value: int) -> bytes:

@@ -102,3 +102,27 @@ def unpadded(flags: int, payload: bytes) -> bytes:
     if not payload or payload[0] >= len(payload):
         raise ConnectionFailure(PROTOCOL_ERROR, "padding longer than the frame")
     return payload[1 : len(payload) - payload[0]]
+
+
+# A whole unary answer around its message: HEADERS, the DATA frame's header and the
+# message's 5-byte prefix in one pack, the OK trailers in another.
+_ANSWER_HEAD = struct.Struct(f">BHBBI{len(RESPONSE_HEADERS)}sBHBBIBI")
+_ANSWER_TAIL = struct.Struct(f">BHBBI{len(OK_TRAILERS)}s")
+
+
+def unary_answer(stream_id: int, message: bytes) -> bytes:
+    """Response headers, ``message`` gRPC-framed in one DATA frame, and OK trailers.
+
+    The caller checks that the framed message fits the peer's frame size and windows.
+    """
+    size = len(message) + 5
+    return b"".join((
+        _ANSWER_HEAD.pack(
+            0, len(RESPONSE_HEADERS), HEADERS, END_HEADERS, stream_id, RESPONSE_HEADERS,
+            size >> 16, size & 0xFFFF, DATA, 0, stream_id, 0, size - 5,
+        ),
+        message,
+        _ANSWER_TAIL.pack(
+            0, len(OK_TRAILERS), HEADERS, END_HEADERS | END_STREAM, stream_id, OK_TRAILERS
+        ),
+    ))  # fmt: skip

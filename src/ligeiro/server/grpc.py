@@ -12,7 +12,6 @@ status in ``_STATUS``, the one table between the errors and gRPC.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from enum import IntEnum
@@ -266,9 +265,10 @@ class GrpcService:
                 trace.request_id = request_id
                 trace.finish(code.name, code is _OK)
 
-    async def ModelInfer(self, request: InferRequestMessage, context: CallContext) -> bytes:
+    async def ModelInfer(self, data: bytes, context: CallContext) -> bytes:
+        """Takes the request's bytes (its own parser, ``parse_infer_request``), answers bytes."""
         try:
-            return await self._infer(request, context)
+            return await self._infer(parse_infer_request(data), context)
         except Exception as exc:
             await _abort(context, exc)
 
@@ -386,48 +386,43 @@ class GrpcService:
 
 
 _SERVICE = "inference.GRPCInferenceService"
-# Each unary method and the message it takes (ModelInfer's is read by its own parser).
-_UNARY: dict[str, Callable[[bytes], Any]] = {
-    name: functools.partial(decode_message, message_type)
-    for name, message_type in (
-        ("ServerLive", pb.ServerLiveRequest),
-        ("ServerReady", pb.ServerReadyRequest),
-        ("ModelReady", pb.ModelReadyRequest),
-        ("ServerMetadata", pb.ServerMetadataRequest),
-        ("ModelMetadata", pb.ModelMetadataRequest),
-        ("ModelStatistics", pb.ModelStatisticsRequest),
-        ("RepositoryIndex", pb.RepositoryIndexRequest),
-        ("RepositoryModelLoad", pb.RepositoryModelLoadRequest),
-        ("RepositoryModelUnload", pb.RepositoryModelUnloadRequest),
-    )
+# Each unary method but ModelInfer (which reads its bytes itself) and the message it takes.
+_UNARY: dict[str, type[Message]] = {
+    "ServerLive": pb.ServerLiveRequest,
+    "ServerReady": pb.ServerReadyRequest,
+    "ModelReady": pb.ModelReadyRequest,
+    "ServerMetadata": pb.ServerMetadataRequest,
+    "ModelMetadata": pb.ModelMetadataRequest,
+    "ModelStatistics": pb.ModelStatisticsRequest,
+    "RepositoryIndex": pb.RepositoryIndexRequest,
+    "RepositoryModelLoad": pb.RepositoryModelLoadRequest,
+    "RepositoryModelUnload": pb.RepositoryModelUnloadRequest,
 }
-_UNARY["ModelInfer"] = parse_infer_request
 
 
 def _parsing(
-    method: Callable[[Any, CallContext], Awaitable[Message | bytes]],
-    parse: Callable[[bytes], Any],
+    method: Callable[[Any, CallContext], Awaitable[Message]],
+    message_type: type[Message],
 ) -> UnaryHandler:
     """``method`` behind our own parsing (grpc's would answer bad bytes with UNKNOWN),
-    its answer serialized (ModelInfer's comes serialized)."""
+    its answer serialized."""
 
     async def handler(data: bytes, context: CallContext) -> bytes:
         try:
-            request = parse(data)
+            request = decode_message(message_type, data)
         except LigeiroError as exc:
             await _abort(context, exc)
-        answer = await method(request, context)
-        if type(answer) is bytes:
-            return answer
-        serialized: bytes = answer.SerializeToString()  # type: ignore[union-attr]
-        return serialized
+        answer: bytes = (await method(request, context)).SerializeToString()
+        return answer
 
     return handler
 
 
 def unary_methods(service: GrpcService) -> dict[str, UnaryHandler]:
     """Each unary method by name, taking the request's bytes (both transports serve these)."""
-    return {name: _parsing(getattr(service, name), parse) for name, parse in _UNARY.items()}
+    methods = {name: _parsing(getattr(service, name), type_) for name, type_ in _UNARY.items()}
+    methods["ModelInfer"] = service.ModelInfer
+    return methods
 
 
 async def start_grpc_server(

@@ -71,6 +71,7 @@ from ._h2wire import (
     hpack_int,
     status_block,
     timeout_s,
+    unary_answer,
     unpadded,
 )
 from .grpc import _SERVICE, StatusCode, unary_methods
@@ -241,6 +242,16 @@ class H2GrpcConnection(asyncio.Protocol):
             self._drop(stream, cancel=True)
         self._transport = None
         self._out.clear()
+
+    def pause_writing(self) -> None:
+        # A peer that does not read what we send (answers, PING acks) is not read from
+        # either until it catches up: what we hold for it stays bounded.
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
@@ -611,15 +622,7 @@ class H2GrpcConnection(asyncio.Protocol):
                 stream.is_started = stream.done = True
                 stream.send_window -= size
                 self._send_window -= size
-                sid = stream.id
-                data_header = FRAME_HEADER.pack(size >> 16, size & 0xFFFF, DATA, 0, sid)
-                self._write(
-                    b"".join((
-                        frame(HEADERS, END_HEADERS, sid, RESPONSE_HEADERS),
-                        data_header, b"\x00", (size - 5).to_bytes(4, "big"), data,
-                        frame(HEADERS, END_HEADERS | END_STREAM, sid, OK_TRAILERS),
-                    ))
-                )  # fmt: skip
+                self._write(unary_answer(stream.id, data))
                 self._ended(stream)
             else:
                 self._answer(stream, data, OK_TRAILERS)
