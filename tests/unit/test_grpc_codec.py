@@ -123,6 +123,11 @@ def _tensor(name: str, datatype: str, shape: list[int]) -> pb.ModelInferRequest.
             inputs=[_tensor("x", "FP64", [300, 2])],
             raw_input_contents=[np.zeros(600).tobytes()],
         ),
+        pb.ModelInferRequest(  # over 64 KiB: viewed in place, not copied out
+            model_name="m",
+            inputs=[_tensor("x", "FP32", [300, 70])],
+            raw_input_contents=[np.arange(21_000, dtype="<f4").tobytes()],
+        ),
         # and through protobuf: parameters, typed contents, a parameter on an output
         pb.ModelInferRequest(
             model_name="m",

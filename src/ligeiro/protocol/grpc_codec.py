@@ -152,7 +152,7 @@ class InferRequestMessage:
         model_version: str,
         request_id: str,
         tensors: list[tuple[str, str, list[int]]] | None = None,
-        raw: list[memoryview] | None = None,
+        raw: list[bytes | memoryview] | None = None,
         outputs: list[str] | None = None,
         message: pb.ModelInferRequest | None = None,
     ) -> None:
@@ -165,7 +165,7 @@ class InferRequestMessage:
         self._message = message
 
     def decode(self) -> DecodedRequest:
-        """Inputs as numpy (views on the request's bytes), the outputs asked for, the id.
+        """Inputs as numpy, the outputs asked for, the id.
 
         Raises:
             InvalidInputError: as ``decode_infer_request``.
@@ -195,6 +195,10 @@ def parse_infer_request(data: bytes) -> InferRequestMessage:
     return message
 
 
+# A raw input up to this size is copied out of the message (a new bytes object, aligned
+# for any dtype); a larger one is viewed in place, and copied by numpy only when its
+# offset in the message leaves it unaligned.
+_COPIED_RAW = 64 * 1024
 # The tags (field number << 3 | wire type 2) of the fields _scan_infer_request reads.
 _MODEL_NAME, _MODEL_VERSION, _ID, _INPUTS, _OUTPUTS, _RAW_INPUT = 0x0A, 0x12, 0x1A, 0x2A, 0x32, 0x3A
 
@@ -211,7 +215,7 @@ def _scan_infer_request(data: bytes) -> InferRequestMessage | None:
     name = version = request_id = ""
     tensors: list[tuple[str, str, list[int]]] = []
     outputs: list[str] | None = None
-    raw: list[memoryview] = []
+    raw: list[bytes | memoryview] = []
     view = None
     position = 0
     try:
@@ -226,9 +230,12 @@ def _scan_infer_request(data: bytes) -> InferRequestMessage | None:
             if end > size:
                 return None
             if tag == _RAW_INPUT:
-                if view is None:
-                    view = memoryview(data)
-                raw.append(view[position:end])
+                if length <= _COPIED_RAW:
+                    raw.append(data[position:end])
+                else:
+                    if view is None:
+                        view = memoryview(data)
+                    raw.append(view[position:end])
             elif tag == _INPUTS:
                 tensor = _scan_input(data, position, end)
                 if tensor is None:

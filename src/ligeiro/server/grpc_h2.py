@@ -890,6 +890,7 @@ class H2GrpcServer:
         # pass: every connection's frames are read before the first call runs, and the
         # answers leave together after the last (H2GrpcConnection._write).
         self._due: list[tuple[H2GrpcConnection, _Stream, Coroutine[Any, Any, None]]] = []
+        self._is_running_due = False
         self._unflushed: list[H2GrpcConnection] = []
 
     def call_ended(self) -> None:
@@ -905,12 +906,17 @@ class H2GrpcServer:
 
     def _run_due(self) -> None:
         due, self._due = self._due, []
-        for connection, stream, call in due:
-            connection.run_call(stream, call)
-        self._flush()
+        self._is_running_due = True
+        try:
+            for connection, stream, call in due:
+                connection.run_call(stream, call)
+        finally:
+            self._is_running_due = False
+            self._flush()
 
     def flush_soon(self, connection: H2GrpcConnection) -> None:
-        if not self._unflushed:
+        # Calls due or running flush when they are done: no loop pass of its own then.
+        if not (self._unflushed or self._due or self._is_running_due):
             self._loop.call_soon(self._flush)
         self._unflushed.append(connection)
 
