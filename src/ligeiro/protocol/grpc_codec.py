@@ -220,17 +220,11 @@ def _scan_infer_request(data: bytes) -> InferRequestMessage | None:
     position = 0
     try:
         while position < size:
-            tag = data[position]
-            length = data[position + 1]
-            if length < 0x80:
-                position += 2
-            else:
-                length, position = _read_varint(data, position + 1)
-            end = position + length
+            tag, position, end = _length_delimited(data, position)
             if end > size:
                 return None
             if tag == _RAW_INPUT:
-                if length <= _COPIED_RAW:
+                if end - position <= _COPIED_RAW:
                     raw.append(data[position:end])
                 else:
                     if view is None:
@@ -249,7 +243,7 @@ def _scan_infer_request(data: bytes) -> InferRequestMessage | None:
                 request_id = data[position:end].decode()
             elif tag == _OUTPUTS:
                 # InferRequestedOutputTensor: only its name (field 1) and nothing else.
-                if length < 2 or data[position] != 0x0A or data[position + 1] != length - 2:
+                if data[position] != 0x0A or data[position + 1] != end - position - 2:
                     return None
                 if outputs is None:
                     outputs = []
@@ -271,13 +265,7 @@ def _scan_input(data: bytes, position: int, end: int) -> tuple[str, str, list[in
     name = datatype = ""
     shape: list[int] = []
     while position < end:
-        tag = data[position]
-        length = data[position + 1]
-        if length < 0x80:
-            position += 2
-        else:
-            length, position = _read_varint(data, position + 1)
-        stop = position + length
+        tag, position, stop = _length_delimited(data, position)
         if stop > end:
             return None
         if tag == 0x1A:  # shape, packed
@@ -300,6 +288,20 @@ def _scan_input(data: bytes, position: int, end: int) -> tuple[str, str, list[in
             return None
         position = stop
     return (name, datatype, shape) if position == end else None
+
+
+def _length_delimited(data: bytes, position: int) -> tuple[int, int, int]:
+    """The one-byte tag at ``position``, and where the field's bytes start and end.
+
+    Any wire type is read as if it were length-delimited; callers act only on the tags
+    they know (all length-delimited) and give up on any other.
+    """
+    tag = data[position]
+    length = data[position + 1]
+    if length < 0x80:
+        return tag, position + 2, position + 2 + length
+    length, start = _read_varint(data, position + 1)
+    return tag, start, start + length
 
 
 def _read_varint(data: bytes, position: int) -> tuple[int, int]:
