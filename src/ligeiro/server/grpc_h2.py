@@ -14,6 +14,11 @@ CONTINUATION, padding and priority fields. gRPC on top: 5-byte length-prefixed
 messages, ``grpc-timeout``, ``grpc-encoding`` (only identity), the message limit in
 both directions, trailers with ``grpc-status`` and a percent-encoded ``grpc-message``.
 
+Calls and writes go by loop pass (``H2GrpcServer``): the frames every connection sent
+are read first, then the calls they completed run, then each connection's answers leave
+in one write. A client woken once per burst instead of once per answer is what made
+gRPC as cheap per call as REST (ADR 0007, "Second pass").
+
 The methods themselves are ``GrpcService``'s (``server/grpc.py``), the same code and
 the same error → status table as the grpc.aio transport.
 """
@@ -685,7 +690,7 @@ class H2GrpcConnection(asyncio.Protocol):
 
         Answers leave in one burst rather than one by one between calls: on loopback
         (and on a busy client) a write that finds the client asleep pays for waking it,
-        and a burst wakes it once (ADR 0007, "Writes and calls per loop pass").
+        and a burst wakes it once (ADR 0007, "Second pass").
         """
         if self._transport is not None:
             if not self._out:
