@@ -1,8 +1,12 @@
 """V2 protobuf ↔ numpy: decode ``ModelInferRequest`` straight into arrays, and back.
 
-``raw_input_contents`` become arrays with ``np.frombuffer`` (no copy: the array views
-the request's bytes); typed ``contents`` (``fp32_contents`` …) go through one
-``np.array`` call each. Answers carry ``raw_output_contents``, as Triton sends them.
+On the server, ``ModelInfer``'s usual request is read from the wire without protobuf's
+objects (``parse_infer_request``) and its answer written the same way
+(``encode_infer_response``); every other message, and any request the reader does not
+take, goes through protobuf. ``raw_input_contents`` become arrays viewing their bytes
+(a raw input of up to 64 KiB is first copied out of the message, aligned); typed
+``contents`` (``fp32_contents`` …) go through one ``np.array`` call each. Answers
+carry ``raw_output_contents``, as Triton sends them.
 
 The client's side (``ligeiro.client``'s gRPC clients) is here too: each call is a
 ``ClientCall`` (method, request, how to decode the answer) that the sync and the async
