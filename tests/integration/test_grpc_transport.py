@@ -495,9 +495,12 @@ def test_shutdown_ends_idle_streams_and_finishes_running_calls(tmp_path: Path) -
         [(_, flags, _, block)] = [f for f in frames if f[0] == 0x1 and f[2] == idle]
         assert flags & 0x1  # END_STREAM
         assert b"grpc-status\x010" in block  # OK, as grpc.aio ends it
+        # Wait for the exit the first signal started: stop() would signal again, and a
+        # second SIGTERM in the last steps of the exit (handlers gone) ends it with -15.
+        assert srv.process.wait(30) == 0
     finally:
         client.close()
-        assert srv.stop() == 0
+        srv.stop()
 
 
 def test_a_peer_that_does_not_read_is_not_read_from(h2_server: Server) -> None:
