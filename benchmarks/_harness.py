@@ -60,6 +60,7 @@ __all__ = [
     "measure",
     "parse_wrk",
     "run_wrk",
+    "write_report",
     "wrk_script",
     "wrk_seconds",
 ]
@@ -597,3 +598,10 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, markd
     else:
         rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(headers), rule, *(line(row) for row in rows)])
+
+
+def write_report(path: Path, text: str) -> None:
+    """Write a report file (``--json``, ``--markdown``), making its folder; say so."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(f"wrote {path}")

@@ -63,6 +63,7 @@ from ._harness import (
     machine_info,
     measure,
     run_wrk,
+    write_report,
     wrk_seconds,
 )
 from ._models import build_mlp
@@ -607,12 +608,6 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
     return args
 
 
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    print(f"wrote {path}")
-
-
 def _json_document(
     measured: BatchingRounds,
     case: ModelCase,
@@ -683,10 +678,10 @@ def main(
     report = f"{heading}\n\n{render(measured, case, options, markdown=True)}\n"
     print(f"\nMarkdown (for docs/benchmarks.md):\n\n{report}")
     if options.markdown:
-        _write(options.markdown, report)
+        write_report(options.markdown, report)
     if options.json:
         document = _json_document(measured, case, options, command_line, machine, repository)
-        _write(options.json, json.dumps(document, indent=2) + "\n")
+        write_report(options.json, json.dumps(document, indent=2) + "\n")
     return 1 if measured.failures else 0
 
 

@@ -50,6 +50,7 @@ from ._harness import (
     http_call,
     machine_info,
     measure,
+    write_report,
     wrk_seconds,
 )
 from ._rounds import Run, Spread, describe_rounds, median_runs, ratio_cell, rotated, round_ratios
@@ -510,12 +511,6 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
     return args
 
 
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    print(f"wrote {path}")
-
-
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -563,7 +558,7 @@ def main(
     report = f"{markdown_heading(machine, command, options.rounds)}\n\n{tables}\n"
     print(f"\nMarkdown (for docs/benchmarks.md):\n\n{report}")
     if options.markdown:
-        _write(options.markdown, report)
+        write_report(options.markdown, report)
     if options.json:
         document = {
             "benchmark": "iris",
@@ -575,7 +570,7 @@ def main(
             "failures": [dataclasses.asdict(failure) for failure in measured.failures],
             "ratios": _ratio_document(ratios),
         }
-        _write(options.json, json.dumps(document, indent=2) + "\n")
+        write_report(options.json, json.dumps(document, indent=2) + "\n")
     return 1 if measured.failures else 0
 
 

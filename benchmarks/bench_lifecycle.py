@@ -48,6 +48,7 @@ from ._harness import (
     http_call,
     machine_info,
     run_wrk,
+    write_report,
 )
 
 if TYPE_CHECKING:
@@ -288,11 +289,10 @@ def main(
     )
     print(f"\nMarkdown (for docs/benchmarks.md):\n\n{report}")
     if options.markdown:
-        options.markdown.parent.mkdir(parents=True, exist_ok=True)
-        options.markdown.write_text(report)
+        write_report(options.markdown, report)
     if options.json:
-        options.json.parent.mkdir(parents=True, exist_ok=True)
-        options.json.write_text(
+        write_report(
+            options.json,
             json.dumps(
                 {
                     "benchmark": "lifecycle",
@@ -300,7 +300,7 @@ def main(
                     "outcomes": [asdict(o) for o in outcomes],
                 },
                 indent=2,
-            )
+            ),
         )
     failed = any(
         o.failed_swaps or o.with_swaps.non_2xx or o.with_swaps.socket_errors for o in outcomes

@@ -59,6 +59,7 @@ from ._harness import (
     free_port,
     machine_info,
     run_wrk,
+    write_report,
 )
 from .bench_batching import CASES, MODELS, ROOT, verify
 
@@ -431,9 +432,7 @@ def main(
     )
     print(f"\nMarkdown (for docs/benchmarks.md):\n\n{report}")
     if options.markdown:
-        options.markdown.parent.mkdir(parents=True, exist_ok=True)
-        options.markdown.write_text(report)
-        print(f"wrote {options.markdown}")
+        write_report(options.markdown, report)
     if options.json:
         document = {
             "benchmark": "overload",
@@ -460,9 +459,7 @@ def main(
             "recovered": outcome.recovered or "ok",
             "problems": problems,
         }
-        options.json.parent.mkdir(parents=True, exist_ok=True)
-        options.json.write_text(json.dumps(document, indent=2) + "\n")
-        print(f"wrote {options.json}")
+        write_report(options.json, json.dumps(document, indent=2) + "\n")
     return 1 if problems else 0
 
 

@@ -36,6 +36,7 @@ from ._harness import (
     free_port,
     machine_info,
     run_wrk,
+    write_report,
 )
 
 if TYPE_CHECKING:
@@ -156,11 +157,9 @@ def main(
     )
     print(f"\nMarkdown:\n\n{report}")
     if options.markdown:
-        options.markdown.parent.mkdir(parents=True, exist_ok=True)
-        options.markdown.write_text(report)
+        write_report(options.markdown, report)
     if options.json:
-        options.json.parent.mkdir(parents=True, exist_ok=True)
-        options.json.write_text(json.dumps([asdict(p) for p in points], indent=2))
+        write_report(options.json, json.dumps([asdict(p) for p in points], indent=2))
     return 0
 
 

@@ -41,7 +41,7 @@ from typing import Final
 
 import numpy as np
 
-from ._harness import _process_tree, exclusive_machine, format_table, machine_info
+from ._harness import _process_tree, exclusive_machine, format_table, machine_info, write_report
 from .bench_iris import MODELS, PICKLE, ensure_models
 
 ROOT: Final = Path(__file__).resolve().parent.parent
@@ -277,8 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             f"### Batch scoring, {args.rows:,} iris rows (Parquet)\n\n{machine}\n\n"
             f"`{command.strip()}`\n\n{format_table(headers, rows, markdown=True)}\n\n{verdict}\n"
         )
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(text)
+        write_report(args.markdown, text)
     if args.json:
         document = {
             "rows": args.rows,
@@ -288,8 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             "results": [asdict(r) for r in results],
             "passed": passed,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
+        write_report(args.json, json.dumps(document, indent=2) + "\n")
     return 0
 
 

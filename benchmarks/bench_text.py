@@ -59,9 +59,10 @@ from ._harness import (
     http_call,
     machine_info,
     measure,
+    write_report,
 )
 from ._rounds import Run, Spread, describe_rounds, median_runs, ratio_cell, rotated, round_ratios
-from .bench_iris import HOST, JSON_HEADERS, MODELS, ROOT, WORK_DIR, _positive_int, _write
+from .bench_iris import HOST, JSON_HEADERS, MODELS, ROOT, WORK_DIR, _positive_int
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -594,7 +595,7 @@ def main(
     report = f"{heading}\n\n{render(measured, options, markdown=True)}\n"
     print(f"\nMarkdown (for docs/benchmarks.md):\n\n{report}")
     if options.markdown:
-        _write(options.markdown, report)
+        write_report(options.markdown, report)
     _, checks = verdicts(measured, options)
     if options.json:
         document = {
@@ -611,7 +612,7 @@ def main(
             "acceptance": [dataclasses.asdict(check) for check in checks],
             "failures": measured.failures,
         }
-        _write(options.json, json.dumps(document, indent=2) + "\n")
+        write_report(options.json, json.dumps(document, indent=2) + "\n")
     return 1 if measured.failures else 0
 
 

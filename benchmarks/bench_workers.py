@@ -67,6 +67,7 @@ from ._harness import (
     http_call,
     machine_info,
     measure,
+    write_report,
 )
 from ._models import build_mlp
 from ._rounds import Run, Spread, describe_rounds, median_runs, ratio_cell, rotated, round_ratios
@@ -917,12 +918,6 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    print(f"wrote {path}")
-
-
 def run_memory(options: argparse.Namespace, results: Results) -> None:
     configs = [
         (model, threads, workers) for model, threads in MEMORY_CONFIGS for workers in MEMORY_WORKERS
@@ -985,7 +980,7 @@ def main(
     print("\n" + render(results, options, markdown=False))
     report = f"{markdown_heading(machine, command)}\n\n{render(results, options, markdown=True)}\n"
     if options.markdown:
-        _write(options.markdown, report)
+        write_report(options.markdown, report)
     if options.json:
         document = {
             "benchmark": "workers",
@@ -1003,7 +998,7 @@ def main(
             "ratios": scaling_ratios(results),
             "failures": results.failures,
         }
-        _write(options.json, json.dumps(document, indent=2) + "\n")
+        write_report(options.json, json.dumps(document, indent=2) + "\n")
     return 1 if results.failures else 0
 
 

@@ -91,16 +91,8 @@ class OnnxRuntime:
         # The binding's run, without the wrapper's per-call re-validation of input names
         # (the engine has checked them): a few µs on every request of a tiny model.
         self._run = getattr(self._session, "_sess", self._session).run
-        self._inputs = tuple(_spec(a, path, "input") for a in self._session.get_inputs())
-        self._outputs = tuple(_spec(a, path, "output") for a in self._session.get_outputs())
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
+        self.inputs = tuple(_spec(a, path, "input") for a in self._session.get_inputs())
+        self.outputs = tuple(_spec(a, path, "output") for a in self._session.get_outputs())
 
     def run(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
         try:

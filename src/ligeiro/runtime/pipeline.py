@@ -89,9 +89,9 @@ class PipelineRuntime:
                     )
             for name, spec in step.outputs.items():
                 given[name] = (step.name, spec)
-        self._inputs = tuple(inputs.values())
+        self.inputs = tuple(inputs.values())
         if declared is None:
-            self._outputs = tuple(steps[-1].outputs.values())
+            self.outputs = tuple(steps[-1].outputs.values())
         else:
             for spec in declared:
                 source = given.get(spec.name)
@@ -105,24 +105,16 @@ class PipelineRuntime:
                         f"{where}: output {spec.name!r} is declared {_describe(spec)}, "
                         f"but step {source[0]!r} gives {_describe(source[1])}"
                     )
-            self._outputs = tuple(declared)
+            self.outputs = tuple(declared)
         # Per step, which outputs to ask for: those a later step takes or the caller
         # may want (the pipeline's outputs), so a step computes nothing thrown away.
-        wanted = {spec.name for spec in self._outputs}
+        wanted = {spec.name for spec in self.outputs}
         self._plan: list[tuple[Step, tuple[str, ...]]] = []
         for step in reversed(steps):
             names = tuple(n for n in step.outputs if n in wanted)
             self._plan.append((step, names))
             wanted.update(step.inputs)
         self._plan.reverse()
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
 
     def run(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
         """Run the steps; an error names the pipeline and the step it came from.

@@ -76,8 +76,8 @@ class PythonRuntime:
         parameters: Mapping[str, Any] | None = None,
     ) -> None:
         self._name = name
-        self._inputs = tuple(inputs)
-        self._outputs = tuple(outputs)
+        self.inputs = tuple(inputs)
+        self.outputs = tuple(outputs)
         self._dtypes = {spec.name: spec.dtype for spec in outputs}
         script = folder / MODEL_SCRIPT
         if not script.is_file():
@@ -103,14 +103,6 @@ class PythonRuntime:
             self._model: PythonModel = model_class(folder, dict(parameters or {}))
         except Exception as exc:
             raise ModelLoadError(f"{script}: Model() failed: {_failure(exc)}") from exc
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
 
     def run(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
         """Call ``predict`` and check it gave every output asked for, as declared.
