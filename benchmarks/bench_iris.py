@@ -137,6 +137,8 @@ class Target:
     by_default: bool = True
     # Its cost is shown as a ratio to this other ligeiro target (same server, one change).
     compared_to: str | None = None
+    # What a right answer names, for the error when it does not.
+    expected: str = f"{EXPECTED_LABEL} (class 0)"
 
 
 _ONE_WORKER: Final = ("--host", HOST, "--port", "{port}", "--workers", "1")
@@ -202,13 +204,13 @@ def verify(target: Target, request: HttpRequest) -> None:
         BenchmarkError: no answer, a non-200 status, or not the expected class.
     """
     try:
-        status, body = http_call(request)
+        status, body = http_call(request, timeout_s=30)  # a first call may warm a model up
         answer = json.loads(body)
     except (OSError, ValueError) as error:
         raise BenchmarkError(f"{request.method} {request.url} failed: {error}") from None
     if status != 200 or not target.is_expected(answer):
         raise BenchmarkError(
-            f"{request.method} {request.url}: expected 200 naming {EXPECTED_LABEL} (class 0), "
+            f"{request.method} {request.url}: expected 200 naming {target.expected}, "
             f"got {status}: {body[:300].decode(errors='replace')}"
         )
 

@@ -55,17 +55,24 @@ from ._harness import (
     ensure_tools,
     exclusive_machine,
     format_table,
-    free_port,
-    http_call,
     machine_info,
     measure,
     write_report,
 )
 from ._rounds import Run, Spread, describe_rounds, median_runs, ratio_cell, rotated, round_ratios
-from .bench_iris import HOST, JSON_HEADERS, MODELS, ROOT, WORK_DIR, _positive_int
+from .bench_iris import (
+    MODELS,
+    ROOT,
+    LiveServer,
+    Target,
+    _ligeiro,
+    _positive_int,
+    _uvicorn,
+    start_target,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -86,45 +93,23 @@ MAX_C1_OVER_IN_PROCESS: Final = 1.1
 IN_PROCESS_RUNS: Final = 300
 
 
-@dataclass(frozen=True)
-class Target:
-    """A server command and the request that loads it."""
-
-    name: str
-    command: tuple[str, ...]  # "{port}" is replaced by the port the server must bind
-    ready_path: str
-    path: str
-    is_baseline: bool
-    env: Mapping[str, str] = field(default_factory=dict)
-    # Part of the default run; the others only when named in --servers.
-    by_default: bool = True
-
-
 def targets() -> dict[str, Target]:
     """The seed-style baseline and ligeiro's friendly endpoint, by name."""
-    one_worker = ("--host", HOST, "--port", "{port}", "--workers", "1")
-    ligeiro = str(Path(sys.executable).with_name("ligeiro"))
+    # One ONNX Runtime thread, as the baseline: both have one core.
+    ligeiro = (*_ligeiro(), "--threads", "1")
+    expected = f"label {EXPECTED_LABEL!r}"
     all_targets = (
-        Target(
-            "fastapi-text",
-            (sys.executable, "-m", "uvicorn", "benchmarks.baselines.fastapi_text:app",
-             *one_worker),
-            "/health", "/age", is_baseline=True, env={"TEXT_MODELS": str(MODELS)},
-        ),
-        # One ONNX Runtime thread, as the baseline: both have one core.
-        Target(
-            "ligeiro-sentiment",
-            (ligeiro, "serve", str(MODELS), *one_worker, "--grpc-port", "0", "--threads", "1"),
-            "/v2/health/ready", "/v1/models/sentiment:predict", is_baseline=False,
-        ),
+        Target("fastapi-text", _uvicorn("fastapi_text"), "/health", "/age", PAYLOAD,
+               names_label, is_baseline=True, env={"TEXT_MODELS": str(MODELS)},
+               expected=expected),
+        Target("ligeiro-sentiment", ligeiro, "/v2/health/ready",
+               "/v1/models/sentiment:predict", PAYLOAD, names_label, is_baseline=False,
+               expected=expected),
         # The int8 encoder (``ligeiro optimize``): not the baseline's model, so no verdict;
         # what the optimizer adds on top of batching.
-        Target(
-            "ligeiro-sentiment-int8",
-            (ligeiro, "serve", str(MODELS), *one_worker, "--grpc-port", "0", "--threads", "1"),
-            "/v2/health/ready", "/v1/models/sentiment-int8:predict", is_baseline=False,
-            by_default=False,
-        ),
+        Target("ligeiro-sentiment-int8", ligeiro, "/v2/health/ready",
+               "/v1/models/sentiment-int8:predict", PAYLOAD, names_label, is_baseline=False,
+               by_default=False, expected=expected),
     )  # fmt: skip
     return {target.name: target for target in all_targets}
 
@@ -291,46 +276,6 @@ class Rounds:
         print(f"round {round_}: {target} FAILED: {error}", flush=True)
 
 
-def start_target(
-    target: Target, round_: int, options: argparse.Namespace, stack: contextlib.ExitStack
-) -> tuple[ServerProcess, HttpRequest]:
-    """Start the target (stopped when ``stack`` closes) and check its answer once.
-
-    Raises:
-        BenchmarkError: the server did not become ready, or answered wrongly.
-    """
-    port = free_port(HOST)
-    base_url = f"http://{HOST}:{port}"
-    request = HttpRequest(
-        "POST", base_url + target.path, json.dumps(PAYLOAD).encode(), JSON_HEADERS
-    )
-    server = stack.enter_context(
-        ServerProcess(
-            [argument.format(port=port) for argument in target.command],
-            base_url + target.ready_path,
-            log_path=WORK_DIR / "logs" / f"text-{target.name}-{round_}.log",
-            cwd=ROOT,
-            env=target.env,
-        )
-    )
-    print(f"round {round_}: starting {target.name}: {' '.join(server.argv)}", flush=True)
-    try:
-        server.start(timeout_s=options.ready_timeout)
-        status, body = http_call(request, timeout_s=30)
-        if status != 200 or not names_label(json.loads(body)):
-            raise BenchmarkError(
-                f"{request.url}: expected 200 with label {EXPECTED_LABEL!r}, got {status}: "
-                f"{body[:300].decode(errors='replace')}"
-            )
-    except (OSError, ValueError) as error:
-        server.stop()
-        raise BenchmarkError(f"{request.url} failed: {error}") from None
-    except BenchmarkError:
-        server.stop()
-        raise
-    return server, request
-
-
 def run_round(
     round_index: int,
     selected: Sequence[Target],
@@ -342,10 +287,10 @@ def run_round(
     round_ = round_index + 1
     order = rotated(selected, round_index)
     with contextlib.ExitStack() as stack:
-        live: dict[str, tuple[ServerProcess, HttpRequest]] = {}
+        live: dict[str, LiveServer] = {}
         for target in order:
             try:
-                live[target.name] = start_target(target, round_, options, stack)
+                live[target.name], _ = start_target(target, round_, options, stack)
             except BenchmarkError as error:
                 out.fail(target.name, round_, error)
         out.in_process[round_] = p50, p99 = in_process.time()
@@ -381,10 +326,10 @@ def run_round(
                 if (entry := live.get(target.name)) is None:
                     continue
                 try:
-                    measurement = run(*entry)
+                    measurement = run(entry.server, entry.request)
                 except BenchmarkError as error:
                     out.fail(target.name, round_, error)
-                    live.pop(target.name)[0].stop()
+                    live.pop(target.name).server.stop()
                     continue
                 getattr(out, tool).append(Run(target.name, round_, connections, measurement))
                 load = measurement.load
