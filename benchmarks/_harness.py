@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Final, Self, final
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
     from types import TracebackType
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ __all__ = [
     "http_call",
     "machine_info",
     "measure",
+    "measure_load",
     "parse_wrk",
     "run_wrk",
     "write_report",
@@ -561,8 +562,20 @@ def measure(
     """
     if warmup_s > 0:
         run_wrk(request, connections=connections, duration_s=warmup_s, core=load_core)
+    return measure_load(
+        server,
+        lambda: run_wrk(request, connections=connections, duration_s=duration_s, core=load_core),
+    )
+
+
+def measure_load(server: ServerProcess, load_server: Callable[[], LoadResult]) -> Measurement:
+    """Run one load (``load_server``, any generator) and read what it cost ``server``.
+
+    Raises:
+        BenchmarkError: the load failed, or the server exited under it.
+    """
     cpu_before = server.cpu_s()
-    load = run_wrk(request, connections=connections, duration_s=duration_s, core=load_core)
+    load = load_server()
     cpu_used_s = server.cpu_s() - cpu_before
     server.check_running()
     return Measurement(

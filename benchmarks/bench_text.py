@@ -57,6 +57,7 @@ from ._harness import (
     format_table,
     machine_info,
     measure,
+    measure_load,
     write_report,
 )
 from ._rounds import Run, Spread, describe_rounds, median_runs, ratio_cell, rotated, round_ratios
@@ -247,14 +248,8 @@ def measure_hey(
     server: ServerProcess, request: HttpRequest, *, requests: int, connections: int
 ) -> Measurement:
     """One hey run and what it cost the server (no warm-up: wrk's runs came first)."""
-    cpu_before = server.cpu_s()
-    load = run_hey(request, requests=requests, connections=connections)
-    cpu_used_s = server.cpu_s() - cpu_before
-    server.check_running()
-    return Measurement(
-        load=load,
-        cpu_us_per_request=cpu_used_s * 1e6 / load.requests if load.requests else float("nan"),
-        peak_rss_mib=server.peak_rss_bytes() / 2**20,
+    return measure_load(
+        server, lambda: run_hey(request, requests=requests, connections=connections)
     )
 
 
