@@ -2,7 +2,7 @@
 
 The numbers the specifications give, frames as bytes, and the few header blocks a gRPC
 answer is made of: literals without indexing, so they need no HPACK table and can be
-built once. ``grpc_h2.py`` speaks the protocol with these.
+built once. ``_h2connection.py`` and ``grpc_h2.py`` speak the protocol with these.
 """
 
 from __future__ import annotations
