@@ -12,18 +12,19 @@ MLP    := $(MODELS)/mlp/1/model.onnx
 # The text models (tokenizer, MiniLM encoder, sentiment head, pipelines): build_text.py
 # writes this pipeline's config last, so it stands for the whole set.
 TEXT   := $(MODELS)/minilm-int8/config.toml
-# Debian's Prometheus, unpacked into the venv (no service, no root after the download);
-# tests/integration/test_prometheus.py scrapes ligeiro with it.
+# Debian's packages are unpacked into the venv with the dependencies apt resolves
+# (scripts/apt_unpack.sh: nothing installed system-wide, no service started).
+# Debian's Prometheus: tests/integration/test_prometheus.py scrapes ligeiro with it.
 PROMETHEUS := $(VENV)/prometheus/usr/bin/prometheus
-# Debian's chromium-headless-shell and the libraries it lacks here, unpacked into the venv
-# (scripts/fetch_chromium.sh); tests/integration/test_bench_html.py screenshots a report with it.
+# Debian's chromium-headless-shell (scripts/fetch_chromium.sh):
+# tests/integration/test_bench_html.py screenshots a report with it.
 CHROMIUM := $(VENV)/chromium/headless-shell
 # Java 17+ for pyspark: the one on PATH, else Debian's openjdk-17-jre-headless unpacked into
 # the venv (scripts/fetch_java.sh); this file holds its JAVA_HOME, which
 # tests/integration/test_spark.py and benchmarks/bench_score.py read.
 JAVA := $(VENV)/java/JAVA_HOME
 
-.PHONY: run test bench models clean
+.PHONY: run test bench models clean fresh-check
 
 run: $(VENV)/.installed-examples $(IRIS) $(MLP) $(TEXT)
 	$(BIN)/ligeiro serve $(MODELS) --host $(HOST) --port $(PORT)
@@ -55,21 +56,22 @@ $(MLP): examples/build_mlp.py examples/build_iris.py | $(VENV)/.installed-exampl
 $(TEXT): examples/build_text.py examples/text/sentences.tsv examples/text/tokenizer_model.py | $(VENV)/.installed-examples
 	$(BIN)/python examples/build_text.py --out $(MODELS)
 
-$(PROMETHEUS): | $(VENV)/bin/python
-	rm -rf $(VENV)/prometheus && mkdir -p $(VENV)/prometheus/deb
-	cd $(VENV)/prometheus/deb && { apt-get download -q prometheus 2>/dev/null \
-		|| { apt-get update -qq && apt-get download -q prometheus; }; }
-	dpkg -x $(VENV)/prometheus/deb/prometheus_*.deb $(VENV)/prometheus
-	rm -rf $(VENV)/prometheus/deb
+$(PROMETHEUS): scripts/apt_unpack.sh | $(VENV)/bin/python
+	rm -rf $(VENV)/prometheus
+	sh scripts/apt_unpack.sh $(VENV)/prometheus prometheus
 	test -x $@
 
-$(CHROMIUM): scripts/fetch_chromium.sh | $(VENV)/bin/python
+$(CHROMIUM): scripts/fetch_chromium.sh scripts/apt_unpack.sh | $(VENV)/bin/python
 	sh scripts/fetch_chromium.sh $(VENV)/chromium
 	test -x $@
 
-$(JAVA): scripts/fetch_java.sh | $(VENV)/bin/python
+$(JAVA): scripts/fetch_java.sh scripts/apt_unpack.sh | $(VENV)/bin/python
 	sh scripts/fetch_java.sh $(VENV)/java
 	test -x "$$(cat $@)/bin/java"
+
+# What CI does: `make test` in a fresh clone of the current commit (scripts/fresh_check.sh).
+fresh-check:
+	sh scripts/fresh_check.sh
 
 clean:
 	rm -rf $(VENV) $(MODELS)

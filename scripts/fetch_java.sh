@@ -3,16 +3,15 @@
 # DEST/JAVA_HOME (default .venv/java/JAVA_HOME) holds the path that JAVA_HOME should be.
 #
 # A `java` of version 17 or later on PATH is used as it is: only its home is recorded.
-# Otherwise Debian's openjdk-17-jre-headless is downloaded and unpacked into DEST (no
-# system install, no root after the download), as scripts/fetch_chromium.sh does for
-# chromium. Its declared dependencies are for AWT, sound and printing, which a headless
-# JVM loads lazily; `ldd` checks that the JVM itself finds every library it needs.
+# Otherwise Debian's openjdk-17-jre-headless and what it needs that this system lacks, as
+# apt resolves them, are unpacked into DEST (scripts/apt_unpack.sh: no system install, no
+# package script runs); `ldd` checks that the JVM itself finds every library it needs.
 # LIGEIRO_FETCH_JAVA=debian skips the PATH check (to try the download on a machine with Java).
 set -eu
 
 DEST=${1:-.venv/java}
 rm -rf "$DEST"
-mkdir -p "$DEST/deb"
+mkdir -p "$DEST"
 DEST=$(cd "$DEST" && pwd)
 
 major() {  # the major version of the java binary $1 ("17.0.15" -> 17, "1.8.0" -> 8)
@@ -25,18 +24,11 @@ if [ "${LIGEIRO_FETCH_JAVA:-}" != debian ] && found=$(command -v java) \
 	# bin/java's parent is the home; readlink resolves /usr/bin/java's alternatives links.
 	home=$(dirname "$(dirname "$(readlink -f "$found")")")
 	echo "fetch_java: using $found (Java $(major "$found")) at $home"
-	rm -rf "$DEST/deb"
 	printf '%s\n' "$home" >"$DEST/JAVA_HOME"
 	exit 0
 fi
 
-download() {  # apt-get download PACKAGE... into $DEST/deb, refreshing the lists once if stale
-	(cd "$DEST/deb" && { apt-get download -q "$@" 2>/dev/null \
-		|| { apt-get update -qq && apt-get download -q "$@"; }; })
-}
-
-download openjdk-17-jre-headless
-for deb in "$DEST"/deb/*.deb; do dpkg -x "$deb" "$DEST"; done
+sh "$(dirname "$0")/apt_unpack.sh" "$DEST" openjdk-17-jre-headless
 home=$(find "$DEST/usr/lib/jvm" -mindepth 1 -maxdepth 1 -type d -name 'java-17-openjdk-*' | head -n 1)
 test -x "$home/bin/java"
 
@@ -62,6 +54,5 @@ if [ -n "$missing" ]; then
 	exit 1
 fi
 
-rm -rf "$DEST/deb" "$DEST/usr/share/doc" "$DEST/usr/share/lintian" "$DEST/usr/share/man"
 "$home/bin/java" -version
 printf '%s\n' "$home" >"$DEST/JAVA_HOME"

@@ -216,3 +216,39 @@ def identity_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
     srv = start_server(root, "--threads", "1")
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def core_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A virtual environment holding ligeiro and its runtime dependencies only (no extra).
+
+    What a user has after ``pip install ligeiro``; built once per session (about a minute,
+    from pip's cache), with the versions constraints.txt pins.
+    """
+    venv = tmp_path_factory.mktemp("core-venv")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+         "-c", str(ROOT / "constraints.txt"), "-e", str(ROOT)],
+        check=True,
+    )
+    return venv
+
+
+def debian_tool(binary: Path, package: str, *version_args: str) -> str:
+    """The version line of a Debian tool `make test` unpacked into .venv, or a test failure
+    that names the package (and the version found) instead of a traceback later on."""
+    if not binary.is_file():
+        pytest.fail(f"{binary} is missing: `make test` unpacks Debian's {package} there")
+    try:
+        found = subprocess.run(
+            [str(binary), *(version_args or ("--version",))],
+            capture_output=True, text=True, timeout=30,
+        )
+    except OSError as exc:
+        pytest.fail(f"Debian's {package} at {binary} does not start: {exc}")
+    output = (found.stdout + found.stderr).strip()
+    if found.returncode != 0 or not output:
+        pytest.fail(f"Debian's {package} at {binary} fails `--version` ({found.returncode}): "
+                    f"{output[-2000:]}")
+    return output.splitlines()[0]

@@ -25,6 +25,25 @@ def cli() -> None:
     """ligeiro: serve ONNX models over the KServe V2 protocol, fast."""
 
 
+class _NeedsExtra(click.Command):
+    """A command that needs an optional extra: without it, one sentence and exit 2.
+
+    Checked before the arguments, so that a user without the extra learns that first
+    (``--help`` still works).
+    """
+
+    def __init__(self, *args: Any, extra: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.extra = extra
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not any(arg in ctx.help_option_names for arg in args):
+            from .extras import require
+
+            require(self.extra, f"ligeiro {self.name}")
+        return super().parse_args(ctx, args)
+
+
 @cli.command()
 @click.argument("repository", type=click.Path(path_type=Path), required=False)
 @click.option("--host", help="Address to bind (default 127.0.0.1).")
@@ -205,7 +224,7 @@ def infer(
     click.echo(answer.decode())
 
 
-@cli.command()
+@cli.command(cls=_NeedsExtra, extra="convert")
 @click.argument("source")
 @click.option(
     "--data",
@@ -273,7 +292,7 @@ def convert(
     click.echo(f"wrote {result.model_path} (report: {result.report_path})")
 
 
-@cli.command()
+@cli.command(cls=_NeedsExtra, extra="convert")
 @click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option(
     "--mode",
@@ -341,7 +360,7 @@ def optimize(
     click.echo(result.table())
 
 
-@cli.command()
+@cli.command(cls=_NeedsExtra, extra="score")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("source", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option(
@@ -450,6 +469,10 @@ def score(
     With --engine spark the same scoring runs as a Spark job (local[*], or --master),
     and OUTPUT is a directory of Spark's part files.
     """
+    if engine == "spark":
+        from .extras import require
+
+        require("spark", "ligeiro score --engine spark")
     from .score import ScoreOptions, score_files
 
     if engine != "spark" and (master is not None or spark_conf):
@@ -475,12 +498,7 @@ def score(
     )
     shows_progress = sys.stderr.isatty() if progress is None else progress
     if engine == "spark":
-        try:
-            from . import spark
-        except ImportError as exc:  # no pyspark: the message names the extra
-            from .errors import ConfigError
-
-            raise ConfigError(str(exc)) from None
+        from . import spark
 
         conf = dict(c.partition("=")[::2] for c in spark_conf)
         summary = spark.score_files(

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from ligeiro.cli import cli
-from tests.conftest import ROOT
+from tests.conftest import ROOT, debian_tool
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -71,11 +71,7 @@ def read_png(data: bytes) -> tuple[int, int, list[bytes]]:
 
 
 def test_html_report_renders_its_plots(server: Server, tmp_path: Path) -> None:
-    if not CHROMIUM.is_file():
-        pytest.fail(
-            f"{CHROMIUM} is missing: `make test` unpacks Debian's chromium-headless-shell there"
-            " (scripts/fetch_chromium.sh)"
-        )
+    version = debian_tool(CHROMIUM, "chromium-headless-shell")
     page, shot = tmp_path / "bench.html", tmp_path / "bench.png"
     url = f"http://{server.host}:{server.port}"
     result = CliRunner().invoke(
@@ -90,8 +86,8 @@ def test_html_report_renders_its_plots(server: Server, tmp_path: Path) -> None:
          f"--screenshot={shot}", page.as_uri()],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert browser.returncode == 0, browser.stderr[-4000:]
-    assert shot.is_file(), browser.stderr[-4000:]
+    assert browser.returncode == 0, f"{version}: {browser.stderr[-4000:]}"
+    assert shot.is_file(), f"{version} wrote no --screenshot: {browser.stderr[-4000:]}"
     width, height, rows = read_png(shot.read_bytes())
     assert (width, height) == (WIDTH, HEIGHT)
     assert len(set(rows)) > 20, "the screenshot is (nearly) one flat colour"

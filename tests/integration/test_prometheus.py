@@ -10,6 +10,7 @@ import json
 import math
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import pytest
 
 from ligeiro.bench import BenchPlan, http_request, run_bench
 from ligeiro.client import AsyncClient
-from tests.conftest import IRIS_REQUEST, ROOT, Server, start_server
+from tests.conftest import IRIS_REQUEST, ROOT, Server, debian_tool, start_server
 
 PROMETHEUS = ROOT / ".venv" / "prometheus" / "usr" / "bin" / "prometheus"
 # The server's latency histogram buckets (src/ligeiro/metrics.py), in seconds.
@@ -42,8 +43,12 @@ def free_port() -> int:
 
 def query(port: int, promql: str) -> list[dict[str, Any]]:
     url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-    with urllib.request.urlopen(url, timeout=10) as answer:
-        body = json.load(answer)
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            body = json.load(answer)
+    except urllib.error.HTTPError as exc:  # a query this Prometheus cannot run: say which
+        pytest.fail(f"{debian_tool(PROMETHEUS, 'prometheus')} refuses {promql!r}: "
+                    f"{exc.read()[:2000]!r}")
     assert body["status"] == "success", body
     result: list[dict[str, Any]] = body["data"]["result"]
     return result
@@ -65,8 +70,7 @@ def ligeiro(repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.fixture
 def prometheus(ligeiro: Server, tmp_path: Path) -> Iterator[int]:
-    if not PROMETHEUS.is_file():
-        pytest.fail(f"{PROMETHEUS} is missing: `make test` unpacks Debian's prometheus there")
+    debian_tool(PROMETHEUS, "prometheus")
     port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
@@ -143,6 +147,8 @@ def test_prometheus_reads_back_request_counts_and_p95(
         "histogram_quantile(0.95, sum by (le) "
         '(ligeiro_inference_duration_seconds_bucket{model="iris"}))',
     )
+    # Read while the target is up: once it stops, the next failed scrape marks its series stale.
+    assert len(query(prometheus, "ligeiro_process_resident_memory_bytes")) == 1
     ligeiro.stop()  # flushes the access log
     latencies = sorted(
         json.loads(line)["latency_ms"] / 1e3
@@ -159,7 +165,6 @@ def test_prometheus_reads_back_request_counts_and_p95(
     overhead = max(0.0, level.latency_ms["p50"] / 1e3 - latencies[len(latencies) // 2])
     lower, upper = bucket_of(client)
     assert abs(p95 - client) <= (upper - lower) + overhead, (p95, client, overhead)
-    assert len(query(prometheus, "ligeiro_process_resident_memory_bytes")) == 1
 
 
 def test_every_dashboard_panel_has_data(ligeiro: Server, prometheus: int) -> None:

@@ -9,6 +9,7 @@ scripts/fetch_java.sh (``.venv/java/JAVA_HOME``).
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from ligeiro.cli import main
 from ligeiro.score import ScoreOptions, score_files
 from ligeiro.spark import score
 
-from ..conftest import ROOT
+from ..conftest import ROOT, debian_tool
 
 # pyspark 4.3 warns, on every DataFrame.mapInArrow, that it was not tested with pandas 3.
 pytestmark = pytest.mark.filterwarnings(
@@ -46,6 +47,12 @@ def spark() -> Iterator[SparkSession]:
     with pytest.MonkeyPatch.context() as env:
         if "JAVA_HOME" not in os.environ and JAVA_HOME_FILE.is_file():
             env.setenv("JAVA_HOME", JAVA_HOME_FILE.read_text().strip())
+        if "JAVA_HOME" in os.environ:  # pyspark 4 needs Java 17+: say which Java it found
+            java = debian_tool(Path(os.environ["JAVA_HOME"]) / "bin" / "java",
+                               "openjdk-17-jre-headless", "-version")
+            major = re.search(r'version "(\d+)', java)
+            if major is None or int(major.group(1)) < 17:
+                pytest.fail(f"pyspark needs Java 17 or later; JAVA_HOME has {java}")
         env.setenv("PYSPARK_PYTHON", sys.executable)  # workers that have ligeiro
         session = (
             SparkSession.builder.master("local[2]")

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import LigeiroError
+from ..extras import require
 from ..repository.layout import discover
 
 if TYPE_CHECKING:
@@ -281,6 +282,8 @@ def serve(settings: ServerSettings) -> None:
     Raises:
         OSError: the address cannot be bound.
     """
+    if _tracing_enabled(settings):  # before any worker starts: one line, exit 2
+        require("otel", "tracing (--otel-endpoint, OTEL_*)")
     if settings.worker_count() == 1:
         _run_worker(
             settings,
