@@ -140,6 +140,14 @@ class Metrics:
             multiprocess_mode="max",
             registry=self.registry,
         )
+        self._model_provider = Gauge(
+            "ligeiro_model_execution_provider",
+            "1 for the execution provider the model version runs on (ONNX models).",
+            ["model", "version", "provider"],
+            multiprocess_mode="max",
+            registry=self.registry,
+        )
+        self._providers: dict[tuple[str, str], str] = {}
         self._model_load = Gauge(
             "ligeiro_model_load_duration_seconds",
             "How long loading the model version took.",
@@ -222,10 +230,18 @@ class Metrics:
         """An inference request was answered."""
         self._in_flight_children[protocol].dec()
 
-    def set_model_state(self, model: str, version: str, ready: bool, load_seconds: float) -> None:
-        """Whether a model version serves, and how long it took to load."""
+    def set_model_state(
+        self, model: str, version: str, ready: bool, load_seconds: float, provider: str = ""
+    ) -> None:
+        """Whether a model version serves, how long it took to load, and on what."""
         self._model_ready.labels(model, version).set(1 if ready else 0)
         self._model_load.labels(model, version).set(load_seconds)
+        previous = self._providers.pop((model, version), "")
+        if previous and previous != provider:
+            self._model_provider.labels(model, version, previous).set(0)
+        if ready and provider:
+            self._model_provider.labels(model, version, provider).set(1)
+            self._providers[model, version] = provider
 
     def sample_process(self) -> None:
         """Record this process's resident memory and CPU time (call it periodically)."""
