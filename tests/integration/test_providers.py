@@ -108,3 +108,19 @@ def test_bad_runtime_sections_name_the_file_and_field(
         engine.model("bad")
     assert f"{repository}/bad/config.toml: " in str(info.value)
     assert message in str(info.value)
+
+
+def test_io_binding_gives_the_same_answers(repository: Path, examples: Path) -> None:
+    import numpy as np
+
+    from ligeiro import Engine
+
+    _model(repository, "bound", '[runtime]\nproviders = ["cpu"]\nio_binding = true\n', examples)
+    x = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
+    with Engine.from_repository(repository) as engine:
+        plain = engine.infer("iris", {"float_input": x})
+        bound = engine.infer("bound", {"float_input": x})
+        assert bound.model.provider == CPU
+        for name in ("output_label", "output_probability"):
+            np.testing.assert_array_equal(bound[name], plain[name])
+        assert list(bound["output_label"]) == [0, 2]

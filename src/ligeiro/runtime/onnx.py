@@ -21,6 +21,7 @@ core the event loop needs to parse the next request (see docs/adr/0002-runtime-t
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING, final
 
 import numpy as np
@@ -270,6 +271,8 @@ class _GraphBuffers:
     ) -> None:
         self._session = session
         self._device_id = device_id
+        # One set of buffers: runs take turns (a second batch would overwrite them).
+        self._lock = threading.Lock()
         self._binding = session.io_binding()
         self._inputs: dict[str, ort.OrtValue] = {}
         self._outputs = {
@@ -282,6 +285,12 @@ class _GraphBuffers:
             self._binding.bind_ortvalue_output(name, value)
 
     def run(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
+        with self._lock:
+            return self._replay(inputs, outputs)
+
+    def _replay(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
+    ) -> list[np.ndarray]:
         for name, array in inputs.items():
             value = self._inputs.get(name)
             if value is None:  # the first run: allocate and bind the input's buffer
