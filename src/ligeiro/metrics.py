@@ -76,6 +76,8 @@ class Metrics:
         ``ligeiro_model_ready{model,version}``: 1 when the version serves, 0 when it
         failed to load; ``ligeiro_model_load_duration_seconds{model,version}``: how
         long its load took.
+        ``ligeiro_model_execution_provider{model,version,provider}``: 1 for the
+        execution provider a ready ONNX version runs on (``CUDAExecutionProvider``...).
         ``ligeiro_process_resident_memory_bytes`` and
         ``ligeiro_process_cpu_seconds_total``: of every worker, summed (sampled each
         second by each worker, so exact across workers, unlike ``process_*``, which
