@@ -48,7 +48,8 @@ def test_providers_option(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(cli, ["serve", "models", "--providers", "cuda,cpu", "--print-config"])
+    command = ["serve", "models", "--providers", "cuda,cpu", "--print-config"]
+    result = CliRunner().invoke(cli, command)
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["runtime"]["providers"] == ["cuda", "cpu"]
     with pytest.raises(SystemExit) as exit_info:

@@ -285,7 +285,8 @@ def _checked(
     if isinstance(runtime, OnnxRuntime):
         provider, fallback = runtime.provider, runtime.fallback
         if provider in _GPU_NAMES:
-            batchable = all(s.shape and s.shape[0] == -1 for s in (*inputs.values(), *outputs.values()))
+            tensors = (*inputs.values(), *outputs.values())
+            batchable = all(s.shape and s.shape[0] == -1 for s in tensors)
             default_batching = GPU_BATCHING if batchable else GPU_UNBATCHED
             if config.runtime is not None and config.runtime.cuda_graph:
                 if config.batching is not None and config.batching.instances > 1:

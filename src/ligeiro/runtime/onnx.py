@@ -233,11 +233,12 @@ def _session(
         chosen = [p for p in providers[i:] if p not in missing]
         if name == "tensorrt" and engine_cache is not None:
             engine_cache.mkdir(parents=True, exist_ok=True)
+        listed = [(PROVIDERS[p], provider_options(p, options, engine_cache)) for p in chosen]
         try:
             session = ort.InferenceSession(
                 str(path),
                 sess_options=session_options(threads),
-                providers=[(PROVIDERS[p], provider_options(p, options, engine_cache)) for p in chosen],
+                providers=listed,
                 enable_fallback=0,
             )
         except Exception as exc:  # ORT raises its own pybind classes, not a common base
