@@ -62,6 +62,13 @@ class _NeedsExtra(click.Command):
     "--threads", type=int, help="ONNX Runtime threads per worker (default cores / workers)."
 )
 @click.option(
+    "--providers",
+    metavar="NAME,...",
+    help="Execution providers of the models whose config.toml names none, in priority "
+    "order: tensorrt, cuda, cpu (default cpu). A model runs on the first one available; "
+    "without cpu in the list it fails to load rather than fall back to the CPU.",
+)
+@click.option(
     "--max-request-bytes", type=int, help="Largest request body accepted (default 64 MiB)."
 )
 @click.option("--graceful-timeout", type=float, help="Seconds to drain on SIGTERM (default 30).")
@@ -111,6 +118,7 @@ def serve(
     grpc_transport: str | None,
     workers: int | None,
     threads: int | None,
+    providers: str | None,
     max_request_bytes: int | None,
     graceful_timeout: float | None,
     log_level: str | None,
@@ -138,7 +146,10 @@ def serve(
         "admin_token": admin_token,
         "http": {"host": host, "port": port, "max_request_bytes": max_request_bytes},
         "grpc": {"port": grpc_port, "enabled": grpc_enabled, "transport": grpc_transport},
-        "runtime": {"threads": threads},
+        "runtime": {
+            "threads": threads,
+            "providers": None if providers is None else providers.split(","),
+        },
         "batching": dict(_batch_option(text) for text in batch) or None,
     }
     settings = load_settings(cli_layer, config_file=config_file)

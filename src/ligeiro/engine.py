@@ -140,7 +140,7 @@ class Engine:
         if metrics is not None:
             for state in registry.index():
                 metrics.set_model_state(
-                    state.name, state.version, state.is_ready, state.load_seconds
+                    state.name, state.version, state.is_ready, state.load_seconds, state.provider
                 )
         self._observers: dict[tuple[str, str], _Observer] = {}
         # Per loaded version (by identity: a reload of version 1 gets its own).
@@ -156,12 +156,16 @@ class Engine:
         threads: int = 1,
         metrics: Metrics | None = None,
         batching: Mapping[str, BatchingPolicy] | None = None,
+        providers: Sequence[str] = ("cpu",),
     ) -> Engine:
         """Load every model under ``root`` (Triton's ``<model>/<version>/model.onnx``).
 
-        ``batching`` replaces, per model name, the ``[batching]`` of its config.toml.
+        ``batching`` replaces, per model name, the ``[batching]`` of its config.toml;
+        ``providers`` are the execution providers of the models whose config.toml
+        names none (``ligeiro.runtime.providers``).
         """
-        return cls(Registry(Path(root), threads=threads, batching=batching), metrics=metrics)
+        registry = Registry(Path(root), threads=threads, batching=batching, providers=providers)
+        return cls(registry, metrics=metrics)
 
     def model(self, name: str, version: str | None = None) -> ModelVersion:
         """The version that serves ``name`` (``version``, or the default one).
@@ -300,7 +304,7 @@ class Engine:
 
     def _start_batcher(self, model: ModelVersion) -> Batcher | None:
         """The model's batcher, made on first use (it needs the running event loop)."""
-        policy = model.config.batching
+        policy = model.batching
         batcher = None
         if policy is not None and policy.max_batch_size > 0:
             loop = asyncio.get_running_loop()
@@ -356,7 +360,7 @@ class Engine:
         if self._metrics is not None:
             for state in staged.states():
                 self._metrics.set_model_state(
-                    state.name, state.version, state.is_ready, state.load_seconds
+                    state.name, state.version, state.is_ready, state.load_seconds, state.provider
                 )
             serving = {(s.name, s.version) for s in staged.states() if s.is_ready}
             for version in retired:

@@ -76,6 +76,8 @@ class Metrics:
         ``ligeiro_model_ready{model,version}``: 1 when the version serves, 0 when it
         failed to load; ``ligeiro_model_load_duration_seconds{model,version}``: how
         long its load took.
+        ``ligeiro_model_execution_provider{model,version,provider}``: 1 for the
+        execution provider a ready ONNX version runs on (``CUDAExecutionProvider``...).
         ``ligeiro_process_resident_memory_bytes`` and
         ``ligeiro_process_cpu_seconds_total``: of every worker, summed (sampled each
         second by each worker, so exact across workers, unlike ``process_*``, which
@@ -140,6 +142,14 @@ class Metrics:
             multiprocess_mode="max",
             registry=self.registry,
         )
+        self._model_provider = Gauge(
+            "ligeiro_model_execution_provider",
+            "1 for the execution provider the model version runs on (ONNX models).",
+            ["model", "version", "provider"],
+            multiprocess_mode="max",
+            registry=self.registry,
+        )
+        self._providers: dict[tuple[str, str], str] = {}
         self._model_load = Gauge(
             "ligeiro_model_load_duration_seconds",
             "How long loading the model version took.",
@@ -222,10 +232,18 @@ class Metrics:
         """An inference request was answered."""
         self._in_flight_children[protocol].dec()
 
-    def set_model_state(self, model: str, version: str, ready: bool, load_seconds: float) -> None:
-        """Whether a model version serves, and how long it took to load."""
+    def set_model_state(
+        self, model: str, version: str, ready: bool, load_seconds: float, provider: str = ""
+    ) -> None:
+        """Whether a model version serves, how long it took to load, and on what."""
         self._model_ready.labels(model, version).set(1 if ready else 0)
         self._model_load.labels(model, version).set(load_seconds)
+        previous = self._providers.pop((model, version), "")
+        if previous and previous != provider:
+            self._model_provider.labels(model, version, previous).set(0)
+        if ready and provider:
+            self._model_provider.labels(model, version, provider).set(1)
+            self._providers[model, version] = provider
 
     def sample_process(self) -> None:
         """Record this process's resident memory and CPU time (call it periodically)."""

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from .errors import ConfigError
+from .runtime.providers import DEFAULT_PROVIDERS, check_providers, uses_gpu
 from .scheduling.policy import BatchingPolicy
 
 __all__ = ["GrpcSettings", "HttpSettings", "RuntimeSettings", "ServerSettings", "load_settings"]
@@ -54,9 +55,15 @@ class GrpcSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 
 
 class RuntimeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """``[runtime]``: ONNX Runtime threads per worker; 0 means cores / workers."""
+    """``[runtime]``: ONNX Runtime threads per worker (0: cores / workers), and the
+    execution providers of the models whose config.toml names none (``--providers``;
+    see ``ligeiro.runtime.providers``)."""
 
     threads: Annotated[int, msgspec.Meta(ge=0)] = 0
+    providers: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_PROVIDERS))
+
+    def __post_init__(self) -> None:
+        check_providers(self.providers)
 
 
 def cores() -> int:
@@ -96,8 +103,11 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     batching: dict[str, BatchingPolicy] = {}
 
     def worker_count(self) -> int:
-        """Worker processes to run: as set, or one per core."""
-        return self.workers or cores()
+        """Worker processes to run: as set, or one per core (one in all with GPU
+        providers: one process owns a GPU, its batches fill it)."""
+        if self.workers:
+            return self.workers
+        return 1 if uses_gpu(self.runtime.providers) else cores()
 
     def grpc_host(self) -> str:
         """Where gRPC listens: ``[grpc] host``, or ``[http] host`` when unset."""

@@ -158,7 +158,7 @@ class RequestTrace:
         timeout_s: float | None = None,
     ) -> InferenceResult:
         """``engine.submit``, recorded as ``compute`` (and ``queue`` for a batched model)."""
-        policy = model.config.batching
+        policy = model.batching
         if policy is None or policy.max_batch_size <= 0:
             start = time.time_ns()
             result = await engine.submit(model, inputs, outputs, timeout_s=timeout_s)

@@ -31,6 +31,7 @@ def test_health_and_metadata_match_rest(server: Server) -> None:
     with Client(f"http://{server.host}:{server.port}") as rest:
         assert metadata == rest.model_metadata("iris")
     assert metadata["inputs"] == [{"name": "float_input", "datatype": "FP32", "shape": [-1, 4]}]
+    assert metadata["parameters"] == {"execution_provider": "CPUExecutionProvider"}
 
 
 def test_infer(server: Server) -> None:

@@ -137,7 +137,7 @@ def test_server_metadata(client: Client) -> None:
 
 @pytest.mark.parametrize("version", ["", "1"])
 def test_model_metadata(client: Client, version: str) -> None:
-    assert model_metadata(client, "iris", version) == {
+    expected: dict[str, Any] = {
         "name": "iris",
         "versions": ["1"],
         "platform": "onnxruntime_onnx",
@@ -147,6 +147,9 @@ def test_model_metadata(client: Client, version: str) -> None:
             {"name": "output_probability", "datatype": "FP32", "shape": [-1, 3]},
         ],
     }
+    if api(client) is httpclient:  # gRPC's ModelMetadataResponse has no parameters
+        expected["parameters"] = {"execution_provider": "CPUExecutionProvider"}
+    assert model_metadata(client, "iris", version) == expected
 
 
 # -- inference ---------------------------------------------------------------------------

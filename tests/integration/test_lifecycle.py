@@ -281,7 +281,15 @@ def test_repository_api_is_off_without_explicit_control(repository: Path) -> Non
         assert answer.status == 403
         assert "needs --model-control explicit" in answer.json()["error"]
         index = srv.request("POST", "/v2/repository/index", '{"ready": true}', {})
-        assert index.json() == [{"name": "iris", "version": "1", "state": "READY", "reason": ""}]
+        assert index.json() == [
+            {
+                "name": "iris",
+                "version": "1",
+                "state": "READY",
+                "reason": "",
+                "parameters": {"execution_provider": "CPUExecutionProvider"},
+            }
+        ]
     finally:
         srv.stop()
 

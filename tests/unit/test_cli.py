@@ -42,3 +42,17 @@ def test_bad_setting_is_one_line_with_its_exit_code(
         err
         == "error: environment (LIGEIRO_* variables): Expected `int`, got `str` - at `$.http.port`\n"
     )
+
+
+def test_providers_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    command = ["serve", "models", "--providers", "cuda,cpu", "--print-config"]
+    result = CliRunner().invoke(cli, command)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["runtime"]["providers"] == ["cuda", "cpu"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "models", "--providers", "cpu,cuda", "--print-config"])
+    assert exit_info.value.code == 2
+    assert "'cpu' runs every model" in capsys.readouterr().err

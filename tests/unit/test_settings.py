@@ -84,3 +84,12 @@ def test_bad_batching_names_the_problem(tmp_path: Path) -> None:
     config.write_text("[batching.mlp]\nmax_batch_size = 4\npreferred_batch_sizes = [8]\n")
     with pytest.raises(ConfigError, match=r"preferred_batch_sizes \[8\] exceed max_batch_size 4"):
         load_settings(config_file=config, env={})
+
+
+def test_providers_default_to_the_cpu_and_are_checked() -> None:
+    assert load_settings(env={}).runtime.providers == ["cpu"]
+    settings = load_settings({"runtime": {"providers": ["tensorrt", "cuda", "cpu"]}}, env={})
+    assert settings.runtime.providers == ["tensorrt", "cuda", "cpu"]
+    assert settings.worker_count() == 1  # one process owns the GPU
+    with pytest.raises(ConfigError, match=r"command line: providers\[0\] 'gpu' is not"):
+        load_settings({"runtime": {"providers": ["gpu"]}}, env={})

@@ -511,13 +511,24 @@ def encode_model_metadata(
     platform: str,
     inputs: Iterable[TensorSpecLike],
     outputs: Iterable[TensorSpecLike],
+    provider: str = "",
 ) -> bytes:
-    """Encode ``GET /v2/models/{m}``: name, versions, platform, inputs and outputs."""
+    """Encode ``GET /v2/models/{m}``: name, versions, platform, inputs and outputs, and
+    the execution provider of an ONNX model (``parameters.execution_provider``)."""
     return _encoder.encode(
         ModelMetadata(
-            name, versions, PLATFORMS[platform], _tensor_metadata(inputs), _tensor_metadata(outputs)
+            name,
+            versions,
+            PLATFORMS[platform],
+            _tensor_metadata(inputs),
+            _tensor_metadata(outputs),
+            _provider_parameters(provider),
         )
     )
+
+
+def _provider_parameters(provider: str) -> dict[str, str] | None:
+    return {"execution_provider": provider} if provider else None
 
 
 def encode_server_metadata(version: str, extensions: list[str]) -> bytes:
@@ -533,10 +544,17 @@ def encode_health(field: str, value: bool, name: str | None = None) -> bytes:
 
 
 def encode_repository_index(states: Iterable[ModelState]) -> bytes:
-    """Encode the repository index: ``[{"name", "version", "state", "reason"}, ...]``."""
+    """Encode the repository index: ``[{"name", "version", "state", "reason"}, ...]``,
+    with ``parameters.execution_provider`` for a ready ONNX version."""
     return _encoder.encode(
         [
-            RepositoryModel(s.name, s.version, "READY" if s.is_ready else "UNAVAILABLE", s.reason)
+            RepositoryModel(
+                s.name,
+                s.version,
+                "READY" if s.is_ready else "UNAVAILABLE",
+                s.index_reason,
+                _provider_parameters(s.provider),
+            )
             for s in states
         ]
     )

@@ -501,15 +501,20 @@ def encode_model_metadata(
     platform: str,
     inputs: Iterable[TensorSpecLike],
     outputs: Iterable[TensorSpecLike],
+    provider: str = "",
 ) -> pb.ModelMetadataResponse:
-    """A ``ModelMetadataResponse``: name, versions, platform, inputs and outputs."""
-    return pb.ModelMetadataResponse(
+    """A ``ModelMetadataResponse``: name, versions, platform, inputs and outputs, and
+    the execution provider of an ONNX model (``parameters["execution_provider"]``)."""
+    answer = pb.ModelMetadataResponse(
         name=name,
         versions=versions,
         platform=PLATFORMS[platform],
         inputs=_tensor_metadata(inputs),
         outputs=_tensor_metadata(outputs),
     )
+    if provider:
+        answer.parameters["execution_provider"].string_param = provider
+    return answer
 
 
 # -- the client's side ----------------------------------------------------------------
@@ -543,13 +548,19 @@ def _tensor_dicts(
 
 def _metadata_dict(answer: pb.ModelMetadataResponse) -> dict[str, Any]:
     # The shape of REST's ``GET /v2/models/{m}`` body, so both clients return the same.
-    return {
+    found = {
         "name": answer.name,
         "versions": list(answer.versions),
         "platform": answer.platform,
         "inputs": _tensor_dicts(answer.inputs),
         "outputs": _tensor_dicts(answer.outputs),
     }
+    if answer.parameters:
+        found["parameters"] = {
+            key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+            for key, value in answer.parameters.items()
+        }
+    return found
 
 
 def model_metadata_call(model: str, version: str | None) -> ClientCall[dict[str, Any]]:

@@ -66,12 +66,14 @@ class TensorMetadata(msgspec.Struct):
     shape: list[int]
 
 
-class ModelMetadata(msgspec.Struct):
+class ModelMetadata(msgspec.Struct, omit_defaults=True):
     name: str
     versions: list[str]
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+    # {"execution_provider": "CUDAExecutionProvider"} for an ONNX model.
+    parameters: dict[str, Any] | None = None
 
 
 class ServerMetadata(msgspec.Struct):
@@ -84,10 +86,12 @@ class ErrorResponse(msgspec.Struct):
     error: str
 
 
-class RepositoryModel(msgspec.Struct):
+class RepositoryModel(msgspec.Struct, omit_defaults=True):
     """An entry of ``POST /v2/repository/index``'s answer."""
 
     name: str
     version: str
     state: str
     reason: str
+    # As in the model's metadata: where a ready ONNX version runs.
+    parameters: dict[str, Any] | None = None

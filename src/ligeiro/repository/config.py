@@ -9,6 +9,7 @@ import msgspec
 from ..errors import ModelLoadError
 from ..protocol.datatypes import DATATYPES
 from ..runtime.base import TensorSpec
+from ..runtime.providers import ProviderOptions
 from ..scheduling.policy import BatchingPolicy
 
 if TYPE_CHECKING:
@@ -107,7 +108,10 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
         inputs: declared inputs; when absent they are read from the ONNX graph.
         outputs: declared outputs; when absent they are read from the ONNX graph.
         batching: the ``[batching]`` section: queue requests and run them in batches
-            (see ``BatchingPolicy``); absent, each request runs as it arrives.
+            (see ``BatchingPolicy``); absent, each request runs as it arrives (on a
+            GPU provider, in batches of a GPU's size: ``ligeiro.runtime.onnx``).
+        runtime: the ``[runtime]`` section of an ONNX model: its execution providers
+            (TensorRT, CUDA, CPU) and their options (see ``ProviderOptions``).
     """
 
     platform: str = "onnxruntime"
@@ -124,6 +128,7 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     version_labels: dict[str, Annotated[int, msgspec.Meta(gt=0)]] | None = None
     traffic: dict[str, Annotated[int, msgspec.Meta(ge=0)]] | None = None
     warmup: str | None = None
+    runtime: ProviderOptions | None = None
 
 
 def load_config(folder: Path) -> ModelConfig:
@@ -165,6 +170,11 @@ def decode_config(data: bytes, path: str, *, json: bool = False) -> ModelConfig:
                 if config.platform == "pipeline"
                 else f"[[steps]] belong to platform = 'pipeline', not {config.platform!r}"
             )
+        )
+    if config.runtime is not None and config.platform != "onnxruntime":
+        raise ModelLoadError(
+            f"{path}: [runtime] sets ONNX Runtime's execution providers; it does not apply "
+            f"to platform {config.platform!r}"
         )
     if config.platform == "python" and (config.inputs is None or config.outputs is None):
         raise ModelLoadError(

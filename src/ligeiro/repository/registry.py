@@ -20,7 +20,9 @@ import msgspec
 from ..errors import LigeiroError, ModelLoadError, ModelNotFoundError, ModelNotReadyError
 from ..runtime.onnx import OnnxRuntime
 from ..runtime.pipeline import PipelineRuntime, Step
+from ..runtime.providers import DEFAULT_PROVIDERS, ProviderOptions
 from ..runtime.python import PythonRuntime
+from ..scheduling.policy import BatchingPolicy
 from .config import CONFIG_FILE, ModelConfig, TensorConfig, load_config
 from .layout import MODEL_FILE, ModelFolder, discover
 from .warmup import warm_up
@@ -29,8 +31,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
     from pathlib import Path
 
+    from collections.abc import Sequence
+
     from ..runtime.base import Runtime, TensorSpec
-    from ..scheduling.policy import BatchingPolicy
 
 __all__ = ["ModelState", "ModelVersion", "Registry", "Staged", "Usage"]
 
@@ -39,6 +42,18 @@ logger = logging.getLogger(__name__)
 # skl2onnx's default output names: used when config.toml does not name the outputs.
 _LABEL_OUTPUT = "output_label"
 _PROBABILITY_OUTPUT = "output_probability"
+# Where TensorRT engines go unless [runtime] engine_cache says: a hidden folder of the
+# repository, which is neither a model nor watched.
+ENGINE_CACHE = ".engine-cache"
+# A model on a GPU without a [batching] section: run off the event loop, in batches a
+# GPU runs in about the time of one row, two at once (on two CUDA streams) so that one
+# batch's copies and the next one's gathering overlap the other's kernels.
+GPU_BATCHING = BatchingPolicy(
+    max_batch_size=256, max_queue_delay_us=1000, max_queue_size=8192, instances=2
+)
+# The same for a model with fixed shapes (no batch axis): one request per run.
+GPU_UNBATCHED = BatchingPolicy(max_batch_size=1, max_queue_size=8192, run_on="thread")
+_GPU_NAMES = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 @final
@@ -69,12 +84,24 @@ class ModelVersion:
     outputs: dict[str, TensorSpec]
     label_output: str | None = None
     probability_output: str | None = None
+    # The execution provider it runs on (ONNX Runtime's name; empty when not ONNX), and
+    # why that is not the first one its config asked for (empty when it is).
+    provider: str = ""
+    fallback: str = ""
+    # The batching it gets when its config has no [batching] (a GPU's).
+    default_batching: BatchingPolicy | None = None
     output_names: tuple[str, ...] = field(init=False)
     usage: Usage = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "output_names", tuple(self.outputs))
         object.__setattr__(self, "usage", Usage())
+
+    @property
+    def batching(self) -> BatchingPolicy | None:
+        """How its requests are scheduled: its config's [batching], else the default."""
+        policy = self.config.batching
+        return self.default_batching if policy is None else policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +114,14 @@ class ModelState:
     reason: str = ""
     # Seconds it took to load (or to fail to load).
     load_seconds: float = 0.0
+    # A ready ONNX version's execution provider, and why not its config's first one.
+    provider: str = ""
+    fallback: str = ""
+
+    @property
+    def index_reason(self) -> str:
+        """What the repository index says: why it is not ready, or where it fell back."""
+        return self.reason or self.fallback
 
 
 def _declared(
@@ -142,6 +177,8 @@ def _runtime(
     config: ModelConfig,
     threads: int,
     resolve: Callable[[str, str | None], ModelVersion] | None,
+    providers: Sequence[str],
+    engine_cache: Path | None,
 ) -> Runtime:
     """The runtime ``config.platform`` names, loaded."""
     if config.platform == "python":
@@ -170,7 +207,16 @@ def _runtime(
             steps.append(Step(model.name, model.runtime, model.inputs, model.outputs))
         declared = None if config.outputs is None else [t.spec() for t in config.outputs]
         return PipelineRuntime(folder.name, where, steps, declared)
-    return OnnxRuntime(folder.model_file(version), threads=threads)
+    options = config.runtime or ProviderOptions()
+    if options.engine_cache is not None:
+        engine_cache = folder.path / options.engine_cache
+    return OnnxRuntime(
+        folder.model_file(version),
+        threads=threads,
+        providers=options.providers or providers,
+        options=options,
+        engine_cache=engine_cache,
+    )
 
 
 def load_version(
@@ -180,15 +226,29 @@ def load_version(
     *,
     threads: int,
     resolve: Callable[[str, str | None], ModelVersion] | None = None,
+    providers: Sequence[str] = DEFAULT_PROVIDERS,
+    engine_cache: Path | None = None,
 ) -> ModelVersion:
     """Load one version of a model and check its config against the graph.
 
-    ``resolve`` finds a pipeline's steps among the loaded models.
+    ``resolve`` finds a pipeline's steps among the loaded models. ``providers`` are
+    the execution providers of an ONNX model whose config names none; TensorRT keeps
+    its engines in ``engine_cache`` unless the config names a folder.
 
     Raises:
         ModelLoadError: naming the file and what is wrong with it.
     """
-    runtime = _runtime(folder, version, config, threads, resolve)
+    runtime = _runtime(folder, version, config, threads, resolve, providers, engine_cache)
+    try:
+        return _checked(folder, version, config, runtime)
+    except ModelLoadError:
+        runtime.close()
+        raise
+
+
+def _checked(
+    folder: ModelFolder, version: int, config: ModelConfig, runtime: Runtime
+) -> ModelVersion:
     inputs = _declared(folder.path, "inputs", runtime.inputs, config.inputs)
     outputs = _declared(folder.path, "outputs", runtime.outputs, config.outputs)
     where = str(folder.path / CONFIG_FILE)
@@ -220,6 +280,20 @@ def load_version(
                 f"{where}: {len(config.labels)} labels, "
                 f"but output {probability!r} has {classes} classes"
             )
+    provider = fallback = ""
+    default_batching = None
+    if isinstance(runtime, OnnxRuntime):
+        provider, fallback = runtime.provider, runtime.fallback
+        if provider in _GPU_NAMES:
+            tensors = (*inputs.values(), *outputs.values())
+            batchable = all(s.shape and s.shape[0] == -1 for s in tensors)
+            default_batching = GPU_BATCHING if batchable else GPU_UNBATCHED
+            if config.runtime is not None and config.runtime.cuda_graph:
+                if config.batching is not None and config.batching.instances > 1:
+                    raise ModelLoadError(
+                        f"{where}: cuda_graph replays one captured run at a time; "
+                        f"[batching] instances is {config.batching.instances}"
+                    )
     return ModelVersion(
         name=folder.name,
         version=str(version),
@@ -229,6 +303,9 @@ def load_version(
         outputs=outputs,
         label_output=_resolve_output(config.label_output, _LABEL_OUTPUT, outputs, where),
         probability_output=probability,
+        provider=provider,
+        fallback=fallback,
+        default_batching=default_batching,
     )
 
 
@@ -333,8 +410,16 @@ class Staged:
 def _states(model: _Model) -> list[ModelState]:
     seconds = model.load_seconds
     states = [
-        ModelState(model.name, v, True, model.notes.get(v, ""), seconds.get(v, 0.0))
-        for v in model.ready
+        ModelState(
+            model.name,
+            v,
+            True,
+            model.notes.get(v, ""),
+            seconds.get(v, 0.0),
+            loaded.provider,
+            loaded.fallback,
+        )
+        for v, loaded in model.ready.items()
     ]
     states += [
         ModelState(model.name, v, False, r, seconds.get(v, 0.0))
@@ -359,6 +444,8 @@ class Registry:
         batching: per model name, a ``[batching]`` section that replaces the one in
             its ``config.toml`` (the server's settings; ``max_batch_size = 0`` turns
             batching off).
+        providers: the execution providers of the ONNX models whose config.toml
+            names none (``--providers``), in priority order.
     """
 
     def __init__(
@@ -367,9 +454,11 @@ class Registry:
         *,
         threads: int = 1,
         batching: Mapping[str, BatchingPolicy] | None = None,
+        providers: Sequence[str] = DEFAULT_PROVIDERS,
     ) -> None:
         self.root = root
         self.threads = threads
+        self.providers = tuple(providers)
         self._batching = dict(batching or {})
         self._models: dict[str, _Model] = {}
         folders = discover(root)
@@ -546,8 +635,18 @@ class Registry:
             started = time.perf_counter()
             try:
                 loaded = load_version(
-                    folder, version, config, threads=self.threads, resolve=resolve
+                    folder,
+                    version,
+                    config,
+                    threads=self.threads,
+                    resolve=resolve,
+                    providers=self.providers,
+                    engine_cache=self.root / ENGINE_CACHE / folder.name / key,
                 )
+                if loaded.fallback:
+                    logger.warning(
+                        "model %r version %d %s", folder.name, version, loaded.fallback
+                    )
                 if warm:
                     warm_up(loaded, folder.path)
             except LigeiroError as exc:

@@ -33,7 +33,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import LigeiroError
+from ..errors import ConfigError, LigeiroError
 from ..extras import require
 from ..repository.layout import discover
 
@@ -112,6 +112,7 @@ async def _serve(
             threads=settings.runtime_threads(),
             metrics=metrics,
             batching=settings.batching,
+            providers=settings.runtime.providers,
         )
     else:
         engine = Engine(registry, metrics=metrics)
@@ -293,7 +294,37 @@ def serve(settings: ServerSettings) -> None:
         )
         return
     discover(Path(settings.repository))  # a missing repository fails here, not in N workers
+    on_gpu = _gpu_models(settings)
+    if on_gpu:
+        raise ConfigError(
+            f"{settings.worker_count()} workers: {', '.join(on_gpu)} run on a GPU, which one "
+            "worker process owns (CUDA does not survive a fork, and a copy of the model "
+            "per process splits the GPU instead of filling it); serve with --workers 1, "
+            "whose batches ([batching] instances) fill the GPU"
+        )
     _Supervisor(settings).run()
+
+
+def _gpu_models(settings: ServerSettings) -> list[str]:
+    """The models that ask for a GPU provider this machine's onnxruntime has."""
+    import onnxruntime
+
+    from ..repository.config import load_config
+    from ..runtime.providers import GPU_PROVIDERS, PROVIDERS
+
+    available = {n for n in GPU_PROVIDERS if PROVIDERS[n] in onnxruntime.get_available_providers()}
+    if not available:
+        return []
+    found = []
+    for folder in discover(Path(settings.repository)):
+        try:
+            config = load_config(folder.path)
+        except LigeiroError:  # a broken config fails its model's load, with the reason
+            continue
+        providers = (config.runtime and config.runtime.providers) or settings.runtime.providers
+        if config.platform == "onnxruntime" and available & set(providers):
+            found.append(repr(folder.name))
+    return found
 
 
 def _ready_pid(ready: Connection) -> int | None:
@@ -390,7 +421,12 @@ class _Supervisor:
             return
         from ..repository.registry import Registry
 
-        self._registry = Registry(Path(settings.repository), threads=1, batching=settings.batching)
+        self._registry = Registry(
+            Path(settings.repository),
+            threads=1,
+            batching=settings.batching,
+            providers=settings.runtime.providers,
+        )
         # What every worker imports, imported once here so that the workers share its
         # pages too (grpcio aside: it is imported after the fork, in the worker).
         import uvloop  # noqa: F401

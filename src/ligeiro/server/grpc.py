@@ -210,6 +210,7 @@ class GrpcService:
             model.config.platform,
             model.inputs.values(),
             model.outputs.values(),
+            model.provider,
         )
 
     # -- inference ----------------------------------------------------------------------
@@ -349,7 +350,7 @@ class GrpcService:
                 name=s.name,
                 version=s.version,
                 state="READY" if s.is_ready else "UNAVAILABLE",
-                reason=s.reason,
+                reason=s.index_reason,
             )
             for s in self.engine.index()
             if s.is_ready or not request.ready

@@ -353,7 +353,12 @@ class HttpApp:
             )
         versions = self.engine.versions(name)
         body = encode_model_metadata(
-            name, versions, model.config.platform, model.inputs.values(), model.outputs.values()
+            name,
+            versions,
+            model.config.platform,
+            model.inputs.values(),
+            model.outputs.values(),
+            model.provider,
         )
         return self.response(200, body, keep_alive=keep_alive)
 
