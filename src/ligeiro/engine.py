@@ -156,12 +156,15 @@ class Engine:
         threads: int = 1,
         metrics: Metrics | None = None,
         batching: Mapping[str, BatchingPolicy] | None = None,
+        model_name: str | None = None,
     ) -> Engine:
-        """Load every model under ``root`` (Triton's ``<model>/<version>/model.onnx``).
+        """Load every model under ``root`` (Triton's ``<model>/<version>/model.onnx``),
+        or ``root`` itself as the one model ``model_name`` when that is given.
 
         ``batching`` replaces, per model name, the ``[batching]`` of its config.toml.
         """
-        return cls(Registry(Path(root), threads=threads, batching=batching), metrics=metrics)
+        registry = Registry(Path(root), threads=threads, batching=batching, model_name=model_name)
+        return cls(registry, metrics=metrics)
 
     def model(self, name: str, version: str | None = None) -> ModelVersion:
         """The version that serves ``name`` (``version``, or the default one).

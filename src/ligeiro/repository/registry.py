@@ -149,7 +149,7 @@ def _runtime(
         assert config.inputs is not None
         assert config.outputs is not None
         return PythonRuntime(
-            folder.path / str(version),
+            folder.version_path(version),
             name=folder.name,
             inputs=[t.spec() for t in config.inputs],
             outputs=[t.spec() for t in config.outputs],
@@ -239,7 +239,7 @@ _ROUTING_KEYS = {"version_policy": None, "version_labels": None, "traffic": None
 
 def _signature(folder: ModelFolder, version: int) -> tuple[tuple[str, int, int], ...]:
     """What a version folder holds: each file's path, size and modification time."""
-    base = folder.path / str(version)
+    base = folder.version_path(version)
     found = []
     for directory, _, files in os.walk(base):
         for name in files:
@@ -359,6 +359,8 @@ class Registry:
         batching: per model name, a ``[batching]`` section that replaces the one in
             its ``config.toml`` (the server's settings; ``max_batch_size = 0`` turns
             batching off).
+        model_name: serve ``root`` itself as this one model (a model folder, not a
+            repository).
     """
 
     def __init__(
@@ -367,12 +369,14 @@ class Registry:
         *,
         threads: int = 1,
         batching: Mapping[str, BatchingPolicy] | None = None,
+        model_name: str | None = None,
     ) -> None:
         self.root = root
+        self.model_name = model_name
         self.threads = threads
         self._batching = dict(batching or {})
         self._models: dict[str, _Model] = {}
-        folders = discover(root)
+        folders = discover(root, model_name)
         for name in self._batching.keys() - {f.name for f in folders}:
             logger.warning("batching settings for %r: the repository has no such model", name)
         staged = self._stage({f.name: f for f in folders}, {}, warm=False)
@@ -408,7 +412,7 @@ class Registry:
                 if model.name not in wanted and steps & wanted:
                     wanted.add(model.name)
                     grown = True
-        on_disk = {f.name: f for f in discover(self.root)}
+        on_disk = {f.name: f for f in discover(self.root, self.model_name)}
         return self._stage(
             {n: on_disk.get(n) for n in wanted},
             dict(override or {}),

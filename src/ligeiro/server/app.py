@@ -111,6 +111,7 @@ async def _serve(
             threads=settings.runtime_threads(),
             metrics=metrics,
             batching=settings.batching,
+            model_name=settings.model_name,
         )
     else:
         engine = Engine(registry, metrics=metrics)
@@ -289,7 +290,8 @@ def serve(settings: ServerSettings) -> None:
             None,
         )
         return
-    discover(Path(settings.repository))  # a missing repository fails here, not in N workers
+    # A missing repository fails here, not in N workers.
+    discover(Path(settings.repository), settings.model_name)
     _Supervisor(settings).run()
 
 
@@ -387,7 +389,12 @@ class _Supervisor:
             return
         from ..repository.registry import Registry
 
-        self._registry = Registry(Path(settings.repository), threads=1, batching=settings.batching)
+        self._registry = Registry(
+            Path(settings.repository),
+            threads=1,
+            batching=settings.batching,
+            model_name=settings.model_name,
+        )
         # What every worker imports, imported once here so that the workers share its
         # pages too (grpcio aside: it is imported after the fork, in the worker).
         import uvloop  # noqa: F401
@@ -432,7 +439,12 @@ class _Supervisor:
         if self.settings.model_control == "poll":
             watcher = threading.Thread(
                 target=watch,
-                args=(Path(self.settings.repository).resolve(), send.send, stop_watching),
+                args=(
+                    Path(self.settings.repository).resolve(),
+                    send.send,
+                    stop_watching,
+                    self.settings.model_name,
+                ),
                 name="ligeiro-watch",
                 daemon=True,
             )
