@@ -133,20 +133,27 @@ class Server:
 
 
 def start_server(
-    repository: Path, *args: str, timeout: float = 60, stdout: Path | None = None
+    repository: Path,
+    *args: str,
+    timeout: float = 60,
+    stdout: Path | None = None,
+    ligeiro: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Server:
     """Start ``ligeiro serve REPOSITORY --port 0 ARGS`` and wait until it says where it listens.
 
     One worker unless ``args`` say otherwise (the server's default is one per core).
-    Its standard output goes to ``stdout`` when given, else nowhere.
+    Its standard output goes to ``stdout`` when given, else nowhere. ``ligeiro`` is
+    the command to run (default: this interpreter's ``-m ligeiro``), ``env`` its
+    environment (default: this one).
     """
     workers = () if "--workers" in args else ("--workers", "1")
     command = [
-        sys.executable, "-m", "ligeiro", "serve", str(repository), "--port", "0",
+        *(ligeiro or [sys.executable, "-m", "ligeiro"]), "serve", str(repository), "--port", "0",
         "--grpc-port", "0", *workers, *args,
     ]  # fmt: skip
     with open(stdout or os.devnull, "wb") as out:  # the child keeps its own descriptor
-        process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=out)
+        process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=out, env=env)
     assert process.stderr is not None
     log: list[bytes] = []
     found = threading.Event()

@@ -108,6 +108,12 @@ class _NeedsExtra(click.Command):
     help="Bearer token of the repository API (better: the LIGEIRO_ADMIN_TOKEN variable, "
     "which no process listing shows).",
 )
+@click.option(
+    "--model-name",
+    metavar="NAME",
+    help="Serve REPOSITORY as one model folder under NAME (its model.onnx, or version "
+    "folders, and maybe config.toml; KServe's /mnt/models), not as a repository.",
+)
 @click.option("--print-config", is_flag=True, help="Print the effective settings and exit.")
 def serve(
     repository: Path | None,
@@ -128,15 +134,20 @@ def serve(
     batch: tuple[str, ...],
     model_control: str | None,
     admin_token: str | None,
+    model_name: str | None,
     print_config: bool,
 ) -> None:
-    """Serve the models in REPOSITORY (<model>/<version>/model.onnx) over V2 REST and gRPC."""
+    """Serve the models in REPOSITORY (<model>/<version>/model.onnx) over V2 REST and gRPC.
+
+    With --model-name, REPOSITORY is one model's folder instead.
+    """
     import msgspec
 
     from .settings import load_settings
 
     cli_layer: dict[str, Any] = {
         "repository": str(repository) if repository else None,
+        "model_name": model_name,
         "workers": workers,
         "graceful_timeout_s": graceful_timeout,
         "log_level": log_level,

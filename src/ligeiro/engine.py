@@ -157,14 +157,19 @@ class Engine:
         metrics: Metrics | None = None,
         batching: Mapping[str, BatchingPolicy] | None = None,
         providers: Sequence[str] = ("cpu",),
+        model_name: str | None = None,
     ) -> Engine:
-        """Load every model under ``root`` (Triton's ``<model>/<version>/model.onnx``).
+        """Load every model under ``root`` (Triton's ``<model>/<version>/model.onnx``),
+        or ``root`` itself as the one model ``model_name`` when that is given.
 
         ``batching`` replaces, per model name, the ``[batching]`` of its config.toml;
         ``providers`` are the execution providers of the models whose config.toml
         names none (``ligeiro.runtime.providers``).
         """
-        registry = Registry(Path(root), threads=threads, batching=batching, providers=providers)
+        registry = Registry(
+            Path(root), threads=threads, batching=batching, providers=providers,
+            model_name=model_name,
+        )
         return cls(registry, metrics=metrics)
 
     def model(self, name: str, version: str | None = None) -> ModelVersion:

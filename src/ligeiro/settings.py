@@ -83,6 +83,9 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     """
 
     repository: str = "models"
+    # Set, ``repository`` is one model's folder served under this name (KServe's
+    # /mnt/models): its model.onnx at the top, or version folders.
+    model_name: str | None = None
     workers: Annotated[int, msgspec.Meta(ge=0)] = 0
     graceful_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     log_level: str = "info"

@@ -1,4 +1,9 @@
-"""Discover models on disk in Triton's layout: ``<root>/<model>/<version>/model.onnx``."""
+"""Discover models on disk in Triton's layout: ``<root>/<model>/<version>/model.onnx``.
+
+One model folder can also be served on its own, under a name given to it (KServe mounts
+a single model at ``/mnt/models``): ``<folder>/model.onnx`` (version 1) or
+``<folder>/<version>/model.onnx``, with its ``config.toml`` at the top either way.
+"""
 
 from __future__ import annotations
 
@@ -25,33 +30,78 @@ class ModelFolder:
     name: str
     path: Path
     versions: tuple[int, ...]
+    # A model folder with its model.onnx at the top: one version, 1, in the folder itself.
+    flat: bool = False
+
+    def version_path(self, version: int) -> Path:
+        """The folder that holds ``version``'s files."""
+        return self.path if self.flat else self.path / str(version)
 
     def model_file(self, version: int) -> Path:
-        return self.path / str(version) / MODEL_FILE
+        return self.version_path(version) / MODEL_FILE
 
 
-def discover(root: Path) -> list[ModelFolder]:
-    """List the model folders under ``root``, sorted by name.
+def discover(root: Path, model_name: str | None = None) -> list[ModelFolder]:
+    """List the model folders under ``root``, sorted by name; or ``root`` itself as the
+    one model ``model_name`` when that is given.
 
     Hidden entries and plain files are skipped; a folder's non-numeric subfolders are
     skipped with a warning (Triton does the same).
 
     Raises:
-        ModelLoadError: ``root`` is not a directory.
+        ModelLoadError: ``root`` is not a directory, or not the layout asked for (a
+            model folder served as a repository, or the reverse).
     """
+    if model_name is not None:
+        return [_single(root, model_name)]
     if not root.is_dir():
         raise ModelLoadError(f"{root}: model repository not found (expected a directory)")
-    folders = []
-    for path in sorted(root.iterdir()):
-        if path.name.startswith(".") or not path.is_dir():
+    if (root / MODEL_FILE).is_file() or any(
+        (root / str(v) / MODEL_FILE).is_file() for v in _versions(root, warn=False)
+    ):
+        raise ModelLoadError(
+            f"{root}: this is one model's folder, not a repository "
+            f"(expected <model>/<version>/{MODEL_FILE}); to serve it as one model, "
+            "give it a name (--model-name NAME)"
+        )
+    return [
+        ModelFolder(path.name, path, _versions(path))
+        for path in sorted(root.iterdir())
+        if not path.name.startswith(".") and path.is_dir()
+    ]
+
+
+def _versions(path: Path, *, warn: bool = True) -> tuple[int, ...]:
+    versions = []
+    for child in path.iterdir():
+        if not child.is_dir() or child.name.startswith("."):
             continue
-        versions = []
-        for child in path.iterdir():
-            if not child.is_dir() or child.name.startswith("."):
-                continue
-            if child.name.isdigit() and int(child.name) > 0:
-                versions.append(int(child.name))
-            else:
-                logger.warning("%s: not a version folder (expected a positive integer)", child)
-        folders.append(ModelFolder(path.name, path, tuple(sorted(versions))))
-    return folders
+        if child.name.isdigit() and int(child.name) > 0:
+            versions.append(int(child.name))
+        elif warn:
+            logger.warning("%s: not a version folder (expected a positive integer)", child)
+    return tuple(sorted(versions))
+
+
+def _single(root: Path, name: str) -> ModelFolder:
+    expected = f"expected {root}/{MODEL_FILE} or version folders {root}/1/{MODEL_FILE}, ..."
+    if not name or "/" in name or name.startswith("."):
+        raise ModelLoadError(f"model name {name!r}: expected a non-empty name without '/'")
+    if not root.is_dir():
+        raise ModelLoadError(f"{root}: model folder not found ({expected})")
+    versions = _versions(root, warn=False)
+    if (root / MODEL_FILE).is_file():
+        if versions:
+            raise ModelLoadError(
+                f"{root}: both {MODEL_FILE} and version folders {list(versions)}; "
+                f"{expected}, not both"
+            )
+        return ModelFolder(name, root, (1,), flat=True)
+    if not versions:
+        nested = [p.name for p in sorted(root.iterdir()) if p.is_dir() and _versions(p, warn=False)]
+        shown = ", ".join(nested[:3]) + (", ..." if len(nested) > 3 else "")
+        hint = f"; it looks like a repository ({shown}): serve it without --model-name"
+        raise ModelLoadError(
+            f"{root}: no {MODEL_FILE} and no version folders ({expected}){hint if nested else ''}"
+        )
+    return ModelFolder(name, root, versions)

@@ -186,7 +186,7 @@ def _runtime(
         assert config.inputs is not None
         assert config.outputs is not None
         return PythonRuntime(
-            folder.path / str(version),
+            folder.version_path(version),
             name=folder.name,
             inputs=[t.spec() for t in config.inputs],
             outputs=[t.spec() for t in config.outputs],
@@ -316,7 +316,7 @@ _ROUTING_KEYS = {"version_policy": None, "version_labels": None, "traffic": None
 
 def _signature(folder: ModelFolder, version: int) -> tuple[tuple[str, int, int], ...]:
     """What a version folder holds: each file's path, size and modification time."""
-    base = folder.path / str(version)
+    base = folder.version_path(version)
     found = []
     for directory, _, files in os.walk(base):
         for name in files:
@@ -446,6 +446,8 @@ class Registry:
             batching off).
         providers: the execution providers of the ONNX models whose config.toml
             names none (``--providers``), in priority order.
+        model_name: serve ``root`` itself as this one model (a model folder, not a
+            repository).
     """
 
     def __init__(
@@ -455,13 +457,15 @@ class Registry:
         threads: int = 1,
         batching: Mapping[str, BatchingPolicy] | None = None,
         providers: Sequence[str] = DEFAULT_PROVIDERS,
+        model_name: str | None = None,
     ) -> None:
         self.root = root
+        self.model_name = model_name
         self.threads = threads
         self.providers = tuple(providers)
         self._batching = dict(batching or {})
         self._models: dict[str, _Model] = {}
-        folders = discover(root)
+        folders = discover(root, model_name)
         for name in self._batching.keys() - {f.name for f in folders}:
             logger.warning("batching settings for %r: the repository has no such model", name)
         staged = self._stage({f.name: f for f in folders}, {}, warm=False)
@@ -497,7 +501,7 @@ class Registry:
                 if model.name not in wanted and steps & wanted:
                     wanted.add(model.name)
                     grown = True
-        on_disk = {f.name: f for f in discover(self.root)}
+        on_disk = {f.name: f for f in discover(self.root, self.model_name)}
         return self._stage(
             {n: on_disk.get(n) for n in wanted},
             dict(override or {}),

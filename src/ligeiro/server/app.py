@@ -113,6 +113,7 @@ async def _serve(
             metrics=metrics,
             batching=settings.batching,
             providers=settings.runtime.providers,
+            model_name=settings.model_name,
         )
     else:
         engine = Engine(registry, metrics=metrics)
@@ -293,7 +294,8 @@ def serve(settings: ServerSettings) -> None:
             None,
         )
         return
-    discover(Path(settings.repository))  # a missing repository fails here, not in N workers
+    # A missing repository fails here, not in N workers.
+    discover(Path(settings.repository), settings.model_name)
     on_gpu = _gpu_models(settings)
     if on_gpu:
         raise ConfigError(
@@ -316,7 +318,7 @@ def _gpu_models(settings: ServerSettings) -> list[str]:
     if not available:
         return []
     found = []
-    for folder in discover(Path(settings.repository)):
+    for folder in discover(Path(settings.repository), settings.model_name):
         try:
             config = load_config(folder.path)
         except LigeiroError:  # a broken config fails its model's load, with the reason
@@ -426,6 +428,7 @@ class _Supervisor:
             threads=1,
             batching=settings.batching,
             providers=settings.runtime.providers,
+            model_name=settings.model_name,
         )
         # What every worker imports, imported once here so that the workers share its
         # pages too (grpcio aside: it is imported after the fork, in the worker).
@@ -471,7 +474,12 @@ class _Supervisor:
         if self.settings.model_control == "poll":
             watcher = threading.Thread(
                 target=watch,
-                args=(Path(self.settings.repository).resolve(), send.send, stop_watching),
+                args=(
+                    Path(self.settings.repository).resolve(),
+                    send.send,
+                    stop_watching,
+                    self.settings.model_name,
+                ),
                 name="ligeiro-watch",
                 daemon=True,
             )

@@ -74,15 +74,18 @@ def _outcome(names: Iterable[str], states: list[ModelState]) -> list[ModelState]
     return mine
 
 
-def model_names(root: Path, paths: Iterable[str]) -> set[str]:
-    """The model folders (first path part under ``root``) that ``paths`` fall in."""
+def model_names(root: Path, paths: Iterable[str], model_name: str | None = None) -> set[str]:
+    """The model folders (first path part under ``root``) that ``paths`` fall in; or
+    ``model_name``, for a change anywhere under ``root`` when ``root`` is that one model."""
     names = set()
     for path in paths:
         try:
             parts = Path(path).relative_to(root).parts
         except ValueError:
             continue
-        if parts and not parts[0].startswith("."):
+        if model_name is not None:
+            names.add(model_name)
+        elif parts and not parts[0].startswith("."):
             names.add(parts[0])
     return names
 
@@ -134,8 +137,15 @@ class Control:
             ModelLoadError: the config is invalid, or the model failed to load (the
                 versions it served before, if any, serve on).
         """
-        root = self.engine.registry.root
-        if name.startswith(".") or not (root / name).is_dir():
+        registry = self.engine.registry
+        root = registry.root
+        if registry.model_name is not None:
+            if name != registry.model_name:
+                raise ModelNotFoundError(
+                    f"unknown model {name!r}; this server serves one model, "
+                    f"{registry.model_name!r}"
+                )
+        elif name.startswith(".") or not (root / name).is_dir():
             raise ModelNotFoundError(f"no model folder {name!r} in the repository {root}")
         _override(name, config)  # a bad config is refused here, before any worker loads
         return await self.apply((name,), config, False)
@@ -178,7 +188,8 @@ class LocalControl(Control):
         import watchfiles
 
         async for changes in watchfiles.awatch(root, stop_event=stop, debounce=DEBOUNCE_MS):
-            for name in sorted(model_names(root, (path for _, path in changes))):
+            paths = (path for _, path in changes)
+            for name in sorted(model_names(root, paths, self.engine.registry.model_name)):
                 try:
                     await self.apply((name,), None, False)
                 except LigeiroError as exc:
@@ -351,14 +362,20 @@ class Coordinator:
         return states, None
 
 
-def watch(root: Path, send: Callable[[tuple[str, ...]], None], stop: threading.Event) -> None:
-    """Call ``send`` with the model folders that change under ``root``, until ``stop``.
+def watch(
+    root: Path,
+    send: Callable[[tuple[str, ...]], None],
+    stop: threading.Event,
+    model_name: str | None = None,
+) -> None:
+    """Call ``send`` with the model folders that change under ``root``, until ``stop``
+    (``model_name`` for any change, when ``root`` is that one model's folder).
 
     Runs in a thread of the supervisor (watchfiles blocks).
     """
     import watchfiles
 
     for changes in watchfiles.watch(root, stop_event=stop, debounce=DEBOUNCE_MS):
-        names = model_names(root, (path for _, path in changes))
+        names = model_names(root, (path for _, path in changes), model_name)
         if names:
             send(tuple(sorted(names)))
