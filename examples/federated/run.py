@@ -76,7 +76,9 @@ class Load:
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(connections)]
+        self._threads = [
+            threading.Thread(target=self._run, daemon=True) for _ in range(connections)
+        ]
 
     def _run(self) -> None:
         with Client(self.url, timeout_s=10) as client:
@@ -125,7 +127,9 @@ def main() -> None:
                         help="how much higher the candidate's federated loss may be")  # fmt: skip
     args = parser.parse_args()
     if args.rounds < 1 or args.clients < 2:
-        parser.error(f"expected --rounds >= 1 and --clients >= 2, got {args.rounds}, {args.clients}")
+        parser.error(
+            f"expected --rounds >= 1 and --clients >= 2, got {args.rounds}, {args.clients}"
+        )
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from flwr.app import Context
@@ -135,7 +139,7 @@ def main() -> None:
 
     from ligeiro.federated import Classifier, Partition, Publisher, ServingStrategy, client_app
 
-    x, y, test, public, shares = split(args.seed, args.clients)
+    x, y, test, public, _ = split(args.seed, args.clients)
     model = Classifier(
         features=4, classes=3, hidden=(8,) if args.model == "mlp" else (),
         mean=tuple(map(float, x[public].mean(0))), scale=tuple(map(float, x[public].std(0) + 1e-3)),
@@ -149,7 +153,7 @@ def main() -> None:
     (folder / "1").mkdir(parents=True)
     (folder / "1" / "model.onnx").write_bytes(model.to_onnx(generic, sample=x[test]))
     (folder / "config.toml").write_text(
-        f"features = {json.dumps(FEATURES)}\nlabels = [\"setosa\", \"versicolor\", \"virginica\"]\n"
+        f'features = {json.dumps(FEATURES)}\nlabels = ["setosa", "versicolor", "virginica"]\n'
     )
 
     seed, clients = args.seed, args.clients
@@ -162,7 +166,9 @@ def main() -> None:
 
     poison = args.poison_round
 
-    def on_update(server_round: int, params: list[np.ndarray], context: Context) -> list[np.ndarray]:
+    def on_update(
+        server_round: int, params: list[np.ndarray], context: Context
+    ) -> list[np.ndarray]:
         """Device 0 answers garbage parameters in --poison-round (to show the gate)."""
         if server_round == poison and int(context.node_config["partition-id"]) == 0:
             rng = np.random.default_rng(server_round)
@@ -175,18 +181,23 @@ def main() -> None:
     print(f"{'round':>5} {'clients':>7} {'accuracy':>8} {'version':>7} {'promoted':>8} "
           f"{'serving':>7} {'requests':>8} {'failed':>6}")  # fmt: skip
     try:
-        publisher = Publisher(args.repository, MODEL, server=url, canary_percent=args.canary_percent)
+        publisher = Publisher(
+            args.repository, MODEL, server=url, canary_percent=args.canary_percent
+        )
         with Load(url, x[test]) as load:
             last = [load.counts()]
 
             def on_round(record, candidate) -> None:
                 answered, failed = load.counts()
                 accuracy = (
-                    model.evaluate(candidate, x[test], y[test])["accuracy"] if candidate else float("nan")
+                    model.evaluate(candidate, x[test], y[test])["accuracy"]
+                    if candidate
+                    else float("nan")
                 )
                 row = {
-                    "round": record.round, "clients": record.clients, "accuracy": round(accuracy, 4),
-                    "version": record.version, "promoted": record.promoted, "serving": record.serving,
+                    "round": record.round, "clients": record.clients,
+                    "accuracy": round(accuracy, 4), "version": record.version,
+                    "promoted": record.promoted, "serving": record.serving,
                     "requests": answered - last[0][0], "failed": failed - last[0][1],
                     "reason": record.reason,
                 }  # fmt: skip
@@ -199,7 +210,10 @@ def main() -> None:
             kind = FedProx if args.strategy == "fedprox" else FedAvg
             extra = {"proximal_mu": 0.1} if args.strategy == "fedprox" else {}
             inner_strategy = kind(
-                min_train_nodes=clients, min_evaluate_nodes=clients, min_available_nodes=clients, **extra
+                min_train_nodes=clients,
+                min_evaluate_nodes=clients,
+                min_available_nodes=clients,
+                **extra,
             )
             strategy = ServingStrategy(
                 inner_strategy, publisher, model, sample=x[test], metric="loss",
@@ -210,7 +224,9 @@ def main() -> None:
 
             @server.main()
             def run(grid: Grid, context: Context) -> None:
-                strategy.start(grid=grid, initial_arrays=strategy.serving_arrays, num_rounds=args.rounds)
+                strategy.start(
+                    grid=grid, initial_arrays=strategy.serving_arrays, num_rounds=args.rounds
+                )
 
             logging.getLogger("flwr").setLevel(logging.WARNING)
             run_simulation(

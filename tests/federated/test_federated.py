@@ -16,17 +16,22 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("flwr", reason="needs ligeiro[federated] (make test runs it in .venv-federated)")
+pytest.importorskip(
+    "flwr", reason="needs ligeiro[federated] (make test runs it in .venv-federated)"
+)
 
-from ligeiro.federated import Classifier, Publisher, RoundRecord  # noqa: E402
-from tests.conftest import start_server  # noqa: E402
+from ligeiro.federated import Classifier, Publisher, RoundRecord
+from tests.conftest import start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_rounds_are_served_gated_and_never_fail(tmp_path: Path) -> None:
     out = tmp_path / "rounds.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
     done = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "federated" / "run.py"), "--rounds", "4",
          "--clients", "3", "--repository", str(tmp_path), "--poison-round", "4",
@@ -48,7 +53,7 @@ def test_rounds_are_served_gated_and_never_fail(tmp_path: Path) -> None:
     about = json.loads((folder / "5" / "federated.json").read_text())
     assert (about["round"], about["clients"]) == (4, 3)
     assert about["fidelity"]["passed"]
-    assert 'stable = 4' in (folder / "config.toml").read_text()
+    assert "stable = 4" in (folder / "config.toml").read_text()
     assert "disabled_versions" in (folder / "config.toml").read_text()
     assert b"version 5 rejected" in done.stderr
 

@@ -20,7 +20,6 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -28,6 +27,8 @@ from .strategy import SERVING_KEY
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    import numpy as np
 
     from .model import Classifier, Params
 
@@ -90,9 +91,15 @@ def client_app(
         if on_update is not None:
             params = on_update(server_round, params, context)
         metrics = MetricRecord(
-            {"num-examples": len(rows.x_train), "loss": trained["loss"], "accuracy": trained["accuracy"]}
+            {
+                "num-examples": len(rows.x_train),
+                "loss": trained["loss"],
+                "accuracy": trained["accuracy"],
+            }
         )
-        return Message(RecordDict({"arrays": ArrayRecord(params), "metrics": metrics}), reply_to=message)
+        return Message(
+            RecordDict({"arrays": ArrayRecord(params), "metrics": metrics}), reply_to=message
+        )
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:

@@ -111,7 +111,9 @@ class Classifier:
         for i, (array, shape) in enumerate(zip(params, expected, strict=True)):
             array = np.asarray(array, dtype=np.float32)
             if array.shape != shape:
-                raise ValueError(f"parameter {i}: expected shape {list(shape)}, got {list(array.shape)}")
+                raise ValueError(
+                    f"parameter {i}: expected shape {list(shape)}, got {list(array.shape)}"
+                )
             if not np.isfinite(array).all():
                 raise ValueError(f"parameter {i}: holds values that are not finite")
             checked.append(array)
@@ -140,7 +142,9 @@ class Classifier:
         """Class probabilities, ``[rows, classes]``."""
         return self._forward(list(params), x)[-1]
 
-    def evaluate(self, params: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    def evaluate(
+        self, params: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray
+    ) -> dict[str, float]:
         """``{"accuracy", "loss"}`` (mean cross-entropy) on labelled rows."""
         proba = self.predict_proba(params, x)
         y = np.asarray(y, dtype=np.int64)
@@ -234,7 +238,11 @@ class Classifier:
         graph = helper.make_graph(
             nodes,
             "ligeiro-federated",
-            [helper.make_tensor_value_info("float_input", TensorProto.FLOAT, [None, self.features])],
+            [
+                helper.make_tensor_value_info(
+                    "float_input", TensorProto.FLOAT, [None, self.features]
+                )
+            ],
             [
                 helper.make_tensor_value_info("output_label", TensorProto.INT64, [None]),
                 helper.make_tensor_value_info(
@@ -244,7 +252,9 @@ class Classifier:
             inits,
         )
         model = helper.make_model(
-            graph, opset_imports=[helper.make_opsetid("", _OPSET)], producer_name="ligeiro.federated"
+            graph,
+            opset_imports=[helper.make_opsetid("", _OPSET)],
+            producer_name="ligeiro.federated",
         )
         model.ir_version = _IR_VERSION
         data: bytes = model.SerializeToString()
@@ -255,7 +265,9 @@ class Classifier:
             )
         return data
 
-    def fidelity(self, params: Sequence[np.ndarray], onnx_bytes: bytes, sample: np.ndarray) -> Fidelity:
+    def fidelity(
+        self, params: Sequence[np.ndarray], onnx_bytes: bytes, sample: np.ndarray
+    ) -> Fidelity:
         """``ligeiro.convert.fidelity``'s comparison of the ONNX model with the numpy one."""
         import onnxruntime
 
