@@ -23,14 +23,17 @@ CHROMIUM := $(VENV)/chromium/headless-shell
 # the venv (scripts/fetch_java.sh); this file holds its JAVA_HOME, which
 # tests/integration/test_spark.py and benchmarks/bench_score.py read.
 JAVA := $(VENV)/java/JAVA_HOME
+# ligeiro[federated] (Flower) in a venv of its own: Flower's pins differ from constraints.txt.
+FED_VENV := .venv-federated
 
 .PHONY: run test bench models clean fresh-check
 
 run: $(VENV)/.installed-examples $(IRIS) $(MLP) $(TEXT)
 	$(BIN)/ligeiro serve $(MODELS) --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.installed-test $(IRIS) $(MLP) $(TEXT) $(PROMETHEUS) $(CHROMIUM) $(JAVA)
-	$(BIN)/python -m pytest
+test: $(VENV)/.installed-test $(IRIS) $(MLP) $(TEXT) $(PROMETHEUS) $(CHROMIUM) $(JAVA) $(FED_VENV)/.installed
+	$(BIN)/python -m pytest --ignore=tests/federated
+	$(FED_VENV)/bin/python -m pytest tests/federated
 
 bench: $(VENV)/.installed-bench $(IRIS) $(MLP) $(TEXT) $(JAVA)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
@@ -56,6 +59,12 @@ $(MLP): examples/build_mlp.py examples/build_iris.py | $(VENV)/.installed-exampl
 $(TEXT): examples/build_text.py examples/text/sentences.tsv examples/text/tokenizer_model.py | $(VENV)/.installed-examples
 	$(BIN)/python examples/build_text.py --out $(MODELS)
 
+$(FED_VENV)/.installed: pyproject.toml constraints-federated.txt
+	$(PYTHON) -m venv $(FED_VENV)
+	$(FED_VENV)/bin/python -m pip install -q --upgrade pip
+	$(FED_VENV)/bin/python -m pip install -q -c constraints-federated.txt -e '.[federated]' pytest==9.2.0
+	touch $@
+
 $(PROMETHEUS): scripts/apt_unpack.sh | $(VENV)/bin/python
 	rm -rf $(VENV)/prometheus
 	sh scripts/apt_unpack.sh $(VENV)/prometheus prometheus
@@ -74,4 +83,4 @@ fresh-check:
 	sh scripts/fresh_check.sh
 
 clean:
-	rm -rf $(VENV) $(MODELS)
+	rm -rf $(VENV) $(FED_VENV) $(MODELS)

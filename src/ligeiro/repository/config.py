@@ -99,6 +99,10 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
             (``{ "1" = 90, "2" = 10 }``); absent, they go to the highest version.
         warmup: a V2 JSON request file in the model folder that a new version runs
             before it takes traffic; absent, it runs on a generated one-row sample.
+        disabled_versions: versions kept on disk that never load, each with the reason
+            (``{ "3" = "failed evaluation" }``); the index lists them as unavailable
+            with ``disabled: <reason>`` (``ligeiro.federated`` writes them when a
+            round's model fails its evaluation gate).
         features: names of the columns of the model's single 2-D input, in order;
             they let ``POST /v1/models/{m}:predict`` take ``{"feature": value}`` objects.
         labels: class names, indexed by the label output's integer value.
@@ -129,6 +133,7 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     traffic: dict[str, Annotated[int, msgspec.Meta(ge=0)]] | None = None
     warmup: str | None = None
     runtime: ProviderOptions | None = None
+    disabled_versions: dict[str, str] | None = None
 
 
 def load_config(folder: Path) -> ModelConfig:
@@ -191,6 +196,11 @@ def decode_config(data: bytes, path: str, *, json: bool = False) -> ModelConfig:
             )
         if not any(config.traffic.values()):
             raise ModelLoadError(f"{path}: traffic gives every version a weight of 0")
+    bad = [k for k in config.disabled_versions or () if not k.isdigit() or int(k) < 1]
+    if bad:
+        raise ModelLoadError(
+            f"{path}: disabled_versions names {bad[0]!r}; expected a version number"
+        )
     for section, tensors in (("inputs", config.inputs), ("outputs", config.outputs)):
         for i, tensor in enumerate(tensors or ()):
             if tensor.datatype not in DATATYPES:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from ..runtime.base import Runtime, TensorSpec
 
-__all__ = ["ModelState", "ModelVersion", "Registry", "Staged", "Usage"]
+__all__ = ["DISABLED", "ModelState", "ModelVersion", "Registry", "Staged", "Usage"]
 
 logger = logging.getLogger(__name__)
 
@@ -311,7 +311,14 @@ def _checked(
 
 # Config keys that change which versions serve and how requests reach them, not what a
 # loaded version is: a version whose files and other keys are unchanged is kept.
-_ROUTING_KEYS = {"version_policy": None, "version_labels": None, "traffic": None}
+_ROUTING_KEYS = {
+    "version_policy": None,
+    "version_labels": None,
+    "traffic": None,
+    "disabled_versions": None,
+}
+# How the index names a version that ``disabled_versions`` keeps from loading.
+DISABLED = "disabled: "
 
 
 def _signature(folder: ModelFolder, version: int) -> tuple[tuple[str, int, int], ...]:
@@ -627,6 +634,11 @@ class Registry:
         model.config = config
         policy = config.version_policy
         versions = policy.select(folder.versions) if policy is not None else folder.versions
+        disabled = config.disabled_versions or {}
+        for key, reason in disabled.items():
+            if int(key) in folder.versions:
+                model.failed[key] = DISABLED + reason
+        versions = tuple(v for v in versions if str(v) not in disabled)
         for version in versions:
             key = str(version)
             signature = _signature(folder, version)

@@ -32,6 +32,7 @@ from ..errors import (
     ModelNotFoundError,
 )
 from ..repository.config import ModelConfig, decode_config
+from ..repository.registry import DISABLED
 
 if TYPE_CHECKING:
     import threading
@@ -62,7 +63,8 @@ def _outcome(names: Iterable[str], states: list[ModelState]) -> list[ModelState]
     """The states of ``names``; an error if a load of any of them failed."""
     wanted = set(names)
     mine = [s for s in states if s.name in wanted]
-    failed = [s for s in mine if not s.is_ready or s.reason]
+    # A version that disabled_versions keeps from loading is as asked, not a failure.
+    failed = [s for s in mine if (not s.is_ready or s.reason) and not s.reason.startswith(DISABLED)]
     if failed and not any(s.reason == "unloaded" for s in failed):
         raise ModelLoadError(
             "; ".join(
