@@ -82,6 +82,12 @@ def cli() -> None:
     help="Bearer token of the repository API (better: the LIGEIRO_ADMIN_TOKEN variable, "
     "which no process listing shows).",
 )
+@click.option(
+    "--ui/--no-ui",
+    "ui",
+    default=None,
+    help="Serve the dashboard at / and the API docs at /docs (default on).",
+)
 @click.option("--print-config", is_flag=True, help="Print the effective settings and exit.")
 def serve(
     repository: Path | None,
@@ -101,6 +107,7 @@ def serve(
     batch: tuple[str, ...],
     model_control: str | None,
     admin_token: str | None,
+    ui: bool | None,
     print_config: bool,
 ) -> None:
     """Serve the models in REPOSITORY (<model>/<version>/model.onnx) over V2 REST and gRPC."""
@@ -117,6 +124,7 @@ def serve(
         "otel_endpoint": otel_endpoint,
         "model_control": model_control,
         "admin_token": admin_token,
+        "ui": ui,
         "http": {"host": host, "port": port, "max_request_bytes": max_request_bytes},
         "grpc": {"port": grpc_port, "enabled": grpc_enabled, "transport": grpc_transport},
         "runtime": {"threads": threads},
