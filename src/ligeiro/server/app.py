@@ -98,6 +98,7 @@ async def _serve(
     from ..engine import Engine
     from ..metrics import Metrics
     from .control import Control, LocalControl, WorkerControl
+    from ..web import Site
     from .http import Connections, HttpApp, HttpConnection
 
     loop = asyncio.get_running_loop()
@@ -135,8 +136,21 @@ async def _serve(
         local = control = LocalControl(engine, settings.model_control, settings.admin_token)
         if settings.model_control == "poll":
             watcher = loop.create_task(local.watch(engine.registry.root.absolute(), stop))
+    site = Site(
+        engine,
+        metrics,
+        explicit_control=settings.model_control == "explicit",
+        workers=settings.worker_count(),
+        pages=settings.ui,
+    )
     app = HttpApp(
-        engine, metrics, settings.http, control=control, access_log=access_log, tracing=tracing
+        engine,
+        metrics,
+        settings.http,
+        control=control,
+        access_log=access_log,
+        tracing=tracing,
+        site=site,
     )
     # Everything loaded so far lives as long as the process: keep it out of the
     # collector's full passes (and off copy-on-write pages after a fork).

@@ -15,6 +15,7 @@ import time
 import zlib
 from collections import deque
 from email.utils import formatdate
+from functools import partial
 from typing import TYPE_CHECKING, final
 from urllib.parse import unquote
 
@@ -50,6 +51,13 @@ from ..protocol.codec import (
     encode_server_metadata,
     header_length_of,
 )
+from ..protocol.embeddings import (
+    EmbeddingsRequest,
+    check_dimensions,
+    decode_embeddings,
+    embedding_output,
+    encode_embeddings,
+)
 from ..protocol.predict import decode_predict, encode_predict
 
 if TYPE_CHECKING:
@@ -64,6 +72,7 @@ if TYPE_CHECKING:
     from ..repository.registry import ModelVersion
     from ..settings import HttpSettings
     from ..tracing import RequestTrace, Tracing
+    from ..web import Page, Site
     from .control import Control
 
 __all__ = ["Connections", "HttpApp", "HttpConnection", "status_for"]
@@ -138,6 +147,7 @@ class HttpApp:
         control: the repository API's model control (none: the API's index only).
         access_log: where inference requests are logged, if anywhere.
         tracing: where inference requests are traced, if anywhere.
+        site: the dashboard, ``/docs`` and ``/openapi.json`` (ligeiro.web), if served.
     """
 
     def __init__(
@@ -149,6 +159,7 @@ class HttpApp:
         control: Control | None = None,
         access_log: AccessLog | None = None,
         tracing: Tracing | None = None,
+        site: Site | None = None,
     ) -> None:
         self.engine = engine
         self.control = control
@@ -166,6 +177,9 @@ class HttpApp:
             b"/v2": self._metadata,
             b"/metrics": self._metrics,
         }
+        if site is not None:
+            for route, page in site.routes().items():
+                self._get_routes[route] = partial(self._page, page)
 
     def response(
         self,
@@ -225,6 +239,14 @@ class HttpApp:
                 return await self._model_route(
                     method, path[11:], body, header_length, keep_alive, traceparent, tracestate
                 )
+            if path == b"/v1/embeddings":
+                if method != b"POST":
+                    return self._not_allowed(b"POST", keep_alive)
+                request = decode_embeddings(body)
+                return await self._inference(
+                    request.model, None, body, header_length, keep_alive,
+                    partial(self._answer_embeddings, request), traceparent, tracestate,
+                )  # fmt: skip
             if path.startswith(b"/v1/models/") and path.endswith(b":predict"):
                 if method != b"POST":
                     return self._not_allowed(b"POST", keep_alive)
@@ -274,6 +296,15 @@ class HttpApp:
 
     def _metadata(self, keep_alive: bool) -> bytes:
         return self.response(200, self._server_metadata, keep_alive=keep_alive)
+
+    def _page(self, page: Page, keep_alive: bool) -> bytes:
+        return self.response(
+            200,
+            page.body(),
+            keep_alive=keep_alive,
+            content_type=page.content_type,
+            headers=page.headers,
+        )
 
     def _metrics(self, keep_alive: bool) -> bytes:
         return self.response(
@@ -482,6 +513,34 @@ class HttpApp:
         if trace is not None:
             trace.stage("encode", began, time.time_ns())
         return response, None
+
+    async def _answer_embeddings(
+        self,
+        request: EmbeddingsRequest,
+        model: ModelVersion,
+        body: bytes,
+        header_length: bytes | None,
+        keep_alive: bool,
+        trace: RequestTrace | None,
+    ) -> tuple[bytes, str | None]:
+        output = embedding_output(model)
+        if output is None:
+            raise InvalidInputError(
+                f"model {model.name!r} does not embed text: /v1/embeddings needs one BYTES "
+                f"input and a [-1, D] float output; use POST /v2/models/{model.name}/infer"
+            )
+        if header_length is not None:
+            raise InvalidInputError(
+                "binary tensor data is for POST /v2/models/{model}/infer, not /v1/embeddings"
+            )
+        check_dimensions(request, model, output)
+        inputs = {next(iter(model.inputs)): request.texts}
+        if trace is None:
+            result = await self.engine.submit(model, inputs, (output,))
+        else:
+            result = await trace.submit(self.engine, model, inputs, (output,))
+        answer = encode_embeddings(request, model.name, result.outputs[output])
+        return self.response(200, answer, keep_alive=keep_alive), None
 
 
 # Content-Encoding -> zlib's wbits: gzip's header and trailer, or zlib's (RFC 9110
