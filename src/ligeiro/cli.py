@@ -114,6 +114,12 @@ class _NeedsExtra(click.Command):
     help="Serve REPOSITORY as one model folder under NAME (its model.onnx, or version "
     "folders, and maybe config.toml; KServe's /mnt/models), not as a repository.",
 )
+@click.option(
+    "--ui/--no-ui",
+    "ui",
+    default=None,
+    help="Serve the dashboard at / and the API docs at /docs (default on).",
+)
 @click.option("--print-config", is_flag=True, help="Print the effective settings and exit.")
 def serve(
     repository: Path | None,
@@ -135,6 +141,7 @@ def serve(
     model_control: str | None,
     admin_token: str | None,
     model_name: str | None,
+    ui: bool | None,
     print_config: bool,
 ) -> None:
     """Serve the models in REPOSITORY (<model>/<version>/model.onnx) over V2 REST and gRPC.
@@ -155,6 +162,7 @@ def serve(
         "otel_endpoint": otel_endpoint,
         "model_control": model_control,
         "admin_token": admin_token,
+        "ui": ui,
         "http": {"host": host, "port": port, "max_request_bytes": max_request_bytes},
         "grpc": {"port": grpc_port, "enabled": grpc_enabled, "transport": grpc_transport},
         "runtime": {

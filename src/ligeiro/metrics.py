@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Any, final
 
 from prometheus_client import (
     CollectorRegistry,
@@ -251,12 +251,58 @@ class Metrics:
         self._cpu.set(usage.ru_utime + usage.ru_stime)
         self._rss.set(_resident_bytes())
 
-    def exposition(self) -> bytes:
-        """The Prometheus text format of every metric (of every worker, when several)."""
+    def _collected(self) -> CollectorRegistry:
+        """The registry to read: this process's, or every worker's files summed."""
         if self._multiprocess_dir is None:
-            return generate_latest(self.registry)
+            return self.registry
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=self._multiprocess_dir)
-        return generate_latest(registry)
+        return registry
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every metric (of every worker, when several)."""
+        return generate_latest(self._collected())
+
+    def snapshot(self) -> dict[str, Any]:
+        """The numbers a dashboard shows, now (of every worker, when several).
+
+        Returns ``{"models": {"<model>/<version>": {"requests": {code: n},
+        "latency_buckets": [[le, cumulative count], ...], "queue_length": n}},
+        "process": {"cpu_seconds": s, "resident_bytes": b}}``; the counts are
+        cumulative, so a reader takes differences between two snapshots for rates.
+        """
+        models: dict[str, dict[str, Any]] = {}
+        process = {"cpu_seconds": 0.0, "resident_bytes": 0.0}
+
+        def model(labels: dict[str, str]) -> dict[str, Any]:
+            key = f"{labels['model']}/{labels['version']}"
+            entry = models.get(key)
+            if entry is None:
+                entry = models[key] = {"requests": {}, "latency_buckets": {}, "queue_length": 0}
+            return entry
+
+        for family in self._collected().collect():
+            for sample in family.samples:
+                name, labels, value = sample.name, sample.labels, sample.value
+                if name == "ligeiro_inference_requests_total":
+                    counts = model(labels)["requests"]
+                    counts[labels["code"]] = counts.get(labels["code"], 0) + int(value)
+                elif name == "ligeiro_inference_duration_seconds_bucket":
+                    buckets = model(labels)["latency_buckets"]
+                    le = labels["le"]
+                    buckets[le] = buckets.get(le, 0) + int(value)
+                elif name == "ligeiro_inference_queue_length":
+                    model(labels)["queue_length"] += int(value)
+                elif name == "ligeiro_process_cpu_seconds_total":
+                    process["cpu_seconds"] += value
+                elif name == "ligeiro_process_resident_memory_bytes":
+                    process["resident_bytes"] += value
+        for entry in models.values():
+            # Summed over protocols, by upper bound; +Inf (JSON has no infinity) is null, last.
+            entry["latency_buckets"] = [
+                [None if bound == float("inf") else bound, n]
+                for bound, n in sorted((float(le), n) for le, n in entry["latency_buckets"].items())
+            ]
+        return {"models": models, "process": process}

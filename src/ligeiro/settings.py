@@ -100,6 +100,9 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     # The bearer token of the repository API (LIGEIRO_ADMIN_TOKEN); no inference
     # request needs it.
     admin_token: str | None = None
+    # The dashboard (/) and the API docs (/docs) for people; /openapi.json is served
+    # either way (ligeiro.web).
+    ui: bool = True
     http: HttpSettings = HttpSettings()
     grpc: GrpcSettings = GrpcSettings()
     runtime: RuntimeSettings = RuntimeSettings()

@@ -21,12 +21,12 @@ if TYPE_CHECKING:
 
     from .registry import ModelVersion
 
-__all__ = ["warm_up"]
+__all__ = ["generated_sample", "sample", "warm_up"]
 
 logger = logging.getLogger(__name__)
 
 
-def _generated(model: ModelVersion) -> dict[str, np.ndarray]:
+def generated_sample(model: ModelVersion) -> dict[str, np.ndarray]:
     feeds = {}
     for spec in model.inputs.values():
         shape = tuple(1 if dim < 0 else dim for dim in spec.shape)
@@ -37,6 +37,26 @@ def _generated(model: ModelVersion) -> dict[str, np.ndarray]:
     return feeds
 
 
+def sample(model: ModelVersion, folder: Path) -> dict[str, np.ndarray]:
+    """The inputs ``model`` warms up on: its ``warmup`` file's, or a generated one-row sample.
+
+    Raises:
+        ModelLoadError: the warm-up file is unreadable or invalid.
+    """
+    name = model.config.warmup
+    if name is None:
+        return generated_sample(model)
+    from ..protocol.codec import decode_infer_request  # the wire format of the file
+
+    path = folder / name
+    try:
+        return decode_infer_request(path.read_bytes(), None).inputs
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: warm-up request unreadable: {exc.strerror}") from None
+    except LigeiroError as exc:
+        raise ModelLoadError(f"{path}: warm-up request invalid: {exc}") from None
+
+
 def warm_up(model: ModelVersion, folder: Path) -> None:
     """Run ``model`` once on its sample.
 
@@ -44,24 +64,11 @@ def warm_up(model: ModelVersion, folder: Path) -> None:
         ModelLoadError: the warm-up file is unreadable or invalid, or the run failed.
     """
     name = f"model {model.name!r} version {model.version}"
-    sample = model.config.warmup
-    if sample is not None:
-        from ..protocol.codec import decode_infer_request  # the wire format of the file
-
-        path = folder / sample
-        try:
-            request = decode_infer_request(path.read_bytes(), None)
-        except OSError as exc:
-            raise ModelLoadError(f"{path}: warm-up request unreadable: {exc.strerror}") from None
-        except LigeiroError as exc:
-            raise ModelLoadError(f"{path}: warm-up request invalid: {exc}") from None
-        feeds = request.inputs
-    else:
-        feeds = _generated(model)
+    feeds = sample(model, folder)
     try:
         model.runtime.run(feeds, model.output_names)
     except InvalidInputError as exc:
-        if sample is not None:
+        if model.config.warmup is not None:
             raise ModelLoadError(f"{name}: warm-up request refused: {exc}") from None
         # A generated sample the model does not accept proves nothing either way.
         logger.info("%s: generated warm-up sample refused (%s); give a warmup file", name, exc)

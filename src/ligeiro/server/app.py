@@ -99,6 +99,7 @@ async def _serve(
     from ..engine import Engine
     from ..metrics import Metrics
     from .control import Control, LocalControl, WorkerControl
+    from ..web import Site
     from .http import Connections, HttpApp, HttpConnection
 
     loop = asyncio.get_running_loop()
@@ -137,7 +138,14 @@ async def _serve(
         if settings.model_control == "poll":
             watcher = loop.create_task(local.watch(engine.registry.root.absolute(), stop))
     plane = DataPlane(engine, metrics, access_log=access_log, tracing=tracing)
-    app = HttpApp(plane, settings.http, control=control)
+    site = Site(
+        engine,
+        metrics,
+        explicit_control=settings.model_control == "explicit",
+        workers=settings.worker_count(),
+        pages=settings.ui,
+    )
+    app = HttpApp(plane, settings.http, control=control, site=site)
     # Everything loaded so far lives as long as the process: keep it out of the
     # collector's full passes (and off copy-on-write pages after a fork).
     gc.freeze()

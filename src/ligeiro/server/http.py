@@ -15,6 +15,7 @@ import time
 import zlib
 from collections import deque
 from email.utils import formatdate
+from functools import partial
 from typing import TYPE_CHECKING, final
 from urllib.parse import unquote
 
@@ -48,6 +49,7 @@ from ..protocol.codec import (
     encode_repository_index,
     encode_server_metadata,
 )
+from ..protocol.embeddings import EmbeddingsCodec, decode_embeddings
 from ..protocol.predict import PredictCodec
 
 if TYPE_CHECKING:
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
 
     from ..dataplane import DataPlane
     from ..settings import HttpSettings
+    from ..web import Page, Site
     from .control import Control
 
 __all__ = ["Connections", "HttpApp", "HttpConnection", "status_for"]
@@ -105,6 +108,7 @@ def status_for(error: LigeiroError) -> int:
 _TRANSPORT = Transport("http", "200", "500", lambda error: str(status_for(error)))
 _INFER = RestInferCodec()
 _PREDICT = PredictCodec()
+_EMBEDDINGS = EmbeddingsCodec()
 
 
 class _Clock:
@@ -132,6 +136,7 @@ class HttpApp:
         plane: the inference call (its engine and metrics serve the other routes).
         settings: transport limits.
         control: the repository API's model control (none: the API's index only).
+        site: the dashboard, ``/docs`` and ``/openapi.json`` (ligeiro.web), if served.
     """
 
     def __init__(
@@ -140,6 +145,7 @@ class HttpApp:
         settings: HttpSettings,
         *,
         control: Control | None = None,
+        site: Site | None = None,
     ) -> None:
         self.plane = plane
         self.engine = plane.engine
@@ -156,6 +162,9 @@ class HttpApp:
             b"/v2": self._metadata,
             b"/metrics": self._metrics,
         }
+        if site is not None:
+            for route, page in site.routes().items():
+                self._get_routes[route] = partial(self._page, page)
 
     def response(
         self,
@@ -215,6 +224,16 @@ class HttpApp:
                 return await self._model_route(
                     method, path[11:], body, header_length, keep_alive, traceparent, tracestate
                 )
+            if path == b"/v1/embeddings":
+                if method != b"POST":
+                    return self._not_allowed(b"POST", keep_alive)
+                request = decode_embeddings(body)
+                context = None if traceparent is None else _trace_context(traceparent, tracestate)
+                answer = await self.plane.infer(
+                    _TRANSPORT, request.model, None, (request, header_length), _EMBEDDINGS,
+                    metadata=context,
+                )  # fmt: skip
+                return self.response(200, answer, keep_alive=keep_alive)
             if path.startswith(b"/v1/models/") and path.endswith(b":predict"):
                 if method != b"POST":
                     return self._not_allowed(b"POST", keep_alive)
@@ -263,6 +282,15 @@ class HttpApp:
 
     def _metadata(self, keep_alive: bool) -> bytes:
         return self.response(200, self._server_metadata, keep_alive=keep_alive)
+
+    def _page(self, page: Page, keep_alive: bool) -> bytes:
+        return self.response(
+            200,
+            page.body(),
+            keep_alive=keep_alive,
+            content_type=page.content_type,
+            headers=page.headers,
+        )
 
     def _metrics(self, keep_alive: bool) -> bytes:
         return self.response(
