@@ -93,6 +93,7 @@ def _grpc_frames(calls: int) -> tuple[bytes, list[bytes]]:
 
 
 async def _measure(calls: int, batch: int, rounds: int) -> dict[str, list[float]]:
+    from ligeiro.dataplane import DataPlane
     from ligeiro.engine import Engine
     from ligeiro.metrics import Metrics
     from ligeiro.server.grpc import GrpcService
@@ -105,8 +106,9 @@ async def _measure(calls: int, batch: int, rounds: int) -> dict[str, list[float]
     engine = Engine.from_repository(
         ROOT / "examples" / "models", threads=1, metrics=metrics, batching=settings.batching
     )
-    app = HttpApp(engine, metrics, settings.http)
-    grpc_server = H2GrpcServer(GrpcService(engine, metrics), settings.grpc)
+    plane = DataPlane(engine, metrics)
+    app = HttpApp(plane, settings.http)
+    grpc_server = H2GrpcServer(GrpcService(plane), settings.grpc)
     results: dict[str, list[float]] = {"rest": [], "grpc-h2": []}
 
     def connect(name: str) -> tuple[asyncio.Protocol, _Transport, list[bytes]]:

@@ -208,6 +208,16 @@ class Engine:
             and (version is None or state.version == version)
         ]
 
+    def statistics(self, model: ModelVersion) -> ModelStats:
+        """The statistics of ``model`` (a version from ``model()``) in this process."""
+        return self._observer(model.name, model.version).stats
+
+    @staticmethod
+    def is_batched(model: ModelVersion) -> bool:
+        """Whether ``model``'s requests go through its batcher (``[batching]``)."""
+        policy = model.batching
+        return policy is not None and policy.max_batch_size > 0
+
     def run(
         self,
         model: ModelVersion,
@@ -311,7 +321,7 @@ class Engine:
         """The model's batcher, made on first use (it needs the running event loop)."""
         policy = model.batching
         batcher = None
-        if policy is not None and policy.max_batch_size > 0:
+        if policy is not None and self.is_batched(model):
             loop = asyncio.get_running_loop()
             on_thread = policy.runs_on_thread(self.registry.threads)
             if on_thread:

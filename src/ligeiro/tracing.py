@@ -27,7 +27,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import time
 from typing import TYPE_CHECKING, final
 
 from .errors import ConfigError
@@ -43,12 +42,10 @@ except ImportError:  # pragma: no cover - depends on the extra
     raise ConfigError("tracing needs OpenTelemetry: pip install 'ligeiro[otel]'") from None
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Mapping
 
-    import numpy as np
     from opentelemetry.context import Context
 
-    from .engine import Engine, InferenceResult
     from .repository.registry import ModelVersion
 
 __all__ = ["RequestTrace", "Tracing"]
@@ -149,32 +146,13 @@ class RequestTrace:
         self._span.set_attribute("ligeiro.model", model.name)
         self._span.set_attribute("ligeiro.version", model.version)
 
-    async def submit(
-        self,
-        engine: Engine,
-        model: ModelVersion,
-        inputs: Mapping[str, np.ndarray],
-        outputs: Sequence[str] | None = None,
-        timeout_s: float | None = None,
-    ) -> InferenceResult:
-        """``engine.submit``, recorded as ``compute`` (and ``queue`` for a batched model)."""
-        policy = model.batching
-        if policy is None or policy.max_batch_size <= 0:
-            start = time.time_ns()
-            result = await engine.submit(model, inputs, outputs, timeout_s=timeout_s)
-            self.stage("compute", start, time.time_ns())
-            return result
-        # The model's statistics, before and after: the batches run in between.
-        stats = engine.stats(model.name, model.version)[0][1].compute_infer
-        runs, ns = stats.count, stats.ns
-        start = time.time_ns()
-        result = await engine.submit(model, inputs, outputs, timeout_s=timeout_s)
-        end = time.time_ns()
-        runs, ns = stats.count - runs, stats.ns - ns
-        computing = max(start, end - ns // runs) if runs else end
-        self.stage("queue", start, computing)
-        self.stage("compute", computing, end, runs)
-        return result
+    def ran(self, start_ns: int, end_ns: int, runs: int, run_ns: int) -> None:
+        """A batched model's ``queue`` and ``compute``: the request was in the engine from
+        ``start_ns`` to ``end_ns``, while ``runs`` batches of its model took ``run_ns``.
+        """
+        computing = max(start_ns, end_ns - run_ns // runs) if runs else end_ns
+        self.stage("queue", start_ns, computing)
+        self.stage("compute", computing, end_ns, runs)
 
     def finish(self, status: str, ok: bool) -> None:
         """End the server span with the request's answer (an HTTP status or gRPC code)."""

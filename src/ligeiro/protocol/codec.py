@@ -14,7 +14,7 @@ import math
 import struct
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, final
 
 import msgspec
 import numpy as np
@@ -36,11 +36,12 @@ from .messages import (
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from ..repository.registry import ModelState
+    from ..repository.registry import ModelState, ModelVersion
     from ..scheduling.stats import Duration, ModelStats
 
 __all__ = [
     "DecodedRequest",
+    "RestInferCodec",
     "array_from_raw",
     "decode_infer_request",
     "decode_json",
@@ -488,6 +489,33 @@ def encode_binary_infer_response(
         )
     )
     return b"".join([header, *chunks]), len(header)
+
+
+@final
+class RestInferCodec:
+    """``POST /v2/models/{m}/infer`` as ``DataPlane.infer`` decodes and encodes it.
+
+    The payload is the body and the raw ``Inference-Header-Content-Length`` (or
+    ``None``); the answer is the body and, when it carries binary outputs, the size of
+    its JSON header (``None`` for plain JSON).
+    """
+
+    __slots__ = ()
+
+    def decode(self, model: ModelVersion, payload: tuple[bytes, bytes | None]) -> DecodedRequest:
+        body, header_length = payload
+        if header_length is None:
+            return decode_infer_request(body)
+        return decode_infer_request(body, header_length_of(header_length, len(body)))
+
+    def encode(
+        self, model: ModelVersion, request: DecodedRequest, outputs: dict[str, np.ndarray]
+    ) -> tuple[bytes, int | None]:
+        if not request.binary_outputs:
+            return encode_infer_response(model.name, model.version, outputs, request.id), None
+        return encode_binary_infer_response(
+            model.name, model.version, outputs, request.id, request.binary_outputs
+        )
 
 
 class TensorSpecLike(Protocol):

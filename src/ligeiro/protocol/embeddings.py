@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from ..repository.registry import ModelVersion
 
 __all__ = [
+    "EmbeddingsCodec",
+    "EmbeddingsDecoded",
     "EmbeddingsRequest",
     "check_dimensions",
     "decode_embeddings",
@@ -140,3 +142,50 @@ def encode_embeddings(request: EmbeddingsRequest, name: str, embeddings: np.ndar
             "usage": {"prompt_tokens": words, "total_tokens": words},
         }
     )
+
+
+class EmbeddingsDecoded:
+    """A decoded embeddings request as ``DataPlane.infer`` submits it: the texts as the
+    model's one BYTES input, and the one embedding output asked for."""
+
+    __slots__ = ("inputs", "output", "outputs", "request")
+    id = None  # OpenAI's requests carry no id
+    timeout_s = None  # nor a queue timeout
+
+    def __init__(self, request: EmbeddingsRequest, model: ModelVersion, output: str) -> None:
+        self.request = request
+        self.output = output
+        self.outputs = (output,)
+        self.inputs = {next(iter(model.inputs)): request.texts}
+
+
+class EmbeddingsCodec:
+    """``POST /v1/embeddings`` as ``DataPlane.infer`` decodes and encodes it.
+
+    The payload is the decoded request (its ``model`` names what to resolve) and the raw
+    ``Inference-Header-Content-Length`` (refused: binary tensors are V2's).
+    """
+
+    __slots__ = ()
+
+    def decode(
+        self, model: ModelVersion, payload: tuple[EmbeddingsRequest, bytes | None]
+    ) -> EmbeddingsDecoded:
+        request, header_length = payload
+        output = embedding_output(model)
+        if output is None:
+            raise InvalidInputError(
+                f"model {model.name!r} does not embed text: /v1/embeddings needs one BYTES "
+                f"input and a [-1, D] float output; use POST /v2/models/{model.name}/infer"
+            )
+        if header_length is not None:
+            raise InvalidInputError(
+                "binary tensor data is for POST /v2/models/{model}/infer, not /v1/embeddings"
+            )
+        check_dimensions(request, model, output)
+        return EmbeddingsDecoded(request, model, output)
+
+    def encode(
+        self, model: ModelVersion, decoded: EmbeddingsDecoded, outputs: dict[str, np.ndarray]
+    ) -> bytes:
+        return encode_embeddings(decoded.request, model.name, outputs[decoded.output])

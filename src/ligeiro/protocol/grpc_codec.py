@@ -36,12 +36,13 @@ from .datatypes import datatype_of, dtype_of
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
 
-    from ..repository.registry import ModelState
+    from ..repository.registry import ModelState, ModelVersion
     from ..scheduling.stats import Duration, ModelStats
 
 __all__ = [
     "ClientCall",
     "InferRequestMessage",
+    "ModelInferCodec",
     "decode_infer_request",
     "decode_message",
     "encode_infer_response",
@@ -182,6 +183,22 @@ class InferRequestMessage:
                 where = f"input {name!r}: "
                 inputs[name] = array_from_raw(raw, datatype, shape, where, "raw_input_contents")
         return DecodedRequest(inputs, self._outputs, self.id or None)
+
+
+@final
+class ModelInferCodec:
+    """``ModelInfer`` as ``DataPlane.infer`` decodes and encodes it: a parsed request in
+    (``parse_infer_request``), a serialized ``ModelInferResponse`` out."""
+
+    __slots__ = ()
+
+    def decode(self, model: ModelVersion, payload: InferRequestMessage) -> DecodedRequest:
+        return payload.decode()
+
+    def encode(
+        self, model: ModelVersion, request: DecodedRequest, outputs: dict[str, np.ndarray]
+    ) -> bytes:
+        return encode_infer_response(model.name, model.version, outputs, request.id)
 
 
 def parse_infer_request(data: bytes) -> InferRequestMessage:

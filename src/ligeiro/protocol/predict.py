@@ -14,7 +14,7 @@ when it names them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, final
 
 import msgspec
 import numpy as np
@@ -25,7 +25,7 @@ from .codec import decode_json
 if TYPE_CHECKING:
     from ..repository.registry import ModelVersion
 
-__all__ = ["decode_predict", "encode_predict"]
+__all__ = ["PredictCodec", "PredictRequest", "decode_predict", "encode_predict"]
 
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
@@ -175,3 +175,42 @@ def encode_predict(model: ModelVersion, outputs: dict[str, np.ndarray], single: 
     rows = len(next(iter(outputs.values())))
     predictions = [_prediction(model, outputs, i) for i in range(rows)]
     return _encoder.encode(predictions[0] if single else {"predictions": predictions})
+
+
+@final
+class PredictRequest:
+    """A decoded predict request: the model's one input, and whether it was one object."""
+
+    __slots__ = ("inputs", "single")
+    outputs = None  # every output
+    id = None  # predict requests carry no id
+    timeout_s = None  # nor a queue timeout
+
+    def __init__(self, inputs: dict[str, np.ndarray], single: bool) -> None:
+        self.inputs = inputs
+        self.single = single
+
+
+@final
+class PredictCodec:
+    """``POST /v1/models/{m}:predict`` as ``DataPlane.infer`` decodes and encodes it.
+
+    The payload is the body and the raw ``Inference-Header-Content-Length`` (refused:
+    binary tensors are V2's); the answer is the JSON body.
+    """
+
+    __slots__ = ()
+
+    def decode(self, model: ModelVersion, payload: tuple[bytes, bytes | None]) -> PredictRequest:
+        body, header_length = payload
+        if header_length is not None:
+            raise InvalidInputError(
+                "binary tensor data is for POST /v2/models/{model}/infer, not :predict"
+            )
+        inputs, single = decode_predict(body, model)
+        return PredictRequest(inputs, single)
+
+    def encode(
+        self, model: ModelVersion, request: PredictRequest, outputs: dict[str, np.ndarray]
+    ) -> bytes:
+        return encode_predict(model, outputs, request.single)

@@ -95,6 +95,7 @@ async def _serve(
     control_pipe: Connection | None = None,
 ) -> None:
     # Imported here, after the supervisor has set PROMETHEUS_MULTIPROC_DIR.
+    from ..dataplane import DataPlane
     from ..engine import Engine
     from ..metrics import Metrics
     from .control import Control, LocalControl, WorkerControl
@@ -136,6 +137,7 @@ async def _serve(
         local = control = LocalControl(engine, settings.model_control, settings.admin_token)
         if settings.model_control == "poll":
             watcher = loop.create_task(local.watch(engine.registry.root.absolute(), stop))
+    plane = DataPlane(engine, metrics, access_log=access_log, tracing=tracing)
     site = Site(
         engine,
         metrics,
@@ -143,15 +145,7 @@ async def _serve(
         workers=settings.worker_count(),
         pages=settings.ui,
     )
-    app = HttpApp(
-        engine,
-        metrics,
-        settings.http,
-        control=control,
-        access_log=access_log,
-        tracing=tracing,
-        site=site,
-    )
+    app = HttpApp(plane, settings.http, control=control, site=site)
     # Everything loaded so far lives as long as the process: keep it out of the
     # collector's full passes (and off copy-on-write pages after a fork).
     gc.freeze()
@@ -169,13 +163,10 @@ async def _serve(
         # One worker: a taken gRPC port is an error. Several: they share the port the
         # supervisor reserved.
         grpc_server = await start_grpc_server(
-            engine,
-            metrics,
+            plane,
             settings.grpc,
             _grpc_address(settings.grpc_host(), grpc_port),
             reuse_port=ready is not None,
-            access_log=access_log,
-            tracing=tracing,
             control=control,
         )
         grpc_port = grpc_server.port

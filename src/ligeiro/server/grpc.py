@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, final
 
@@ -31,8 +30,9 @@ from ..errors import (
     RequestTooLargeError,
     ServerOverloadedError,
 )
+from ..dataplane import Transport
 from ..protocol.grpc_codec import (
-    InferRequestMessage,
+    ModelInferCodec,
     decode_message,
     encode_infer_response,
     encode_model_metadata,
@@ -47,12 +47,8 @@ if TYPE_CHECKING:
 
     from google.protobuf.message import Message
 
-    from ..accesslog import AccessLog
-    from ..engine import Engine
-    from ..metrics import Metrics
-    from ..repository.registry import ModelVersion
+    from ..dataplane import DataPlane
     from ..settings import GrpcSettings
-    from ..tracing import Tracing
     from .control import Control
     from .grpc_aio import GrpcServer
     from .grpc_h2 import H2GrpcServer
@@ -133,6 +129,11 @@ def status_for(error: LigeiroError) -> StatusCode:
     return _INTERNAL
 
 
+# What the data plane records of a call that came over gRPC, and its wire shape.
+_TRANSPORT = Transport("grpc", _OK.name, _INTERNAL.name, lambda error: status_for(error).name)
+_CODEC = ModelInferCodec()
+
+
 async def _abort(context: CallContext, error: Exception) -> NoReturn:
     if isinstance(error, LigeiroError):
         await context.abort(status_for(error), str(error))
@@ -146,26 +147,14 @@ class GrpcService:
     """The ``inference.GRPCInferenceService`` methods, each a thin call into the engine.
 
     Args:
-        engine: the models.
-        metrics: where inference requests are counted and timed (``protocol="grpc"``).
-        access_log: where inference requests are logged, if anywhere.
-        tracing: where inference requests are traced, if anywhere.
+        plane: the inference call (``protocol="grpc"``); its engine serves the rest.
         control: the repository API's model control (none: the index only).
     """
 
-    def __init__(
-        self,
-        engine: Engine,
-        metrics: Metrics,
-        access_log: AccessLog | None = None,
-        tracing: Tracing | None = None,
-        control: Control | None = None,
-    ) -> None:
-        self.engine = engine
+    def __init__(self, plane: DataPlane, control: Control | None = None) -> None:
+        self.plane = plane
+        self.engine = plane.engine
         self.control = control
-        self.metrics = metrics
-        self.access_log = access_log
-        self.tracing = tracing
         self._closing = asyncio.Event()
 
     # -- health and metadata ----------------------------------------------------------
@@ -215,61 +204,23 @@ class GrpcService:
 
     # -- inference ----------------------------------------------------------------------
 
-    async def _infer(self, request: InferRequestMessage, context: CallContext) -> bytes:
-        """Resolve, decode, run, encode; count, time, log and trace it.
-
-        Raises the domain's errors.
-        """
-        start = time.perf_counter()
-        model: ModelVersion | None = None
-        code = _INTERNAL
-        request_id = request.id or None
-        trace = None
-        if self.tracing is not None:  # the one test tracing costs when off
-            metadata = dict(context.invocation_metadata() or ())
-            trace = self.tracing.start(
-                "grpc", metadata.get("traceparent"), metadata.get("tracestate")
-            )
-        self.metrics.request_started("grpc")
-        try:
-            model = self.engine.model(request.model_name, request.model_version or None)
-            self.engine.admit(model)  # a full queue refuses before the tensors are decoded
-            began = 0 if trace is None else time.time_ns()
-            decoded = request.decode()
-            if trace is None:
-                result = await self.engine.submit(
-                    model, decoded.inputs, decoded.outputs, timeout_s=decoded.timeout_s
-                )
-            else:
-                trace.model(model)
-                trace.stage("decode", began, time.time_ns())
-                result = await trace.submit(
-                    self.engine, model, decoded.inputs, decoded.outputs, decoded.timeout_s
-                )
-                began = time.time_ns()
-            response = encode_infer_response(model.name, model.version, result.outputs, decoded.id)
-            if trace is not None:
-                trace.stage("encode", began, time.time_ns())
-            code = _OK
-            return response
-        except LigeiroError as exc:
-            code = status_for(exc)
-            raise
-        finally:
-            seconds = time.perf_counter() - start
-            self.metrics.request_finished("grpc")
-            name, version = (model.name, model.version) if model else ("", "")
-            self.metrics.observe_request(name, version, "grpc", code.name, seconds)
-            if self.access_log is not None:
-                self.access_log.record("grpc", name, version, code.name, seconds, request_id)
-            if trace is not None:
-                trace.request_id = request_id
-                trace.finish(code.name, code is _OK)
+    async def _infer(self, data: bytes, context: CallContext) -> bytes:
+        """A serialized ModelInferRequest through the data plane; raises the domain's errors."""
+        request = parse_infer_request(data)
+        return await self.plane.infer(
+            _TRANSPORT,
+            request.model_name,
+            request.model_version or None,
+            request,
+            _CODEC,
+            request_id=request.id or None,
+            metadata=context.invocation_metadata,
+        )
 
     async def ModelInfer(self, data: bytes, context: CallContext) -> bytes:
         """Takes the request's bytes (its own parser, ``parse_infer_request``), answers bytes."""
         try:
-            return await self._infer(parse_infer_request(data), context)
+            return await self._infer(data, context)
         except Exception as exc:
             await _abort(context, exc)
 
@@ -300,7 +251,7 @@ class GrpcService:
     async def _stream_answer(self, data: bytes, context: CallContext) -> bytes:
         """A serialized ModelStreamInferResponse: the answer, or the request's error."""
         try:
-            response = await self._infer(parse_infer_request(data), context)
+            response = await self._infer(data, context)
         except LigeiroError as exc:
             message = str(exc)
         except Exception:
@@ -427,19 +378,17 @@ def unary_methods(service: GrpcService) -> dict[str, UnaryHandler]:
 
 
 async def start_grpc_server(
-    engine: Engine,
-    metrics: Metrics,
+    plane: DataPlane,
     settings: GrpcSettings,
     address: str,
     *,
     reuse_port: bool,
-    access_log: AccessLog | None = None,
-    tracing: Tracing | None = None,
     control: Control | None = None,
 ) -> GrpcServer | H2GrpcServer:
     """Bind and start the gRPC service on the running loop, on ``settings.transport``.
 
     Args:
+        plane: the inference call the service's ModelInfer goes through.
         address: ``host:port`` to bind; port 0 picks a free one.
         reuse_port: share the port with other workers (``SO_REUSEPORT``). Off, a port
             already taken is an error rather than silently shared.
@@ -447,7 +396,7 @@ async def start_grpc_server(
     Raises:
         OSError: the address cannot be bound.
     """
-    service = GrpcService(engine, metrics, access_log, tracing, control)
+    service = GrpcService(plane, control)
     if settings.transport == "h2":
         from .grpc_h2 import start_h2_grpc_server
 

@@ -37,41 +37,26 @@ from ..errors import (
     UnsupportedEncodingError,
 )
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..dataplane import Transport
 from ..protocol.codec import (
     BINARY_EXTENSION,
-    decode_infer_request,
+    RestInferCodec,
     decode_json_object,
-    encode_binary_infer_response,
     encode_error,
     encode_health,
-    encode_infer_response,
     encode_model_metadata,
     encode_model_stats,
     encode_repository_index,
     encode_server_metadata,
-    header_length_of,
 )
-from ..protocol.embeddings import (
-    EmbeddingsRequest,
-    check_dimensions,
-    decode_embeddings,
-    embedding_output,
-    encode_embeddings,
-)
-from ..protocol.predict import decode_predict, encode_predict
+from ..protocol.embeddings import EmbeddingsCodec, decode_embeddings
+from ..protocol.predict import PredictCodec
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Callable
 
-    import numpy as np
-
-    from ..accesslog import AccessLog
-    from ..engine import Engine
-    from ..metrics import Metrics
-    from ..protocol.codec import DecodedRequest
-    from ..repository.registry import ModelVersion
+    from ..dataplane import DataPlane
     from ..settings import HttpSettings
-    from ..tracing import RequestTrace, Tracing
     from ..web import Page, Site
     from .control import Control
 
@@ -119,6 +104,13 @@ def status_for(error: LigeiroError) -> int:
     return 500
 
 
+# What the data plane records of a request that came over HTTP, and its wire shapes.
+_TRANSPORT = Transport("http", "200", "500", lambda error: str(status_for(error)))
+_INFER = RestInferCodec()
+_PREDICT = PredictCodec()
+_EMBEDDINGS = EmbeddingsCodec()
+
+
 class _Clock:
     """The ``Date`` header, formatted once a second rather than once a request."""
 
@@ -138,35 +130,28 @@ class _Clock:
 
 @final
 class HttpApp:
-    """Routes V2 REST requests to the engine and encodes the answers.
+    """Routes V2 REST requests: inference to the data plane, the rest to the engine.
 
     Args:
-        engine: the models.
-        metrics: where requests are counted and timed.
+        plane: the inference call (its engine and metrics serve the other routes).
         settings: transport limits.
         control: the repository API's model control (none: the API's index only).
-        access_log: where inference requests are logged, if anywhere.
-        tracing: where inference requests are traced, if anywhere.
         site: the dashboard, ``/docs`` and ``/openapi.json`` (ligeiro.web), if served.
     """
 
     def __init__(
         self,
-        engine: Engine,
-        metrics: Metrics,
+        plane: DataPlane,
         settings: HttpSettings,
         *,
         control: Control | None = None,
-        access_log: AccessLog | None = None,
-        tracing: Tracing | None = None,
         site: Site | None = None,
     ) -> None:
-        self.engine = engine
+        self.plane = plane
+        self.engine = plane.engine
         self.control = control
-        self.metrics = metrics
+        self.metrics = plane.metrics
         self.settings = settings
-        self.access_log = access_log
-        self.tracing = tracing
         self._clock = _Clock()
         self._server_metadata = encode_server_metadata(__version__, _EXTENSIONS)
         self._live_body = encode_health("live", True)
@@ -243,17 +228,18 @@ class HttpApp:
                 if method != b"POST":
                     return self._not_allowed(b"POST", keep_alive)
                 request = decode_embeddings(body)
-                return await self._inference(
-                    request.model, None, body, header_length, keep_alive,
-                    partial(self._answer_embeddings, request), traceparent, tracestate,
+                context = None if traceparent is None else _trace_context(traceparent, tracestate)
+                answer = await self.plane.infer(
+                    _TRANSPORT, request.model, None, (request, header_length), _EMBEDDINGS,
+                    metadata=context,
                 )  # fmt: skip
+                return self.response(200, answer, keep_alive=keep_alive)
             if path.startswith(b"/v1/models/") and path.endswith(b":predict"):
                 if method != b"POST":
                     return self._not_allowed(b"POST", keep_alive)
-                return await self._inference(
-                    _text(path[11:-8]), None, body, header_length, keep_alive,
-                    self._answer_predict, traceparent, tracestate,
-                )  # fmt: skip
+                return await self._predict(
+                    _text(path[11:-8]), body, header_length, keep_alive, traceparent, tracestate
+                )
             if path.startswith(b"/v2/repository/"):
                 if method != b"POST":
                     return self._not_allowed(b"POST", keep_alive)
@@ -362,10 +348,9 @@ class HttpApp:
         if tail == ["infer"]:
             if method != b"POST":
                 return self._not_allowed(b"POST", keep_alive)
-            return await self._inference(
-                name, version, body, header_length, keep_alive,
-                self._answer_infer, traceparent, tracestate,
-            )  # fmt: skip
+            return await self._infer(
+                name, version, body, header_length, keep_alive, traceparent, tracestate
+            )
         if len(tail) > 1 or (tail and tail[0] not in ("ready", "stats")) or not name:
             return self.error(404, f"no route for /v2/models/{_text(rest)}", keep_alive=keep_alive)
         if method != b"GET":
@@ -393,92 +378,23 @@ class HttpApp:
         )
         return self.response(200, body, keep_alive=keep_alive)
 
-    async def _inference(
+    async def _infer(
         self,
         name: str,
         version: str | None,
         body: bytes,
         header_length: bytes | None,
         keep_alive: bool,
-        answer: Callable[
-            [ModelVersion, bytes, bytes | None, bool, RequestTrace | None],
-            Awaitable[tuple[bytes, str | None]],
-        ],
-        traceparent: bytes | None = None,
-        tracestate: bytes | None = None,
+        traceparent: bytes | None,
+        tracestate: bytes | None,
     ) -> bytes:
-        """Resolve the model, let ``answer`` decode-run-respond; count, time, log, trace."""
-        start = time.perf_counter()
-        model_label = version_label = ""
-        status = 500
-        request_id = None
-        trace = None
-        if self.tracing is not None:  # the one test tracing costs when off
-            trace = self.tracing.start("http", _latin(traceparent), _latin(tracestate))
-        self.metrics.request_started("http")
-        try:
-            model = self.engine.model(name, version)
-            model_label, version_label = model.name, model.version
-            if trace is not None:
-                trace.model(model)
-            self.engine.admit(model)  # a full queue refuses before the body is decoded
-            response, request_id = await answer(model, body, header_length, keep_alive, trace)
-            status = 200
-            return response
-        except LigeiroError as exc:
-            status = status_for(exc)
-            return self.error(status, str(exc), keep_alive=keep_alive)
-        finally:
-            seconds = time.perf_counter() - start
-            self.metrics.request_finished("http")
-            self.metrics.observe_request(model_label, version_label, "http", str(status), seconds)
-            if self.access_log is not None:
-                self.access_log.record(
-                    "http", model_label, version_label, str(status), seconds, request_id
-                )
-            if trace is not None:
-                trace.request_id = request_id
-                trace.finish(str(status), status == 200)
-
-    async def _answer_infer(
-        self,
-        model: ModelVersion,
-        body: bytes,
-        header_length: bytes | None,
-        keep_alive: bool,
-        trace: RequestTrace | None,
-    ) -> tuple[bytes, str | None]:
-        began = 0 if trace is None else time.time_ns()
-        length = None if header_length is None else header_length_of(header_length, len(body))
-        request = decode_infer_request(body, length)
-        if trace is None:
-            result = await self.engine.submit(
-                model, request.inputs, request.outputs, timeout_s=request.timeout_s
-            )
-        else:
-            trace.stage("decode", began, time.time_ns())
-            result = await trace.submit(
-                self.engine, model, request.inputs, request.outputs, request.timeout_s
-            )
-            began = time.time_ns()
-        response = self._infer_response(model, request, result.outputs, keep_alive)
-        if trace is not None:
-            trace.stage("encode", began, time.time_ns())
-        return response, request.id
-
-    def _infer_response(
-        self,
-        model: ModelVersion,
-        request: DecodedRequest,
-        outputs: dict[str, np.ndarray],
-        keep_alive: bool,
-    ) -> bytes:
-        if not request.binary_outputs:
-            answer = encode_infer_response(model.name, model.version, outputs, request.id)
+        """``POST /v2/models/{m}[/versions/{v}]/infer`` through the data plane, framed."""
+        answer, json_size = await self.plane.infer(
+            _TRANSPORT, name, version, (body, header_length), _INFER,
+            metadata=None if traceparent is None else _trace_context(traceparent, tracestate),
+        )  # fmt: skip
+        if json_size is None:
             return self.response(200, answer, keep_alive=keep_alive)
-        answer, json_size = encode_binary_infer_response(
-            model.name, model.version, outputs, request.id, request.binary_outputs
-        )
         return self.response(
             200,
             answer,
@@ -487,60 +403,35 @@ class HttpApp:
             headers=b"inference-header-content-length: %d\r\n" % json_size,
         )
 
-    async def _answer_predict(
+    async def _predict(
         self,
-        model: ModelVersion,
+        name: str,
         body: bytes,
         header_length: bytes | None,
         keep_alive: bool,
-        trace: RequestTrace | None,
-    ) -> tuple[bytes, str | None]:
-        if header_length is not None:
-            raise InvalidInputError(
-                "binary tensor data is for POST /v2/models/{model}/infer, not :predict"
-            )
-        began = 0 if trace is None else time.time_ns()
-        inputs, single = decode_predict(body, model)
-        if trace is None:
-            result = await self.engine.submit(model, inputs)
-        else:
-            trace.stage("decode", began, time.time_ns())
-            result = await trace.submit(self.engine, model, inputs)
-            began = time.time_ns()
-        response = self.response(
-            200, encode_predict(model, result.outputs, single), keep_alive=keep_alive
-        )
-        if trace is not None:
-            trace.stage("encode", began, time.time_ns())
-        return response, None
+        traceparent: bytes | None,
+        tracestate: bytes | None,
+    ) -> bytes:
+        """``POST /v1/models/{m}:predict`` through the data plane, framed."""
+        answer = await self.plane.infer(
+            _TRANSPORT, name, None, (body, header_length), _PREDICT,
+            metadata=None if traceparent is None else _trace_context(traceparent, tracestate),
+        )  # fmt: skip
+        return self.response(200, answer, keep_alive=keep_alive)
 
-    async def _answer_embeddings(
-        self,
-        request: EmbeddingsRequest,
-        model: ModelVersion,
-        body: bytes,
-        header_length: bytes | None,
-        keep_alive: bool,
-        trace: RequestTrace | None,
-    ) -> tuple[bytes, str | None]:
-        output = embedding_output(model)
-        if output is None:
-            raise InvalidInputError(
-                f"model {model.name!r} does not embed text: /v1/embeddings needs one BYTES "
-                f"input and a [-1, D] float output; use POST /v2/models/{model.name}/infer"
-            )
-        if header_length is not None:
-            raise InvalidInputError(
-                "binary tensor data is for POST /v2/models/{model}/infer, not /v1/embeddings"
-            )
-        check_dimensions(request, model, output)
-        inputs = {next(iter(model.inputs)): request.texts}
-        if trace is None:
-            result = await self.engine.submit(model, inputs, (output,))
-        else:
-            result = await trace.submit(self.engine, model, inputs, (output,))
-        answer = encode_embeddings(request, model.name, result.outputs[output])
-        return self.response(200, answer, keep_alive=keep_alive), None
+
+def _trace_context(
+    traceparent: bytes, tracestate: bytes | None
+) -> Callable[[], list[tuple[str, str]]]:
+    """The request's W3C trace context headers, read only when tracing is on."""
+
+    def headers() -> list[tuple[str, str]]:
+        pairs = [("traceparent", traceparent.decode("latin-1"))]
+        if tracestate is not None:
+            pairs.append(("tracestate", tracestate.decode("latin-1")))
+        return pairs
+
+    return headers
 
 
 # Content-Encoding -> zlib's wbits: gzip's header and trailer, or zlib's (RFC 9110
@@ -578,10 +469,6 @@ def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
     if not decoder.eof:
         raise InvalidInputError(f"the {name} body is cut short")
     return data
-
-
-def _latin(raw: bytes | None) -> str | None:
-    return None if raw is None else raw.decode("latin-1")
 
 
 def _text(raw: bytes) -> str:
