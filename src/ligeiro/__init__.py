@@ -1,11 +1,13 @@
 """ligeiro: serve Python-trained models (ONNX) with the latency of a Go or Rust server.
 
-In process::
+In process, one model folder::
 
-    import numpy as np, ligeiro
-    engine = ligeiro.Engine.from_repository("examples/models")
-    x = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
-    print(engine.infer("iris", {"float_input": x})["output_label"])
+    import ligeiro
+    model = ligeiro.load("examples/models/iris")
+    print(model.predict([{"sepal_length": 5.1, "sepal_width": 3.5,
+                          "petal_length": 1.4, "petal_width": 0.2}]))  # ['iris-setosa']
+
+A whole repository: ``ligeiro.Engine.from_repository("examples/models")``.
 
 As a server: ``ligeiro serve examples/models`` (V2 REST on 127.0.0.1:8000).
 """
@@ -32,6 +34,8 @@ from .errors import UntrustedModelError as UntrustedModelError
 if TYPE_CHECKING:
     from .engine import Engine as Engine
     from .engine import InferenceResult as InferenceResult
+    from .model import Model as Model
+    from .model import load as load
 
 
 def __getattr__(name: str) -> object:
@@ -41,6 +45,10 @@ def __getattr__(name: str) -> object:
         from . import engine
 
         return getattr(engine, name)
+    if name in ("Model", "load"):
+        from . import model
+
+        return getattr(model, name)
     raise AttributeError(f"module 'ligeiro' has no attribute {name!r}")
 
 
@@ -57,6 +65,7 @@ __all__ = [
     "InferenceResult",
     "InvalidInputError",
     "LigeiroError",
+    "Model",
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelNotReadyError",
@@ -64,4 +73,5 @@ __all__ = [
     "ServerOverloadedError",
     "UntrustedModelError",
     "__version__",
+    "load",
 ]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, final
 
 from .errors import InvalidInputError, LigeiroError
+from .repository.checks import check_inputs
 from .repository.registry import ModelState, ModelVersion, Registry, Staged
 from .scheduling.batcher import Batcher, LoopClock, run_here
 from .scheduling.stats import ModelStats
@@ -82,33 +83,6 @@ def _rows(inputs: Mapping[str, np.ndarray]) -> int:
     for array in inputs.values():
         return array.shape[0] if array.ndim else 1
     return 1
-
-
-def _check_inputs(model: ModelVersion, inputs: Mapping[str, np.ndarray]) -> None:
-    specs = model.inputs
-    if inputs.keys() != specs.keys():
-        unknown = [n for n in inputs if n not in specs]
-        missing = [n for n in specs if n not in inputs]
-        parts = [f"unknown input {n!r}" for n in unknown] + [
-            f"missing input {n!r}" for n in missing
-        ]
-        raise InvalidInputError(
-            f"model {model.name!r}: {', '.join(parts)}; it takes {', '.join(specs)}"
-        )
-    for name, array in inputs.items():
-        spec = specs[name]
-        if array.dtype != spec.dtype and not (spec.dtype.kind == "O" and array.dtype.kind in "OUS"):
-            expected = "string" if spec.dtype.kind == "O" else spec.dtype.name
-            raise InvalidInputError(
-                f"model {model.name!r} input {name!r}: expected dtype {expected}, "
-                f"got {array.dtype.name}"
-            )
-        if not spec.accepts_shape(array.shape):
-            hint = " (missing batch axis?)" if len(array.shape) + 1 == len(spec.shape) else ""
-            raise InvalidInputError(
-                f"model {model.name!r} input {name!r}: expected shape {list(spec.shape)}, "
-                f"got {list(array.shape)}{hint}"
-            )
 
 
 @final
@@ -300,7 +274,7 @@ class Engine:
         self, model: ModelVersion, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None
     ) -> Sequence[str]:
         """Check the inputs; return the output names to compute."""
-        _check_inputs(model, inputs)
+        check_inputs(model, inputs)
         if outputs is None:
             return model.output_names
         for name in outputs:

@@ -11,12 +11,12 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, ModelNotFoundError
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["MODEL_FILE", "ModelFolder", "discover"]
+__all__ = ["MODEL_FILE", "ModelFolder", "discover", "locate"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,3 +105,21 @@ def _single(root: Path, name: str) -> ModelFolder:
             f"{root}: no {MODEL_FILE} and no version folders ({expected}){hint if nested else ''}"
         )
     return ModelFolder(name, root, versions)
+
+
+def locate(path: Path) -> tuple[ModelFolder, int | None]:
+    """The model folder ``path`` names (REPO/NAME), or its version (REPO/NAME/VERSION).
+
+    Returns the folder and the version named, or ``None`` for "the highest".
+
+    Raises:
+        ModelNotFoundError: ``path`` is neither a model folder nor a version folder.
+    """
+    if path.name.isdigit() and int(path.name) > 0 and (path / MODEL_FILE).is_file():
+        return ModelFolder(path.parent.name, path.parent, _versions(path.parent)), int(path.name)
+    if path.is_dir() and any(c.name.isdigit() and c.is_dir() for c in path.iterdir()):
+        return ModelFolder(path.name, path, _versions(path)), None
+    raise ModelNotFoundError(
+        f"{path}: not a model folder (expected {path}/<version>/{MODEL_FILE}, "
+        f"or a version folder holding {MODEL_FILE})"
+    )

@@ -57,6 +57,14 @@ _ONNX_TYPES: dict[str, np.dtype] = {
 }
 
 
+# Files that unpickle (run code) when loaded: never loaded here.
+_PICKLES = {".pkl", ".pickle", ".joblib"}
+_NO_PICKLE = (
+    "ligeiro never unpickles (it runs code from the file); convert it to ONNX with "
+    "`ligeiro convert FILE --trust-pickle --data SAMPLE --out FOLDER`"
+)
+
+
 def session_options(threads: int) -> ort.SessionOptions:
     """Session options for a serving process with ``threads`` intra-op threads."""
     options = ort.SessionOptions()
@@ -139,7 +147,9 @@ class OnnxRuntime:
         engine_cache: Path | None = None,
     ) -> None:
         if not path.is_file():
-            raise ModelLoadError(f"{path}: file not found")
+            pickles = sorted(p.name for p in path.parent.glob("*") if p.suffix in _PICKLES)
+            beside = f"; {pickles[0]} beside it is a pickle: {_NO_PICKLE}" if pickles else ""
+            raise ModelLoadError(f"{path}: file not found{beside}")
         options = options or ProviderOptions()
         self._session, name, skipped = _session(path, threads, providers, options, engine_cache)
         self.provider = PROVIDERS[name]
@@ -243,6 +253,10 @@ def _session(
             )
         except Exception as exc:  # ORT raises its own pybind classes, not a common base
             if name == "cpu":
+                with path.open("rb") as file:
+                    magic = file.read(2)
+                if len(magic) == 2 and magic[0] == 0x80 and 2 <= magic[1] <= 5:
+                    raise ModelLoadError(f"{path}: a Python pickle, not ONNX: {_NO_PICKLE}") from None
                 raise ModelLoadError(f"{path}: not a loadable ONNX model: {exc}") from None
             skipped.append(f"{name} did not start: {exc}")
             continue

@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, final
 
 from ..engine import Engine
 from ..errors import InferenceError, InvalidInputError, LigeiroError, ModelNotFoundError
-from ..repository.layout import MODEL_FILE
+from ..repository.layout import locate
 from .formats import FORMATS, Chunk, Format, TableWriter, format_of, input_files, read_chunks
 from .formats import total_rows as count_rows
 from .progress import Progress
@@ -93,18 +93,6 @@ class ScoreSummary:
         return text
 
 
-def _model_location(path: Path) -> tuple[Path, str | None]:
-    """``(model folder, version or None)`` for REPO/NAME or REPO/NAME/VERSION."""
-    if path.name.isdigit() and (path / MODEL_FILE).is_file():
-        return path.parent, path.name
-    if path.is_dir() and any(c.name.isdigit() and c.is_dir() for c in path.iterdir()):
-        return path, None
-    raise ModelNotFoundError(
-        f"{path}: not a model folder (expected {path}/<version>/{MODEL_FILE}, "
-        f"or a version folder holding {MODEL_FILE})"
-    )
-
-
 def load_model(path: Path, *, threads: int = 1) -> tuple[Engine, ModelVersion]:
     """Load the model folder (or version folder) ``path`` into an engine of its own.
 
@@ -115,15 +103,16 @@ def load_model(path: Path, *, threads: int = 1) -> tuple[Engine, ModelVersion]:
         ModelNotFoundError: ``path`` is not a model or version folder.
         ModelNotReadyError: the version fails to load (the message says why).
     """
-    folder, version = _model_location(path)
+    folder, number = locate(path)
+    version = None if number is None else str(number)
     with tempfile.TemporaryDirectory(prefix="ligeiro-score-") as root:
-        os.symlink(folder.resolve(), Path(root) / folder.name, target_is_directory=True)
+        os.symlink(folder.path.resolve(), Path(root) / folder.name, target_is_directory=True)
         engine = Engine.from_repository(root, threads=threads)
         try:
             return engine, engine.model(folder.name, version)
         except LigeiroError as exc:
             engine.close()
-            raise type(exc)(str(exc).replace(f"{root}/{folder.name}", str(folder))) from None
+            raise type(exc)(str(exc).replace(f"{root}/{folder.name}", str(folder.path))) from None
 
 
 def _default_columns(model: ModelVersion) -> list[str]:
