@@ -53,6 +53,7 @@ RUNTIME_MODULES = (
     "runtime.base",
     "runtime.onnx",
     "runtime.pipeline",
+    "runtime.providers",
     "runtime.python",
     "scheduling",
     "scheduling.policy",
