@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import ConversionError
 from ._converted import LABEL_OUTPUT, PROBABILITY_OUTPUT, ConvertedModel, rename_outputs
 from ._converted import tabular_inputs as _tabular_inputs
+from ._precision import exact_thresholds
 from ._sklearn import _quiet_converter_warnings, regression
 
 if TYPE_CHECKING:
@@ -90,7 +91,9 @@ def register_booster_converters() -> None:
     _registered = True
 
 
-def convert_lightgbm_booster(booster: Any, sample: pd.DataFrame | np.ndarray) -> ConvertedModel:
+def convert_lightgbm_booster(
+    booster: Any, sample: pd.DataFrame | np.ndarray, *, input_dtype: str = "float32"
+) -> ConvertedModel:
     """Convert a bare ``lightgbm.Booster`` and run it on ``sample`` for the check.
 
     Raises:
@@ -114,9 +117,7 @@ def convert_lightgbm_booster(booster: Any, sample: pd.DataFrame | np.ndarray) ->
     columns = [str(c) for c in getattr(sample, "columns", ())]
     if columns and set(names) <= set(columns):
         shape.feature_names_in_ = np.array(names, dtype=object)
-    inputs = _tabular_inputs(sample, shape, per_column=False)
-    x = inputs.original
-    x = x.to_numpy(dtype=np.float64) if hasattr(x, "to_numpy") else x
+    inputs = _tabular_inputs(sample, shape, per_column=False, dtype=input_dtype)
     logger.info("converting a LightGBM Booster (%s) with onnxmltools", objective)
     with warnings.catch_warnings():
         _quiet_converter_warnings()
@@ -128,23 +129,42 @@ def convert_lightgbm_booster(booster: Any, sample: pd.DataFrame | np.ndarray) ->
             # and picks ai.onnx.ml itself.
             target_opset=_BOOSTER_OPSET,
         )
-    outputs = [o.name for o in onnx_model.graph.output]
-    prediction = np.asarray(booster.predict(x), dtype=np.float64)
+    double = inputs.dtype == np.float64
+    fix = exact_thresholds(onnx_model, booster, double=double)
     notes = [
-        "LightGBM computes in float64, the ONNX graph in float32 (inputs, thresholds, "
-        "leaf sums); the differences below are that effect"
+        "LightGBM computes in float64; the graph's trees compare in "
+        + (
+            "float64 too, and sum leaves in float32"
+            if double
+            else f"float32 ({fix.changed} thresholds rounded toward the side that keeps "
+            "float32 comparisons exact) and sum leaves in float32"
+        )
     ]
+    outputs = [o.name for o in onnx_model.graph.output]
+
+    def predict(x: Any) -> np.ndarray:
+        x = x.to_numpy(dtype=np.float64) if hasattr(x, "to_numpy") else x
+        return np.asarray(booster.predict(x), dtype=np.float64)
+
     if objective.startswith("regression"):
-        return regression(onnx_model, inputs, prediction, notes)
-    if prediction.ndim == 1:  # binary: the positive class's probability
-        prediction = np.column_stack([1.0 - prediction, prediction])
+        return regression(onnx_model, inputs, predict, notes)
+
+    def answers(x: Any) -> dict[str, np.ndarray]:
+        prediction = predict(x)
+        if prediction.ndim == 1:  # binary: the positive class's probability
+            prediction = np.column_stack([1.0 - prediction, prediction])
+        return {LABEL_OUTPUT: prediction.argmax(axis=1), PROBABILITY_OUTPUT: prediction}
+
     rename_outputs(onnx_model, {outputs[0]: LABEL_OUTPUT, outputs[1]: PROBABILITY_OUTPUT})
+    reference = answers(inputs.original)
     return ConvertedModel(
         onnx_model,
         inputs.feed,
-        {LABEL_OUTPUT: prediction.argmax(axis=1), PROBABILITY_OUTPUT: prediction},
+        reference,
+        unrounded_reference=None if inputs.unrounded is None else answers(inputs.unrounded),
+        input_dtype=inputs.dtype.name,
         features=inputs.features,
-        labels=[str(i) for i in range(prediction.shape[1])],
+        labels=[str(i) for i in range(reference[PROBABILITY_OUTPUT].shape[1])],
         label_output=LABEL_OUTPUT,
         probability_output=PROBABILITY_OUTPUT,
         notes=notes,

@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import ConversionError
 
 if TYPE_CHECKING:
+    import numpy.typing as npt
     import onnx
     import pandas as pd
 
@@ -35,8 +36,13 @@ class ConvertedModel:
 
     Attributes:
         onnx_model: the converted graph.
-        feed: the sample as ONNX Runtime inputs, by input name.
-        reference: the original model's outputs on the same sample, by ONNX output name.
+        feed: the sample as ONNX Runtime inputs, by input name: what a client sends.
+        reference: the original model's outputs on that same input (the sample cast to
+            the ONNX input's type), by ONNX output name: the converter's fidelity.
+        unrounded_reference: the original's outputs on the sample as read, when casting
+            it to the input type changed a value: the rounding's own effect, reported
+            apart (``None`` when nothing was rounded).
+        input_dtype: the numeric input type, ``"float32"`` or ``"float64"``.
         features: column names of the single ``float_input`` (``config.toml``'s
             ``features``), or ``None`` (per-column inputs, or unnamed columns).
         labels: class names indexed by the label output's value, or ``None``.
@@ -50,6 +56,8 @@ class ConvertedModel:
     onnx_model: onnx.ModelProto
     feed: dict[str, np.ndarray]
     reference: dict[str, np.ndarray]
+    unrounded_reference: dict[str, np.ndarray] | None = None
+    input_dtype: str = "float32"
     features: list[str] | None = None
     labels: list[str] | None = None
     label_output: str | None = None
@@ -63,20 +71,31 @@ class TabularInputs:
     """A sample laid out for an ONNX graph and for the original model.
 
     Attributes:
-        initial_types: skl2onnx / onnxmltools input declarations.
-        feed: ONNX Runtime's inputs (FP32 columns, or STRING ``[N, 1]`` columns).
-        original: what the original model is given: the sample as read (numbers as
-            float64), as a DataFrame when the model was fitted on one.
-        rounded: the same, float32-rounded (what the graph sees), when rounding
-            changed a value; lets a note say what rounding alone does to the original.
+        initial_types: skl2onnx / onnxmltools input declarations (FP32 or FP64 numbers,
+            STRING text).
+        feed: ONNX Runtime's inputs: numbers cast to the input type, text as ``[N, 1]``.
+        original: what the original model is given for the check: the values of
+            ``feed`` (numbers as float64), as a DataFrame when the model was fitted on one.
+        unrounded: the sample as read, the same way, when casting it changed a value.
         features: the column names of ``float_input``, when there is one and it has names.
+        dtype: the numeric input type.
     """
 
     initial_types: list[tuple[str, Any]]
     feed: dict[str, np.ndarray]
     original: pd.DataFrame | np.ndarray
-    rounded: pd.DataFrame | np.ndarray | None
+    unrounded: pd.DataFrame | np.ndarray | None
     features: list[str] | None
+    dtype: np.dtype[Any]
+
+    def float32_types(self) -> list[tuple[str, Any]]:
+        """``initial_types`` with float32 numbers (a graph that casts double inputs itself)."""
+        from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
+
+        return [
+            (name, FloatTensorType(kind.shape) if isinstance(kind, DoubleTensorType) else kind)
+            for name, kind in self.initial_types
+        ]
 
 
 def _is_frame(sample: object) -> bool:
@@ -119,22 +138,27 @@ def _select_columns(frame: pd.DataFrame, model: object) -> pd.DataFrame:
 
 
 def tabular_inputs(
-    sample: pd.DataFrame | np.ndarray, model: object, *, per_column: bool
+    sample: pd.DataFrame | np.ndarray,
+    model: object,
+    *,
+    per_column: bool,
+    dtype: npt.DTypeLike = np.float32,
 ) -> TabularInputs:
     """Lay ``sample`` out as one ``float_input`` ``[N, F]`` or as one input per column.
 
-    Numbers become float32 (the ONNX input type, what a client sends as FP32); the
-    original model is given the sample as read, so the check measures what serving
-    changes end to end: the input's rounding and the graph's float32 arithmetic.
-    (Comparing both on rounded inputs would flag tree models whose thresholds sit
-    exactly on a data value, where the graph agrees with the original on the true value.)
+    Numbers become ``dtype`` (the ONNX input type: what a client sends as FP32 or FP64).
+    The original model is given those same values, so the check measures the converter
+    alone; what the cast itself changes is measured apart, on the sample as read
+    (``unrounded``), for the report's input-rounding section.
 
     Raises:
         ConversionError: the sample is not 2-D, has columns the model does not know or
             lacks some it needs, or has missing values in a text column.
     """
-    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, StringTensorType
 
+    served = np.dtype(dtype)
+    tensor_type = DoubleTensorType if served == np.float64 else FloatTensorType
     fitted_on_frame = getattr(model, "feature_names_in_", None) is not None
     if not _is_frame(sample):
         x = np.asarray(sample)
@@ -148,46 +172,47 @@ def tabular_inputs(
                 f"the sample has {x.shape[1]} columns; the model was fitted on {expected}"
             )
         x64 = x.astype(np.float64)
-        x32 = x.astype(np.float32)
-        rounded = x32.astype(np.float64)
-        changed = bool(np.any((rounded != x64) & ~np.isnan(x64)))
+        cast = x.astype(served)
+        seen = cast.astype(np.float64)
         return TabularInputs(
-            [(FLOAT_INPUT, FloatTensorType([None, x.shape[1]]))],
-            {FLOAT_INPUT: x32},
-            x64,
-            rounded if changed else None,
+            [(FLOAT_INPUT, tensor_type([None, x.shape[1]]))],
+            {FLOAT_INPUT: cast},
+            seen,
+            x64 if _changed(seen, x64) else None,
             None,
+            served,
         )
 
     frame = _select_columns(sample, model)
     names = [str(c) for c in frame.columns]
     numeric = [_numeric(frame[c]) for c in frame.columns]
-    original = frame.copy()
-    rounded_frame = frame.copy()
+    unrounded = frame.copy()
+    seen_frame = frame.copy()
     changed = False
     for column, is_numeric in zip(frame.columns, numeric, strict=True):
         if is_numeric:
             values = frame[column].to_numpy(dtype=np.float64, na_value=np.nan)
-            rounded = values.astype(np.float32).astype(np.float64)
-            changed = changed or bool(np.any((rounded != values) & ~np.isnan(values)))
-            original[column] = values
-            rounded_frame[column] = rounded
+            seen = values.astype(served).astype(np.float64)
+            changed = changed or _changed(seen, values)
+            unrounded[column] = values
+            seen_frame[column] = seen
     if not per_column:
         if not all(numeric):
             raise ConversionError("a single float_input needs numeric columns only")
         return TabularInputs(
-            [(FLOAT_INPUT, FloatTensorType([None, len(names)]))],
-            {FLOAT_INPUT: rounded_frame.to_numpy(dtype=np.float32)},
-            original if fitted_on_frame else original.to_numpy(dtype=np.float64),
-            _frame_or_array(rounded_frame, fitted_on_frame) if changed else None,
+            [(FLOAT_INPUT, tensor_type([None, len(names)]))],
+            {FLOAT_INPUT: seen_frame.to_numpy(dtype=served)},
+            _frame_or_array(seen_frame, fitted_on_frame),
+            _frame_or_array(unrounded, fitted_on_frame) if changed else None,
             names,
+            served,
         )
     initial_types: list[tuple[str, Any]] = []
     feed: dict[str, np.ndarray] = {}
     for name, column, is_numeric in zip(names, frame.columns, numeric, strict=True):
         if is_numeric:
-            initial_types.append((name, FloatTensorType([None, 1])))
-            feed[name] = rounded_frame[column].to_numpy(dtype=np.float32).reshape(-1, 1)
+            initial_types.append((name, tensor_type([None, 1])))
+            feed[name] = seen_frame[column].to_numpy(dtype=served).reshape(-1, 1)
             continue
         if frame[column].isna().any():
             raise ConversionError(
@@ -196,7 +221,13 @@ def tabular_inputs(
             )
         initial_types.append((name, StringTensorType([None, 1])))
         feed[name] = np.array([str(v) for v in frame[column]], dtype=object).reshape(-1, 1)
-    return TabularInputs(initial_types, feed, original, rounded_frame if changed else None, None)
+    return TabularInputs(
+        initial_types, feed, seen_frame, unrounded if changed else None, None, served
+    )
+
+
+def _changed(seen: np.ndarray, values: np.ndarray) -> bool:
+    return bool(np.any((seen != values) & ~np.isnan(values)))
 
 
 def _frame_or_array(frame: pd.DataFrame, keep_frame: bool) -> pd.DataFrame | np.ndarray:

@@ -34,14 +34,21 @@ from ._converted import (
     rename_outputs,
     tabular_inputs,
 )
+from ._precision import (
+    exact_thresholds,
+    float_input_from_double,
+    rounds_inputs_to_float32,
+    tree_estimators,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     import onnx
     import pandas as pd
 
     from ._converted import TabularInputs
+    from ._precision import ThresholdFix
 
 __all__ = [
     "SCORE_OUTPUT",
@@ -100,14 +107,21 @@ def _selects_by_name(model: Any) -> bool:
     return False
 
 
-def convert_sklearn_model(model: Any, sample: pd.DataFrame | np.ndarray) -> ConvertedModel:
+def convert_sklearn_model(
+    model: Any, sample: pd.DataFrame | np.ndarray, *, input_dtype: str = "float32"
+) -> ConvertedModel:
     """Convert a fitted estimator (or pipeline) and run it on ``sample`` for the check.
+
+    Args:
+        model: the estimator.
+        sample: the rows to check on.
+        input_dtype: ``"float32"`` or ``"float64"``: the numeric input type served
+            (``_precision`` says what float64 changes for tree ensembles).
 
     Raises:
         ConversionError: the model is not fitted, is neither a classifier nor a
             regressor, or skl2onnx has no converter for a part of it.
     """
-    from skl2onnx import convert_sklearn
     from sklearn.base import is_classifier, is_regressor
 
     model, notes = unwrap_search(model)
@@ -116,94 +130,150 @@ def convert_sklearn_model(model: Any, sample: pd.DataFrame | np.ndarray) -> Conv
             f"{type(model).__name__} is neither a classifier nor a regressor; "
             "convert supports predictors (a Pipeline must end in one)"
         )
-    if any(type(e).__module__.split(".")[0] in ("xgboost", "lightgbm") for e in _estimators(model)):
+    parts = list(_estimators(model))
+    if any(type(e).__module__.split(".")[0] in ("xgboost", "lightgbm") for e in parts):
         from ._boosting import register_booster_converters
 
         register_booster_converters()
     per_column = has_string_columns(sample) or _selects_by_name(model)
-    inputs = tabular_inputs(sample, model, per_column=per_column)
+    inputs = tabular_inputs(sample, model, per_column=per_column, dtype=input_dtype)
     classifier = is_classifier(model)
     final = _final(model)
     has_proba = hasattr(final, "predict_proba")
-    # skl2onnx's Pipeline parser adds zipmap=True to a classifier step the options do not
-    # name, even one that has no ZipMap (LinearSVC): name it always.
-    options: dict[int, dict[str, Any]] | None = None
-    if classifier:
-        options = {id(final): {"zipmap": False}}
-    logger.info("converting %s with skl2onnx", type(model).__name__)
-    try:
-        with warnings.catch_warnings():
-            _quiet_converter_warnings()
-            try:
-                onnx_model = convert_sklearn(
-                    model,
-                    initial_types=inputs.initial_types,
-                    options=options,
-                    target_opset=TARGET_OPSET,
-                )
-            except NameError as exc:  # a classifier with no ZipMap at all (LinearSVC)
-                if "zipmap" not in str(exc):
-                    raise
-                onnx_model = convert_sklearn(
-                    model,
-                    initial_types=inputs.initial_types,
-                    options={id(final): {"nocl": False}},
-                    target_opset=TARGET_OPSET,
-                )
-    except (RuntimeError, NameError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        # skl2onnx says "Unable to find a shape calculator for type ..." for what it
-        # cannot convert; the class name is what the user needs.
-        raise ConversionError(f"skl2onnx cannot convert {type(model).__name__}: {exc}") from exc
+    trees = tree_estimators(iter(parts))
+    # Models that round their input to float32 themselves keep their float32 graph
+    # behind a Cast of the double input (see _precision).
+    casts_itself = (
+        inputs.dtype == np.float64 and not trees and any(rounds_inputs_to_float32(e) for e in parts)
+    )
+    declared = inputs.float32_types() if casts_itself else inputs.initial_types
+    onnx_model = _skl2onnx(model, declared, final if classifier else None)
+    if casts_itself:
+        float_input_from_double(onnx_model)
+        notes.append(
+            f"{type(final).__name__} rounds its input to float32 before its trees compare: "
+            "the graph takes float64 and casts it to float32 first, as the model does"
+        )
+    for tree in trees:
+        fix = exact_thresholds(onnx_model, tree, double=inputs.dtype == np.float64)
+        if fix.changed:
+            notes.append(_threshold_note(type(tree).__name__, fix, inputs.dtype))
     outputs = [o.name for o in onnx_model.graph.output]
-    x = inputs.original
     if classifier:
         second = PROBABILITY_OUTPUT if has_proba else SCORE_OUTPUT
         rename_outputs(onnx_model, {outputs[0]: LABEL_OUTPUT, outputs[1]: second})
-        reference = {LABEL_OUTPUT: np.asarray(model.predict(x))}
-        if has_proba:
-            reference[second] = np.asarray(model.predict_proba(x))
-        else:
-            reference[second] = np.asarray(model.decision_function(x)).reshape(len(x), -1)
         labels, note = class_labels(np.asarray(model.classes_))
         if note:
             notes.append(note)
         return ConvertedModel(
             onnx_model,
             inputs.feed,
-            reference,
+            _classifier_answers(model, inputs.original, second),
+            unrounded_reference=(
+                None
+                if inputs.unrounded is None
+                else _classifier_answers(model, inputs.unrounded, second)
+            ),
+            input_dtype=inputs.dtype.name,
             features=inputs.features,
             labels=labels,
             label_output=LABEL_OUTPUT,
             probability_output=second if has_proba else None,
             relative_outputs=frozenset() if has_proba else frozenset({second}),
-            notes=notes + _rounding_notes(model, x, inputs.rounded, classifier),
+            notes=notes + _precision_notes(model, inputs.dtype),
         )
     if len(outputs) != 1:
         raise ConversionError(
             f"{type(model).__name__}: expected one regression output, got {', '.join(outputs)}"
         )
-    prediction = np.asarray(model.predict(x), dtype=np.float64)
     return regression(
         onnx_model,
         inputs,
-        prediction,
-        notes + _rounding_notes(model, x, inputs.rounded, classifier),
+        lambda x: np.asarray(model.predict(x), dtype=np.float64),
+        notes + _precision_notes(model, inputs.dtype),
     )
 
 
+def _skl2onnx(model: Any, initial_types: list[tuple[str, Any]], classifier: Any) -> onnx.ModelProto:
+    """skl2onnx's conversion, its errors as ``ConversionError``."""
+    from skl2onnx import convert_sklearn
+
+    # skl2onnx's Pipeline parser adds zipmap=True to a classifier step the options do not
+    # name, even one that has no ZipMap (LinearSVC): name it always.
+    options = None if classifier is None else {id(classifier): {"zipmap": False}}
+    logger.info("converting %s with skl2onnx", type(model).__name__)
+    try:
+        with warnings.catch_warnings():
+            _quiet_converter_warnings()
+            try:
+                return convert_sklearn(
+                    model, initial_types=initial_types, options=options, target_opset=TARGET_OPSET
+                )
+            except NameError as exc:  # a classifier with no ZipMap at all (LinearSVC)
+                if "zipmap" not in str(exc):
+                    raise
+                return convert_sklearn(
+                    model,
+                    initial_types=initial_types,
+                    options={id(classifier): {"nocl": False}},
+                    target_opset=TARGET_OPSET,
+                )
+    except (RuntimeError, NameError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        # skl2onnx says "Unable to find a shape calculator for type ..." for what it
+        # cannot convert; the class name is what the user needs.
+        raise ConversionError(f"skl2onnx cannot convert {type(model).__name__}: {exc}") from exc
+
+
+def _classifier_answers(
+    model: Any, x: pd.DataFrame | np.ndarray, second: str
+) -> dict[str, np.ndarray]:
+    answers = {LABEL_OUTPUT: np.asarray(model.predict(x))}
+    if second == PROBABILITY_OUTPUT:
+        answers[second] = np.asarray(model.predict_proba(x))
+    else:
+        answers[second] = np.asarray(model.decision_function(x)).reshape(len(x), -1)
+    return answers
+
+
 def regression(
-    onnx_model: onnx.ModelProto, inputs: TabularInputs, prediction: np.ndarray, notes: list[str]
+    onnx_model: onnx.ModelProto,
+    inputs: TabularInputs,
+    predict: Callable[[Any], np.ndarray],
+    notes: list[str],
 ) -> ConvertedModel:
-    """A regressor's conversion: its one output named ``variable``, compared relatively."""
+    """A regressor's conversion: its one output named ``variable``, compared relatively.
+
+    ``predict`` runs the original on a sample laid out like ``inputs.original``.
+    """
     rename_outputs(onnx_model, {onnx_model.graph.output[0].name: VARIABLE_OUTPUT})
+
+    def answers(x: Any) -> dict[str, np.ndarray]:
+        prediction = np.asarray(predict(x), dtype=np.float64)
+        return {VARIABLE_OUTPUT: prediction.reshape(len(prediction), -1)}
+
     return ConvertedModel(
         onnx_model,
         inputs.feed,
-        {VARIABLE_OUTPUT: prediction.reshape(len(prediction), -1)},
+        answers(inputs.original),
+        unrounded_reference=None if inputs.unrounded is None else answers(inputs.unrounded),
+        input_dtype=inputs.dtype.name,
         features=inputs.features,
         relative_outputs=frozenset({VARIABLE_OUTPUT}),
         notes=notes,
     )
+
+
+def _threshold_note(name: str, fix: ThresholdFix, dtype: np.dtype[Any]) -> str:
+    if dtype == np.float64:
+        what = f"{fix.changed} tree thresholds kept in float64 (the converter rounds them)"
+    else:
+        what = (
+            f"{fix.changed} tree thresholds rounded toward the side that keeps float32 "
+            "comparisons exact (the converter rounds to nearest)"
+        )
+    if fix.ambiguous:
+        what += f"; {fix.ambiguous} shared a float32 value and were left as converted"
+    return f"{name}: {what}"
 
 
 def _quiet_converter_warnings() -> None:
@@ -222,40 +292,19 @@ def _quiet_converter_warnings() -> None:
     )
 
 
-def _rounding_notes(
-    model: Any,
-    unrounded: pd.DataFrame | np.ndarray,
-    rounded: pd.DataFrame | np.ndarray | None,
-    classifier: bool,
-) -> list[str]:
-    """Say that the graph runs in float32, and what rounding the sample alone changes."""
+def _precision_notes(model: Any, dtype: np.dtype[Any]) -> list[str]:
+    """Say in which precision the graph computes, beside the original's."""
+    if dtype == np.float64:
+        return [
+            "float64 inputs: clients send FP64; trees compare in float64 as the original "
+            "does, other steps may still run in float32 where the converter has no double"
+        ]
     if type(_final(model)).__module__.startswith("xgboost"):
-        first = (
+        return [
             "XGBoost computes in float32 like the graph; the steps before it and the "
             "sum of the trees' leaves may differ by float32 rounding"
-        )
-    else:
-        first = (
-            "float64 model served as float32: scikit-learn computes in float64, the "
-            "ONNX graph in float32 (inputs, weights, thresholds); the differences below "
-            "are that effect"
-        )
-    notes = [first]
-    if rounded is None:
-        return notes
-    if classifier:
-        changed = int(np.sum(np.asarray(model.predict(unrounded)) != model.predict(rounded)))
-        what = f"{changed} label(s)"
-        if hasattr(model, "predict_proba"):
-            before = np.asarray(model.predict_proba(unrounded))
-            after = np.asarray(model.predict_proba(rounded))
-            what = f"probabilities by up to {np.max(np.abs(before - after)):.3g}, " + what
-    else:
-        before = np.asarray(model.predict(unrounded), dtype=np.float64)
-        after = np.asarray(model.predict(rounded), dtype=np.float64)
-        what = f"predictions by up to {np.max(np.abs(before - after)):.3g}"
-    notes.append(
-        "the ONNX model is given the sample rounded to float32 (its input type, what a "
-        f"client sends as FP32); on the original model that rounding alone changes {what}"
-    )
-    return notes
+        ]
+    return [
+        "float64 model served as float32: scikit-learn computes in float64, the ONNX "
+        "graph in float32 (weights, leaf sums); the differences above are that effect"
+    ]

@@ -1,10 +1,16 @@
 """Saved model + sample data → a checked model folder: ``N/model.onnx``, ``config.toml``.
 
 ``convert_model`` loads the model (see ``loading``), converts it (sklearn and the
-boosters through skl2onnx / onnxmltools, PyTorch through ``torch.onnx.export``), runs
-the original and the ONNX model on the same sample, and writes the folder only when
-they agree: labels on every row, other outputs within ``tolerance``. The report
-(``fidelity.json``) lands beside the model.
+boosters through skl2onnx / onnxmltools, CatBoost through its own ONNX export, PyTorch
+through ``torch.onnx.export``), runs the original and the ONNX model on exactly the
+input a client sends (the sample cast to the ONNX input's type), and writes the folder
+only when they agree: labels on every row, other outputs within ``tolerance``. That is
+the converter's fidelity. What the cast itself changes (the original on the sample as
+read against the original on the cast values) is reported apart, with the rows it
+affects, and fails the check only with ``strict_input_precision``; where it changes
+labels the report suggests ``input_dtype="float64"`` (``--input-dtype float64``), which
+serves double inputs with tree thresholds kept in float64 (see ``_precision``). The
+report (``fidelity.json``) lands beside the model.
 
 Tolerances: probabilities are compared absolutely (``tolerance``, 1e-5 by default).
 Unbounded values (regression predictions, decision scores) are compared relative to
@@ -19,7 +25,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
@@ -30,7 +36,7 @@ from ..errors import ConversionError
 from ..repository.config import CONFIG_FILE, ModelConfig
 from ..repository.layout import MODEL_FILE
 from .data import load_sample
-from .fidelity import Fidelity, compare
+from .fidelity import Fidelity, InputRounding, OutputDelta, compare
 from .loading import load_saved_model
 
 if TYPE_CHECKING:
@@ -38,11 +44,12 @@ if TYPE_CHECKING:
 
     from ._converted import ConvertedModel
 
-__all__ = ["FIDELITY_FILE", "ConversionResult", "convert_model"]
+__all__ = ["FIDELITY_FILE", "INPUT_DTYPES", "ConversionResult", "convert_model"]
 
 logger = logging.getLogger(__name__)
 
 FIDELITY_FILE = "fidelity.json"
+INPUT_DTYPES = ("float32", "float64")
 # The keys conversion writes; an existing config.toml must agree on them.
 _CONFIG_KEYS = ("features", "labels", "label_output", "probability_output")
 
@@ -84,6 +91,8 @@ def convert_model(
     sample_rows: int | None = None,
     drop_columns: tuple[str, ...] = (),
     seed: int = 0,
+    input_dtype: str = "float32",
+    strict_input_precision: bool = False,
 ) -> ConversionResult:
     """Convert a saved model to ONNX, check it on ``sample``, and write its model folder.
 
@@ -100,6 +109,11 @@ def convert_model(
         sample_rows: check on this many rows drawn at random (``seed``) from the sample.
         drop_columns: columns of the sample file to leave out (a target column).
         seed: the draw's seed, so a report can be reproduced.
+        input_dtype: the numeric input type served, ``"float32"`` (clients send FP32)
+            or ``"float64"`` (FP64; tree ensembles then compare in float64 like the
+            original). PyTorch modules take float32 only.
+        strict_input_precision: fail when rounding the sample to ``input_dtype`` alone
+            changes the original's answers (by default that is reported, not checked).
 
     Returns:
         What was written, and the fidelity report.
@@ -120,6 +134,10 @@ def convert_model(
     folder = Path(folder)
     if version is not None and version < 1:
         raise ConversionError(f"version must be a positive integer, got {version}")
+    if input_dtype not in INPUT_DTYPES:
+        raise ConversionError(
+            f"input_dtype must be one of {', '.join(INPUT_DTYPES)}, got {input_dtype!r}"
+        )
     name = str(source) if isinstance(source, (str, Path)) else type(source).__name__
     model = (
         load_saved_model(source, trust_pickle=trust_pickle)
@@ -127,14 +145,19 @@ def convert_model(
         else source
     )
     data = _sample(sample, rows=sample_rows, seed=seed, drop=drop_columns)
-    converted = _convert(model, data)
-    fidelity = _check(converted, tolerance)
+    converted = _convert(model, data, input_dtype)
+    fidelity = _check(converted, tolerance, strict_input_precision=strict_input_precision)
     table = fidelity.table()
     if not fidelity.passed:
-        raise ConversionError(
-            f"{name}: the ONNX model disagrees with the original on the sample; "
-            f"nothing was written\n{table}"
+        rounding = fidelity.input_rounding
+        why = (
+            f"rounding the sample to {rounding.dtype} changes the original's answers "
+            "(strict input precision)"
+            if rounding is not None and rounding.strict and rounding.changed
+            and all(_within(d, fidelity.tolerance) for d in fidelity.outputs)
+            else "the ONNX model disagrees with the original on the sample"
         )
+        raise ConversionError(f"{name}: {why}; nothing was written\n{table}")
     logger.info("%s: parity check passed\n%s", name, table)
     config_text = _config_text(converted, name)
     config_path = folder / CONFIG_FILE
@@ -191,20 +214,29 @@ def _sample(
     return result
 
 
-def _convert(model: Any, data: pd.DataFrame | np.ndarray) -> ConvertedModel:
+def _convert(model: Any, data: pd.DataFrame | np.ndarray, input_dtype: str) -> ConvertedModel:
     from ._torch import convert_torch_module, is_torch_module
 
     if is_torch_module(model):
+        if input_dtype != "float32":
+            raise ConversionError(
+                f"a PyTorch module is exported with float32 inputs; got input_dtype {input_dtype!r}"
+            )
         return convert_torch_module(model, data)
-    if type(model).__module__.startswith("lightgbm") and type(model).__name__ == "Booster":
+    kind = type(model).__module__.split(".")[0]
+    if kind == "lightgbm" and type(model).__name__ == "Booster":
         from ._boosting import convert_lightgbm_booster
 
-        return convert_lightgbm_booster(model, data)
+        return convert_lightgbm_booster(model, data, input_dtype=input_dtype)
+    if kind == "catboost":
+        from ._catboost import convert_catboost_model
+
+        return convert_catboost_model(model, data, input_dtype=input_dtype)
     if not hasattr(model, "predict"):
         raise ConversionError(
             f"{type(model).__name__} is not a model convert knows: expected a fitted "
-            "scikit-learn estimator or pipeline, an XGBoost or LightGBM model, or a "
-            "torch.nn.Module"
+            "scikit-learn estimator or pipeline, an XGBoost, LightGBM or CatBoost model, "
+            "or a torch.nn.Module"
         )
     try:
         from ._sklearn import convert_sklearn_model
@@ -212,10 +244,10 @@ def _convert(model: Any, data: pd.DataFrame | np.ndarray) -> ConvertedModel:
         raise ConversionError(
             "converting needs scikit-learn and skl2onnx: pip install 'ligeiro[convert]'"
         ) from None
-    return convert_sklearn_model(model, data)
+    return convert_sklearn_model(model, data, input_dtype=input_dtype)
 
 
-def _check(converted: ConvertedModel, tolerance: float) -> Fidelity:
+def _check(converted: ConvertedModel, tolerance: float, *, strict_input_precision: bool) -> Fidelity:
     """Run the ONNX model on the sample and compare it with the original's answers."""
     import onnxruntime as ort
 
@@ -225,12 +257,22 @@ def _check(converted: ConvertedModel, tolerance: float) -> Fidelity:
     # column); the comparison below checks shapes itself.
     options.log_severity_level = 3
     logger.info("running the original and the ONNX model on %d rows", _rows(converted))
-    session = ort.InferenceSession(
-        converted.onnx_model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    names = [o.name for o in session.get_outputs()]
-    candidate = dict(zip(names, session.run(None, converted.feed), strict=True))
-    notes = list(converted.notes)
+    try:
+        session = ort.InferenceSession(
+            converted.onnx_model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        names = [o.name for o in session.get_outputs()]
+        candidate = dict(zip(names, session.run(None, converted.feed), strict=True))
+    except Exception as exc:  # ORT raises its own kinds for graphs it cannot run
+        raise ConversionError(
+            f"ONNX Runtime cannot run the converted model ({converted.input_dtype} inputs): "
+            f"{exc}"
+        ) from exc
+    notes = [
+        f"compared on the {converted.input_dtype} values a client sends: the original "
+        "and the ONNX model given the same input (the converter's fidelity)",
+        *converted.notes,
+    ]
     bound = tolerance
     relative = [n for n in converted.relative_outputs if n in converted.reference]
     if relative:
@@ -245,11 +287,37 @@ def _check(converted: ConvertedModel, tolerance: float) -> Fidelity:
         )
     labels = frozenset({converted.label_output}) if converted.label_output else frozenset()
     try:
-        return compare(converted.reference, candidate, tolerance=bound, labels=labels, notes=notes)
+        fidelity = compare(
+            converted.reference, candidate, tolerance=bound, labels=labels, notes=notes
+        )
     except ValueError as exc:
         raise ConversionError(
             f"the ONNX model's outputs do not match the original's: {exc}"
         ) from exc
+    if converted.unrounded_reference is None:
+        return fidelity
+    effect = compare(
+        converted.unrounded_reference, converted.reference, tolerance=bound, labels=labels
+    )
+    changed = not effect.passed
+    suggestion = None
+    if changed and converted.input_dtype == "float32":
+        suggestion = (
+            "convert with --input-dtype float64 (input_dtype='float64') to serve the "
+            "original's answers on float64 data; clients then send FP64"
+        )
+    rounding = InputRounding(
+        converted.input_dtype, effect.outputs, changed, strict_input_precision, suggestion
+    )
+    return replace(
+        fidelity,
+        passed=fidelity.passed and not (changed and strict_input_precision),
+        input_rounding=rounding,
+    )
+
+
+def _within(delta: OutputDelta, tolerance: float) -> bool:
+    return delta.disagreements == 0 and delta.max_abs_diff <= tolerance
 
 
 def _rows(converted: ConvertedModel) -> int:

@@ -4,6 +4,11 @@ One comparison serves both ``ligeiro convert`` (the original model against its O
 and ``ligeiro optimize`` (the ONNX model against its optimized version): labels must
 agree on every row, and every other output must stay within ``tolerance`` (largest
 absolute difference). The result prints as a table and saves as JSON.
+
+``convert`` adds a second, informative comparison: the original model on the sample as
+read against the original on the sample cast to the served input type
+(``InputRounding``): what a client's rounding to float32 changes, which no converter
+can change. It fails the check only when asked (``strict``).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
 
-__all__ = ["Fidelity", "OutputDelta", "compare"]
+__all__ = ["Fidelity", "InputRounding", "OutputDelta", "compare"]
 
 # Rows listed in a report when labels disagree; the count is always complete.
 _ROWS_SHOWN = 20
@@ -50,6 +55,26 @@ class OutputDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class InputRounding:
+    """What casting the sample to the served input type alone changes in the original's answers.
+
+    Attributes:
+        dtype: the served input type (``"float32"``).
+        outputs: the original on the sample as read (reference) against the original on
+            the cast sample (candidate), output by output.
+        changed: a label differs, or a value by more than the tolerance.
+        strict: whether ``changed`` fails the check (``--strict-input-precision``).
+        suggestion: what to do about it, when something changed.
+    """
+
+    dtype: str
+    outputs: list[OutputDelta]
+    changed: bool
+    strict: bool = False
+    suggestion: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Fidelity:
     """The comparison of every output, and whether it passed.
 
@@ -57,8 +82,10 @@ class Fidelity:
         rows: rows compared.
         tolerance: the largest absolute difference allowed for ``values`` outputs.
         outputs: one delta per output.
-        passed: labels agree on every row and every difference is within tolerance.
+        passed: labels agree on every row and every difference is within tolerance
+            (and, when ``input_rounding.strict``, rounding the input changed nothing).
         notes: what the reader should know (e.g. "float64 model served as float32").
+        input_rounding: the effect of the input's rounding alone, when it rounded a value.
     """
 
     rows: int
@@ -66,6 +93,7 @@ class Fidelity:
     outputs: list[OutputDelta]
     passed: bool
     notes: list[str] = field(default_factory=list)
+    input_rounding: InputRounding | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,24 +105,40 @@ class Fidelity:
     def table(self) -> str:
         """A plain-text table for the terminal."""
         lines = [f"{'output':<24} {'check':<10} {'result':<40} ok"]
-        for delta in self.outputs:
-            if delta.kind == "label":
-                result = f"{delta.agreement:.2%} agree ({delta.disagreements} differ)"
-                ok = delta.disagreements == 0
-            else:
-                result = f"max |diff| {delta.max_abs_diff:.4g}, mean {delta.mean_abs_diff:.3g}"
-                if delta.min_cosine is not None:
-                    result += f", cos >= {delta.min_cosine:.6f}"
-                ok = delta.max_abs_diff <= self.tolerance
-            check = "labels" if delta.kind == "label" else f"<= {self.tolerance:g}"
-            lines.append(f"{delta.name:<24} {check:<10} {result:<40} {'yes' if ok else 'NO'}")
-            if delta.disagreeing_rows:
-                shown = ", ".join(map(str, delta.disagreeing_rows))
-                more = "" if delta.disagreements <= _ROWS_SHOWN else ", ..."
-                lines.append(f"{'':<24} rows: {shown}{more}")
+        lines += _rows(self.outputs, self.tolerance, "yes", "NO")
         lines += [f"note: {note}" for note in self.notes]
+        rounding = self.input_rounding
+        if rounding is not None:
+            role = "fails the check" if rounding.strict else "information, not checked"
+            lines.append(
+                f"input rounding to {rounding.dtype} ({role}): the original model on the "
+                f"sample as read vs on the {rounding.dtype} values a client sends"
+            )
+            lines += _rows(rounding.outputs, self.tolerance, "same", "changed")
+            if rounding.suggestion:
+                lines.append(f"suggestion: {rounding.suggestion}")
         lines.append(f"{self.rows} rows: {'PASSED' if self.passed else 'FAILED'}")
         return "\n".join(lines)
+
+
+def _rows(deltas: list[OutputDelta], tolerance: float, yes: str, no: str) -> list[str]:
+    lines = []
+    for delta in deltas:
+        if delta.kind == "label":
+            result = f"{delta.agreement:.2%} agree ({delta.disagreements} differ)"
+            ok = delta.disagreements == 0
+        else:
+            result = f"max |diff| {delta.max_abs_diff:.4g}, mean {delta.mean_abs_diff:.3g}"
+            if delta.min_cosine is not None:
+                result += f", cos >= {delta.min_cosine:.6f}"
+            ok = delta.max_abs_diff <= tolerance
+        check = "labels" if delta.kind == "label" else f"<= {tolerance:g}"
+        lines.append(f"{delta.name:<24} {check:<10} {result:<40} {yes if ok else no}")
+        if delta.disagreeing_rows:
+            shown = ", ".join(map(str, delta.disagreeing_rows))
+            more = "" if delta.disagreements <= _ROWS_SHOWN else ", ..."
+            lines.append(f"{'':<24} rows: {shown}{more}")
+    return lines
 
 
 def _cosine(reference: np.ndarray, candidate: np.ndarray) -> float | None:
