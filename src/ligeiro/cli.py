@@ -288,6 +288,20 @@ def infer(
     is_flag=True,
     help="Allow loading a pickle/joblib file: unpickling runs code from the file.",
 )
+@click.option(
+    "--input-dtype",
+    type=click.Choice(["float32", "float64"]),
+    default="float32",
+    show_default=True,
+    help="The input type served (clients send FP32 or FP64); float64 keeps tree "
+    "ensembles' thresholds in float64, like the original.",
+)
+@click.option(
+    "--strict-input-precision",
+    is_flag=True,
+    help="Also fail when rounding the sample to --input-dtype alone changes the "
+    "original's answers (by default that is reported, not checked).",
+)
 def convert(
     source: str,
     sample: Path,
@@ -297,13 +311,16 @@ def convert(
     sample_rows: int | None,
     drop: tuple[str, ...],
     trust_pickle: bool,
+    input_dtype: str,
+    strict_input_precision: bool,
 ) -> None:
     """Convert SOURCE to ONNX in a model folder, after checking it against the original.
 
     SOURCE is a saved model (.skops; .joblib/.pkl only with --trust-pickle; XGBoost
     .json/.ubj; LightGBM .txt) or a PyTorch module as package.module:attribute. The
-    original and the ONNX model run on the sample; if they disagree beyond --tolerance,
-    nothing is written and the command fails with the report.
+    original and the ONNX model run on the sample cast to --input-dtype (what a client
+    sends); if they disagree beyond --tolerance, nothing is written and the command
+    fails with the report. What the cast alone changes is reported apart.
     """
     _logging()
     from .convert.convert import convert_model
@@ -317,6 +334,8 @@ def convert(
         trust_pickle=trust_pickle,
         sample_rows=sample_rows,
         drop_columns=drop,
+        input_dtype=input_dtype,
+        strict_input_precision=strict_input_precision,
     )
     click.echo(result.fidelity.table())
     click.echo(f"wrote {result.model_path} (report: {result.report_path})")

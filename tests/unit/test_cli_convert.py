@@ -96,3 +96,68 @@ def test_optimize_outside_tolerance_prints_the_report_and_writes_nothing(
     assert "output_probability" in out
     assert "nothing written" in err
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["1"]
+
+
+@pytest.fixture(scope="module")
+def breast_cancer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.DataFrame]:
+    """Issue 20's case: an HGB classifier on breast_cancer's float32 features, joblib + CSV."""
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    folder = tmp_path_factory.mktemp("bc")
+    data = load_breast_cancer()
+    frame = pd.DataFrame(data.data.astype(np.float32), columns=[f"f{i}" for i in range(30)])
+    model = HistGradientBoostingClassifier(max_iter=50, random_state=0).fit(frame, data.target)
+    joblib.dump(model, folder / "bc.joblib")
+    frame.to_csv(folder / "bc.csv", index=False)
+    return folder / "bc.joblib", folder / "bc.csv", pd.read_csv(folder / "bc.csv")
+
+
+def _convert_bc(
+    capsys: pytest.CaptureFixture[str], bc: tuple[Path, Path, pd.DataFrame], out: Path, *extra: str
+) -> tuple[int, str, str]:
+    model, sample, _ = bc
+    return run(
+        capsys, "convert", str(model), "--data", str(sample), "--out", str(out),
+        "--trust-pickle", *extra,
+    )  # fmt: skip
+
+
+def test_convert_passes_on_what_the_client_sends_and_reports_input_rounding_apart(
+    breast_cancer: tuple[Path, Path, pd.DataFrame],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = _convert_bc(capsys, breast_cancer, tmp_path / "repo/bc")
+    assert code == 0, err
+    assert "569 rows: PASSED" in out
+    assert "not checked" in out  # the input-rounding section, information only
+    assert "--input-dtype float64" in out  # suggested: rounding changes a label
+
+
+def test_strict_input_precision_fails_on_the_rounding(
+    breast_cancer: tuple[Path, Path, pd.DataFrame],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = tmp_path / "repo/bc"
+    code, _, err = _convert_bc(capsys, breast_cancer, folder, "--strict-input-precision")
+    assert code == 1
+    assert "rounding" in err
+    assert not folder.exists() or not any(folder.iterdir())
+
+
+def test_input_dtype_float64_serves_double_inputs_equal_on_every_row(
+    breast_cancer: tuple[Path, Path, pd.DataFrame],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model_path, _, frame = breast_cancer
+    folder = tmp_path / "repo/bc"
+    code, out, err = _convert_bc(capsys, breast_cancer, folder, "--input-dtype", "float64")
+    assert code == 0, err
+    assert "569 rows: PASSED" in out
+    original = joblib.load(model_path).predict(frame)
+    with Engine.from_repository(tmp_path / "repo") as engine:
+        result = engine.infer("bc", {"float_input": frame.to_numpy(np.float64)})
+    assert result["output_label"].tolist() == original.tolist()
