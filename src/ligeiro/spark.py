@@ -48,7 +48,8 @@ from .errors import ConfigError, InferenceError, InvalidInputError
 from .repository.config import CONFIG_FILE
 from .score.formats import Chunk, format_of, input_files
 from .score.formats import _missing as check_columns
-from .score.job import ScoreOptions, ScoreSummary, _default_columns, _model_location, load_model
+from .repository.layout import locate
+from .score.job import ScoreOptions, ScoreSummary, _default_columns, load_model
 from .score.rows import Scorer
 
 if TYPE_CHECKING:
@@ -104,14 +105,15 @@ _LOADED: dict[tuple[str, int], tuple[Engine, ModelVersion]] = {}
 
 def _read_model(path: Path, version: str) -> _ModelFiles:
     """The files of ``version`` of the model folder (or version folder) ``path``."""
-    folder, _ = _model_location(path)
+    located, _ = locate(path)
+    folder = located.path
     files = {}
     if (folder / CONFIG_FILE).is_file():
         files[CONFIG_FILE] = (folder / CONFIG_FILE).read_bytes()
     for file in sorted((folder / version).rglob("*")):
         if file.is_file():
             files[file.relative_to(folder).as_posix()] = file.read_bytes()
-    return _ModelFiles(folder.name, version, files)
+    return _ModelFiles(located.name, version, files)
 
 
 def _loaded(
