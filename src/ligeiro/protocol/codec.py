@@ -20,7 +20,7 @@ import msgspec
 import numpy as np
 
 from ..errors import InvalidInputError
-from .datatypes import datatype_of, dtype_of
+from .datatypes import check_shape, datatype_of, dtype_of
 from .messages import (
     ErrorResponse,
     InferRequest,
@@ -111,6 +111,12 @@ def decode_json(body: bytes | memoryview, decoder: msgspec.json.Decoder[Any], wh
         return decoder.decode(body)
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
         raise InvalidInputError(f"invalid {what}: {exc}") from None
+    except UnicodeDecodeError as exc:  # msgspec lets this one through, for a JSON string
+        raise InvalidInputError(
+            f"invalid {what}: a JSON string is not valid UTF-8 ({exc.reason})"
+        ) from None
+    except RecursionError:  # msgspec's own depth limit, not Python's stack
+        raise InvalidInputError(f"invalid {what}: JSON nested too deeply") from None
 
 
 _object_decoder = msgspec.json.Decoder(dict[str, Any])
@@ -144,8 +150,7 @@ def tensor_from_json(tensor: RequestInput) -> np.ndarray:
     where = f"input {tensor.name!r}: "
     dtype = dtype_of(tensor.datatype, where)
     shape = tensor.shape
-    if shape and min(shape) < 0:
-        raise InvalidInputError(f"{where}shape {shape} has a negative dimension")
+    check_shape(shape, dtype, where)
     data = tensor.data
     if data is None:
         raise InvalidInputError(f"{where}no data (expected a 'data' list)")
@@ -251,8 +256,7 @@ def array_from_raw(
         array([[1, 2]], dtype=int16)
     """
     dtype = dtype_of(datatype, where)
-    if shape and min(shape) < 0:
-        raise InvalidInputError(f"{where}shape {shape} has a negative dimension")
+    check_shape(shape, dtype, where)
     kind = dtype.kind
     count = math.prod(shape)
     if kind == "O":

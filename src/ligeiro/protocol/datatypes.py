@@ -6,7 +6,9 @@ import numpy as np
 
 from ..errors import InvalidInputError
 
-__all__ = ["DATATYPES", "datatype_of", "dtype_of"]
+__all__ = ["DATATYPES", "check_shape", "datatype_of", "dtype_of"]
+
+_MAX_BYTES = 2**63 - 1  # what numpy can address; past it, "array is too big"
 
 # V2 / Open Inference Protocol tensor datatypes that map onto numpy. BYTES elements
 # are Python ``str``/``bytes`` in an object array (what ONNX Runtime takes for strings).
@@ -51,3 +53,27 @@ def datatype_of(dtype: np.dtype) -> str:
             return "BYTES"
         raise ValueError(f"numpy dtype {dtype} has no V2 datatype")
     return name
+
+
+def check_shape(shape: list[int], dtype: np.dtype, where: str = "") -> None:
+    """Refuse a shape no array can take: a negative dimension, or one too large.
+
+    A tensor with a zero dimension holds no element, but numpy still refuses it when
+    its other dimensions times the element size pass 2**63 - 1 (``[0, 2**62]`` of FP32).
+
+    Raises:
+        InvalidInputError: a negative dimension, or a shape too large for any array.
+    """
+    if not shape:
+        return
+    if min(shape) < 0:
+        raise InvalidInputError(f"{where}shape {shape} has a negative dimension")
+    size = dtype.itemsize
+    for dimension in shape:
+        if dimension:
+            size *= dimension
+    if size > _MAX_BYTES:
+        raise InvalidInputError(
+            f"{where}shape {shape} is too large: its non-zero dimensions times "
+            f"{dtype.itemsize} bytes per element pass 2**63 - 1 bytes"
+        )

@@ -31,7 +31,7 @@ from .codec import (
     raw_from_array,
     timeout_of,
 )
-from .datatypes import datatype_of, dtype_of
+from .datatypes import check_shape, datatype_of, dtype_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -363,8 +363,7 @@ def decode_infer_request(request: pb.ModelInferRequest) -> DecodedRequest:
             raise InvalidInputError(f"{where}shared memory is not supported; send the data")
         dtype = dtype_of(tensor.datatype, where)
         shape = list(tensor.shape)
-        if shape and min(shape) < 0:
-            raise InvalidInputError(f"{where}shape {shape} has a negative dimension")
+        check_shape(shape, dtype, where)
         has_contents = tensor.HasField("contents")
         if raw_contents:
             if has_contents:

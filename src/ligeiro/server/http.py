@@ -683,7 +683,9 @@ class HttpConnection(asyncio.Protocol):
             return
         if self.is_closing and not self.is_receiving and not pending:
             transport.close()
-        elif len(pending) == _MAX_PIPELINED - 1:
+        elif len(pending) < _MAX_PIPELINED and not transport.is_reading():
+            # One read can queue more than the limit (the parser takes it all): resume
+            # once below it, not at exactly one under, which a drain can step over.
             self._update_reading()
 
     def _update_reading(self) -> None:
