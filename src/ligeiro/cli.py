@@ -317,7 +317,8 @@ def convert(
     """Convert SOURCE to ONNX in a model folder, after checking it against the original.
 
     SOURCE is a saved model (.skops; .joblib/.pkl only with --trust-pickle; XGBoost
-    .json/.ubj; LightGBM .txt) or a PyTorch module as package.module:attribute. The
+    .json/.ubj; LightGBM .txt; CatBoost .cbm) or a PyTorch module as
+    package.module:attribute. The
     original and the ONNX model run on the sample cast to --input-dtype (what a client
     sends); if they disagree beyond --tolerance, nothing is written and the command
     fails with the report. What the cast alone changes is reported apart.

@@ -1,10 +1,10 @@
 """Saved model + sample data → a checked model folder: ``N/model.onnx``, ``config.toml``.
 
 ``convert_model`` loads the model (see ``loading``), converts it (sklearn and the
-boosters through skl2onnx / onnxmltools, PyTorch through ``torch.onnx.export``), runs
-the original and the ONNX model on exactly the input a client sends (the sample cast
-to the ONNX input's type), and writes the folder only when they agree: labels on
-every row, other outputs within ``tolerance``. That is
+boosters through skl2onnx / onnxmltools, CatBoost through its own exporter, PyTorch
+through ``torch.onnx.export``), runs the original and the ONNX model on exactly the
+input a client sends (the sample cast to the ONNX input's type), and writes the folder
+only when they agree: labels on every row, other outputs within ``tolerance``. That is
 the converter's fidelity. What the cast itself changes (the original on the sample as
 read against the original on the cast values) is reported apart, with the rows it
 affects, and fails the check only with ``strict_input_precision``; where it changes
@@ -228,11 +228,14 @@ def _convert(model: Any, data: pd.DataFrame | np.ndarray, input_dtype: str) -> C
         from ._boosting import convert_lightgbm_booster
 
         return convert_lightgbm_booster(model, data, input_dtype=input_dtype)
-    # CatBoost models have ``predict`` but no converter here (not supported yet).
-    if kind == "catboost" or not hasattr(model, "predict"):
+    if kind == "catboost":
+        from ._catboost import convert_catboost_model
+
+        return convert_catboost_model(model, data, input_dtype=input_dtype)
+    if not hasattr(model, "predict"):
         raise ConversionError(
             f"{type(model).__name__} is not a model convert knows: expected a fitted "
-            "scikit-learn estimator or pipeline, an XGBoost or LightGBM model, "
+            "scikit-learn estimator or pipeline, an XGBoost, LightGBM or CatBoost model, "
             "or a torch.nn.Module"
         )
     try:

@@ -3,7 +3,8 @@
 Pickle (``.joblib``, ``.pkl``, ``.pickle``) runs whatever code the file names while it
 loads, so it is opened only with ``trust_pickle=True``. skops files name their types
 first: those outside skops' trusted set are listed and refused unless trusted. XGBoost
-(``.json``, ``.ubj``) and LightGBM (``.txt``) native files hold data only. The server
+(``.json``, ``.ubj``), LightGBM (``.txt``) and CatBoost (``.cbm``) native files hold data
+only. The server
 itself never loads any of these: it serves the ONNX that conversion writes.
 """
 
@@ -39,12 +40,14 @@ def load_saved_model(path: str | Path, *, trust_pickle: bool = False) -> Any:
         path: ``model.joblib`` / ``.pkl`` / ``.pickle`` (pickle, trusted only),
             ``model.skops``, an XGBoost ``.json`` / ``.ubj`` (the objective picks
             ``XGBClassifier`` or ``XGBRegressor``), a LightGBM ``.txt`` (a
-            ``lightgbm.Booster``), or ``"package.module:attribute"``: a
+            ``lightgbm.Booster``), a CatBoost ``.cbm`` (the loss function picks
+            ``CatBoostClassifier`` or ``CatBoostRegressor``), or ``"package.module:attribute"``: a
             ``torch.nn.Module`` or a zero-argument callable returning one.
         trust_pickle: allow unpickling (and skops types outside its trusted set).
 
     Returns:
-        The model object: an estimator, a ``lightgbm.Booster`` or a torch module.
+        The model object: an estimator, a ``lightgbm.Booster``, a CatBoost model or a
+        torch module.
 
     Raises:
         UntrustedModelError: the file needs unpickling (or untrusted skops types) and
@@ -76,10 +79,12 @@ def load_saved_model(path: str | Path, *, trust_pickle: bool = False) -> Any:
             return lightgbm.Booster(model_file=str(candidate))
         except lightgbm.basic.LightGBMError as exc:
             raise ConversionError(f"{candidate}: not a LightGBM model file: {exc}") from None
+    if suffix == ".cbm":
+        return _load_catboost(candidate)
     raise ConversionError(
         f"{candidate}: unknown model file {suffix or '(no extension)'}; expected "
         ".skops, .joblib/.pkl/.pickle (with trust_pickle), XGBoost .json/.ubj, LightGBM "
-        ".txt, or a 'package.module:attribute' import path for a PyTorch module"
+        ".txt, CatBoost .cbm, or a 'package.module:attribute' import path for a PyTorch module"
     )
 
 
@@ -138,6 +143,23 @@ def _load_xgboost(path: Path) -> Any:
     model.load_model(str(path))
     logger.info("%s: XGBoost %s (%s)", path, type(model).__name__, objective)
     return model
+
+
+def _load_catboost(path: Path) -> Any:
+    catboost = _require("catboost", f"{path} (a CatBoost model)")
+    from ._catboost import CLASSIFIER_LOSSES
+
+    model = catboost.CatBoost()
+    try:
+        model.load_model(str(path), format="cbm")
+    except catboost.CatBoostError as exc:
+        raise ConversionError(f"{path}: not a CatBoost model file: {exc}") from None
+    loss = str(model.get_all_params().get("loss_function", "")).split(":")[0]
+    kind = catboost.CatBoostClassifier if loss in CLASSIFIER_LOSSES else catboost.CatBoostRegressor
+    typed = kind()
+    typed.load_model(str(path), format="cbm")
+    logger.info("%s: CatBoost %s (%s)", path, kind.__name__, loss or "no loss function")
+    return typed
 
 
 def _import_module_attribute(target: str) -> Any:
