@@ -126,12 +126,11 @@ def test_sentence_transformers_folder_pooling_and_normalize(tmp_path: Path) -> N
         json.dumps({"word_embedding_dimension": 32, "pooling_mode_cls_token": True})
     )
     (source / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 16}))
+    layout = [("", "Transformer"), ("1_Pooling", "Pooling"), ("2_Normalize", "Normalize")]
     modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize",
-         "type": "sentence_transformers.models.Normalize"},
-    ]  # fmt: skip
+        {"idx": i, "name": str(i), "path": p, "type": f"sentence_transformers.models.{kind}"}
+        for i, (p, kind) in enumerate(layout)
+    ]
     (source / "modules.json").write_text(json.dumps(modules))
     result = convert_text_folder(source, tmp_path / "repo" / "st", task="feature-extraction")
     assert "CLS pooling + L2 normalisation" in result.report["reference"]
