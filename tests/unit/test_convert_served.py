@@ -75,20 +75,22 @@ def large_target_regressor() -> tuple[Any, np.ndarray, str]:
     return model, x, "float32"
 
 
-def _float64_classifier(make: Callable[[], Any]) -> Case:
+def _float64(make: Callable[[], Any], data: Callable[[], tuple[np.ndarray, np.ndarray]]) -> Case:
+    """A model fitted on float64 data (its library imported when the case runs)."""
+
     def case() -> tuple[Any, np.ndarray, str]:
-        x, y = _cancer()
+        x, y = data()
         return make().fit(x, y), x, "float64"
 
     return case
+
+
+def _float64_classifier(make: Callable[[], Any]) -> Case:
+    return _float64(make, _cancer)
 
 
 def _float64_regressor(make: Callable[[], Any]) -> Case:
-    def case() -> tuple[Any, np.ndarray, str]:
-        x, y = _diabetes()
-        return make().fit(x, y), x, "float64"
-
-    return case
+    return _float64(make, _diabetes)
 
 
 def _xgboost() -> Any:

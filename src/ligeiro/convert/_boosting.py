@@ -22,13 +22,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ConversionError
-from ._converted import LABEL_OUTPUT, PROBABILITY_OUTPUT, ConvertedModel, rename_outputs
+from ._converted import LABEL_OUTPUT, PROBABILITY_OUTPUT, rename_outputs
 from ._converted import tabular_inputs as _tabular_inputs
 from ._precision import exact_thresholds
-from ._sklearn import _quiet_converter_warnings, regression
+from ._sklearn import _quiet_converter_warnings, classification, regression
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from ._converted import ConvertedModel
 
 __all__ = ["convert_lightgbm_booster", "register_booster_converters"]
 
@@ -156,16 +158,6 @@ def convert_lightgbm_booster(
         return {LABEL_OUTPUT: prediction.argmax(axis=1), PROBABILITY_OUTPUT: prediction}
 
     rename_outputs(onnx_model, {outputs[0]: LABEL_OUTPUT, outputs[1]: PROBABILITY_OUTPUT})
-    reference = answers(inputs.original)
-    return ConvertedModel(
-        onnx_model,
-        inputs.feed,
-        reference,
-        unrounded_reference=None if inputs.unrounded is None else answers(inputs.unrounded),
-        input_dtype=inputs.dtype.name,
-        features=inputs.features,
-        labels=[str(i) for i in range(reference[PROBABILITY_OUTPUT].shape[1])],
-        label_output=LABEL_OUTPUT,
-        probability_output=PROBABILITY_OUTPUT,
-        notes=notes,
-    )
+    # One model per class and iteration; binary has one, for the positive class.
+    classes = max(2, booster.num_model_per_iteration())
+    return classification(onnx_model, inputs, answers, [str(i) for i in range(classes)], notes)

@@ -27,17 +27,18 @@ from ._converted import (
     FLOAT_INPUT,
     LABEL_OUTPUT,
     PROBABILITY_OUTPUT,
-    ConvertedModel,
     class_labels,
     rename_outputs,
     tabular_inputs,
 )
 from ._precision import float_input_from_double
-from ._sklearn import VARIABLE_OUTPUT, regression
+from ._sklearn import VARIABLE_OUTPUT, classification, regression
 
 if TYPE_CHECKING:
     import onnx
     import pandas as pd
+
+    from ._converted import ConvertedModel
 
 __all__ = ["CLASSIFIER_LOSSES", "convert_catboost_model", "is_catboost_model"]
 
@@ -116,18 +117,7 @@ def convert_catboost_model(
     labels, note = class_labels(np.asarray(model.classes_))
     if note:
         notes.append(note)
-    return ConvertedModel(
-        onnx_model,
-        inputs.feed,
-        answers(inputs.original),
-        unrounded_reference=None if inputs.unrounded is None else answers(inputs.unrounded),
-        input_dtype=inputs.dtype.name,
-        features=inputs.features,
-        labels=labels,
-        label_output=LABEL_OUTPUT,
-        probability_output=PROBABILITY_OUTPUT,
-        notes=notes,
-    )
+    return classification(onnx_model, inputs, answers, labels, notes)
 
 
 def _text_features(model: Any) -> list[int]:

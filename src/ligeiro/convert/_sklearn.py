@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SCORE_OUTPUT",
     "VARIABLE_OUTPUT",
+    "classification",
     "convert_sklearn_model",
     "regression",
     "unwrap_search",
@@ -251,6 +252,43 @@ def regression(
         prediction = np.asarray(predict(x), dtype=np.float64)
         return {VARIABLE_OUTPUT: prediction.reshape(len(prediction), -1)}
 
+    return _checked(
+        onnx_model, inputs, answers, notes, relative_outputs=frozenset({VARIABLE_OUTPUT})
+    )
+
+
+def classification(
+    onnx_model: onnx.ModelProto,
+    inputs: TabularInputs,
+    answers: Callable[[Any], dict[str, np.ndarray]],
+    labels: list[str] | None,
+    notes: list[str],
+) -> ConvertedModel:
+    """A classifier's conversion whose graph answers ``output_label``, ``output_probability``.
+
+    ``answers`` runs the original on a sample laid out like ``inputs.original`` and
+    gives both outputs.
+    """
+    return _checked(
+        onnx_model,
+        inputs,
+        answers,
+        notes,
+        labels=labels,
+        label_output=LABEL_OUTPUT,
+        probability_output=PROBABILITY_OUTPUT,
+    )
+
+
+def _checked(
+    onnx_model: onnx.ModelProto,
+    inputs: TabularInputs,
+    answers: Callable[[Any], dict[str, np.ndarray]],
+    notes: list[str],
+    **config: Any,
+) -> ConvertedModel:
+    """The graph with the original's answers on what a client sends (and on the sample as
+    read, when the cast changed it); ``config`` holds the outputs' roles and labels."""
     return ConvertedModel(
         onnx_model,
         inputs.feed,
@@ -258,8 +296,8 @@ def regression(
         unrounded_reference=None if inputs.unrounded is None else answers(inputs.unrounded),
         input_dtype=inputs.dtype.name,
         features=inputs.features,
-        relative_outputs=frozenset({VARIABLE_OUTPUT}),
         notes=notes,
+        **config,
     )
 
 

@@ -16,7 +16,7 @@ import torch
 from ..errors import ConversionError
 
 if TYPE_CHECKING:
-    from .text import TextFolder
+    from ._text_folder import TextFolder
 
 __all__ = ["SentenceEncoder", "TextClassifier", "text_module"]
 
@@ -32,7 +32,6 @@ class SentenceEncoder(torch.nn.Module):
         self.model = model
         self.pooling = pooling
         self.normalize = normalize
-        self.dimensions = int(model.config.hidden_size)
 
     def describe(self) -> str:
         steps = [f"transformers {type(self.model).__name__}"]
@@ -74,7 +73,7 @@ class TextClassifier(torch.nn.Module):
         return probabilities.argmax(dim=-1), probabilities
 
 
-def text_module(folder: TextFolder) -> tuple[torch.nn.Module, list[str]]:
+def text_module(folder: TextFolder) -> tuple[SentenceEncoder | TextClassifier, list[str]]:
     """The module to export for ``folder``, in eval mode, and the token inputs it takes.
 
     Raises:
@@ -102,9 +101,10 @@ def text_module(folder: TextFolder) -> tuple[torch.nn.Module, list[str]]:
             f"{folder.transformer}: {type(model).__name__} does not take input_ids and "
             "attention_mask"
         )
-    module: torch.nn.Module = (
+    module = (
         SentenceEncoder(model, folder.pooling, folder.normalize)
         if folder.task == "feature-extraction"
         else TextClassifier(model)
     )
-    return module.eval(), inputs
+    module.eval()
+    return module, inputs

@@ -37,20 +37,25 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Protocol, final
 
 import numpy as np
 
 from ..errors import ConversionError
+from ._text_folder import TASKS, TextFolder, read_json, read_text_folder
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+
+    import torch
 
 __all__ = [
     "BATCHING",
     "TASKS",
     "TextConversionResult",
     "TextFolder",
+    "TextModule",
+    "TokenizerModel",
     "check_text_model",
     "convert_text_folder",
     "export_text_model",
@@ -65,7 +70,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("feature-extraction", "text-classification")
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 EMBEDDING = "sentence_embedding"
 LABEL = "label"
@@ -74,13 +78,6 @@ OPSET = 17
 MAX_CHARS = 10_000
 PIPELINE_README = "A pipeline: its steps are in ../config.toml; this version has no files.\n"
 _TOKENIZER_MODEL = Path(__file__).with_name("_tokenizer_model.py")
-_POOLING = {
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
-}
-_ST_MODULES = "sentence_transformers.models."
 # Checked when no --data is given: short, long (cut at max_length) and non-ASCII texts.
 SAMPLE_TEXTS = (
     "The quick brown fox jumps over the lazy dog.",
@@ -107,30 +104,18 @@ idle_on_loop = true
 """
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class TextFolder:
-    """What a model folder says about itself.
+class TokenizerModel(Protocol):
+    """The tokenizer Python model (``_tokenizer_model.Model``) as the server runs it."""
 
-    Attributes:
-        path: the folder given.
-        transformer: the folder holding the transformer (``modules.json``'s first module).
-        task: ``"feature-extraction"`` or ``"text-classification"``.
-        pooling: ``"mean"``, ``"cls"``, ``"max"`` or ``"mean_sqrt_len"`` (embeddings).
-        normalize: L2-normalise the embeddings (``modules.json`` has ``Normalize``).
-        max_length: tokens kept per text.
-        labels: class names by id (classification), from ``id2label``.
-        notes: what was assumed, for the report.
-    """
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
-    path: Path
-    transformer: Path
-    task: str
-    pooling: str
-    normalize: bool
-    max_length: int
-    labels: list[str] | None
-    notes: list[str]
+
+class TextModule(Protocol):
+    """The torch module exported (``_text_modules``): token tensors in."""
+
+    def describe(self) -> str: ...
+
+    def __call__(self, *tokens: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]: ...
 
 
 @final
@@ -182,97 +167,6 @@ def publish(path: Path, data: bytes | str) -> None:
     os.replace(partial, path)
 
 
-def _json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConversionError(f"{path}: cannot read it as JSON: {exc}") from None
-
-
-def read_text_folder(source: str | Path, task: str, *, max_length: int | None = None) -> TextFolder:
-    """Read a Hugging Face / sentence-transformers folder's layout for ``task``.
-
-    Raises:
-        ConversionError: not a folder with ``config.json``, an unknown task, a
-            ``modules.json`` module or pooling mode the export does not reproduce, or a
-            classification folder without labels.
-    """
-    path = Path(source)
-    if task not in TASKS:
-        raise ConversionError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-    if not path.is_dir():
-        raise ConversionError(f"{path}: not a folder (a Hugging Face model folder is one)")
-    notes: list[str] = []
-    transformer, pooling, normalize, seq_length = path, "mean", False, None
-    modules_file = path / "modules.json"
-    # A sentence-transformers folder's modules say how to pool; a classifier has its head.
-    if task == "feature-extraction" and modules_file.is_file():
-        modules = _json(modules_file)
-        for module in modules:
-            kind = str(module.get("type", ""))
-            where = path / str(module.get("path", ""))
-            if kind == _ST_MODULES + "Transformer":
-                transformer = where
-                config = where / "sentence_bert_config.json"
-                if config.is_file():
-                    seq_length = _json(config).get("max_seq_length")
-            elif kind == _ST_MODULES + "Pooling":
-                pooling = _pooling(where / "config.json")
-            elif kind == _ST_MODULES + "Normalize":
-                normalize = True
-            else:
-                raise ConversionError(
-                    f"{modules_file}: module {kind!r} is not supported; the export "
-                    "reproduces Transformer, Pooling and Normalize"
-                )
-        if seq_length is None and (path / "sentence_bert_config.json").is_file():
-            seq_length = _json(path / "sentence_bert_config.json").get("max_seq_length")
-    elif task == "feature-extraction":
-        notes.append("no modules.json: mean pooling over attention_mask, not normalised")
-    if not (transformer / "config.json").is_file():
-        raise ConversionError(f"{transformer}: no config.json; not a Hugging Face model folder")
-    config = _json(transformer / "config.json")
-    labels = None
-    if task == "text-classification":
-        id2label = config.get("id2label")
-        if not id2label:
-            raise ConversionError(
-                f"{transformer / 'config.json'}: no id2label; a text-classification folder "
-                "names its classes there"
-            )
-        labels = [str(id2label[k]) for k in sorted(id2label, key=int)]
-        if config.get("problem_type") == "multi_label_classification":
-            raise ConversionError(
-                f"{transformer}: a multi-label classifier (sigmoid per class) is not supported; "
-                "the pipeline answers one label per text"
-            )
-    length = max_length or seq_length or _tokenizer_limit(transformer, config)
-    return TextFolder(path, transformer, task, pooling, normalize, int(length), labels, notes)
-
-
-def _pooling(config_file: Path) -> str:
-    config = _json(config_file)
-    modes = [mode for key, mode in _POOLING.items() if config.get(key)]
-    others = [
-        k for k, v in config.items() if k.startswith("pooling_mode_") and v and k not in _POOLING
-    ]
-    if others or len(modes) != 1:
-        raise ConversionError(
-            f"{config_file}: pooling {', '.join(modes + others) or 'none'} is not supported; "
-            "expected exactly one of mean, cls, max or mean_sqrt_len"
-        )
-    return modes[0]
-
-
-def _tokenizer_limit(folder: Path, config: dict[str, Any]) -> int:
-    positions = int(config.get("max_position_embeddings", 512))
-    settings = folder / "tokenizer_config.json"
-    declared = _json(settings).get("model_max_length") if settings.is_file() else None
-    if isinstance(declared, int) and 0 < declared <= positions:
-        return declared
-    return positions
-
-
 def tokenizer_json(folder: TextFolder) -> bytes:
     """The folder's ``tokenizer.json``, with a pad token set when the file has none."""
     from tokenizers import Tokenizer
@@ -285,7 +179,7 @@ def tokenizer_json(folder: TextFolder) -> bytes:
     else:
         tokenizer = _tokenizer_from_transformers(folder.transformer)
     settings = folder.transformer / "tokenizer_config.json"
-    pad = _json(settings).get("pad_token") if settings.is_file() else None
+    pad = read_json(settings).get("pad_token") if settings.is_file() else None
     pad = pad.get("content") if isinstance(pad, dict) else pad
     pad_id = tokenizer.token_to_id(str(pad)) if pad else None
     if pad_id is None:
@@ -337,26 +231,28 @@ def write_tokenizer(
     return version
 
 
-def load_tokenizer(version: Path, max_length: int, max_chars: int = MAX_CHARS) -> Any:
+def load_tokenizer(version: Path, max_length: int, max_chars: int = MAX_CHARS) -> TokenizerModel:
     """The tokenizer model in ``version`` as the server loads it (its ``model.py``)."""
     spec = importlib.util.spec_from_file_location("ligeiro_text_tokenizer", version / "model.py")
     if spec is None or spec.loader is None:
         raise ConversionError(f"cannot import {version / 'model.py'}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.Model(version, {"max_length": max_length, "max_chars": max_chars})
+    model: TokenizerModel = module.Model(
+        version, {"max_length": max_length, "max_chars": max_chars}
+    )
+    return model
 
 
-def tokenize(tokenizer: Any, texts: Sequence[str]) -> dict[str, np.ndarray]:
+def tokenize(tokenizer: TokenizerModel, texts: Sequence[str]) -> dict[str, np.ndarray]:
     """The token tensors the tokenizer model gives for ``texts``."""
     column = np.array([t.encode() for t in texts], dtype=object)
-    result: dict[str, np.ndarray] = tokenizer.predict({"text": column})
-    return result
+    return tokenizer.predict({"text": column})
 
 
 def export_text_model(
     text_folder: TextFolder, path: Path, sample: Mapping[str, np.ndarray]
-) -> tuple[Any, list[str]]:
+) -> tuple[TextModule, list[str]]:
     """Export the folder's model (with pooling, or a softmax) to ``path``.
 
     Returns:
@@ -397,7 +293,7 @@ def export_text_model(
 
 
 def check_text_model(
-    module: Any,
+    module: TextModule,
     path: Path,
     batches: Mapping[str, Mapping[str, np.ndarray]],
     *,
@@ -421,8 +317,8 @@ def check_text_model(
     for name, feeds in batches.items():
         feed = {k: np.asarray(feeds[k]) for k in inputs}
         with torch.no_grad():
-            expected = module(*(torch.from_numpy(feed[k]) for k in inputs))
-        expected = [e.numpy() for e in (expected if isinstance(expected, tuple) else (expected,))]
+            answer = module(*(torch.from_numpy(feed[k]) for k in inputs))
+        expected = [e.numpy() for e in (answer if isinstance(answer, tuple) else (answer,))]
         got = session.run(None, feed)
         if any(g.shape != e.shape for g, e in zip(got, expected, strict=True)):
             raise ConversionError(
@@ -575,7 +471,7 @@ def convert_text_folder(
             (PROBABILITIES, "FP32", f"[-1, {len(text_folder.labels)}]"),
         ]
     else:
-        outputs = [(EMBEDDING, "FP32", f"[-1, {module.dimensions}]")]
+        outputs = [(EMBEDDING, "FP32", f"[-1, {text_folder.dimensions}]")]
     steps = [tokenizer_folder.name, model_folder.name]
     comment = f"# Text in, {'labels' if classify else 'sentence embeddings'} out {what}.\n"
     write_pipeline(folder, pipeline_config(comment, steps, outputs, labels=text_folder.labels))
