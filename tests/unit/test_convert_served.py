@@ -5,7 +5,8 @@ an ``SVC(probability=True)`` behind a scaler, a regressor with large targets) an
 tree family converted with ``input_dtype="float64"`` are converted into one repository,
 served by one server, and asked over V2 REST with every row of their data: labels
 must equal the original's, probabilities within 1e-5, regression values within 1e-5 of
-their magnitude (the graph sums leaves in float32).
+their magnitude (the graph sums leaves in float32). The last test checks what the
+report says about rounding the sample to float32 (information unless strict).
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ import numpy as np
 import pytest
 
 from ligeiro.convert.convert import convert_model
+from ligeiro.errors import ConversionError
 from tests.conftest import Server, start_server
 
 pytest.importorskip("skl2onnx", reason="the convert extra is not installed")
+
+import pandas as pd
 
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 from sklearn.ensemble import (
@@ -201,3 +205,37 @@ def test_served_answers_equal_the_original(
         expected = model.predict(sent)
         bound = 1e-5 * max(1.0, float(np.abs(expected).max()))
         np.testing.assert_allclose(answer["variable"][:, 0], expected, rtol=0, atol=bound)
+
+
+def test_input_rounding_is_reported_with_its_rows_and_fails_only_when_strict(
+    tmp_path: Path,
+) -> None:
+    """Issue 20's CSV: float32 features written as text, read back as float64."""
+    x, y = _cancer()
+    frame = pd.DataFrame(x.astype(np.float32), columns=[f"f{i}" for i in range(x.shape[1])])
+    model = HistGradientBoostingClassifier(max_iter=50, random_state=SEED).fit(frame, y)
+    frame.to_csv(tmp_path / "bc.csv", index=False)
+    sample = pd.read_csv(tmp_path / "bc.csv")
+
+    result = convert_model(model, sample, tmp_path / "repo" / "bc")
+    fidelity = result.fidelity
+    assert fidelity.passed, fidelity.table()
+    rounding = fidelity.input_rounding
+    assert rounding is not None
+    assert rounding.changed
+    assert not rounding.strict
+    labels = next(d for d in rounding.outputs if d.name == "output_label")
+    assert labels.disagreements >= 1
+    rows = labels.disagreeing_rows
+    # The rows it names are those where the original answers differently on the CSV's
+    # float64 values and on their float32 rounding.
+    as_read = model.predict(sample.iloc[rows])
+    as_sent = model.predict(sample.iloc[rows].astype(np.float32).astype(np.float64))
+    assert np.all(as_read != as_sent)
+    assert "--input-dtype float64" in (rounding.suggestion or "")
+    saved = json.loads(result.report_path.read_text())
+    assert saved["input_rounding"]["changed"] is True
+
+    with pytest.raises(ConversionError, match="rounding the sample to float32"):
+        convert_model(model, sample, tmp_path / "repo" / "strict", strict_input_precision=True)
+    assert not (tmp_path / "repo" / "strict").exists()
