@@ -337,6 +337,20 @@ def convert(
     """
     _logging()
     if task is not None:
+        tabular = {
+            "--version": model_version is not None,
+            "--sample-rows": sample_rows is not None,
+            "--drop-column": bool(drop),
+            "--trust-pickle": trust_pickle,
+            "--input-dtype": input_dtype != "float32",
+            "--strict-input-precision": strict_input_precision,
+        }
+        given = [option for option, used in tabular.items() if used]
+        if given:
+            raise click.UsageError(
+                f"{', '.join(given)}: not for --task (a text pipeline is written as version 1 "
+                "of its models, from texts)"
+            )
         _convert_text(source, sample, task, folder, tolerance)
         return
     if sample is None:

@@ -172,6 +172,11 @@ def test_folder_without_task_and_unsupported_modules_are_refused(
               "--out", str(tmp_path / "repo" / "x")])  # fmt: skip
     assert exit_info.value.code == 2
     assert "--task feature-extraction" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", str(source), "--task", "feature-extraction", "--trust-pickle",
+              "--out", str(tmp_path / "repo" / "x")])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "--trust-pickle: not for --task" in capsys.readouterr().err
 
     (source / "config.json").write_text("{}")
     (source / "modules.json").write_text(
