@@ -23,6 +23,7 @@ from .repository.checks import check_inputs
 from .repository.registry import ModelState, ModelVersion, Registry, Staged
 from .scheduling.batcher import Batcher, LoopClock, run_here
 from .scheduling.stats import ModelStats
+from .warmup import warm_up
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -334,11 +335,13 @@ class Engine:
     ) -> Staged:
         """Load and warm up what changed in models ``names`` on a thread; serve nothing yet.
 
-        See ``Registry.prepare``; the event loop keeps serving while this loads.
+        See ``Registry.prepare``; the event loop keeps serving while this loads. Each
+        new version runs once on its warm-up sample (``ligeiro.warmup``) first.
         """
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            None, partial(self.registry.prepare, names, override=override, unload=unload)
+            None,
+            partial(self.registry.prepare, names, override=override, unload=unload, warm=warm_up),
         )
 
     def commit(self, staged: Staged) -> asyncio.Task[float]:

@@ -23,7 +23,7 @@ from .repository.checks import check_inputs
 from .repository.config import load_config
 from .repository.layout import locate
 from .repository.registry import load_version
-from .repository.warmup import warm_up
+from .warmup import warm_up
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

@@ -14,7 +14,7 @@ import math
 import struct
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, final
+from typing import TYPE_CHECKING, Any, final
 
 import msgspec
 import numpy as np
@@ -32,12 +32,12 @@ from .messages import (
     ServerMetadata,
     TensorMetadata,
 )
+from .types import TensorSpecLike
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from ..repository.registry import ModelState, ModelVersion
-    from ..scheduling.stats import Duration, ModelStats
+    from .types import DurationLike, ServedModel, StatisticsLike, VersionStateLike
 
 __all__ = [
     "DecodedRequest",
@@ -506,31 +506,20 @@ class RestInferCodec:
 
     __slots__ = ()
 
-    def decode(self, model: ModelVersion, payload: tuple[bytes, bytes | None]) -> DecodedRequest:
+    def decode(self, model: ServedModel, payload: tuple[bytes, bytes | None]) -> DecodedRequest:
         body, header_length = payload
         if header_length is None:
             return decode_infer_request(body)
         return decode_infer_request(body, header_length_of(header_length, len(body)))
 
     def encode(
-        self, model: ModelVersion, request: DecodedRequest, outputs: dict[str, np.ndarray]
+        self, model: ServedModel, request: DecodedRequest, outputs: dict[str, np.ndarray]
     ) -> tuple[bytes, int | None]:
         if not request.binary_outputs:
             return encode_infer_response(model.name, model.version, outputs, request.id), None
         return encode_binary_infer_response(
             model.name, model.version, outputs, request.id, request.binary_outputs
         )
-
-
-class TensorSpecLike(Protocol):
-    """What metadata needs of a tensor spec (``runtime.base.TensorSpec`` fits)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def dtype(self) -> np.dtype: ...
-    @property
-    def shape(self) -> tuple[int, ...]: ...
 
 
 def _tensor_metadata(specs: Iterable[TensorSpecLike]) -> list[TensorMetadata]:
@@ -575,7 +564,7 @@ def encode_health(field: str, value: bool, name: str | None = None) -> bytes:
     return _encoder.encode(body)
 
 
-def encode_repository_index(states: Iterable[ModelState]) -> bytes:
+def encode_repository_index(states: Iterable[VersionStateLike]) -> bytes:
     """Encode the repository index: ``[{"name", "version", "state", "reason"}, ...]``,
     with ``parameters.execution_provider`` for a ready ONNX version."""
     return _encoder.encode(
@@ -597,11 +586,11 @@ def encode_error(message: str) -> bytes:
     return _encoder.encode(ErrorResponse(message))
 
 
-def _duration(duration: Duration) -> dict[str, int]:
+def _duration(duration: DurationLike) -> dict[str, int]:
     return {"count": duration.count, "ns": duration.ns}
 
 
-def encode_model_stats(stats: Iterable[tuple[ModelState, ModelStats]]) -> bytes:
+def encode_model_stats(stats: Iterable[tuple[VersionStateLike, StatisticsLike]]) -> bytes:
     """Triton's ``GET /v2/models/{m}/stats`` answer.
 
     ``compute_input`` and ``compute_output`` are absent: ligeiro does not time the
