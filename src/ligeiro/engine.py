@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, final
 
 from .errors import InvalidInputError, LigeiroError
-from .repository.checks import check_inputs
+from .repository.checks import check_inputs, decode_text
 from .repository.registry import ModelState, ModelVersion, Registry, Staged
 from .scheduling.batcher import Batcher, LoopClock, run_here
 from .scheduling.stats import ModelStats
@@ -210,6 +210,8 @@ class Engine:
         observer = self._observer(model.name, model.version)
         try:
             names = self._validate(model, inputs, outputs)
+            if model.runtime.text_inputs:
+                inputs = decode_text(model, inputs)
             computing = self._clock()
             arrays = model.runtime.run(inputs, names)
         except LigeiroError:
@@ -252,6 +254,8 @@ class Engine:
             stats = self._observer(model.name, model.version).stats
             try:
                 names = self._validate(model, inputs, outputs)
+                if model.runtime.text_inputs:
+                    inputs = decode_text(model, inputs)
                 arrays = await batcher.submit(inputs, names, timeout_s)
             except (LigeiroError, asyncio.CancelledError):  # cancelled: the client went away
                 stats.record_request(False, self._clock() - start)

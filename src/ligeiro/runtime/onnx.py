@@ -158,6 +158,8 @@ class OnnxRuntime:
             self.fallback = f"runs on {self.provider}: " + "; ".join(skipped)
         self.inputs = tuple(_spec(a, path, "input") for a in self._session.get_inputs())
         self.outputs = tuple(_spec(a, path, "output") for a in self._session.get_outputs())
+        # String tensors: ONNX Runtime's Python binding takes str, not bytes.
+        self.text_inputs = frozenset(s.name for s in self.inputs if s.dtype.kind == "O")
         on_gpu = name in GPU_PROVIDERS
         self._graph: _GraphBuffers | None = None
         if on_gpu and options.cuda_graph:
