@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, final
 
 from .errors import InvalidInputError, LigeiroError
-from .repository.checks import check_inputs
+from .repository.checks import check_inputs, decode_text
 from .repository.registry import ModelState, ModelVersion, Registry, Staged
 from .scheduling.batcher import Batcher, LoopClock, run_here
 from .scheduling.stats import ModelStats
+from .warmup import warm_up
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -209,6 +210,8 @@ class Engine:
         observer = self._observer(model.name, model.version)
         try:
             names = self._validate(model, inputs, outputs)
+            if model.runtime.text_inputs:
+                inputs = decode_text(model, inputs)
             computing = self._clock()
             arrays = model.runtime.run(inputs, names)
         except LigeiroError:
@@ -251,6 +254,8 @@ class Engine:
             stats = self._observer(model.name, model.version).stats
             try:
                 names = self._validate(model, inputs, outputs)
+                if model.runtime.text_inputs:
+                    inputs = decode_text(model, inputs)
                 arrays = await batcher.submit(inputs, names, timeout_s)
             except (LigeiroError, asyncio.CancelledError):  # cancelled: the client went away
                 stats.record_request(False, self._clock() - start)
@@ -334,11 +339,13 @@ class Engine:
     ) -> Staged:
         """Load and warm up what changed in models ``names`` on a thread; serve nothing yet.
 
-        See ``Registry.prepare``; the event loop keeps serving while this loads.
+        See ``Registry.prepare``; the event loop keeps serving while this loads. Each
+        new version runs once on its warm-up sample (``ligeiro.warmup``) first.
         """
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            None, partial(self.registry.prepare, names, override=override, unload=unload)
+            None,
+            partial(self.registry.prepare, names, override=override, unload=unload, warm=warm_up),
         )
 
     def commit(self, staged: Staged) -> asyncio.Task[float]:

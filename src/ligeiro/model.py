@@ -19,11 +19,11 @@ import numpy as np
 from ._features import tensor_from_features
 from .errors import InvalidInputError, ModelLoadError, ModelNotFoundError
 from .protocol.datatypes import datatype_of
-from .repository.checks import check_inputs
+from .repository.checks import check_inputs, decode_text
 from .repository.config import load_config
 from .repository.layout import locate
 from .repository.registry import load_version
-from .repository.warmup import warm_up
+from .warmup import warm_up
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -71,6 +71,8 @@ class Model:
         model = self._model
         arrays = {name: np.asarray(value) for name, value in inputs.items()}
         check_inputs(model, arrays)
+        if model.runtime.text_inputs:
+            arrays = dict(decode_text(model, arrays))
         names = model.output_names if outputs is None else tuple(outputs)
         for name in names:
             if name not in model.outputs:

@@ -4,7 +4,9 @@ Tracing is on when ``otel_endpoint`` is set (``--otel-endpoint``,
 ``LIGEIRO_OTEL_ENDPOINT``) or the environment names an OTLP endpoint or a traces
 exporter (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``,
 ``OTEL_TRACES_EXPORTER``); ``OTEL_TRACES_EXPORTER=none`` or ``OTEL_SDK_DISABLED=true``
-keep it off (``server/app.py`` holds the rule). Off, the servers hold ``None`` instead
+keep it off (``server/app.py`` holds the rule). ``OTEL_TRACES_EXPORTER`` other than
+``otlp`` names an exporter installed under the ``opentelemetry_traces_exporter``
+entry point, as the OpenTelemetry SDK reads it (its own ``console``, or a plugin's). Off, the servers hold ``None`` instead
 of a ``Tracing``, and neither this module nor opentelemetry is imported.
 
 Each request gets a server span ``ligeiro.infer``, a child of the W3C ``traceparent``
@@ -24,9 +26,9 @@ attribute says how many. Requests in one batch share its compute time.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, final
 
 from .errors import ConfigError
@@ -52,10 +54,9 @@ __all__ = ["RequestTrace", "Tracing"]
 
 logger = logging.getLogger(__name__)
 
-# Names a ``module:function`` returning the SpanExporter to use instead of OTLP. For the
-# tests, which read spans back from a server process; not a user setting (it does not
-# start with LIGEIRO_ so that the settings' environment rule leaves it alone).
-TEST_EXPORTER_ENV = "_LIGEIRO_SPAN_EXPORTER"
+# Where OTEL_TRACES_EXPORTER's other names are found, as the OpenTelemetry SDK does.
+_EXPORTERS = "opentelemetry_traces_exporter"
+_OTLP = ("otlp", "otlp_proto_http")
 _TRACES_PATH = "/v1/traces"
 _propagator = TraceContextTextMapPropagator()
 _SERVER = trace.SpanKind.SERVER
@@ -63,17 +64,18 @@ _ERROR = trace.Status(trace.StatusCode.ERROR)
 
 
 def _exporter(endpoint: str | None, env: Mapping[str, str]) -> SpanExporter:
-    factory = env.get(TEST_EXPORTER_ENV)
-    if factory:
-        module, _, name = factory.partition(":")
-        made: SpanExporter = getattr(importlib.import_module(module), name)()
+    kind = env.get("OTEL_TRACES_EXPORTER", "otlp").strip()
+    if kind.lower() not in _OTLP:
+        found = entry_points(group=_EXPORTERS, name=kind)
+        if not found:
+            installed = sorted({e.name for e in entry_points(group=_EXPORTERS)} - {*_OTLP})
+            raise ConfigError(
+                f"OTEL_TRACES_EXPORTER={kind!r}: no such exporter; ligeiro exports traces "
+                f"with 'otlp' (over HTTP), 'none', or an exporter installed under the "
+                f"{_EXPORTERS!r} entry point ({', '.join(installed) or 'none is'})"
+            )
+        made: SpanExporter = next(iter(found)).load()()
         return made
-    kind = env.get("OTEL_TRACES_EXPORTER", "otlp").lower()
-    if kind != "otlp":
-        raise ConfigError(
-            f"OTEL_TRACES_EXPORTER={kind!r}: ligeiro exports traces with 'otlp' "
-            "(over HTTP) only, or 'none'"
-        )
     if endpoint is None:
         return OTLPSpanExporter()  # reads OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT itself
     # As OTEL_EXPORTER_OTLP_ENDPOINT: a base URL, the signal's path appended.
@@ -91,7 +93,8 @@ class Tracing:
         env: the environment (default ``os.environ``).
 
     Raises:
-        ConfigError: the extra is not installed, or an exporter other than OTLP is asked for.
+        ConfigError: the extra is not installed, or ``OTEL_TRACES_EXPORTER`` names an
+            exporter that is not installed.
     """
 
     def __init__(self, endpoint: str | None = None, env: Mapping[str, str] | None = None) -> None:

@@ -85,7 +85,7 @@ class Model:
         pass
 
     def predict(self, inputs):
-        texts = inputs["text"]
+        texts = [t.decode("utf-8") for t in inputs["text"]]  # BYTES come as bytes
         loud = np.array([t.upper() for t in texts], dtype=object)
         return {"loud": loud, "length": np.array([len(t) for t in texts], dtype=np.int64)}
 """

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 from pathlib import Path
 
 import pytest
 
+from ligeiro import Engine
 from tests.conftest import IRIS_REQUEST, start_server
 
 
@@ -98,3 +101,33 @@ def test_missing_repository_fails_with_one_line(tmp_path: Path, workers: str) ->
     assert result.stderr.strip().endswith(
         f"error: {tmp_path}/nope: model repository not found (expected a directory)"
     )
+
+
+def test_a_new_version_warms_up_on_its_warmup_file(repository: Path) -> None:
+    """The engine hands the registry its warm-up: the model's V2 ``warmup`` request
+    runs before the version serves, and one the model refuses keeps it from serving."""
+    iris = repository / "iris"
+    engine = Engine.from_repository(repository)
+    try:
+        shutil.copytree(iris / "1", iris / "2")
+        config = (iris / "config.toml").read_text()
+        (iris / "config.toml").write_text(config + 'warmup = "warmup.json"\n')
+        request = '{"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32", '
+        (iris / "warmup.json").write_text(request + '"data": [5.1, 3.5, 1.4]}]}')
+        staged = asyncio.run(engine.prepare(["iris"]))
+        states = {s.version: s for s in staged.states()}
+        assert not states["2"].is_ready
+        assert "warm-up request invalid" in states["2"].reason
+        assert "holds 4 elements, data has 3" in states["2"].reason
+        # Version 1's reload failed the same way: its previous load serves on.
+        assert states["1"].is_ready
+        assert "the new one failed" in states["1"].reason
+
+        (iris / "warmup.json").write_text(request + '"data": [5.1, 3.5, 1.4, 0.2]}]}')
+        staged = asyncio.run(engine.prepare(["iris"]))
+        assert {(s.version, s.is_ready, s.reason) for s in staged.states()} == {
+            ("1", True, ""),
+            ("2", True, ""),
+        }
+    finally:
+        engine.close()

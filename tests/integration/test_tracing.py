@@ -61,10 +61,17 @@ def traced(repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     """Tracing on through the tests' exporter; iris unbatched and ``batched`` batched."""
     shutil.copytree(repository / "iris", repository / "batched")
     span_file = tmp_path / "spans.jsonl"
-    monkeypatch.setenv("_LIGEIRO_SPAN_EXPORTER", "tests.tracing_support:exporter")
+    # The exporter is found as a user's would be: OTEL_TRACES_EXPORTER names an entry
+    # point of the opentelemetry_traces_exporter group, here from a dist-info folder.
+    from tests.tracing_support import TEST_EXPORTER, install_test_exporter
+
+    plugins = install_test_exporter(tmp_path / "plugins")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", TEST_EXPORTER)
     monkeypatch.setenv("_LIGEIRO_SPAN_FILE", str(span_file))
     monkeypatch.setenv("LIGEIRO_BATCHING__BATCHED__MAX_BATCH_SIZE", "8")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(ROOT / "src"), str(ROOT), str(plugins)])
+    )
     return span_file
 
 

@@ -11,16 +11,15 @@ Outputs asked for with ``binary_data`` (or all of them, with the request-level
 from __future__ import annotations
 
 import math
-import struct
-import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, final
+from typing import TYPE_CHECKING, Any, final
 
 import msgspec
 import numpy as np
 
 from ..errors import InvalidInputError
 from .datatypes import check_shape, datatype_of, dtype_of
+from .raw import array_from_raw, raw_from_array
 from .messages import (
     ErrorResponse,
     InferRequest,
@@ -32,12 +31,12 @@ from .messages import (
     ServerMetadata,
     TensorMetadata,
 )
+from .types import TensorSpecLike
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from ..repository.registry import ModelState, ModelVersion
-    from ..scheduling.stats import Duration, ModelStats
+    from .types import DurationLike, ServedModel, StatisticsLike, VersionStateLike
 
 __all__ = [
     "DecodedRequest",
@@ -69,8 +68,6 @@ PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "python": "python", "pipeline": 
 # The extension's HTTP header, and the one name GET /v2 advertises for it.
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_EXTENSION = "binary_tensor_data"
-_LENGTH = struct.Struct("<I")
-_BIG_ENDIAN_HOST = sys.byteorder == "big"  # the wire's tensors are little-endian
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs 1 µs more to make
@@ -200,108 +197,6 @@ def tensor_from_json(tensor: RequestInput) -> np.ndarray:
     return array
 
 
-def _bytes_elements(raw: bytes | memoryview, where: str) -> np.ndarray:
-    """BYTES in binary form: each element a 4-byte little-endian length, then its bytes."""
-    elements: list[str] = []
-    offset, end = 0, len(raw)
-    while offset < end:
-        if end - offset < 4:
-            raise InvalidInputError(
-                f"{where}BYTES element {len(elements)} is cut short: "
-                f"{end - offset} bytes left where a 4-byte length was expected"
-            )
-        (length,) = _LENGTH.unpack_from(raw, offset)
-        offset += 4
-        if length > end - offset:
-            raise InvalidInputError(
-                f"{where}BYTES element {len(elements)} says {length} bytes, "
-                f"only {end - offset} are left"
-            )
-        # Text, as the JSON path gives: ONNX Runtime would turn bytes into "b'...'".
-        try:
-            elements.append(str(raw[offset : offset + length], "utf-8"))
-        except UnicodeDecodeError as exc:
-            raise InvalidInputError(
-                f"{where}BYTES element {len(elements)} is not valid UTF-8: {exc.reason} "
-                f"at byte {exc.start}"
-            ) from None
-        offset += length
-    array = np.empty(len(elements), dtype=object)
-    array[:] = elements
-    return array
-
-
-def array_from_raw(
-    raw: bytes | memoryview, datatype: str, shape: list[int], where: str = "", what: str = "data"
-) -> np.ndarray:
-    r"""Read a tensor in Triton's raw layout: little-endian elements, BYTES length-prefixed.
-
-    The layout of the REST binary extension and of gRPC's ``raw_input_contents``.
-    Fixed-size datatypes are read in place (``np.frombuffer``), copied only when the
-    bytes do not sit at an offset their dtype can be read from aligned.
-
-    Args:
-        raw: the tensor's bytes.
-        datatype: its V2 datatype.
-        shape: its V2 shape.
-        where: a prefix for error messages, such as ``"input 'x': "``.
-        what: what the bytes are called in error messages (``"binary data"``).
-
-    Raises:
-        InvalidInputError: unknown datatype, a negative dimension, a size that is not
-            a whole number of elements, or an element count that does not match ``shape``.
-
-    Example:
-        >>> array_from_raw(b"\x01\x00\x02\x00", "INT16", [1, 2])
-        array([[1, 2]], dtype=int16)
-    """
-    dtype = dtype_of(datatype, where)
-    check_shape(shape, dtype, where)
-    kind = dtype.kind
-    count = math.prod(shape)
-    if kind == "O":
-        array = _bytes_elements(raw, where)
-        if array.size != count:
-            raise InvalidInputError(
-                f"{where}shape {shape} holds {count} elements, {what} has {array.size}"
-            )
-        return array.reshape(shape)
-    size, itemsize = len(raw), dtype.itemsize
-    if size % itemsize:
-        raise InvalidInputError(
-            f"{where}{size} bytes of {what} are not a whole number of {datatype} "
-            f"elements ({itemsize} bytes each)"
-        )
-    if size != count * itemsize:
-        raise InvalidInputError(
-            f"{where}shape {shape} holds {count} elements, {what} has {size // itemsize}"
-        )
-    if kind == "b":
-        array = np.frombuffer(raw, dtype=np.uint8)
-        if array.size and array.max() > 1:
-            raise InvalidInputError(f"{where}BOOL bytes must be 0 or 1, got {int(array.max())}")
-        return array.view(np.bool_).reshape(shape)
-    # One numpy call: a view of the bytes in the tensor's shape (a little-endian host).
-    if _BIG_ENDIAN_HOST:
-        return np.ndarray(shape, dtype.newbyteorder("<"), raw).astype(dtype)
-    array = np.ndarray(shape, dtype, raw)
-    return array if array.flags.aligned else array.copy()
-
-
-def raw_from_array(array: np.ndarray) -> bytes:
-    """Write a tensor in Triton's raw layout (the inverse of ``array_from_raw``)."""
-    if array.dtype.kind in "OUS":
-        parts = []
-        for value in array.ravel().tolist():
-            raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
-            parts.append(_LENGTH.pack(len(raw)))
-            parts.append(raw)
-        return b"".join(parts)
-    if _BIG_ENDIAN_HOST or array.dtype.byteorder == ">":
-        return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-    return array.tobytes()  # C order, whatever the array's strides
-
-
 def tensor_from_binary(tensor: RequestInput, raw: memoryview) -> np.ndarray:
     """Turn one tensor sent as binary data (its ``binary_data_size`` bytes) into numpy.
 
@@ -311,7 +206,8 @@ def tensor_from_binary(tensor: RequestInput, raw: memoryview) -> np.ndarray:
     where = f"input {tensor.name!r}: "
     if tensor.data is not None:
         raise InvalidInputError(f"{where}has both JSON 'data' and binary_data_size; send one")
-    return array_from_raw(raw, tensor.datatype, tensor.shape, where, "binary data")
+    # BYTES stay bytes: the engine decodes those a model reads as text.
+    return array_from_raw(raw, tensor.datatype, tensor.shape, where, "binary data", text=False)
 
 
 def header_length_of(value: bytes, body_size: int) -> int:
@@ -506,31 +402,20 @@ class RestInferCodec:
 
     __slots__ = ()
 
-    def decode(self, model: ModelVersion, payload: tuple[bytes, bytes | None]) -> DecodedRequest:
+    def decode(self, model: ServedModel, payload: tuple[bytes, bytes | None]) -> DecodedRequest:
         body, header_length = payload
         if header_length is None:
             return decode_infer_request(body)
         return decode_infer_request(body, header_length_of(header_length, len(body)))
 
     def encode(
-        self, model: ModelVersion, request: DecodedRequest, outputs: dict[str, np.ndarray]
+        self, model: ServedModel, request: DecodedRequest, outputs: dict[str, np.ndarray]
     ) -> tuple[bytes, int | None]:
         if not request.binary_outputs:
             return encode_infer_response(model.name, model.version, outputs, request.id), None
         return encode_binary_infer_response(
             model.name, model.version, outputs, request.id, request.binary_outputs
         )
-
-
-class TensorSpecLike(Protocol):
-    """What metadata needs of a tensor spec (``runtime.base.TensorSpec`` fits)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def dtype(self) -> np.dtype: ...
-    @property
-    def shape(self) -> tuple[int, ...]: ...
 
 
 def _tensor_metadata(specs: Iterable[TensorSpecLike]) -> list[TensorMetadata]:
@@ -575,7 +460,7 @@ def encode_health(field: str, value: bool, name: str | None = None) -> bytes:
     return _encoder.encode(body)
 
 
-def encode_repository_index(states: Iterable[ModelState]) -> bytes:
+def encode_repository_index(states: Iterable[VersionStateLike]) -> bytes:
     """Encode the repository index: ``[{"name", "version", "state", "reason"}, ...]``,
     with ``parameters.execution_provider`` for a ready ONNX version."""
     return _encoder.encode(
@@ -597,11 +482,11 @@ def encode_error(message: str) -> bytes:
     return _encoder.encode(ErrorResponse(message))
 
 
-def _duration(duration: Duration) -> dict[str, int]:
+def _duration(duration: DurationLike) -> dict[str, int]:
     return {"count": duration.count, "ns": duration.ns}
 
 
-def encode_model_stats(stats: Iterable[tuple[ModelState, ModelStats]]) -> bytes:
+def encode_model_stats(stats: Iterable[tuple[VersionStateLike, StatisticsLike]]) -> bytes:
     """Triton's ``GET /v2/models/{m}/stats`` answer.
 
     ``compute_input`` and ``compute_output`` are absent: ligeiro does not time the

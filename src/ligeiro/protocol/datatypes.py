@@ -1,79 +1,10 @@
-"""The table between V2 datatype names and numpy dtypes: the only place that knows it."""
+"""V2 datatype names ↔ numpy dtypes, for the codecs (the table is ``ligeiro.datatypes``)."""
 
 from __future__ import annotations
 
-import numpy as np
-
-from ..errors import InvalidInputError
+from ..datatypes import DATATYPES as DATATYPES
+from ..datatypes import check_shape as check_shape
+from ..datatypes import datatype_of as datatype_of
+from ..datatypes import dtype_of as dtype_of
 
 __all__ = ["DATATYPES", "check_shape", "datatype_of", "dtype_of"]
-
-_MAX_BYTES = 2**63 - 1  # what numpy can address; past it, "array is too big"
-
-# V2 / Open Inference Protocol tensor datatypes that map onto numpy. BYTES elements
-# are Python ``str``/``bytes`` in an object array (what ONNX Runtime takes for strings).
-DATATYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(object),
-}
-_NAMES: dict[np.dtype, str] = {dtype: name for name, dtype in DATATYPES.items()}
-
-
-def dtype_of(datatype: str, where: str = "") -> np.dtype:
-    """Return the numpy dtype for a V2 datatype name.
-
-    Raises:
-        InvalidInputError: the name is not a V2 datatype ligeiro supports.
-    """
-    try:
-        return DATATYPES[datatype]
-    except (KeyError, TypeError):
-        known = ", ".join(DATATYPES)
-        raise InvalidInputError(
-            f"{where}unknown datatype {datatype!r}; expected one of {known}"
-        ) from None
-
-
-def datatype_of(dtype: np.dtype) -> str:
-    """Return the V2 datatype name of a numpy dtype (``<U``/``S`` strings are BYTES)."""
-    name = _NAMES.get(dtype)
-    if name is None:
-        if dtype.kind in "USO":
-            return "BYTES"
-        raise ValueError(f"numpy dtype {dtype} has no V2 datatype")
-    return name
-
-
-def check_shape(shape: list[int], dtype: np.dtype, where: str = "") -> None:
-    """Refuse a shape no array can take: a negative dimension, or one too large.
-
-    A tensor with a zero dimension holds no element, but numpy still refuses it when
-    its other dimensions times the element size pass 2**63 - 1 (``[0, 2**62]`` of FP32).
-
-    Raises:
-        InvalidInputError: a negative dimension, or a shape too large for any array.
-    """
-    if not shape:
-        return
-    if min(shape) < 0:
-        raise InvalidInputError(f"{where}shape {shape} has a negative dimension")
-    size = dtype.itemsize
-    for dimension in shape:
-        if dimension:
-            size *= dimension
-    if size > _MAX_BYTES:
-        raise InvalidInputError(
-            f"{where}shape {shape} is too large: its non-zero dimensions times "
-            f"{dtype.itemsize} bytes per element pass 2**63 - 1 bytes"
-        )

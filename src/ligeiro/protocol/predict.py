@@ -23,7 +23,7 @@ from ..errors import InvalidInputError
 from .codec import decode_json
 
 if TYPE_CHECKING:
-    from ..repository.registry import ModelVersion
+    from .types import ServedModel
 
 __all__ = ["PredictCodec", "PredictRequest", "decode_predict", "encode_predict"]
 
@@ -97,7 +97,7 @@ def _texts(payload: dict[str, Any]) -> tuple[np.ndarray, bool]:
     return array, single
 
 
-def decode_predict(body: bytes, model: ModelVersion) -> tuple[dict[str, np.ndarray], bool]:
+def decode_predict(body: bytes, model: ServedModel) -> tuple[dict[str, np.ndarray], bool]:
     """Decode a predict body into the model's single input; say whether it was one bare object.
 
     Raises:
@@ -148,7 +148,7 @@ def _plain(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _prediction(model: ModelVersion, outputs: dict[str, np.ndarray], i: int) -> Any:
+def _prediction(model: ServedModel, outputs: dict[str, np.ndarray], i: int) -> Any:
     labels = model.config.labels
     prediction: dict[str, Any] = {}
     if model.label_output is not None and model.label_output in outputs:
@@ -170,7 +170,7 @@ def _prediction(model: ModelVersion, outputs: dict[str, np.ndarray], i: int) -> 
     return next(iter(values.values())) if len(values) == 1 else values
 
 
-def encode_predict(model: ModelVersion, outputs: dict[str, np.ndarray], single: bool) -> bytes:
+def encode_predict(model: ServedModel, outputs: dict[str, np.ndarray], single: bool) -> bytes:
     """Encode the answer: one prediction for a bare object, else ``{"predictions": [...]}``."""
     rows = len(next(iter(outputs.values())))
     predictions = [_prediction(model, outputs, i) for i in range(rows)]
@@ -201,7 +201,7 @@ class PredictCodec:
 
     __slots__ = ()
 
-    def decode(self, model: ModelVersion, payload: tuple[bytes, bytes | None]) -> PredictRequest:
+    def decode(self, model: ServedModel, payload: tuple[bytes, bytes | None]) -> PredictRequest:
         body, header_length = payload
         if header_length is not None:
             raise InvalidInputError(
@@ -211,6 +211,6 @@ class PredictCodec:
         return PredictRequest(inputs, single)
 
     def encode(
-        self, model: ModelVersion, request: PredictRequest, outputs: dict[str, np.ndarray]
+        self, model: ServedModel, request: PredictRequest, outputs: dict[str, np.ndarray]
     ) -> bytes:
         return encode_predict(model, outputs, request.single)

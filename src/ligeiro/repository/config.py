@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 
 from ..errors import ModelLoadError
-from ..protocol.datatypes import DATATYPES
+from ..datatypes import DATATYPES
 from ..runtime.base import TensorSpec
 from ..runtime.providers import ProviderOptions
 from ..scheduling.policy import BatchingPolicy

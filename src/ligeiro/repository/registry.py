@@ -5,6 +5,10 @@ server never serves a half-loaded model: ``prepare`` loads and warms what change
 the side (slow; any thread) and ``commit`` switches to it at once (on the thread that
 serves), returning the versions that no longer serve. Those finish the requests they
 have (``Usage``) before they are closed.
+
+Loading and checking one version is ``repository.version``; where the requests that
+name no version go is ``repository.routing``. Here, each model keeps one record per
+version (``_Version``): what serves, why its last load failed, how long it took.
 """
 
 from __future__ import annotations
@@ -13,95 +17,51 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Protocol, final
 
 import msgspec
 
 from ..errors import LigeiroError, ModelLoadError, ModelNotFoundError, ModelNotReadyError
-from ..runtime.onnx import OnnxRuntime
-from ..runtime.pipeline import PipelineRuntime, Step
-from ..runtime.providers import DEFAULT_PROVIDERS, ProviderOptions
-from ..runtime.python import PythonRuntime
-from ..scheduling.policy import BatchingPolicy
-from .config import CONFIG_FILE, ModelConfig, TensorConfig, load_config
+from ..runtime.providers import DEFAULT_PROVIDERS
+from .config import CONFIG_FILE, ModelConfig, load_config
 from .layout import MODEL_FILE, ModelFolder, discover
-from .warmup import warm_up
+from .routing import Routes, WeightedRoundRobin
+from .version import ModelVersion, Usage, load_version
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping, Sequence
     from pathlib import Path
 
-    from collections.abc import Sequence
+    from ..scheduling.policy import BatchingPolicy
 
-    from ..runtime.base import Runtime, TensorSpec
-
-__all__ = ["DISABLED", "ModelState", "ModelVersion", "Registry", "Staged", "Usage"]
+__all__ = [
+    "DISABLED",
+    "ModelState",
+    "ModelVersion",
+    "Registry",
+    "Staged",
+    "Usage",
+    "WarmUp",
+    "load_version",
+]
 
 logger = logging.getLogger(__name__)
 
-# skl2onnx's default output names: used when config.toml does not name the outputs.
-_LABEL_OUTPUT = "output_label"
-_PROBABILITY_OUTPUT = "output_probability"
 # Where TensorRT engines go unless [runtime] engine_cache says: a hidden folder of the
 # repository, which is neither a model nor watched.
 ENGINE_CACHE = ".engine-cache"
-# A model on a GPU without a [batching] section: run off the event loop, in batches a
-# GPU runs in about the time of one row, two at once (on two CUDA streams) so that one
-# batch's copies and the next one's gathering overlap the other's kernels.
-GPU_BATCHING = BatchingPolicy(
-    max_batch_size=256, max_queue_delay_us=1000, max_queue_size=8192, instances=2
-)
-# The same for a model with fixed shapes (no batch axis): one request per run.
-GPU_UNBATCHED = BatchingPolicy(max_batch_size=1, max_queue_size=8192, run_on="thread")
-_GPU_NAMES = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+# What a version folder holds: each file's path, size and modification time.
+Signature = tuple[tuple[str, int, int], ...]
 
 
-@final
-class Usage:
-    """The requests a model version is serving now, and who waits for the last to end."""
+class WarmUp(Protocol):
+    """Runs a new version once before it serves (``ligeiro.warmup.warm_up`` fits).
 
-    __slots__ = ("active", "on_idle")
+    Raises:
+        ModelLoadError: the version cannot serve (its warm-up run failed).
+    """
 
-    def __init__(self) -> None:
-        self.active = 0
-        self.on_idle: Callable[[], None] | None = None
-
-    def leave(self) -> None:
-        self.active -= 1
-        if not self.active and self.on_idle is not None:
-            self.on_idle()
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class ModelVersion:
-    """One loaded, servable version of a model (compared and hashed by identity)."""
-
-    name: str
-    version: str
-    config: ModelConfig
-    runtime: Runtime
-    inputs: dict[str, TensorSpec]
-    outputs: dict[str, TensorSpec]
-    label_output: str | None = None
-    probability_output: str | None = None
-    # The execution provider it runs on (ONNX Runtime's name; empty when not ONNX), and
-    # why that is not the first one its config asked for (empty when it is).
-    provider: str = ""
-    fallback: str = ""
-    # The batching it gets when its config has no [batching] (a GPU's).
-    default_batching: BatchingPolicy | None = None
-    output_names: tuple[str, ...] = field(init=False)
-    usage: Usage = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "output_names", tuple(self.outputs))
-        object.__setattr__(self, "usage", Usage())
-
-    @property
-    def batching(self) -> BatchingPolicy | None:
-        """How its requests are scheduled: its config's [batching], else the default."""
-        policy = self.config.batching
-        return self.default_batching if policy is None else policy
+    def __call__(self, model: ModelVersion, folder: Path, /) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,191 +84,6 @@ class ModelState:
         return self.reason or self.fallback
 
 
-def _declared(
-    where: Path, kind: str, graph: tuple[TensorSpec, ...], declared: list[TensorConfig] | None
-) -> dict[str, TensorSpec]:
-    """Tensors from config.toml when given (checked against the graph), else the graph's."""
-    found = {spec.name: spec for spec in graph}
-    if declared is None:
-        return found
-    specs = {}
-    for i, tensor in enumerate(declared):
-        spec = tensor.spec()
-        actual = found.get(spec.name)
-        where_ = f"{where / CONFIG_FILE}: {kind}[{i}] {spec.name!r}"
-        if actual is None:
-            raise ModelLoadError(
-                f"{where_}: the model has no such {kind[:-1]}; it has {', '.join(found)}"
-            )
-        if actual.dtype != spec.dtype:
-            raise ModelLoadError(
-                f"{where_}: datatype {tensor.datatype} differs from the graph's {actual.dtype}"
-            )
-        if len(actual.shape) != len(spec.shape) or not all(
-            a in (-1, s) for a, s in zip(actual.shape, spec.shape, strict=True)
-        ):
-            raise ModelLoadError(
-                f"{where_}: shape {list(spec.shape)} does not fit the graph's {list(actual.shape)}"
-            )
-        specs[spec.name] = spec
-    if kind == "inputs" and specs.keys() != found.keys():
-        missing = ", ".join(found.keys() - specs.keys())
-        raise ModelLoadError(
-            f"{where / CONFIG_FILE}: inputs must list every graph input; missing {missing}"
-        )
-    return specs
-
-
-def _resolve_output(
-    config_value: str | None, default: str, outputs: dict[str, TensorSpec], where: str
-) -> str | None:
-    if config_value is None:
-        return default if default in outputs else None
-    if config_value not in outputs:
-        raise ModelLoadError(
-            f"{where}: no output named {config_value!r}; outputs are {', '.join(outputs)}"
-        )
-    return config_value
-
-
-def _runtime(
-    folder: ModelFolder,
-    version: int,
-    config: ModelConfig,
-    threads: int,
-    resolve: Callable[[str, str | None], ModelVersion] | None,
-    providers: Sequence[str],
-    engine_cache: Path | None,
-) -> Runtime:
-    """The runtime ``config.platform`` names, loaded."""
-    if config.platform == "python":
-        # load_config checks that a Python model declares both.
-        assert config.inputs is not None
-        assert config.outputs is not None
-        return PythonRuntime(
-            folder.version_path(version),
-            name=folder.name,
-            inputs=[t.spec() for t in config.inputs],
-            outputs=[t.spec() for t in config.outputs],
-            parameters=config.parameters,
-        )
-    if config.platform == "pipeline":
-        assert config.steps is not None  # load_config checks
-        where = str(folder.path / CONFIG_FILE)
-        steps = []
-        for i, step in enumerate(config.steps):
-            wanted = None if step.version is None else str(step.version)
-            try:
-                if resolve is None or step.model == folder.name:
-                    raise ModelNotFoundError(f"a pipeline cannot run {step.model!r} here")
-                model = resolve(step.model, wanted)
-            except (ModelNotFoundError, ModelNotReadyError) as exc:
-                raise ModelLoadError(f"{where}: steps[{i}] {step.model!r}: {exc}") from None
-            steps.append(Step(model.name, model.runtime, model.inputs, model.outputs))
-        declared = None if config.outputs is None else [t.spec() for t in config.outputs]
-        return PipelineRuntime(folder.name, where, steps, declared)
-    options = config.runtime or ProviderOptions()
-    if options.engine_cache is not None:
-        engine_cache = folder.path / options.engine_cache
-    return OnnxRuntime(
-        folder.model_file(version),
-        threads=threads,
-        providers=options.providers or providers,
-        options=options,
-        engine_cache=engine_cache,
-    )
-
-
-def load_version(
-    folder: ModelFolder,
-    version: int,
-    config: ModelConfig,
-    *,
-    threads: int,
-    resolve: Callable[[str, str | None], ModelVersion] | None = None,
-    providers: Sequence[str] = DEFAULT_PROVIDERS,
-    engine_cache: Path | None = None,
-) -> ModelVersion:
-    """Load one version of a model and check its config against the graph.
-
-    ``resolve`` finds a pipeline's steps among the loaded models. ``providers`` are
-    the execution providers of an ONNX model whose config names none; TensorRT keeps
-    its engines in ``engine_cache`` unless the config names a folder.
-
-    Raises:
-        ModelLoadError: naming the file and what is wrong with it.
-    """
-    runtime = _runtime(folder, version, config, threads, resolve, providers, engine_cache)
-    try:
-        return _checked(folder, version, config, runtime)
-    except ModelLoadError:
-        runtime.close()
-        raise
-
-
-def _checked(
-    folder: ModelFolder, version: int, config: ModelConfig, runtime: Runtime
-) -> ModelVersion:
-    inputs = _declared(folder.path, "inputs", runtime.inputs, config.inputs)
-    outputs = _declared(folder.path, "outputs", runtime.outputs, config.outputs)
-    where = str(folder.path / CONFIG_FILE)
-    if config.features is not None:
-        (spec, *rest) = inputs.values()
-        if rest or len(spec.shape) != 2 or spec.shape[1] not in (-1, len(config.features)):
-            raise ModelLoadError(
-                f"{where}: features name {len(config.features)} columns, so the model needs one "
-                f"input of shape [-1, {len(config.features)}]; it has "
-                + ", ".join(f"{s.name} {list(s.shape)}" for s in inputs.values())
-            )
-    if config.batching is not None and config.batching.max_batch_size > 0:
-        unbatchable = [
-            f"{kind} {s.name!r} {list(s.shape)}"
-            for kind, specs in (("input", inputs), ("output", outputs))
-            for s in specs.values()
-            if not s.shape or s.shape[0] != -1
-        ]
-        if unbatchable:
-            raise ModelLoadError(
-                f"{where}: [batching] needs a variable first (batch) axis on every input and "
-                f"output; these have none: {', '.join(unbatchable)}"
-            )
-    probability = _resolve_output(config.probability_output, _PROBABILITY_OUTPUT, outputs, where)
-    if config.labels is not None and probability is not None:
-        classes = outputs[probability].shape[-1]
-        if classes not in (-1, len(config.labels)):
-            raise ModelLoadError(
-                f"{where}: {len(config.labels)} labels, "
-                f"but output {probability!r} has {classes} classes"
-            )
-    provider = fallback = ""
-    default_batching = None
-    if isinstance(runtime, OnnxRuntime):
-        provider, fallback = runtime.provider, runtime.fallback
-        if provider in _GPU_NAMES:
-            tensors = (*inputs.values(), *outputs.values())
-            batchable = all(s.shape and s.shape[0] == -1 for s in tensors)
-            default_batching = GPU_BATCHING if batchable else GPU_UNBATCHED
-            if config.runtime is not None and config.runtime.cuda_graph:
-                if config.batching is not None and config.batching.instances > 1:
-                    raise ModelLoadError(
-                        f"{where}: cuda_graph replays one captured run at a time; "
-                        f"[batching] instances is {config.batching.instances}"
-                    )
-    return ModelVersion(
-        name=folder.name,
-        version=str(version),
-        config=config,
-        runtime=runtime,
-        inputs=inputs,
-        outputs=outputs,
-        label_output=_resolve_output(config.label_output, _LABEL_OUTPUT, outputs, where),
-        probability_output=probability,
-        provider=provider,
-        fallback=fallback,
-        default_batching=default_batching,
-    )
-
-
 # Config keys that change which versions serve and how requests reach them, not what a
 # loaded version is: a version whose files and other keys are unchanged is kept.
 _ROUTING_KEYS = {
@@ -321,7 +96,7 @@ _ROUTING_KEYS = {
 DISABLED = "disabled: "
 
 
-def _signature(folder: ModelFolder, version: int) -> tuple[tuple[str, int, int], ...]:
+def _signature(folder: ModelFolder, version: int) -> Signature:
     """What a version folder holds: each file's path, size and modification time."""
     base = folder.version_path(version)
     found = []
@@ -336,66 +111,54 @@ def _signature(folder: ModelFolder, version: int) -> tuple[tuple[str, int, int],
     return tuple(sorted(found))
 
 
-@final
-class _Split:
-    """Smooth weighted round robin over versions: exact shares, evenly interleaved."""
 
-    __slots__ = ("_current", "_targets", "_total")
+@dataclass(slots=True)
+class _Version:
+    """What the registry knows of one version of a model.
 
-    def __init__(self, targets: list[tuple[ModelVersion, int]]) -> None:
-        self._targets = targets
-        self._current = [0] * len(targets)
-        self._total = sum(weight for _, weight in targets)
+    ``serving`` is the loaded version that serves (``None``: none does); ``failure``
+    why its latest load failed or why it does not load (``None``: it did not fail).
+    Both are set when a reload failed and the previous load serves on; ``note`` then
+    says so in the index.
+    """
 
-    def pick(self) -> ModelVersion:
-        current = self._current
-        best = 0
-        for i, (_, weight) in enumerate(self._targets):
-            current[i] += weight
-            if current[i] > current[best]:
-                best = i
-        current[best] -= self._total
-        return self._targets[best][0]
+    serving: ModelVersion | None = None
+    failure: str | None = None
+    note: str = ""
+    load_seconds: float = 0.0
+    signature: Signature | None = None
 
 
 @dataclass(slots=True)
 class _Model:
     name: str
-    ready: dict[str, ModelVersion] = field(default_factory=dict)
-    failed: dict[str, str] = field(default_factory=dict)
-    default: ModelVersion | None = None
-    load_seconds: dict[str, float] = field(default_factory=dict)
-    # Why a ready version is not the one on disk (a reload of it failed).
-    notes: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, _Version] = field(default_factory=dict)
     config: ModelConfig | None = None
     # A config given through the repository API instead of config.toml.
     override: ModelConfig | None = None
-    signatures: dict[str, tuple[tuple[str, int, int], ...]] = field(default_factory=dict)
+    # From ``route``: the requests that name no version, and the version labels.
+    default: ModelVersion | None = None
     labels: dict[str, str] = field(default_factory=dict)
-    split: _Split | None = None
+    split: WeightedRoundRobin | None = None
+
+    def entry(self, key: str) -> _Version:
+        """The record of version ``key``, made empty if there is none yet."""
+        record = self.versions.get(key)
+        if record is None:
+            record = self.versions[key] = _Version()
+        return record
+
+    def ready(self) -> dict[str, ModelVersion]:
+        """The versions that serve, by number."""
+        return {k: v.serving for k, v in self.versions.items() if v.serving is not None}
+
+    def failures(self) -> list[str]:
+        return [v.failure for v in self.versions.values() if v.failure is not None]
 
     def route(self) -> None:
         """Set the default version, labels and traffic split from the config."""
-        self.default = self.ready[max(self.ready, key=int)] if self.ready else None
-        config = self.config or ModelConfig()
-        self.labels = {k: str(v) for k, v in (config.version_labels or {}).items()}
-        self.split = None
-        if config.traffic:
-            targets = []
-            for key, weight in config.traffic.items():
-                version = self.labels.get(key, key)
-                if weight and version in self.ready:
-                    targets.append((self.ready[version], weight))
-                elif weight:
-                    logger.warning(
-                        "model %r: traffic for %s: version %s is not ready; its share goes "
-                        "to the others",
-                        self.name,
-                        key,
-                        version,
-                    )
-            if targets:
-                self.split = _Split(targets)
+        routes = Routes(self.name, self.config, self.ready())
+        self.default, self.labels, self.split = routes.default, routes.labels, routes.split
 
 
 @final
@@ -415,23 +178,25 @@ class Staged:
 
 
 def _states(model: _Model) -> list[ModelState]:
-    seconds = model.load_seconds
+    """The ready versions first, then those that are not."""
+    versions = model.versions.items()
     states = [
         ModelState(
             model.name,
             v,
             True,
-            model.notes.get(v, ""),
-            seconds.get(v, 0.0),
-            loaded.provider,
-            loaded.fallback,
+            r.note,
+            r.load_seconds,
+            r.serving.provider,
+            r.serving.fallback,
         )
-        for v, loaded in model.ready.items()
+        for v, r in versions
+        if r.serving is not None
     ]
     states += [
-        ModelState(model.name, v, False, r, seconds.get(v, 0.0))
-        for v, r in model.failed.items()
-        if v not in model.ready
+        ModelState(model.name, v, False, r.failure, r.load_seconds)
+        for v, r in versions
+        if r.serving is None and r.failure is not None
     ]
     return states
 
@@ -475,7 +240,7 @@ class Registry:
         folders = discover(root, model_name)
         for name in self._batching.keys() - {f.name for f in folders}:
             logger.warning("batching settings for %r: the repository has no such model", name)
-        staged = self._stage({f.name: f for f in folders}, {}, warm=False)
+        staged = self._stage({f.name: f for f in folders}, {}, warm=None)
         self.commit(staged)
 
     # -- changes ------------------------------------------------------------------------
@@ -486,7 +251,7 @@ class Registry:
         *,
         override: Mapping[str, ModelConfig] | None = None,
         unload: bool = False,
-        warm: bool = True,
+        warm: WarmUp | None = None,
     ) -> Staged:
         """Load (or unload) models ``names`` as they are on disk now, without serving them.
 
@@ -496,7 +261,8 @@ class Registry:
         new versions. A name no longer on disk is removed; ``unload`` makes the models
         unavailable ("unloaded") whatever is on disk. ``override`` replaces a model's
         config.toml (the repository API's load with a config). ``warm`` runs each new
-        version once before it is staged.
+        version once before it is staged (``ligeiro.warmup.warm_up``; ``None``: not
+        warmed); a version whose warm-up fails does not load.
         """
         wanted = set(names)
         # Pipelines that run a changed model, however indirectly, are rebuilt with it.
@@ -526,8 +292,8 @@ class Registry:
             else:
                 self._models[name] = model
             if old is not None:
-                kept = set(model.ready.values()) if model is not None else set()
-                retired += [v for v in old.ready.values() if v not in kept]
+                kept = set(model.ready().values()) if model is not None else set()
+                retired += [v for v in old.ready().values() if v not in kept]
         return retired
 
     def _stage(
@@ -535,7 +301,7 @@ class Registry:
         folders: Mapping[str, ModelFolder | None],
         override: Mapping[str, ModelConfig],
         *,
-        warm: bool,
+        warm: WarmUp | None,
         unload: set[str] | frozenset[str] = frozenset(),
     ) -> Staged:
         started = time.perf_counter()
@@ -545,8 +311,8 @@ class Registry:
         for name, folder in folders.items():
             if name in unload:
                 old = self._models.get(name)
-                versions = (old.ready.keys() | old.failed.keys()) if old else {""}
-                staged[name] = _Model(name, failed=dict.fromkeys(versions, "unloaded"))
+                versions = old.versions if old else ("",)
+                staged[name] = _Model(name, {v: _Version(failure="unloaded") for v in versions})
             elif folder is None:
                 staged[name] = None  # gone from disk
             else:
@@ -622,13 +388,13 @@ class Registry:
         config: ModelConfig | ModelLoadError,
         previous: _Model | None,
         resolve: Callable[[str, str | None], ModelVersion],
-        warm: bool,
+        warm: WarmUp | None,
     ) -> _Model:
         model = _Model(folder.name)
         if isinstance(config, ModelLoadError):
             # The folder or its config is broken: every version fails for that reason.
             for version in folder.versions or ("",):
-                model.failed[str(version)] = str(config)
+                model.entry(str(version)).failure = str(config)
             logger.error("model %r not loaded: %s", folder.name, config)
             return self._keep_serving(model, previous)
         model.config = config
@@ -637,16 +403,16 @@ class Registry:
         disabled = config.disabled_versions or {}
         for key, reason in disabled.items():
             if int(key) in folder.versions:
-                model.failed[key] = DISABLED + reason
+                model.entry(key).failure = DISABLED + reason
         versions = tuple(v for v in versions if str(v) not in disabled)
         for version in versions:
             key = str(version)
             signature = _signature(folder, version)
+            record = model.entry(key)
             kept = self._unchanged(previous, key, signature, config)
             if kept is not None:
-                model.ready[key] = kept
-                model.signatures[key] = signature
-                model.load_seconds[key] = previous.load_seconds.get(key, 0.0) if previous else 0.0
+                record.serving, record.signature = kept.serving, signature
+                record.load_seconds = kept.load_seconds
                 continue
             started = time.perf_counter()
             try:
@@ -663,26 +429,25 @@ class Registry:
                     logger.warning(
                         "model %r version %d %s", folder.name, version, loaded.fallback
                     )
-                if warm:
-                    warm_up(loaded, folder.path)
+                if warm is not None:
+                    warm(loaded, folder.path)
             except LigeiroError as exc:
-                model.failed[key] = str(exc)
+                record.failure = str(exc)
                 logger.error("model %r version %d not loaded: %s", folder.name, version, exc)
                 # A reload of this version failed: the old one serves on (not a pipeline's,
                 # which runs step versions that are being unloaded).
                 old = None
                 if previous is not None and config.platform != "pipeline":
-                    old = previous.ready.get(key)
-                if old is not None:
-                    model.ready[key] = old
-                    model.notes[key] = f"serving the previous load; the new one failed: {exc}"
-                    model.signatures[key] = previous.signatures.get(key, ()) if previous else ()
+                    old = previous.versions.get(key)
+                if old is not None and old.serving is not None:
+                    record.serving = old.serving
+                    record.note = f"serving the previous load; the new one failed: {exc}"
+                    record.signature = old.signature or ()
             else:
-                model.ready[key] = loaded
-                model.signatures[key] = signature
-            model.load_seconds[key] = time.perf_counter() - started
+                record.serving, record.signature = loaded, signature
+            record.load_seconds = time.perf_counter() - started
         if not versions:
-            model.failed[""] = (
+            model.entry("").failure = (
                 f"{folder.path / CONFIG_FILE}: version_policy selects none of the versions "
                 f"on disk ({', '.join(map(str, folder.versions))})"
             )
@@ -694,38 +459,49 @@ class Registry:
     def _unchanged(
         previous: _Model | None,
         key: str,
-        signature: tuple[tuple[str, int, int], ...],
+        signature: Signature,
         config: ModelConfig,
-    ) -> ModelVersion | None:
-        """The loaded version to keep, if its files and config are as they were."""
+    ) -> _Version | None:
+        """The record of the loaded version to keep, if its files and config are as they were."""
         if previous is None or config.platform == "pipeline":  # a pipeline's steps may differ
             return None
-        old = previous.ready.get(key)
-        if old is None or key in previous.notes or previous.signatures.get(key) != signature:
+        old = previous.versions.get(key)
+        if old is None or old.serving is None or old.note or old.signature != signature:
             return None
-        same = msgspec.structs.replace(old.config, **_ROUTING_KEYS) == msgspec.structs.replace(
-            config, **_ROUTING_KEYS
-        )
+        same = msgspec.structs.replace(
+            old.serving.config, **_ROUTING_KEYS
+        ) == msgspec.structs.replace(config, **_ROUTING_KEYS)
         return old if same else None
 
     @staticmethod
     def _keep_serving(model: _Model, previous: _Model | None) -> _Model:
         """Route ``model``; if nothing in it is ready, the previous versions serve on."""
-        if not model.ready and previous is not None and previous.ready:
+        serving = previous.ready() if previous is not None else {}
+        if serving and not model.ready():
             logger.warning(
                 "model %r: the new load has no ready version; versions %s serve on",
                 model.name,
-                ", ".join(previous.ready),
+                ", ".join(serving),
             )
-            model.ready = dict(previous.ready)
-            model.signatures = dict(previous.signatures)
-            model.notes = {
-                v: "serving the previous load; the new one failed" for v in previous.ready
-            }
+            assert previous is not None
+            versions = {}
+            for key, loaded in serving.items():
+                new = model.versions.get(key)
+                versions[key] = _Version(
+                    serving=loaded,
+                    failure=new.failure if new is not None else None,
+                    note="serving the previous load; the new one failed",
+                    load_seconds=new.load_seconds if new is not None else 0.0,
+                    signature=previous.versions[key].signature,
+                )
+            for key, new in model.versions.items():
+                versions.setdefault(key, new)
+            model.versions = versions
             model.config = previous.config
         model.route()
-        if model.ready:
-            logger.info("model %r ready (versions %s)", model.name, ", ".join(model.ready))
+        ready = model.ready()
+        if ready:
+            logger.info("model %r ready (versions %s)", model.name, ", ".join(ready))
         return model
 
     # -- serving ------------------------------------------------------------------------
@@ -752,24 +528,24 @@ class Registry:
             if model.split is not None:
                 return model.split.pick()
             if model.default is None:
-                reasons = "; ".join(model.failed.values())
+                reasons = "; ".join(model.failures())
                 raise ModelNotReadyError(f"model {name!r} is not ready: {reasons}")
             return model.default
-        found = model.ready.get(version)
-        if found is None and version in model.labels:
+        record = model.versions.get(version)
+        if (record is None or record.serving is None) and version in model.labels:
             version = model.labels[version]
-            found = model.ready.get(version)
-        if found is None:
-            if version in model.failed:
+            record = model.versions.get(version)
+        if record is None or record.serving is None:
+            if record is not None and record.failure is not None:
                 raise ModelNotReadyError(
-                    f"model {name!r} version {version} is not ready: {model.failed[version]}"
+                    f"model {name!r} version {version} is not ready: {record.failure}"
                 )
-            versions = ", ".join(sorted([*model.ready, *model.failed], key=lambda v: int(v or 0)))
+            versions = ", ".join(sorted(model.versions, key=lambda v: int(v or 0)))
             labels = f"; labels: {', '.join(model.labels)}" if model.labels else ""
             raise ModelNotFoundError(
                 f"model {name!r} has no version {version!r}; versions: {versions or 'none'}{labels}"
             )
-        return found
+        return record.serving
 
     def names(self) -> list[str]:
         """The models the registry knows, loaded or not."""
@@ -782,6 +558,7 @@ class Registry:
 
     def close(self) -> None:
         for model in self._models.values():
-            for version in model.ready.values():
+            for version in model.ready().values():
                 version.runtime.close()
         self._models.clear()
+

@@ -40,6 +40,15 @@ class Runtime(Protocol):
     @property
     def outputs(self) -> tuple[TensorSpec, ...]: ...
 
+    @property
+    def text_inputs(self) -> frozenset[str]:
+        """The BYTES inputs it reads as text (``str``; ONNX Runtime's string tensors).
+
+        The engine decodes those from UTF-8 before a run; every other BYTES input
+        arrives as the ``bytes`` the request carried.
+        """
+        ...
+
     def run(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
         """Run the model; return the requested outputs in the order asked."""
         ...

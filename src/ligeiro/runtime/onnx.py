@@ -158,6 +158,8 @@ class OnnxRuntime:
             self.fallback = f"runs on {self.provider}: " + "; ".join(skipped)
         self.inputs = tuple(_spec(a, path, "input") for a in self._session.get_inputs())
         self.outputs = tuple(_spec(a, path, "output") for a in self._session.get_outputs())
+        # String tensors: ONNX Runtime's Python binding takes str, not bytes.
+        self.text_inputs = frozenset(s.name for s in self.inputs if s.dtype.kind == "O")
         on_gpu = name in GPU_PROVIDERS
         self._graph: _GraphBuffers | None = None
         if on_gpu and options.cuda_graph:
@@ -183,6 +185,8 @@ class OnnxRuntime:
             return self._run(outputs, inputs, None)  # type: ignore[no-any-return]
         except ort.capi.onnxruntime_pybind11_state.InvalidArgument as exc:
             raise InvalidInputError(f"the model rejected the input: {exc}") from None
+        except InferenceError:  # closed
+            raise
         except Exception as exc:
             logger.exception("onnxruntime failed")
             raise InferenceError(f"onnxruntime failed: {exc}") from None
@@ -200,8 +204,20 @@ class OnnxRuntime:
         return binding.copy_outputs_to_cpu()  # type: ignore[no-any-return]
 
     def close(self) -> None:
+        """Release the native session now: its memory, arenas and thread pools.
+
+        ``_run`` is the native session's own method and ``run`` may be bound to the
+        graph buffers or to ``_run_bound``: each holds the session, so all go, or
+        nothing would be released. A run after this raises InferenceError.
+        """
         self._graph = None
+        self._run = _closed
+        self.__dict__.pop("run", None)  # back to the class's run, which calls _closed
         del self._session
+
+
+def _closed(*_: object) -> list[np.ndarray]:
+    raise InferenceError("the model version is closed (unloaded)")
 
 
 def _guarded(call: Callable[..., object], *args: object) -> list[np.ndarray]:

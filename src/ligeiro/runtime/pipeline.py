@@ -76,11 +76,14 @@ class PipelineRuntime:
         self._name = name
         given: dict[str, tuple[str, TensorSpec]] = {}
         inputs: dict[str, TensorSpec] = {}
+        text: set[str] = set()
         for step in steps:
             for spec in step.inputs.values():
                 source = given.get(spec.name)
                 if source is None:
                     inputs.setdefault(spec.name, spec)
+                    if spec.name in step.runtime.text_inputs:
+                        text.add(spec.name)
                 elif not _compatible(source[1], spec):
                     raise ModelLoadError(
                         f"{where}: step {step.name!r} takes {spec.name!r} as "
@@ -90,6 +93,9 @@ class PipelineRuntime:
             for name, spec in step.outputs.items():
                 given[name] = (step.name, spec)
         self.inputs = tuple(inputs.values())
+        # The pipeline's inputs that a step reads as text (a Python step that takes the
+        # same input gets it back as bytes: PythonRuntime encodes str).
+        self.text_inputs = frozenset(text)
         if declared is None:
             self.outputs = tuple(steps[-1].outputs.values())
         else:

@@ -11,7 +11,8 @@ A Python model is a version folder holding ``model.py`` with a class ``Model``::
 
 Its ``config.toml`` says ``platform = "python"`` and declares ``[[inputs]]`` and
 ``[[outputs]]``; ``[parameters]`` is handed to ``__init__``. A BYTES input arrives as
-a numpy object array of ``str`` (the protocols decode UTF-8). ``predict`` raises
+a numpy object array of ``bytes``, as the request carried them (a JPEG, a WAV, UTF-8
+text: the model decodes what it expects; V2 JSON strings come UTF-8 encoded). ``predict`` raises
 ``ligeiro.InvalidInputError`` for input it refuses (a 400 for the client); any other
 exception is the model's failure: a 500 naming the model, logged with its traceback,
 and the server goes on serving.
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol, final
 
 import numpy as np
 
-from ..errors import InferenceError, LigeiroError, ModelLoadError
+from ..errors import InferenceError, InvalidInputError, LigeiroError, ModelLoadError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -78,6 +79,9 @@ class PythonRuntime:
         self._name = name
         self.inputs = tuple(inputs)
         self.outputs = tuple(outputs)
+        # It reads BYTES as bytes: its BYTES inputs come as bytes, str encoded.
+        self.text_inputs: frozenset[str] = frozenset()
+        self._bytes_inputs = tuple(s.name for s in self.inputs if s.dtype.kind == "O")
         self._dtypes = {spec.name: spec.dtype for spec in outputs}
         script = folder / MODEL_SCRIPT
         if not script.is_file():
@@ -112,8 +116,13 @@ class PythonRuntime:
             InferenceError: ``predict`` failed, or its answer lacks an output or has the
                 wrong dtype or row count.
         """
+        feeds = dict(inputs)
+        for name in self._bytes_inputs:
+            array = feeds.get(name)
+            if array is not None:
+                feeds[name] = _as_bytes(array, name)
         try:
-            answer = self._model.predict(dict(inputs))
+            answer = self._model.predict(feeds)
         except LigeiroError:
             raise
         except Exception as exc:
@@ -151,3 +160,21 @@ class PythonRuntime:
         close = getattr(self._model, "close", None)
         if callable(close):
             close()
+
+
+def _as_bytes(array: np.ndarray, name: str) -> np.ndarray:
+    """A BYTES input as an object array of ``bytes``: ``str`` elements UTF-8 encoded."""
+    if array.dtype.kind == "O" and not any(type(v) is str for v in array.reshape(-1)):
+        return array
+    flat = array.reshape(-1)
+    out = np.empty(flat.size, dtype=object)
+    for i, value in enumerate(flat.tolist()):
+        if isinstance(value, str):
+            try:
+                value = value.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a lone surrogate ("\ud800" in JSON)
+                raise InvalidInputError(
+                    f"input {name!r}: BYTES element {i} is not encodable as UTF-8: {exc.reason}"
+                ) from None
+        out[i] = value
+    return out.reshape(array.shape)

@@ -186,11 +186,6 @@ class Batcher:
         """Requests waiting (not those running)."""
         return len(self._queue)
 
-    @property
-    def running(self) -> int:
-        """Batches running now."""
-        return self._running
-
     def submit(
         self,
         inputs: Mapping[str, np.ndarray],

@@ -354,7 +354,7 @@ class Coordinator:
             override = _override(names[0], config)
             # Not warmed: the supervisor serves nothing, and a model's first run (a
             # tokenizer's thread pool) is better made after the fork.
-            staged = self.registry.prepare(names, override=override, unload=unload, warm=False)
+            staged = self.registry.prepare(names, override=override, unload=unload, warm=None)
             for version in self.registry.commit(staged):
                 version.runtime.close()
         states: list[Any] = next(iter(committed.values()), [])
