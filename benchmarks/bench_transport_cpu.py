@@ -38,6 +38,7 @@ class _Transport:
 
     def __init__(self) -> None:
         self.chunks: list[bytes] = []
+        self.reading = True
 
     def write(self, data: bytes) -> None:
         self.chunks.append(data)
@@ -49,10 +50,13 @@ class _Transport:
         pass
 
     def pause_reading(self) -> None:
-        pass
+        self.reading = False
 
     def resume_reading(self) -> None:
-        pass
+        self.reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return default
