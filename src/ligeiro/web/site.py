@@ -9,7 +9,7 @@ marked with the token it needs, so that the transport can check it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import TYPE_CHECKING, Literal, final
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from ..engine import Engine
     from ..metrics import Metrics
-    from ..repository.registry import ModelVersion
+    from ..repository.registry import ModelState, ModelVersion
     from ..runtime.base import TensorSpec
 
 __all__ = ["Page", "Site"]
@@ -145,6 +145,16 @@ class Site:
                 continue
         return models
 
+    def _states(self) -> list[ModelState]:
+        """The repository index, with failure reasons naming files inside the repository
+        relative to it (a page shows no server paths)."""
+        root = f"{self.engine.registry.root.resolve()}/"
+        plain = f"{self.engine.registry.root}/"
+        return [
+            replace(s, reason=s.reason.replace(root, "").replace(plain, "")) if s.reason else s
+            for s in self.engine.index()
+        ]
+
     def sample(self, model: ModelVersion) -> dict[str, np.ndarray]:
         """``model``'s warm-up sample (a generated one if its file went missing)."""
         try:
@@ -156,7 +166,7 @@ class Site:
         """``GET /openapi.json``: built from the models serving now."""
         document = openapi_document(
             self._models(),
-            self.engine.index(),
+            self._states(),
             self.sample,
             version=__version__,
             control=self.explicit_control,
@@ -168,7 +178,7 @@ class Site:
         """``GET /ui/status``: the models, their state and settings, and the metrics now."""
         ready = {m.name: m for m in self._models()}
         models = []
-        for state in self.engine.index():
+        for state in self._states():
             entry: dict[str, object] = {
                 "name": state.name,
                 "version": state.version,
