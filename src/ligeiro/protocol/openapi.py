@@ -41,6 +41,12 @@ _ERRORS = {
     "503": "The model failed to load (the message says why).",
     "504": "The request's timeout passed while it was queued.",
 }
+# A float that JSON may carry as null (NaN, infinities; a missing feature). Spelt as
+# anyOf rather than a type list: schemathesis 4.32 fails on type lists inside anyOf.
+_NUMBER_OR_NULL: dict[str, Any] = {"anyOf": [{"type": "number"}, {"type": "null"}]}
+# V2 parameters: an object, or null (as absent).
+_PARAMETERS: dict[str, Any] = {"anyOf": [{"type": "object"}, {"type": "null"}]}
+_STRING_OR_NULL: dict[str, Any] = {"anyOf": [{"type": "string"}, {"type": "null"}]}
 _INFER_ERRORS = ("400", "404", "413", "415", "429", "503", "504")
 _MODEL_ERRORS = ("404", "503")
 
@@ -74,7 +80,7 @@ def _element(spec: TensorSpec, *, answer: bool) -> dict[str, Any]:
         return {"type": "boolean"}
     if kind in "iu":
         return {"type": "integer"}
-    return {"type": ["number", "null"]} if answer else {"type": "number"}
+    return _NUMBER_OR_NULL if answer else {"type": "number"}
 
 
 def _shape(spec: TensorSpec) -> dict[str, Any]:
@@ -86,8 +92,10 @@ def _data(spec: TensorSpec, *, answer: bool) -> dict[str, Any]:
     element = _element(spec, answer=answer)
     if answer:
         return {"type": "array", "items": element}
-    # A request may send the data flat (row-major) or nested like the shape.
-    return {"type": "array", "items": {"anyOf": [element, {"type": "array"}]}}
+    # A request may send the data flat (row-major), nested like the shape (not text),
+    # or as one value alone for a tensor of one element.
+    items = element if spec.dtype.kind == "O" else {"anyOf": [element, {"type": "array"}]}
+    return {"anyOf": [{"type": "array", "items": items}, element]}
 
 
 def _tensor(spec: TensorSpec, *, answer: bool) -> dict[str, Any]:
@@ -96,7 +104,7 @@ def _tensor(spec: TensorSpec, *, answer: bool) -> dict[str, Any]:
         "datatype": {"const": datatype_of(spec.dtype)},
         "shape": _shape(spec) if not answer else {"type": "array", "items": {"type": "integer"}},
         "data": _data(spec, answer=answer),
-        "parameters": {"type": "object"},
+        "parameters": _PARAMETERS,
     }
     return {
         "type": "object",
@@ -109,30 +117,47 @@ def _one_of(schemas: list[dict[str, Any]]) -> dict[str, Any]:
     return schemas[0] if len(schemas) == 1 else {"oneOf": schemas}
 
 
+def _each_once(names: list[str]) -> dict[str, Any]:
+    if len(names) == 1:
+        return {}
+    once = [
+        {"contains": {"properties": {"name": {"const": n}}}, "minContains": 1, "maxContains": 1}
+        for n in names
+    ]
+    return {"allOf": once}
+
+
 def _infer_request(model: ModelVersion) -> dict[str, Any]:
     inputs = [_tensor(s, answer=False) for s in model.inputs.values()]
     return {
         "type": "object",
         "required": ["inputs"],
         "properties": {
-            "id": {"type": "string"},
-            "parameters": {"type": "object"},
+            "id": _STRING_OR_NULL,
+            "parameters": _PARAMETERS,
             "inputs": {
                 "type": "array",
                 "items": _one_of(inputs),
                 "minItems": len(inputs),
                 "maxItems": len(inputs),
+                # Each input once (with as many items as inputs, none is missing).
+                **_each_once(list(model.inputs)),
             },
             "outputs": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["name"],
-                    "properties": {
-                        "name": {"enum": list(model.outputs)},
-                        "parameters": {"type": "object"},
+                "anyOf": [
+                    {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["name"],
+                            "properties": {
+                                "name": {"enum": list(model.outputs)},
+                                "parameters": _PARAMETERS,
+                            },
+                        },
                     },
-                },
+                    {"type": "null"},
+                ]
             },
         },
     }
@@ -146,7 +171,7 @@ def _infer_response(model: ModelVersion) -> dict[str, Any]:
             "model_name": {"const": model.name},
             "model_version": {"type": "string"},
             "id": {"type": "string"},
-            "parameters": {"type": "object"},
+            "parameters": _PARAMETERS,
             "outputs": {
                 "type": "array",
                 "items": _one_of([_tensor(s, answer=True) for s in model.outputs.values()]),
@@ -191,9 +216,9 @@ def _predict_request(model: ModelVersion, sample: Mapping[str, np.ndarray]) -> t
         }
         first = array.ravel()[0] if array.size else "text"
         return schema, {"inputs": first.decode() if isinstance(first, bytes) else str(first)}
-    number = {"type": ["number", "null"]}
+    number = _NUMBER_OR_NULL
     width = spec.shape[-1] if len(spec.shape) == 2 else -1
-    row: dict[str, Any] = {"type": "array", "items": {"type": ["number", "null"]}}
+    row: dict[str, Any] = {"type": "array", "items": _NUMBER_OR_NULL}
     if width > 0:
         row |= {"minItems": width, "maxItems": width}
     rows = array.reshape(array.shape[0], -1).tolist() if array.ndim else [[array.item()]]
@@ -218,7 +243,8 @@ def _predict_request(model: ModelVersion, sample: Mapping[str, np.ndarray]) -> t
             {
                 "type": "object",
                 "required": ["instances"],
-                "additionalProperties": False,
+                "description": "Rows, each named features or values in order (other keys are "
+                "ignored).",
                 "properties": {
                     "instances": {
                         "type": "array",
@@ -256,7 +282,7 @@ def _prediction(model: ModelVersion) -> dict[str, Any]:
         )
     if model.probability_output is not None:
         names = labels
-        probability = {"type": ["number", "null"]}
+        probability = _NUMBER_OR_NULL
         properties["probabilities"] = (
             {
                 "type": "object",
@@ -385,12 +411,13 @@ def _server_paths(control: bool) -> dict[str, Any]:
             "tags": ["repository"],
             "operationId": f"repository_{verb}",
             "summary": f"{verb.capitalize()} a model (explicit model control; admin token)",
-            "security": admin,
             "parameters": [
                 {"name": "model_name", "in": "path", "required": True, "schema": {"type": "string"}}
             ],
             "responses": {"200": _ok(index, "The model's versions now"), **_errors(change_errors)},
         }
+        if control:  # else it answers 403 whatever the token
+            operation["security"] = admin
         if verb == "load":
             operation["requestBody"] = _body(
                 {
@@ -441,7 +468,16 @@ def _server_paths(control: bool) -> dict[str, Any]:
             "summary": "Every model version, its state and the reason a load failed",
             "security": [{}, *admin],
             "requestBody": _body(
-                {"type": "object", "properties": {"ready": {"type": "boolean"}}}, required=False
+                {
+                    "type": "object",
+                    "properties": {
+                        "ready": {
+                            "description": "Only the ready versions when true (any JSON value "
+                            "is read by its truth: {} and 0 as false)"
+                        }
+                    },
+                },
+                required=False,
             ),
             "responses": {"200": _ok(index, "The index"), **_errors(("400", "401"))},
         }
@@ -451,17 +487,21 @@ def _server_paths(control: bool) -> dict[str, Any]:
     return paths
 
 
-def _embeddings_path(models: list[str]) -> dict[str, Any]:
+def _embeddings_path(models: dict[str, int]) -> dict[str, Any]:
+    """``/v1/embeddings`` for ``models`` (name -> the embedding's size D)."""
     text = {"type": "string"}
     request = {
         "type": "object",
         "required": ["model", "input"],
         "properties": {
-            "model": {"enum": models},
+            "model": {"enum": list(models)},
             "input": {"anyOf": [text, {"type": "array", "items": text, "minItems": 1}]},
             "encoding_format": {"enum": ["float", "base64"]},
-            "dimensions": {"type": "integer"},
-            "user": {"type": "string"},
+            "dimensions": {
+                "enum": [*sorted(set(models.values())), None],
+                "description": "The model's own size only (it cannot shorten its embeddings)",
+            },
+            "user": _STRING_OR_NULL,
         },
     }
     embedding = {
@@ -471,7 +511,7 @@ def _embeddings_path(models: list[str]) -> dict[str, Any]:
             "object": {"const": "embedding"},
             "index": {"type": "integer"},
             "embedding": {
-                "anyOf": [{"type": "array", "items": {"type": ["number", "null"]}}, text]
+                "anyOf": [{"type": "array", "items": _NUMBER_OR_NULL}, text]
             },
         },
     }
@@ -498,7 +538,7 @@ def _embeddings_path(models: list[str]) -> dict[str, Any]:
                 "operationId": "embeddings",
                 "summary": "OpenAI-compatible embeddings of text",
                 "requestBody": _body(
-                    request, {"model": models[0], "input": "The food was delicious."}
+                    request, {"model": next(iter(models)), "input": "The food was delicious."}
                 ),
                 "responses": {
                     "200": _ok(response, "One embedding per input"),
@@ -625,15 +665,16 @@ def openapi_document(
             failed.append(f"- `{state.name}` version {state.version or '-'}: {state.reason}")
     paths = _server_paths(control)
     tags = [{"name": "server"}, {"name": "repository"}]
-    embeddings = []
+    embeddings: dict[str, int] = {}
     for model in sorted(models, key=lambda m: m.name):
         if "{" in model.name or "}" in model.name:
             continue  # not expressible as an OpenAPI path
         paths |= _model_paths(model, versions.get(model.name, [model.version]), sample(model))
         platform = PLATFORMS.get(model.config.platform, model.config.platform)
         tags.append({"name": model.name, "description": f"{platform} model"})
-        if embedding_output(model) is not None:
-            embeddings.append(model.name)
+        output = embedding_output(model)
+        if output is not None:
+            embeddings[model.name] = model.outputs[output].shape[1]
     if embeddings:
         paths |= _embeddings_path(embeddings)
         tags.append({"name": "openai"})
