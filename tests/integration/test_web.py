@@ -32,6 +32,13 @@ def test_openapi_document_validates_and_has_per_model_schemas(server: Server) ->
     assert list(named["properties"]) == ["sepal_length", "sepal_width", "petal_length", "petal_width"]
     answer = predict["responses"]["200"]["content"]["application/json"]["schema"]["anyOf"][0]
     assert answer["properties"]["label"] == {"enum": ["iris-setosa", "iris-versicolor", "iris-virginica"]}
+    # Swagger UI's Authorize: an inference bearer token (optional until the server has
+    # tokens), the admin token on the repository API; probes and pages need none.
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["inferenceToken"] == schemes["inferenceToken"] | {"type": "http", "scheme": "bearer"}
+    assert document["security"] == [{}, {"inferenceToken": []}]
+    assert document["paths"]["/v2/health/ready"]["get"]["security"] == []
+    assert document["paths"]["/"]["get"]["security"] == []
 
 
 def test_pages_are_served_from_the_package(server: Server) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -59,9 +61,13 @@ def site_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository of iris, sentiment and minilm (and their steps) and one broken model."""
     root = tmp_path_factory.mktemp("site") / "models"
     root.mkdir()
-    for name in ("iris", "sentiment", "minilm", "text-tokenizer", "minilm-encoder",
-                 "sentiment-head"):  # fmt: skip
+    for name in ("sentiment", "minilm", "text-tokenizer", "minilm-encoder", "sentiment-head"):
         (root / name).symlink_to(EXAMPLES / name)
+    if (EXAMPLES / "iris" / "warmup.json").is_file():
+        (root / "iris").symlink_to(EXAMPLES / "iris")
+    else:  # built before examples/build_iris.py wrote the warm-up file: build it again
+        script = ROOT / "examples" / "build_iris.py"
+        subprocess.run([sys.executable, str(script), "--out", str(root)], check=True)
     (root / BROKEN / "1").mkdir(parents=True)
     (root / BROKEN / "1" / "model.onnx").write_bytes(b"this is not an ONNX model")
     return root
@@ -125,7 +131,9 @@ def test_dashboard_shows_models_and_failures_and_tries_iris_and_sentiment(
     form = page_.locator("form#try-iris")
     placeholders = [form.locator(f'input[name="{n}"]').get_attribute("placeholder")
                     for n in ("sepal_length", "sepal_width", "petal_length", "petal_width")]
-    assert all(placeholders), placeholders
+    # The data set's ranges, from iris' warm-up file (examples/build_iris.py).
+    assert placeholders == ["4.3 – 7.9", "2 – 4.4", "1 – 6.9", "0.1 – 2.5"], placeholders
+    assert "warm-up file" in form.locator(".note").inner_text()
     for name, value in zip(("sepal_length", "sepal_width", "petal_length", "petal_width"),
                            ("5.1", "3.5", "1.4", "0.2"), strict=True):  # fmt: skip
         form.locator(f'input[name="{name}"]').fill(value)
@@ -166,5 +174,32 @@ def test_swagger_ui_try_it_out_on_iris_predict_answers_200(page: tuple[Any, Watc
     status.wait_for()
     assert status.inner_text().strip() == "200"
     body = operation.locator(".live-responses-table .response-col_description pre").first
-    assert "iris-setosa" in body.inner_text() or '"label"' in body.inner_text()
+    assert '"label": "iris-setosa"' in body.inner_text()  # the example: the seed's first row
+    assert page_.locator(".auth-wrapper .authorize").is_visible()  # the bearer schemes
+    assert watch.problems == []
+
+
+def test_the_token_box_sends_a_bearer_token_with_every_fetch(
+    page: tuple[Any, Watch, str],
+) -> None:
+    page_, watch, origin = page
+    page_.goto(origin + "/")
+    page_.wait_for_selector('#models tr[data-model="iris"] .state-ready')
+    page_.locator("#token").fill("s3cret-inference")
+    with page_.expect_request(lambda r: r.url.endswith("/ui/status")) as polled:
+        page_.locator("#token-form button").click()
+    assert polled.value.headers.get("authorization") == "Bearer s3cret-inference"
+    page_.locator('details[data-model="iris"] summary').click()
+    form = page_.locator("form#try-iris")
+    form.locator('input[name="petal_length"]').fill("5.5")
+    with page_.expect_request(lambda r: r.url.endswith("/v1/models/iris:predict")) as sent:
+        form.locator('button[type="submit"]').click()
+    assert sent.value.headers.get("authorization") == "Bearer s3cret-inference"
+    page_.locator("#try-iris-answer p.label").wait_for()
+    curl = form.locator(".curl").inner_text()
+    assert 'authorization: Bearer $TOKEN' in curl and "s3cret" not in curl
+    # /docs reads the same token (this tab) for the document and Try it out.
+    with page_.expect_request(lambda r: r.url.endswith("/openapi.json")) as document:
+        page_.goto(origin + "/docs")
+    assert document.value.headers.get("authorization") == "Bearer s3cret-inference"
     assert watch.problems == []

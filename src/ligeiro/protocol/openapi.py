@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..repository.registry import ModelState, ModelVersion
     from ..runtime.base import TensorSpec
 
-__all__ = ["openapi_document", "predict_example"]
+__all__ = ["openapi_document", "plain", "predict_example"]
 
 OPENAPI_VERSION = "3.1.0"
 _JSON = "application/json"
@@ -180,6 +180,16 @@ def _infer_response(model: ModelVersion) -> dict[str, Any]:
     }
 
 
+def plain(array: np.ndarray) -> Any:
+    """``array.tolist()``, with float32 values as their shortest form (5.1, not
+    5.099999904632568: what a person wrote in the warm-up file)."""
+    if array.dtype != np.float32:
+        return array.tolist()
+    if array.ndim > 1:
+        return [plain(part) for part in array]
+    return [float(str(value)) for value in array]
+
+
 def _infer_example(sample: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return {
         "inputs": [
@@ -187,7 +197,7 @@ def _infer_example(sample: Mapping[str, np.ndarray]) -> dict[str, Any]:
                 "name": name,
                 "shape": list(array.shape),
                 "datatype": datatype_of(array.dtype),
-                "data": array.ravel().tolist(),
+                "data": plain(array.ravel()),
             }
             for name, array in sample.items()
         ]
@@ -221,7 +231,7 @@ def _predict_request(model: ModelVersion, sample: Mapping[str, np.ndarray]) -> t
     row: dict[str, Any] = {"type": "array", "items": _NUMBER_OR_NULL}
     if width > 0:
         row |= {"minItems": width, "maxItems": width}
-    rows = array.reshape(array.shape[0], -1).tolist() if array.ndim else [[array.item()]]
+    rows = plain(array.reshape(array.shape[0], -1)) if array.ndim else [[array.item()]]
     features = model.config.features
     if features is None:
         instances = {"type": "array", "items": row, "minItems": 1}
@@ -390,14 +400,15 @@ def _model_paths(
 
 def _server_paths(control: bool) -> dict[str, Any]:
     def get(path: str, operation_id: str, summary: str, schema: dict[str, Any]) -> Any:
-        return path, {
-            "get": {
-                "tags": ["server"],
-                "operationId": operation_id,
-                "summary": summary,
-                "responses": {"200": _ok(schema, summary)},
-            }
+        operation: dict[str, Any] = {
+            "tags": ["server"],
+            "operationId": operation_id,
+            "summary": summary,
+            "responses": {"200": _ok(schema, summary)},
         }
+        if path.startswith("/v2/health/"):  # probes never carry a token
+            operation["security"] = []
+        return path, {"get": operation}
 
     health = {"type": "object", "properties": {"live": {"type": "boolean"}}}
     readiness = {"type": "object", "properties": {"ready": {"type": "boolean"}}}
@@ -551,14 +562,15 @@ def _embeddings_path(models: dict[str, int]) -> dict[str, Any]:
 
 def _page_paths() -> dict[str, Any]:
     def page(operation_id: str, summary: str, media: str) -> dict[str, Any]:
-        return {
-            "get": {
-                "tags": ["pages"],
-                "operationId": operation_id,
-                "summary": summary,
-                "responses": {"200": {"description": summary, "content": {media: {}}}},
-            }
+        operation: dict[str, Any] = {
+            "tags": ["pages"],
+            "operationId": operation_id,
+            "summary": summary,
+            "responses": {"200": {"description": summary, "content": {media: {}}}},
         }
+        if media == "text/html":  # a page holds no data: it loads without a token
+            operation["security"] = []
+        return {"get": operation}
 
     return {
         "/": page("dashboard", "The dashboard: models, their state and latency, try-it forms",
@@ -580,6 +592,12 @@ _TENSOR_METADATA = {
 }
 _COMPONENTS: dict[str, Any] = {
     "securitySchemes": {
+        "inferenceToken": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An inference token, when the server is given any (the inference "
+            "routes, /openapi.json and the dashboard's /ui/status ask for it then)",
+        },
         "adminToken": {
             "type": "http",
             "scheme": "bearer",
@@ -689,4 +707,7 @@ def openapi_document(
         "tags": tags,
         "paths": paths,
         "components": _COMPONENTS,
+        # No token, or an inference token if the server has them (the repository API's
+        # operations name the admin token instead).
+        "security": [{}, {"inferenceToken": []}],
     }
