@@ -159,8 +159,10 @@ class Site:
 
     def sample(self, model: ModelVersion) -> dict[str, np.ndarray]:
         """``model``'s warm-up sample (a generated one if its file went missing)."""
+        registry = self.engine.registry
+        folder = registry.root if registry.model_name is not None else registry.root / model.name
         try:
-            return sample(model, self.engine.registry.root / model.name)
+            return sample(model, folder)
         except LigeiroError:
             return generated_sample(model)
 
