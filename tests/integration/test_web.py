@@ -138,3 +138,11 @@ def test_no_ui_turns_off_the_pages_but_not_the_document(repository: Path) -> Non
         assert "/" not in paths and "/docs" not in paths  # documents only what it serves
     finally:
         srv.stop()
+
+
+def test_repository_index_body_of_non_json_whitespace_is_400(server: Server) -> None:
+    """Found by schemathesis: a vertical tab was read as an empty body."""
+    answer = server.request("POST", "/v2/repository/index", b"\x0b")
+    assert answer.status == 400
+    assert answer.json()["error"].startswith("invalid index request: JSON is malformed")
+    assert server.request("POST", "/v2/repository/index", b" \r\n\t").status == 200

@@ -13,9 +13,12 @@ that statuses conform does hold the server to.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from typing import TYPE_CHECKING
+
+from tests.conftest import start_server
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -24,25 +27,49 @@ if TYPE_CHECKING:
 
 MAX_EXAMPLES = 10
 TIMEOUT_S = 300
+TOKEN = "schemathesis-admin-token"
 
 
-def test_schemathesis_finds_no_5xx_and_no_schema_mismatch(server: Server, tmp_path: Path) -> None:
-    url = f"http://{server.host}:{server.port}/openapi.json"
+def schemathesis(server: Server, folder: Path, *args: str) -> str:
+    """Run ``schemathesis run`` on ``server``'s document; its output, or a test failure."""
     command = [
-        sys.executable, "-m", "schemathesis.cli", "run", url,
+        sys.executable, "-m", "schemathesis.cli", "run",
+        f"http://{server.host}:{server.port}/openapi.json",
         "--checks", "all", "--exclude-checks", "positive_data_acceptance",
-        "--phases", "examples,coverage,fuzzing", "--max-examples", str(MAX_EXAMPLES),
-        "--workers", "1", "--seed", "18", "--generation-database", "none",
-        "--request-timeout", "30", "--no-color", "--report", "junit",
-        "--report-dir", str(tmp_path),
+        "--max-examples", str(MAX_EXAMPLES), "--workers", "1", "--seed", "18",
+        "--generation-database", "none", "--request-timeout", "30", "--no-color",
+        "--report", "junit", "--report-dir", str(folder), *args,
     ]  # fmt: skip
     run = subprocess.run(
-        command, capture_output=True, text=True, timeout=TIMEOUT_S, cwd=tmp_path, check=False
+        command, capture_output=True, text=True, timeout=TIMEOUT_S, cwd=folder, check=False
     )
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-20_000:]
+    assert "passed" in output and "failures" not in output.split("SUMMARY")[-1], output[-5_000:]
+    return output
+
+
+def test_schemathesis_finds_no_5xx_and_no_schema_mismatch(server: Server, tmp_path: Path) -> None:
+    output = schemathesis(server, tmp_path, "--phases", "examples,coverage,fuzzing")
     operations = server.get("/openapi.json").json()["paths"]
     tested = sum(method in ("get", "post") for p in operations.values() for method in p)
     # Every operation but GET /openapi.json, the document itself, which schemathesis skips.
     assert f"Tested: {tested - 1}" in output, output[-5_000:]
-    assert " passed" in output and "failures" not in output.split("SUMMARY")[-1]
+
+
+def test_schemathesis_on_the_repository_api_with_its_admin_token(
+    repository: Path, tmp_path: Path
+) -> None:
+    """Explicit model control: load, unload and index, with the token and without it
+    (``ignored_auth``), and in sequences (the stateful phase)."""
+    env = {**os.environ, "LIGEIRO_ADMIN_TOKEN": TOKEN}
+    srv = start_server(repository, "--model-control", "explicit", env=env)
+    try:
+        output = schemathesis(
+            srv, tmp_path, "--include-path-regex", "^/v2/repository/",
+            "--header", f"Authorization: Bearer {TOKEN}",
+            "--phases", "examples,coverage,fuzzing,stateful",
+        )  # fmt: skip
+        assert "Tested: 3" in output, output[-5_000:]
+    finally:
+        srv.stop()

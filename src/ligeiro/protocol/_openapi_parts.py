@@ -107,12 +107,11 @@ def server_paths(control: bool) -> dict[str, Any]:
                     "type": "object",
                     "properties": {
                         "parameters": {
-                            "type": "object",
+                            # No "type": parameters that are not an object are ignored.
+                            "description": "Load parameters (not an object: none)",
                             "properties": {
-                                "config": {
-                                    "type": "string",
-                                    "description": "The model's config as a JSON object",
-                                }
+                                "config": STRING_OR_NULL
+                                | {"description": "The model's config as a JSON object"}
                             },
                         }
                     },
