@@ -203,3 +203,24 @@ def test_the_token_box_sends_a_bearer_token_with_every_fetch(
         page_.goto(origin + "/docs")
     assert document.value.headers.get("authorization") == "Bearer s3cret-inference"
     assert watch.problems == []
+
+
+def test_the_iris_form_works_from_the_keyboard_alone(page: tuple[Any, Watch, str]) -> None:
+    page_, watch, origin = page
+    page_.goto(origin + "/")
+    summary = page_.locator('details[data-model="iris"] summary')
+    summary.wait_for()
+    summary.focus()
+    page_.keyboard.press("Enter")  # opens the form
+    form = page_.locator("form#try-iris")
+    form.get_by_label("sepal_length").focus()  # every field has its label
+    for value in ("6.7", "3.0", "5.2", "2.3"):
+        page_.keyboard.type(value)
+        page_.keyboard.press("Tab")
+    assert form.get_by_label("petal_width").input_value() == "2.3"
+    form.get_by_label("petal_width").press("Enter")  # submits
+    label = page_.locator("#try-iris-answer p.label")
+    label.wait_for()
+    assert label.inner_text() == "iris-virginica"
+    assert page_.get_by_label("probability of iris-virginica").count() == 1
+    assert watch.problems == []
