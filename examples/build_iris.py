@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     (folder / "config.toml").write_text(CONFIG)
     data = load_iris().data
     rows = [FIRST_ROW, data.min(axis=0).round(2).tolist(), data.max(axis=0).round(2).tolist()]
-    warmup = {"inputs": [{"name": "float_input", "shape": [len(rows), len(FEATURES)],
-                          "datatype": "FP32", "data": [v for row in rows for v in row]}]}  # fmt: skip
+    tensor = {"name": "float_input", "shape": [len(rows), len(FEATURES)], "datatype": "FP32"}
+    warmup = {"inputs": [tensor | {"data": [v for row in rows for v in row]}]}
     (folder / "warmup.json").write_text(json.dumps(warmup) + "\n")
     (folder / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
     if args.pickle:

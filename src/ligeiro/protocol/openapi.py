@@ -83,7 +83,7 @@ def _tensor(spec: TensorSpec, *, answer: bool) -> dict[str, Any]:
     }
     return {
         "type": "object",
-        "required": ["name", "datatype", "shape"] if answer else ["name", "datatype", "shape", "data"],
+        "required": ["name", "datatype", "shape", *(() if answer else ("data",))],
         "properties": properties,
     }
 

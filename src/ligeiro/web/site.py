@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass, replace
+from functools import partial
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal, final
 
@@ -128,7 +129,8 @@ class Site:
         }
         for path, name in _ASSETS.items():
             kind = _TYPES[name[name.rindex(".") :]]
-            routes[path] = Page(lambda name=name: self._file(name), kind, _ASSET_CACHE, "none")  # type: ignore[misc]
+            body = partial(self._file, name)
+            routes[path] = Page(body, kind, _ASSET_CACHE, "none")
         return routes
 
     def _file(self, name: str) -> bytes:
