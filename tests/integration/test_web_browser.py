@@ -8,6 +8,7 @@ another origin. Screenshots land in the test's tmp folder (the test artefacts).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -158,6 +159,16 @@ def test_dashboard_shows_models_and_failures_and_tries_iris_and_sentiment(
     embedding = page_.locator("#try-minilm-answer p.embedding")
     embedding.wait_for()
     assert "384 dimensions" in embedding.inner_text()
+
+    # A model of several tensor inputs gets a JSON box holding a V2 request.
+    page_.locator('details[data-model="minilm-encoder"] summary').click()
+    encoder = page_.locator("form#try-minilm-encoder")
+    request = json.loads(encoder.locator("textarea").input_value())
+    assert [i["name"] for i in request["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
+    encoder.locator('button[type="submit"]').click()
+    answer = page_.locator("#try-minilm-encoder-answer pre")
+    answer.wait_for()
+    assert json.loads(answer.inner_text())["outputs"][0]["shape"] == [1, 384]
     page_.wait_for_timeout(3500)  # one more poll of /ui/status: still no error
     assert watch.problems == []
 
