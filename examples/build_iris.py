@@ -9,8 +9,10 @@ split: identical labels and probabilities within ``--tolerance``.
 
 Run: ``python examples/build_iris.py --out examples/models``
 
-Writes ``<out>/iris/1/model.onnx``, ``<out>/iris/config.toml`` and
-``<out>/iris/parity.json`` (the check's numbers). ``--pickle PATH`` also saves the
+Writes ``<out>/iris/1/model.onnx``, ``<out>/iris/config.toml``, ``<out>/iris/warmup.json``
+(the warm-up request: the seed's first row, then each feature's minimum and maximum over
+the data set, so the dashboard can show the ranges) and ``<out>/iris/parity.json`` (the
+check's numbers). ``--pickle PATH`` also saves the
 fitted sklearn pipeline with joblib, for the FastAPI+pickle baseline in ``benchmarks/``.
 """
 
@@ -49,7 +51,11 @@ features = {json.dumps(FEATURES)}
 labels = {json.dumps(LABELS)}
 label_output = "output_label"
 probability_output = "output_probability"
+# A V2 request run before the model takes traffic: the seed's first row (a setosa), then
+# each feature's minimum and maximum over the data set (/docs and the dashboard show them).
+warmup = "warmup.json"
 """
+FIRST_ROW = [5.1, 3.5, 1.4, 0.2]
 
 
 def train() -> tuple[Pipeline, np.ndarray, np.ndarray]:
@@ -140,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     (folder / "1").mkdir(parents=True, exist_ok=True)
     (folder / "1" / "model.onnx").write_bytes(onnx_bytes)
     (folder / "config.toml").write_text(CONFIG)
+    data = load_iris().data
+    rows = [FIRST_ROW, data.min(axis=0).round(2).tolist(), data.max(axis=0).round(2).tolist()]
+    tensor = {"name": "float_input", "shape": [len(rows), len(FEATURES)], "datatype": "FP32"}
+    warmup = {"inputs": [tensor | {"data": [v for row in rows for v in row]}]}
+    (folder / "warmup.json").write_text(json.dumps(warmup) + "\n")
     (folder / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
     if args.pickle:
         import joblib

@@ -47,7 +47,9 @@ def test_image_environment_installs_and_serves(tmp_path: Path, examples: Path) -
     mnt = tmp_path / "mnt" / "models"  # KServe's mount, one model at the top
     mnt.mkdir(parents=True)
     shutil.copy(examples / "iris" / "1" / "model.onnx", mnt)
-    shutil.copy(examples / "iris" / "config.toml", mnt)
+    for file in (examples / "iris").iterdir():  # config.toml and the warm-up file it names
+        if file.is_file():
+            shutil.copy(file, mnt)
     env["PATH"] = env["PATH"].replace("/opt/ligeiro", str(prefix)).replace("$PATH", "/usr/bin:/bin")
     env["LIGEIRO_REPOSITORY"] = str(mnt)
     env["LIGEIRO_HTTP__HOST"] = "127.0.0.1"  # the image binds 0.0.0.0; a test, loopback

@@ -45,7 +45,9 @@ def test_flat_model_folder_is_version_one_under_the_given_name(
     folder = tmp_path / "mnt" / "models"  # KServe's mount: model.onnx at the top
     folder.mkdir(parents=True)
     shutil.copy(examples / "iris" / "1" / "model.onnx", folder)
-    shutil.copy(examples / "iris" / "config.toml", folder)
+    for file in (examples / "iris").iterdir():  # config.toml and the warm-up file it names
+        if file.is_file():
+            shutil.copy(file, folder)
     srv = start_server(folder, "--model-name", "flower", "--workers", "2", "--threads", "1")
     try:
         index = srv.post("/v2/repository/index", b"{}").json()

@@ -125,7 +125,7 @@ def decode_json_object(body: bytes, what: str) -> dict[str, Any]:
     Raises:
         InvalidInputError: malformed JSON, or not an object.
     """
-    if not body.strip():
+    if not body.strip(b" \t\r\n"):  # JSON's whitespace only: b"\x0b" is malformed
         return {}
     value: dict[str, Any] = decode_json(body, _object_decoder, what)
     return value

@@ -14,55 +14,36 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._openapi_parts import (
+    COMPONENTS,
+    INFER_ERRORS,
+    JSON,
+    MODEL_ERRORS,
+    NUMBER_OR_NULL,
+    PARAMETERS,
+    STRING_OR_NULL,
+    body,
+    embeddings_path,
+    errors,
+    ok,
+    page_paths,
+    server_paths,
+)
 from .codec import PLATFORMS
 from .datatypes import datatype_of
 from .embeddings import embedding_output
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from ..repository.registry import ModelState, ModelVersion
     from ..runtime.base import TensorSpec
 
-__all__ = ["openapi_document", "predict_example"]
+__all__ = ["openapi_document", "plain", "predict_example"]
+
 
 OPENAPI_VERSION = "3.1.0"
-_JSON = "application/json"
-_ERROR = {"$ref": "#/components/schemas/Error"}
-# What each error status means on the routes that may answer it.
-_ERRORS = {
-    "400": "The request is malformed or does not fit the model (the message says where).",
-    "401": "The bearer token is missing or wrong.",
-    "403": "Model control is not explicit.",
-    "404": "No such model or version.",
-    "413": "The body is over the server's size limit.",
-    "415": "The body's Content-Encoding is not gzip, deflate or identity.",
-    "429": "The model's queue is full; retry after the Retry-After seconds.",
-    "503": "The model failed to load (the message says why).",
-    "504": "The request's timeout passed while it was queued.",
-}
-_INFER_ERRORS = ("400", "404", "413", "415", "429", "503", "504")
-_MODEL_ERRORS = ("404", "503")
 
-
-def _errors(statuses: Iterable[str]) -> dict[str, Any]:
-    return {
-        s: {"description": _ERRORS[s], "content": {_JSON: {"schema": _ERROR}}} for s in statuses
-    }
-
-
-def _ok(schema: dict[str, Any], description: str, example: Any = None) -> dict[str, Any]:
-    media: dict[str, Any] = {"schema": schema}
-    if example is not None:
-        media["example"] = example
-    return {"description": description, "content": {_JSON: media}}
-
-
-def _body(schema: dict[str, Any], example: Any = None, required: bool = True) -> dict[str, Any]:
-    media: dict[str, Any] = {"schema": schema}
-    if example is not None:
-        media["example"] = example
-    return {"required": required, "content": {_JSON: media}}
 
 
 def _element(spec: TensorSpec, *, answer: bool) -> dict[str, Any]:
@@ -74,7 +55,7 @@ def _element(spec: TensorSpec, *, answer: bool) -> dict[str, Any]:
         return {"type": "boolean"}
     if kind in "iu":
         return {"type": "integer"}
-    return {"type": ["number", "null"]} if answer else {"type": "number"}
+    return NUMBER_OR_NULL if answer else {"type": "number"}
 
 
 def _shape(spec: TensorSpec) -> dict[str, Any]:
@@ -86,8 +67,10 @@ def _data(spec: TensorSpec, *, answer: bool) -> dict[str, Any]:
     element = _element(spec, answer=answer)
     if answer:
         return {"type": "array", "items": element}
-    # A request may send the data flat (row-major) or nested like the shape.
-    return {"type": "array", "items": {"anyOf": [element, {"type": "array"}]}}
+    # A request may send the data flat (row-major), nested like the shape (not text),
+    # or as one value alone for a tensor of one element.
+    items = element if spec.dtype.kind == "O" else {"anyOf": [element, {"type": "array"}]}
+    return {"anyOf": [{"type": "array", "items": items}, element]}
 
 
 def _tensor(spec: TensorSpec, *, answer: bool) -> dict[str, Any]:
@@ -96,11 +79,11 @@ def _tensor(spec: TensorSpec, *, answer: bool) -> dict[str, Any]:
         "datatype": {"const": datatype_of(spec.dtype)},
         "shape": _shape(spec) if not answer else {"type": "array", "items": {"type": "integer"}},
         "data": _data(spec, answer=answer),
-        "parameters": {"type": "object"},
+        "parameters": PARAMETERS,
     }
     return {
         "type": "object",
-        "required": ["name", "datatype", "shape"] if answer else ["name", "datatype", "shape", "data"],
+        "required": ["name", "datatype", "shape", *(() if answer else ("data",))],
         "properties": properties,
     }
 
@@ -109,30 +92,47 @@ def _one_of(schemas: list[dict[str, Any]]) -> dict[str, Any]:
     return schemas[0] if len(schemas) == 1 else {"oneOf": schemas}
 
 
+def _each_once(names: list[str]) -> dict[str, Any]:
+    if len(names) == 1:
+        return {}
+    once = [
+        {"contains": {"properties": {"name": {"const": n}}}, "minContains": 1, "maxContains": 1}
+        for n in names
+    ]
+    return {"allOf": once}
+
+
 def _infer_request(model: ModelVersion) -> dict[str, Any]:
     inputs = [_tensor(s, answer=False) for s in model.inputs.values()]
     return {
         "type": "object",
         "required": ["inputs"],
         "properties": {
-            "id": {"type": "string"},
-            "parameters": {"type": "object"},
+            "id": STRING_OR_NULL,
+            "parameters": PARAMETERS,
             "inputs": {
                 "type": "array",
                 "items": _one_of(inputs),
                 "minItems": len(inputs),
                 "maxItems": len(inputs),
+                # Each input once (with as many items as inputs, none is missing).
+                **_each_once(list(model.inputs)),
             },
             "outputs": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["name"],
-                    "properties": {
-                        "name": {"enum": list(model.outputs)},
-                        "parameters": {"type": "object"},
+                "anyOf": [
+                    {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["name"],
+                            "properties": {
+                                "name": {"enum": list(model.outputs)},
+                                "parameters": PARAMETERS,
+                            },
+                        },
                     },
-                },
+                    {"type": "null"},
+                ]
             },
         },
     }
@@ -146,13 +146,23 @@ def _infer_response(model: ModelVersion) -> dict[str, Any]:
             "model_name": {"const": model.name},
             "model_version": {"type": "string"},
             "id": {"type": "string"},
-            "parameters": {"type": "object"},
+            "parameters": PARAMETERS,
             "outputs": {
                 "type": "array",
                 "items": _one_of([_tensor(s, answer=True) for s in model.outputs.values()]),
             },
         },
     }
+
+
+def plain(array: np.ndarray) -> Any:
+    """``array.tolist()``, with float32 values as their shortest form (5.1, not
+    5.099999904632568: what a person wrote in the warm-up file)."""
+    if array.dtype != np.float32:
+        return array.tolist()
+    if array.ndim > 1:
+        return [plain(part) for part in array]
+    return [float(str(value)) for value in array]
 
 
 def _infer_example(sample: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -162,7 +172,7 @@ def _infer_example(sample: Mapping[str, np.ndarray]) -> dict[str, Any]:
                 "name": name,
                 "shape": list(array.shape),
                 "datatype": datatype_of(array.dtype),
-                "data": array.ravel().tolist(),
+                "data": plain(array.ravel()),
             }
             for name, array in sample.items()
         ]
@@ -191,12 +201,12 @@ def _predict_request(model: ModelVersion, sample: Mapping[str, np.ndarray]) -> t
         }
         first = array.ravel()[0] if array.size else "text"
         return schema, {"inputs": first.decode() if isinstance(first, bytes) else str(first)}
-    number = {"type": ["number", "null"]}
+    number = NUMBER_OR_NULL
     width = spec.shape[-1] if len(spec.shape) == 2 else -1
-    row: dict[str, Any] = {"type": "array", "items": {"type": ["number", "null"]}}
+    row: dict[str, Any] = {"type": "array", "items": NUMBER_OR_NULL}
     if width > 0:
         row |= {"minItems": width, "maxItems": width}
-    rows = array.reshape(array.shape[0], -1).tolist() if array.ndim else [[array.item()]]
+    rows = plain(array.reshape(array.shape[0], -1)) if array.ndim else [[array.item()]]
     features = model.config.features
     if features is None:
         instances = {"type": "array", "items": row, "minItems": 1}
@@ -218,7 +228,8 @@ def _predict_request(model: ModelVersion, sample: Mapping[str, np.ndarray]) -> t
             {
                 "type": "object",
                 "required": ["instances"],
-                "additionalProperties": False,
+                "description": "Rows, each named features or values in order (other keys are "
+                "ignored).",
                 "properties": {
                     "instances": {
                         "type": "array",
@@ -256,7 +267,7 @@ def _prediction(model: ModelVersion) -> dict[str, Any]:
         )
     if model.probability_output is not None:
         names = labels
-        probability = {"type": ["number", "null"]}
+        probability = NUMBER_OR_NULL
         properties["probabilities"] = (
             {
                 "type": "object",
@@ -304,17 +315,17 @@ def _model_paths(
                 "tags": tag,
                 "operationId": operation_id,
                 "summary": summary,
-                "requestBody": _body(infer_request, infer_example),
+                "requestBody": body(infer_request, infer_example),
                 "responses": {
                     "200": {
                         "description": "The outputs (binary tensor data, when asked for, "
                         "follows the JSON header as application/octet-stream).",
                         "content": {
-                            _JSON: {"schema": infer_response},
+                            JSON: {"schema": infer_response},
                             "application/octet-stream": {},
                         },
                     },
-                    **_errors(_INFER_ERRORS),
+                    **errors(INFER_ERRORS),
                 },
             }
         }
@@ -325,7 +336,7 @@ def _model_paths(
                 "tags": tag,
                 "operationId": operation_id,
                 "summary": summary,
-                "responses": {"200": _ok(schema, summary), **_errors(_MODEL_ERRORS)},
+                "responses": {"200": ok(schema, summary), **errors(MODEL_ERRORS)},
             }
         }
 
@@ -352,248 +363,15 @@ def _model_paths(
                 "summary": f"Predict with {name}: "
                 + ("text in" if _is_text(model) else "named features or rows in")
                 + ("; a label and its probabilities out" if _prediction(model) else ""),
-                "requestBody": _body(schema, example),
+                "requestBody": body(schema, example),
                 "responses": {
-                    "200": _ok(_predict_response(model), "One prediction, or a list of them"),
-                    **_errors(_INFER_ERRORS),
+                    "200": ok(_predict_response(model), "One prediction, or a list of them"),
+                    **errors(INFER_ERRORS),
                 },
             }
         }
     return paths
 
-
-def _server_paths(control: bool) -> dict[str, Any]:
-    def get(path: str, operation_id: str, summary: str, schema: dict[str, Any]) -> Any:
-        return path, {
-            "get": {
-                "tags": ["server"],
-                "operationId": operation_id,
-                "summary": summary,
-                "responses": {"200": _ok(schema, summary)},
-            }
-        }
-
-    health = {"type": "object", "properties": {"live": {"type": "boolean"}}}
-    readiness = {"type": "object", "properties": {"ready": {"type": "boolean"}}}
-    index = {"type": "array", "items": {"$ref": "#/components/schemas/RepositoryModel"}}
-    admin = [{"adminToken": []}]
-    # Without explicit control a change answers 403 before anything else.
-    change_errors = ("400", "401", "403", "404") if control else ("403",)
-
-    def change(verb: str) -> dict[str, Any]:
-        operation: dict[str, Any] = {
-            "tags": ["repository"],
-            "operationId": f"repository_{verb}",
-            "summary": f"{verb.capitalize()} a model (explicit model control; admin token)",
-            "security": admin,
-            "parameters": [
-                {"name": "model_name", "in": "path", "required": True, "schema": {"type": "string"}}
-            ],
-            "responses": {"200": _ok(index, "The model's versions now"), **_errors(change_errors)},
-        }
-        if verb == "load":
-            operation["requestBody"] = _body(
-                {
-                    "type": "object",
-                    "properties": {
-                        "parameters": {
-                            "type": "object",
-                            "properties": {
-                                "config": {
-                                    "type": "string",
-                                    "description": "The model's config as a JSON object",
-                                }
-                            },
-                        }
-                    },
-                },
-                required=False,
-            )
-        return {"post": operation}
-
-    paths = dict(
-        (
-            get("/v2/health/live", "live", "Whether the server is live", health),
-            get("/v2/health/ready", "ready", "Whether the server is ready", readiness),
-            get("/v2", "server_metadata", "Server name, version and extensions",
-                {"$ref": "#/components/schemas/ServerMetadata"}),
-            get("/v2/models/stats", "stats", "Statistics of every ready model version",
-                {"$ref": "#/components/schemas/ModelStats"}),
-        )
-    )  # fmt: skip
-    paths["/metrics"] = {
-        "get": {
-            "tags": ["server"],
-            "operationId": "metrics",
-            "summary": "Prometheus metrics",
-            "responses": {
-                "200": {
-                    "description": "The Prometheus text format",
-                    "content": {"text/plain": {"schema": {"type": "string"}}},
-                }
-            },
-        }
-    }
-    paths["/v2/repository/index"] = {
-        "post": {
-            "tags": ["repository"],
-            "operationId": "repository_index",
-            "summary": "Every model version, its state and the reason a load failed",
-            "security": [{}, *admin],
-            "requestBody": _body(
-                {"type": "object", "properties": {"ready": {"type": "boolean"}}}, required=False
-            ),
-            "responses": {"200": _ok(index, "The index"), **_errors(("400", "401"))},
-        }
-    }
-    paths["/v2/repository/models/{model_name}/load"] = change("load")
-    paths["/v2/repository/models/{model_name}/unload"] = change("unload")
-    return paths
-
-
-def _embeddings_path(models: list[str]) -> dict[str, Any]:
-    text = {"type": "string"}
-    request = {
-        "type": "object",
-        "required": ["model", "input"],
-        "properties": {
-            "model": {"enum": models},
-            "input": {"anyOf": [text, {"type": "array", "items": text, "minItems": 1}]},
-            "encoding_format": {"enum": ["float", "base64"]},
-            "dimensions": {"type": "integer"},
-            "user": {"type": "string"},
-        },
-    }
-    embedding = {
-        "type": "object",
-        "required": ["object", "index", "embedding"],
-        "properties": {
-            "object": {"const": "embedding"},
-            "index": {"type": "integer"},
-            "embedding": {
-                "anyOf": [{"type": "array", "items": {"type": ["number", "null"]}}, text]
-            },
-        },
-    }
-    response = {
-        "type": "object",
-        "required": ["object", "data", "model", "usage"],
-        "properties": {
-            "object": {"const": "list"},
-            "data": {"type": "array", "items": embedding},
-            "model": {"type": "string"},
-            "usage": {
-                "type": "object",
-                "properties": {
-                    "prompt_tokens": {"type": "integer"},
-                    "total_tokens": {"type": "integer"},
-                },
-            },
-        },
-    }
-    return {
-        "/v1/embeddings": {
-            "post": {
-                "tags": ["openai"],
-                "operationId": "embeddings",
-                "summary": "OpenAI-compatible embeddings of text",
-                "requestBody": _body(
-                    request, {"model": models[0], "input": "The food was delicious."}
-                ),
-                "responses": {
-                    "200": _ok(response, "One embedding per input"),
-                    **_errors(_INFER_ERRORS),
-                },
-            }
-        }
-    }
-
-
-def _page_paths() -> dict[str, Any]:
-    def page(operation_id: str, summary: str, media: str) -> dict[str, Any]:
-        return {
-            "get": {
-                "tags": ["pages"],
-                "operationId": operation_id,
-                "summary": summary,
-                "responses": {"200": {"description": summary, "content": {media: {}}}},
-            }
-        }
-
-    return {
-        "/": page("dashboard", "The dashboard: models, their state and latency, try-it forms",
-                  "text/html"),
-        "/docs": page("docs", "This document in Swagger UI", "text/html"),
-        "/openapi.json": page("openapi", "This document", _JSON),
-        "/ui/status": page("ui_status", "What the dashboard shows, as JSON", _JSON),
-    }  # fmt: skip
-
-
-_TENSOR_METADATA = {
-    "type": "object",
-    "required": ["name", "datatype", "shape"],
-    "properties": {
-        "name": {"type": "string"},
-        "datatype": {"type": "string"},
-        "shape": {"type": "array", "items": {"type": "integer"}},
-    },
-}
-_COMPONENTS: dict[str, Any] = {
-    "securitySchemes": {
-        "adminToken": {
-            "type": "http",
-            "scheme": "bearer",
-            "description": "The admin token (--admin-token, LIGEIRO_ADMIN_TOKEN)",
-        }
-    },
-    "schemas": {
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "properties": {"error": {"type": "string"}},
-        },
-        "ServerMetadata": {
-            "type": "object",
-            "required": ["name", "version", "extensions"],
-            "properties": {
-                "name": {"type": "string"},
-                "version": {"type": "string"},
-                "extensions": {"type": "array", "items": {"type": "string"}},
-            },
-        },
-        "ModelMetadata": {
-            "type": "object",
-            "required": ["name", "versions", "platform", "inputs", "outputs"],
-            "properties": {
-                "name": {"type": "string"},
-                "versions": {"type": "array", "items": {"type": "string"}},
-                "platform": {"type": "string"},
-                "inputs": {"type": "array", "items": _TENSOR_METADATA},
-                "outputs": {"type": "array", "items": _TENSOR_METADATA},
-            },
-        },
-        "ModelReady": {
-            "type": "object",
-            "required": ["name", "ready"],
-            "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}},
-        },
-        "ModelStats": {
-            "type": "object",
-            "required": ["model_stats"],
-            "properties": {"model_stats": {"type": "array", "items": {"type": "object"}}},
-        },
-        "RepositoryModel": {
-            "type": "object",
-            "required": ["name", "version", "state", "reason"],
-            "properties": {
-                "name": {"type": "string"},
-                "version": {"type": "string"},
-                "state": {"enum": ["READY", "UNAVAILABLE"]},
-                "reason": {"type": "string"},
-            },
-        },
-    },
-}
 
 
 def openapi_document(
@@ -623,22 +401,23 @@ def openapi_document(
             versions.setdefault(state.name, []).append(state.version)
         else:
             failed.append(f"- `{state.name}` version {state.version or '-'}: {state.reason}")
-    paths = _server_paths(control)
+    paths = server_paths(control)
     tags = [{"name": "server"}, {"name": "repository"}]
-    embeddings = []
+    embeddings: dict[str, int] = {}
     for model in sorted(models, key=lambda m: m.name):
         if "{" in model.name or "}" in model.name:
             continue  # not expressible as an OpenAPI path
         paths |= _model_paths(model, versions.get(model.name, [model.version]), sample(model))
         platform = PLATFORMS.get(model.config.platform, model.config.platform)
         tags.append({"name": model.name, "description": f"{platform} model"})
-        if embedding_output(model) is not None:
-            embeddings.append(model.name)
+        output = embedding_output(model)
+        if output is not None:
+            embeddings[model.name] = model.outputs[output].shape[1]
     if embeddings:
-        paths |= _embeddings_path(embeddings)
+        paths |= embeddings_path(embeddings)
         tags.append({"name": "openai"})
     if pages:
-        paths |= _page_paths()
+        paths |= page_paths()
     description = "KServe V2 (Open Inference Protocol) REST, per-model `:predict`, and more."
     if failed:
         description += "\n\nModels that failed to load:\n\n" + "\n".join(failed)
@@ -647,5 +426,8 @@ def openapi_document(
         "info": {"title": "ligeiro", "version": version, "description": description},
         "tags": tags,
         "paths": paths,
-        "components": _COMPONENTS,
+        "components": COMPONENTS,
+        # No token, or an inference token if the server has them (the repository API's
+        # operations name the admin token instead).
+        "security": [{}, {"inferenceToken": []}],
     }

@@ -9,28 +9,29 @@ marked with the token it needs, so that the transport can check it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
+from functools import partial
 from importlib import resources
-from typing import TYPE_CHECKING, Literal, final
+from typing import TYPE_CHECKING, Any, Literal, final
 
 import msgspec
+import numpy as np
 
 from .. import __version__
 from ..errors import LigeiroError
 from ..protocol.codec import PLATFORMS
 from ..protocol.datatypes import datatype_of
 from ..protocol.embeddings import embedding_output
-from ..protocol.openapi import openapi_document, predict_example
+from ..protocol.openapi import openapi_document, plain, predict_example
 from ..repository.warmup import generated_sample, sample
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    import numpy as np
-
     from ..engine import Engine
     from ..metrics import Metrics
-    from ..repository.registry import ModelVersion
+    from ..repository.registry import ModelState, ModelVersion
     from ..runtime.base import TensorSpec
 
 __all__ = ["Page", "Site"]
@@ -64,8 +65,10 @@ _encoder = msgspec.json.Encoder()
 class Page:
     """One route of the site: how to make its body, its type and headers.
 
-    ``token`` is the token a request needs: ``"inference"`` for every page, as the
-    inference routes (they show the models and send requests to them).
+    ``token`` is the token a request needs: ``"inference"`` for what shows the models
+    (``/openapi.json``, ``/ui/status``), as the inference routes; ``"none"`` for the
+    static pages and assets, which hold no data: a browser cannot send a bearer token
+    when it navigates, so ``/`` must load to let the user enter the token its fetches send.
     """
 
     body: Callable[[], bytes]
@@ -120,13 +123,14 @@ class Site:
         if not self.pages:
             return routes
         routes |= {
-            b"/": Page(lambda: self._file("index.html"), _HTML, _SECURITY + _NO_CACHE),
-            b"/docs": Page(lambda: self._file("docs.html"), _HTML, _SECURITY + _NO_CACHE),
+            b"/": Page(lambda: self._file("index.html"), _HTML, _SECURITY + _NO_CACHE, "none"),
+            b"/docs": Page(lambda: self._file("docs.html"), _HTML, _SECURITY + _NO_CACHE, "none"),
             b"/ui/status": Page(self.status, _JSON, _NO_CACHE),
         }
         for path, name in _ASSETS.items():
             kind = _TYPES[name[name.rindex(".") :]]
-            routes[path] = Page(lambda name=name: self._file(name), kind, _ASSET_CACHE)  # type: ignore[misc]
+            body = partial(self._file, name)
+            routes[path] = Page(body, kind, _ASSET_CACHE, "none")
         return routes
 
     def _file(self, name: str) -> bytes:
@@ -145,10 +149,22 @@ class Site:
                 continue
         return models
 
+    def _states(self) -> list[ModelState]:
+        """The repository index, with failure reasons naming files inside the repository
+        relative to it (a page shows no server paths)."""
+        root = f"{self.engine.registry.root.resolve()}/"
+        plain = f"{self.engine.registry.root}/"
+        return [
+            replace(s, reason=s.reason.replace(root, "").replace(plain, "")) if s.reason else s
+            for s in self.engine.index()
+        ]
+
     def sample(self, model: ModelVersion) -> dict[str, np.ndarray]:
         """``model``'s warm-up sample (a generated one if its file went missing)."""
+        registry = self.engine.registry
+        folder = registry.root if registry.model_name is not None else registry.root / model.name
         try:
-            return sample(model, self.engine.registry.root / model.name)
+            return sample(model, folder)
         except LigeiroError:
             return generated_sample(model)
 
@@ -156,7 +172,7 @@ class Site:
         """``GET /openapi.json``: built from the models serving now."""
         document = openapi_document(
             self._models(),
-            self.engine.index(),
+            self._states(),
             self.sample,
             version=__version__,
             control=self.explicit_control,
@@ -168,7 +184,7 @@ class Site:
         """``GET /ui/status``: the models, their state and settings, and the metrics now."""
         ready = {m.name: m for m in self._models()}
         models = []
-        for state in self.engine.index():
+        for state in self._states():
             entry: dict[str, object] = {
                 "name": state.name,
                 "version": state.version,
@@ -193,10 +209,12 @@ class Site:
         """What the dashboard needs to show ``model`` and build its try-it form."""
         config = model.config
         batching = None if config.batching is None else msgspec.to_builtins(config.batching)
-        example, kind = predict_example(model, self.sample(model))
+        sample = self.sample(model)
+        example, kind = predict_example(model, sample)
         if embedding_output(model) is not None:
             kind = "embedding"
         return {
+            "ranges": _ranges(model, sample) if kind == "features" else None,
             "platform": PLATFORMS.get(config.platform, config.platform),
             "batching": batching,
             "inputs": _tensors(model.inputs),
@@ -206,3 +224,18 @@ class Site:
             "form": kind,
             "example": example,
         }
+
+
+def _ranges(model: ModelVersion, sample: dict[str, np.ndarray]) -> dict[str, list[Any]] | None:
+    """Each feature's smallest and largest value in ``model``'s warm-up file, if it has one
+    (a generated sample is zeros: no range to show)."""
+    features = model.config.features
+    if model.config.warmup is None or not features or len(sample) != 1:
+        return None
+    (array,) = sample.values()
+    if array.ndim != 2 or array.shape[1] != len(features) or not array.shape[0]:
+        return None
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column: null
+        low, high = plain(np.nanmin(array, axis=0)), plain(np.nanmax(array, axis=0))
+    return {f: [lo, hi] for f, lo, hi in zip(features, low, high, strict=True)}

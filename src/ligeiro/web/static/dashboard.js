@@ -9,6 +9,18 @@ const WINDOW_S = 60; // rates and p95 over the last minute
 const HISTORY = 200; // snapshots kept for the chart (10 minutes at 3 s)
 const history = [];
 const forms = new Map();
+// The inference token, if the user gave one: every fetch of the page sends it. Kept for
+// this tab only (sessionStorage, which /docs reads too), never put into the curl shown.
+const TOKEN_KEY = "ligeiro.inference-token";
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY) || "";
+}
+
+function authorized(headers = {}) {
+  const value = token();
+  return value ? { ...headers, authorization: `Bearer ${value}` } : headers;
+}
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -193,7 +205,8 @@ function shellQuote(text) {
 }
 
 function curlFor(path, body) {
-  return `curl -s -X POST ${shellQuote(location.origin + path)} -H 'content-type: application/json' -d ${shellQuote(JSON.stringify(body))}`;
+  const auth = token() ? ` -H "authorization: Bearer $TOKEN"` : "";
+  return `curl -s -X POST ${shellQuote(location.origin + path)} -H 'content-type: application/json'${auth} -d ${shellQuote(JSON.stringify(body))}`;
 }
 
 function showAnswer(target, answer, model) {
@@ -220,10 +233,15 @@ function showAnswer(target, answer, model) {
 function request(model) {
   const name = encodeURIComponent(model.name);
   const predict = `/v1/models/${name}:predict`;
+  // Placeholders: each feature's range in the model's warm-up file, else the example's value.
+  const hint = (feature) => {
+    const range = model.ranges && model.ranges[feature];
+    if (range) return range[0] === range[1] ? String(range[0]) : `${range[0]} – ${range[1]}`;
+    return model.example && model.example[feature] !== undefined ? String(model.example[feature]) : "";
+  };
   const fields = model.form === "features"
     ? model.features.map((feature) => el("input", {
-      type: "number", step: "any", name: feature,
-      placeholder: model.example && model.example[feature] !== undefined ? String(model.example[feature]) : "",
+      type: "number", step: "any", name: feature, placeholder: hint(feature),
     }))
     : [];
   const text = model.form === "features" ? null : el("textarea", { name: "body" });
@@ -255,7 +273,11 @@ function makeForm(model) {
   if (fields.length) {
     const grid = el("div", { class: "fields" });
     for (const input of fields) grid.append(el("label", {}, input.name, input));
-    form.append(el("fieldset", {}, el("legend", { text: what }), grid));
+    const note = model.ranges
+      ? "Placeholders: each feature's smallest and largest value in the model's warm-up file."
+      : "Placeholders: the example request's values.";
+    form.append(el("fieldset", {}, el("legend", { text: what }), grid,
+      el("p", { class: "note", text: `${note} An empty field is sent as null (missing).` })));
   } else {
     form.append(el("label", {}, what, text));
   }
@@ -280,7 +302,8 @@ function makeForm(model) {
     answer.replaceChildren(el("p", { text: "…" }));
     try {
       const response = await fetch(path, {
-        method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
+        method: "POST", headers: authorized({ "content-type": "application/json" }),
+        body: JSON.stringify(body),
       });
       const data = await response.json();
       if (!response.ok) answer.replaceChildren(el("p", { class: "error", text: `${response.status}: ${data.error}` }));
@@ -313,7 +336,11 @@ function renderForms(status) {
 async function poll() {
   const alert = document.getElementById("status-error");
   try {
-    const response = await fetch("/ui/status", { cache: "no-store" });
+    const response = await fetch("/ui/status", { cache: "no-store", headers: authorized() });
+    if (response.status === 401) {
+      throw new Error(token() ? "the inference token was refused (401)"
+        : "the server wants an inference token: enter it above (401)");
+    }
     if (!response.ok) throw new Error(`GET /ui/status answered ${response.status}`);
     const now = { t: Date.now(), status: await response.json() };
     history.push(now);
@@ -325,10 +352,22 @@ async function poll() {
     renderChart();
     alert.hidden = true;
   } catch (error) {
-    alert.textContent = `cannot reach the server: ${error.message}`;
+    alert.textContent = `cannot read the server's status: ${error.message}`;
     alert.hidden = false;
   }
 }
 
+function setUpToken() {
+  const input = document.getElementById("token");
+  input.value = token();
+  document.getElementById("token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (input.value) sessionStorage.setItem(TOKEN_KEY, input.value);
+    else sessionStorage.removeItem(TOKEN_KEY);
+    poll();
+  });
+}
+
+setUpToken();
 poll();
 setInterval(poll, POLL_MS);
