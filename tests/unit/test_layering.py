@@ -48,18 +48,6 @@ LAYER_EXCEPTIONS = {
     ("ligeiro.protocol.grpc_codec", "ligeiro.scheduling.stats"): (
         "Duration/ModelStats type hints; as above, protocol.types.StatisticsLike fits"
     ),
-    ("ligeiro.protocol.openapi", "ligeiro.repository.registry"): (
-        "ModelState/ModelVersion type hints; openapi.py is edited in another branch "
-        "this round: switch to protocol.types.ServedModel/VersionStateLike then"
-    ),
-    ("ligeiro.protocol.embeddings", "ligeiro.repository.registry"): (
-        "ModelVersion type hint; embeddings.py is edited in another branch this round: "
-        "switch to protocol.types.ServedModel then"
-    ),
-    ("ligeiro.repository.warmup", "ligeiro.warmup"): (
-        "re-export kept while web/site.py imports generated_sample/sample from it; "
-        "delete the module once that import reads ligeiro.warmup"
-    ),
 }
 
 # (importing module, imported module, name): why it is allowed for now.

@@ -25,7 +25,7 @@ from ..errors import InvalidInputError
 from .codec import decode_json
 
 if TYPE_CHECKING:
-    from ..repository.registry import ModelVersion
+    from .types import ServedModel
 
 __all__ = [
     "EmbeddingsCodec",
@@ -42,7 +42,7 @@ _encoder = msgspec.json.Encoder()
 _KEYS = ("model", "input", "encoding_format", "dimensions", "user")
 
 
-def embedding_output(model: ModelVersion) -> str | None:
+def embedding_output(model: ServedModel) -> str | None:
     """The output holding ``model``'s embeddings, or None if it is not a text embedder."""
     if len(model.inputs) != 1 or next(iter(model.inputs.values())).dtype.kind != "O":
         return None
@@ -109,7 +109,7 @@ def decode_embeddings(body: bytes) -> EmbeddingsRequest:
     return EmbeddingsRequest(model, array, encoding == "base64", dimensions)
 
 
-def check_dimensions(request: EmbeddingsRequest, model: ModelVersion, output: str) -> None:
+def check_dimensions(request: EmbeddingsRequest, model: ServedModel, output: str) -> None:
     """Refuse a ``dimensions`` other than the model's own.
 
     Raises:
@@ -152,7 +152,7 @@ class EmbeddingsDecoded:
     id = None  # OpenAI's requests carry no id
     timeout_s = None  # nor a queue timeout
 
-    def __init__(self, request: EmbeddingsRequest, model: ModelVersion, output: str) -> None:
+    def __init__(self, request: EmbeddingsRequest, model: ServedModel, output: str) -> None:
         self.request = request
         self.output = output
         self.outputs = (output,)
@@ -169,7 +169,7 @@ class EmbeddingsCodec:
     __slots__ = ()
 
     def decode(
-        self, model: ModelVersion, payload: tuple[EmbeddingsRequest, bytes | None]
+        self, model: ServedModel, payload: tuple[EmbeddingsRequest, bytes | None]
     ) -> EmbeddingsDecoded:
         request, header_length = payload
         output = embedding_output(model)
@@ -186,6 +186,6 @@ class EmbeddingsCodec:
         return EmbeddingsDecoded(request, model, output)
 
     def encode(
-        self, model: ModelVersion, decoded: EmbeddingsDecoded, outputs: dict[str, np.ndarray]
+        self, model: ServedModel, decoded: EmbeddingsDecoded, outputs: dict[str, np.ndarray]
     ) -> bytes:
         return encode_embeddings(decoded.request, model.name, outputs[decoded.output])

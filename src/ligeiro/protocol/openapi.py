@@ -36,7 +36,8 @@ from .embeddings import embedding_output
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
-    from ..repository.registry import ModelState, ModelVersion
+    from .types import ServedModel
+    from .types import VersionStateLike
     from ..runtime.base import TensorSpec
 
 __all__ = ["openapi_document", "plain", "predict_example"]
@@ -102,7 +103,7 @@ def _each_once(names: list[str]) -> dict[str, Any]:
     return {"allOf": once}
 
 
-def _infer_request(model: ModelVersion) -> dict[str, Any]:
+def _infer_request(model: ServedModel) -> dict[str, Any]:
     inputs = [_tensor(s, answer=False) for s in model.inputs.values()]
     return {
         "type": "object",
@@ -138,7 +139,7 @@ def _infer_request(model: ModelVersion) -> dict[str, Any]:
     }
 
 
-def _infer_response(model: ModelVersion) -> dict[str, Any]:
+def _infer_response(model: ServedModel) -> dict[str, Any]:
     return {
         "type": "object",
         "required": ["model_name", "outputs"],
@@ -179,11 +180,11 @@ def _infer_example(sample: Mapping[str, np.ndarray]) -> dict[str, Any]:
     }
 
 
-def _is_text(model: ModelVersion) -> bool:
+def _is_text(model: ServedModel) -> bool:
     return len(model.inputs) == 1 and next(iter(model.inputs.values())).dtype.kind == "O"
 
 
-def _predict_request(model: ModelVersion, sample: Mapping[str, np.ndarray]) -> tuple[Any, Any]:
+def _predict_request(model: ServedModel, sample: Mapping[str, np.ndarray]) -> tuple[Any, Any]:
     """The :predict body's schema and an example, or (None, None) for a model it cannot take."""
     if len(model.inputs) != 1:
         return None, None
@@ -243,7 +244,7 @@ def _predict_request(model: ModelVersion, sample: Mapping[str, np.ndarray]) -> t
     return schema, dict(zip(features, rows[0], strict=False))
 
 
-def predict_example(model: ModelVersion, sample: Mapping[str, np.ndarray]) -> tuple[Any, str]:
+def predict_example(model: ServedModel, sample: Mapping[str, np.ndarray]) -> tuple[Any, str]:
     """An example request for ``model`` and the form it takes: ``"features"`` (a
     :predict object of named features), ``"text"`` (:predict ``{"inputs": ...}``),
     ``"rows"`` (:predict ``{"instances": [[...]]}``) or ``"json"`` (a V2 infer request).
@@ -256,7 +257,7 @@ def predict_example(model: ModelVersion, sample: Mapping[str, np.ndarray]) -> tu
     return example, "features" if model.config.features is not None else "rows"
 
 
-def _prediction(model: ModelVersion) -> dict[str, Any]:
+def _prediction(model: ServedModel) -> dict[str, Any]:
     """One prediction: a label and probabilities for a classifier, else the outputs."""
     labels = model.config.labels
     properties: dict[str, Any] = {}
@@ -282,7 +283,7 @@ def _prediction(model: ModelVersion) -> dict[str, Any]:
     return {}  # the outputs' rows, as they come
 
 
-def _predict_response(model: ModelVersion) -> dict[str, Any]:
+def _predict_response(model: ServedModel) -> dict[str, Any]:
     one = _prediction(model)
     many = {
         "type": "object",
@@ -293,7 +294,7 @@ def _predict_response(model: ModelVersion) -> dict[str, Any]:
 
 
 def _model_paths(
-    model: ModelVersion, versions: list[str], sample: Mapping[str, np.ndarray]
+    model: ServedModel, versions: list[str], sample: Mapping[str, np.ndarray]
 ) -> dict[str, Any]:
     name = model.name
     tag = [name]
@@ -375,9 +376,9 @@ def _model_paths(
 
 
 def openapi_document(
-    models: Sequence[ModelVersion],
-    states: Sequence[ModelState],
-    sample: Callable[[ModelVersion], Mapping[str, np.ndarray]],
+    models: Sequence[ServedModel],
+    states: Sequence[VersionStateLike],
+    sample: Callable[[ServedModel], Mapping[str, np.ndarray]],
     *,
     version: str,
     control: bool,

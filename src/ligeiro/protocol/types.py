@@ -37,12 +37,16 @@ class TensorSpecLike(Protocol):
 
 
 class ModelConfigLike(Protocol):
-    """What the friendly endpoint reads of a model's config.toml."""
+    """What the friendly endpoint and the OpenAPI document read of a model's config.toml."""
 
     @property
     def features(self) -> list[str] | None: ...
     @property
     def labels(self) -> list[str] | None: ...
+    @property
+    def platform(self) -> str: ...
+    @property
+    def version_labels(self) -> Mapping[str, int] | None: ...
 
 
 class ServedModel(Protocol):
@@ -73,6 +77,8 @@ class VersionStateLike(Protocol):
     def version(self) -> str: ...
     @property
     def is_ready(self) -> bool: ...
+    @property
+    def reason(self) -> str: ...
     @property
     def index_reason(self) -> str: ...
     @property

@@ -24,7 +24,7 @@ from ..protocol.codec import PLATFORMS
 from ..protocol.datatypes import datatype_of
 from ..protocol.embeddings import embedding_output
 from ..protocol.openapi import openapi_document, plain, predict_example
-from ..repository.warmup import generated_sample, sample
+from ..warmup import generated_sample, sample
 
 if TYPE_CHECKING:
     from collections.abc import Callable
