@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from ..metrics import Metrics
     from ..repository.registry import Registry
     from ..settings import ServerSettings
-    from .control import Change, Coordinator
+    from .control import Change, Coordinator, Watcher
 
 __all__ = ["serve"]
 
@@ -98,7 +98,7 @@ async def _serve(
     from ..dataplane import DataPlane
     from ..engine import Engine
     from ..metrics import Metrics
-    from .control import Control, LocalControl, WorkerControl
+    from .control import Control, LocalControl, Watcher, WorkerControl
     from ..web import Site
     from .http import Connections, HttpApp, HttpConnection
 
@@ -108,6 +108,12 @@ async def _serve(
         loop.add_signal_handler(signum, stop.set)
 
     metrics = Metrics()
+    watcher = None
+    if control_pipe is None and settings.model_control == "poll":
+        # Armed before the repository loads: a change made meanwhile is reloaded.
+        root = Path(settings.repository).absolute()
+        discover(root, settings.model_name)  # a missing repository: its error, not the watcher's
+        watcher = Watcher(root, settings.model_name)
     if registry is None:
         engine = Engine.from_repository(
             settings.repository,
@@ -130,13 +136,13 @@ async def _serve(
 
         tracing = Tracing(settings.otel_endpoint)
     control: Control
-    watcher = None
+    watching = None
     if control_pipe is not None:  # one of several workers: the supervisor leads changes
         control = WorkerControl(engine, settings.model_control, settings.admin_token, control_pipe)
     else:
         local = control = LocalControl(engine, settings.model_control, settings.admin_token)
-        if settings.model_control == "poll":
-            watcher = loop.create_task(local.watch(engine.registry.root.absolute(), stop))
+        if watcher is not None:
+            watching = loop.create_task(local.watch(watcher, stop))
     plane = DataPlane(engine, metrics, access_log=access_log, tracing=tracing)
     site = Site(
         engine,
@@ -188,8 +194,8 @@ async def _serve(
 
     await stop.wait()
     sampler.cancel()
-    if watcher is not None:
-        await watcher
+    if watching is not None:
+        await watching
     if isinstance(control, WorkerControl):
         control.close()
     logger.info("shutting down (pid %d): draining %d connection(s)", os.getpid(), len(connections))
@@ -379,6 +385,7 @@ class _Supervisor:
             grpc_reserved.getsockname()[1] if grpc_reserved is not None else 0,
         )
         previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        watcher = None
         try:
             self._load_shared()
             pending = [self._start(slot, ports) for slot in range(self.workers)]
@@ -388,6 +395,13 @@ class _Supervisor:
                     f"{self.workers - len(pids)} of {self.workers} workers did not "
                     "start (their errors are logged above)"
                 )
+            if settings.model_control == "poll":
+                from .control import Watcher
+
+                # Armed before the server says it serves: a change made as soon as it
+                # does is reloaded on every worker. (After the workers' first fork: a
+                # fork should not copy a process whose other threads may hold locks.)
+                watcher = Watcher(Path(settings.repository).resolve(), settings.model_name)
             grpc_text = (
                 f" and grpc://{_grpc_address(settings.grpc_host(), ports[1])}"
                 if grpc_reserved is not None
@@ -401,9 +415,11 @@ class _Supervisor:
                 len(pids),
                 ", ".join(map(str, pids)),
             )
-            self._watch(ports)
+            self._watch(ports, watcher)
         finally:
             self._shutdown()
+            if watcher is not None:
+                watcher.close()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             reserved.close()
@@ -469,32 +485,27 @@ class _Supervisor:
         self._stopping = True
         os.write(self._wake_write, b"x")
 
-    def _watch(self, ports: tuple[int, int]) -> None:
+    def _watch(self, ports: tuple[int, int], watcher: Watcher | None) -> None:
         from .control import Coordinator, watch
 
         self._coordinator = Coordinator(self._registry, _START_TIMEOUT_S)
         changes, send = self._context.Pipe(duplex=False)
         stop_watching = threading.Event()
-        watcher = None
-        if self.settings.model_control == "poll":
-            watcher = threading.Thread(
+        thread = None
+        if watcher is not None:
+            thread = threading.Thread(
                 target=watch,
-                args=(
-                    Path(self.settings.repository).resolve(),
-                    send.send,
-                    stop_watching,
-                    self.settings.model_name,
-                ),
+                args=(watcher, send.send, stop_watching),
                 name="ligeiro-watch",
                 daemon=True,
             )
-            watcher.start()
+            thread.start()
         try:
             self._wait(ports, changes)
         finally:
             stop_watching.set()
-            if watcher is not None:
-                watcher.join(5)
+            if thread is not None:
+                thread.join(5)
             changes.close()
             send.close()
 
