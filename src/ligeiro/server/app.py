@@ -1,8 +1,10 @@
 """Run the server: one process, or a supervisor and N workers sharing the port.
 
 A worker listens (HTTP, and gRPC on its own port, both on one event loop), and on
-SIGTERM/SIGINT stops accepting, closes idle connections, lets each connection finish
-the request it is receiving (gRPC calls get the same grace), then exits. With
+SIGTERM/SIGINT stops accepting, lets each connection finish the requests it is
+receiving or computing, the last answer saying ``Connection: close`` (an idle one waits
+half a second for a request its client may be sending; gRPC calls get the same grace),
+closes what is left at the graceful timeout, then exits. With
 ``workers > 1`` each worker binds its own ``SO_REUSEPORT`` sockets (the kernel spreads
 connections evenly); the supervisor reserves both ports first so ``port = 0`` works,
 restarts a worker that dies, and forwards the shutdown.
@@ -206,12 +208,12 @@ async def _serve(
         else None
     )
     connections.stop_sweeping()
-    for connection in list(connections):
-        connection.shutdown()
+    connections.shutdown()
     try:
         await asyncio.wait_for(connections.empty.wait(), settings.graceful_timeout_s)
     except TimeoutError:
-        logger.warning("graceful timeout: closing %d connection(s) mid-request", len(connections))
+        aborted = connections.abort()
+        logger.warning("graceful timeout: closed %d connection(s) mid-request", aborted)
     if grpc_stopped is not None:
         await grpc_stopped
     if access_log is not None:

@@ -1,0 +1,189 @@
+"""Faults under load: SIGTERM, a worker killed, the disk changed under the server.
+
+Keep-alive clients (raw HTTP/1.1, one request in flight each) hold the server busy
+while a fault happens; every request a client sends is counted as answered (by
+status) or failed (the connection ended without its answer). Loopback only; every
+wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import IRIS_REQUEST, Server, start_server
+
+_BODY = json.dumps(IRIS_REQUEST).encode()
+_REQUEST = (
+    b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(_BODY), _BODY)
+)
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+class Clients:
+    """``connections`` keep-alive clients in a thread, each sending its next request as
+    soon as its answer arrives.
+
+    ``answers`` counts answers by status, and ``"close"`` for those that said
+    ``Connection: close``; ``failed`` lists the requests sent whose connection ended
+    without an answer. After a close (or a failure) a client opens a new connection
+    when ``reconnect``, else it stops.
+    """
+
+    def __init__(self, srv: Server, connections: int = 8, *, reconnect: bool) -> None:
+        self.srv = srv
+        self.connections = connections
+        self.reconnect = reconnect
+        self.answers: Counter[str] = Counter()
+        self.failed: list[str] = []
+        self.refused = 0  # new connections refused: the server no longer listens
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    @property
+    def total(self) -> int:
+        return sum(v for k, v in self.answers.items() if k != "close")
+
+    def __enter__(self) -> Clients:
+        self._thread.start()
+        wait_for(lambda: self.total > 50, "the load to start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "the clients did not stop"
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    async def _run(self) -> None:
+        await asyncio.gather(*(self._client() for _ in range(self.connections)))
+
+    async def _client(self) -> None:
+        while not self._stop.is_set():
+            try:
+                reader, writer = await asyncio.open_connection(self.srv.host, self.srv.port)
+            except OSError:
+                self.refused += 1
+                if not self.reconnect:
+                    return
+                await asyncio.sleep(0.01)
+                continue
+            try:
+                again = await self._requests(reader, writer)
+            finally:
+                writer.close()
+            if not (again and self.reconnect):
+                return
+
+    async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Requests on one connection until it closes; whether the client goes on."""
+        while not self._stop.is_set():
+            try:
+                writer.write(_REQUEST)
+                status = int((await asyncio.wait_for(reader.readline(), 30)).split()[1])
+                length, close = 0, False
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.partition(b":")
+                    name = name.strip().lower()
+                    if name == b"content-length":
+                        length = int(value)
+                    elif name == b"connection" and value.strip().lower() == b"close":
+                        close = True
+                await reader.readexactly(length)
+            except (IndexError, ValueError, OSError, asyncio.IncompleteReadError) as exc:
+                self.failed.append(repr(exc))
+                return True
+            self.answers[str(status)] += 1
+            if close:
+                self.answers["close"] += 1
+                return True
+        return False
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_under_load_answers_every_request(repository: Path, workers: str) -> None:
+    """Every request sent before the server says Connection: close is answered; the
+    exit is prompt (not the graceful timeout)."""
+    srv = start_server(repository, "--workers", workers, "--graceful-timeout", "20")
+    try:
+        with Clients(srv, reconnect=False) as clients:
+            wait_for(lambda: clients.total >= 5_000, "5,000 answers", 60)
+            started = time.monotonic()
+            srv.process.send_signal(signal.SIGTERM)
+            code = srv.process.wait(30)
+            took = time.monotonic() - started
+            wait_for(clients.done, "every client to stop", 10)
+    finally:
+        srv.stop()
+    assert code == 0
+    assert not clients.failed, (len(clients.failed), clients.failed[:3], clients.answers)
+    assert set(clients.answers) == {"200", "close"}, clients.answers
+    assert clients.answers["close"] == 8  # each connection was told, once
+    assert clients.total >= 5_000
+    assert took < 10, took
+    assert "graceful timeout" not in srv.output()
+    assert "Traceback" not in srv.output()
+
+
+def test_connections_accepted_as_shutdown_begins_are_told_to_close(repository: Path) -> None:
+    """Connections the kernel queued while the server was stopped (SIGSTOP), with a
+    request each, when SIGTERM arrives: each is answered with Connection: close, or
+    refused unanswered (never accepted); none is kept alive."""
+    srv = start_server(repository, "--graceful-timeout", "20")
+    sockets = []
+    try:
+        srv.process.send_signal(signal.SIGSTOP)
+        for _ in range(16):
+            sock = socket.create_connection((srv.host, srv.port), timeout=10)
+            sock.sendall(_REQUEST)
+            sockets.append(sock)
+        srv.process.send_signal(signal.SIGTERM)
+        srv.process.send_signal(signal.SIGCONT)
+        outcomes = Counter()
+        for sock in sockets:
+            received = b""
+            try:
+                while chunk := sock.recv(65536):
+                    received += chunk
+            except ConnectionResetError:
+                pass
+            except TimeoutError:
+                outcomes["kept open"] += 1
+                continue
+            if not received:
+                outcomes["refused unanswered"] += 1
+            elif received.startswith(b"HTTP/1.1 200") and b"connection: close" in received:
+                outcomes["answered, close"] += 1
+            else:
+                outcomes[f"other: {received[:60]!r}"] += 1
+        assert srv.process.wait(30) == 0
+    finally:
+        for sock in sockets:
+            sock.close()
+        srv.stop()
+    assert set(outcomes) <= {"answered, close", "refused unanswered"}, outcomes
+    assert "graceful timeout" not in srv.output()
