@@ -187,3 +187,52 @@ def test_connections_accepted_as_shutdown_begins_are_told_to_close(repository: P
         srv.stop()
     assert set(outcomes) <= {"answered, close", "refused unanswered"}, outcomes
     assert "graceful timeout" not in srv.output()
+
+
+def _fresh(srv: Server, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    """One request on a new connection: with SO_REUSEPORT, any worker may answer."""
+    import http.client
+
+    conn = http.client.HTTPConnection(srv.host, srv.port, timeout=30)
+    try:
+        conn.request(method, path, body=body)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_without_model_control_a_restarted_worker_never_loads_a_changed_disk(
+    repository: Path,
+) -> None:
+    """Each worker loads its own copy (--threads 2): a worker that dies is restarted while
+    the disk is unchanged; once a model file is overwritten, it is not (it would load
+    the garbage), the other serves on, and without any worker the server fails."""
+    srv = start_server(repository, "--workers", "2", "--threads", "2")
+    try:
+        first, second = children(srv.process.pid)
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: len(set(children(srv.process.pid)) - {first, second}) == 1, "a worker")
+        third = (set(children(srv.process.pid)) - {second}).pop()
+        wait_for(lambda: _fresh(srv, "GET", "/v2/health/ready")[0] == 200, "readiness")
+        (repository / "iris" / "1" / "model.onnx").write_bytes(b"garbage, not onnx")
+        os.kill(third, signal.SIGKILL)
+        wait_for(lambda: "worker 0 is not restarted" in srv.output(), "the refusal")
+        assert children(srv.process.pid) == [second]
+        answers = Counter(
+            (status, json.loads(body)["model_version"])
+            for status, body in (
+                _fresh(srv, "POST", "/v2/models/iris/infer", _BODY) for _ in range(40)
+            )
+        )
+        assert answers == {(200, "1"): 40}
+        ready = [_fresh(srv, "GET", "/v2/health/ready")[0] for _ in range(20)]
+        assert ready == [200] * 20
+        os.kill(second, signal.SIGKILL)
+        assert srv.process.wait(30) == 1
+    finally:
+        srv.stop()
+    log = srv.output()
+    assert "the repository changed on disk since the server started" in log
+    assert "no worker left" in log
+    assert "Traceback" not in log

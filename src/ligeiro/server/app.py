@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, LigeiroError
 from ..extras import require
-from ..repository.layout import discover
+from ..repository.layout import discover, fingerprint
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -364,6 +364,8 @@ class _Supervisor:
         # Each worker's control pipe (ligeiro.server.control): model changes run on all.
         self._pipes: dict[int, Connection] = {}
         self._coordinator: Coordinator | None = None
+        self._root = Path(settings.repository)
+        self._started_with: frozenset[tuple[str, int, int]] | None = None
         self._stopping = False
         # The signal handler writes here so that wait() wakes up: no polling.
         self._wake_read, self._wake_write = os.pipe()
@@ -390,6 +392,9 @@ class _Supervisor:
         watcher = None
         try:
             self._load_shared()
+            if self._registry is None and settings.model_control == "none":
+                # Each worker loads from disk: a restarted one must find it unchanged.
+                self._started_with = fingerprint(self._root)
             pending = [self._start(slot, ports) for slot in range(self.workers)]
             pids = [pid for pid in map(_ready_pid, pending) if pid is not None]
             if len(pids) < self.workers:
@@ -569,10 +574,35 @@ class _Supervisor:
                     )
                     if wait([self._wake_read], timeout=_RESTART_BACKOFF_S):
                         break
+                if not self._may_restart(slot):
+                    continue
                 self._start(slot, ports).close()
                 if self._registry is None:  # it loaded the disk's state: replay the API's
                     for change in self._coordinator.applied:
                         self._coordinator.run({slot: self._pipes[slot]}, change, replay=True)
+
+    def _may_restart(self, slot: int) -> bool:
+        """Whether a worker may load the repository from disk again: always, unless it
+        changed since the start without model control (the others serve what was
+        there then). Without one left, the server fails."""
+        if self._started_with is None or fingerprint(self._root) == self._started_with:
+            return True
+        self._workers.pop(slot)
+        self._pipes.pop(slot).close()
+        logger.error(
+            "worker %d is not restarted: the repository changed on disk since the server "
+            "started, and with --model-control none a new worker (each loads its own copy) "
+            "would serve the change; %d worker(s) serve on what was there at the start. "
+            "Restart the server to serve the change, or use --model-control poll",
+            slot,
+            len(self._workers),
+        )
+        if not self._workers:
+            raise LigeiroError(
+                "no worker left: the repository changed on disk since the server started "
+                "(--model-control none); restart the server to serve the change"
+            )
+        return False
 
     def _shutdown(self) -> None:
         processes = [process for process, _ in self._workers.values() if process.is_alive()]
