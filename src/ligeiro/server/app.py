@@ -110,7 +110,7 @@ async def _serve(
         loop.add_signal_handler(signum, stop.set)
 
     metrics = Metrics()
-    watcher = None
+    watcher: Watcher | None = None
     if control_pipe is None and settings.model_control == "poll":
         # Armed before the repository loads: a change made meanwhile is reloaded.
         root = Path(settings.repository).absolute()
@@ -389,7 +389,7 @@ class _Supervisor:
             grpc_reserved.getsockname()[1] if grpc_reserved is not None else 0,
         )
         previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
-        watcher = None
+        watcher: Watcher | None = None
         try:
             self._load_shared()
             if self._registry is None and settings.model_control == "none":
