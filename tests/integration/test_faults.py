@@ -331,3 +331,19 @@ def test_a_model_folder_removed_from_disk(repository: Path, mode: str) -> None:
         assert set(clients.answers) == {"200"}, clients.answers
         assert status == 200
     assert "Traceback" not in srv.output()
+
+
+def test_the_access_log_on_a_full_disk_fails_no_request(repository: Path) -> None:
+    """--access-log /dev/full (every write: ENOSPC) under load: every request is answered,
+    the failure is logged once, no traceback."""
+    srv = start_server(repository, "--access-log", "/dev/full")
+    try:
+        with Clients(srv, reconnect=False) as clients:
+            wait_for(lambda: clients.total >= 2_000, "2,000 answers", 60)
+    finally:
+        assert srv.stop() == 0
+    assert not clients.failed, clients.failed[:3]
+    assert set(clients.answers) == {"200"}, clients.answers
+    log = srv.output()
+    assert log.count("access log: cannot write ([Errno 28] No space left on device)") == 1
+    assert "Traceback" not in log
