@@ -347,3 +347,52 @@ def test_the_access_log_on_a_full_disk_fails_no_request(repository: Path) -> Non
     log = srv.output()
     assert log.count("access log: cannot write ([Errno 28] No space left on device)") == 1
     assert "Traceback" not in log
+
+
+@pytest.mark.parametrize(
+    "stop", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name
+)
+def test_score_stopped_half_way_leaves_nothing_at_the_destination(
+    tmp_path: Path, examples: Path, stop: signal.Signals
+) -> None:
+    """``ligeiro score`` writes into a hidden temporary file and renames it when done:
+    stopped half-way, the destination does not exist; SIGTERM and SIGINT also remove
+    the temporary file (SIGKILL cannot)."""
+    import subprocess
+    import sys
+
+    source = tmp_path / "in.csv"
+    with source.open("w") as f:
+        f.write("id,sepal_length,sepal_width,petal_length,petal_width\n")
+        f.writelines(f"{i},5.1,3.5,1.4,0.2\n" for i in range(200_000))
+    output = tmp_path / "out" / "scores.csv"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ligeiro", "score", str(examples / "iris"), str(source),
+         "-o", str(output), "--batch-rows", "64"],
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        # Half-way: the temporary file holds some rows.
+        wait_for(
+            lambda: any(p.stat().st_size for p in output.parent.glob(".*.tmp"))
+            if output.parent.is_dir()
+            else process.poll() is not None,
+            "rows written",
+            60,
+        )
+        assert process.poll() is None, "it finished before it could be stopped"
+        process.send_signal(stop)
+        code = process.wait(30)
+    finally:
+        process.kill()
+        process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
+    assert not output.exists()
+    left = [p.name for p in output.parent.iterdir()]
+    if stop == signal.SIGKILL:
+        assert code == -9
+        assert all(name.startswith(".") for name in left), left
+    else:
+        assert code == 128 + stop
+        assert left == []
