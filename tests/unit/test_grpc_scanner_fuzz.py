@@ -1,4 +1,5 @@
-"""Differential fuzzing: ligeiro's ModelInferRequest reader against protobuf's parser.
+"""Differential fuzzing: ligeiro's ModelInferRequest reader against protobuf's parser,
+and its hand-written ModelInferResponse bytes against protobuf's serializer.
 
 ``parse_infer_request`` reads the usual request straight from the wire and hands any
 other to protobuf. Whatever the bytes, it must end as protobuf's own path does
@@ -7,6 +8,9 @@ the same error, or the same names, arrays, outputs and id. The messages are writ
 here at the wire level, so that lengths and varints come in the forms protobuf's
 serializer never writes (overlong, over 10 bytes, over 64 bits), fields come in any
 order, twice, or unknown; then some are mutated byte by byte.
+
+Answers: any names, version, id and outputs (every datatype, any shape, BYTES with
+any text) are written byte for byte as ``SerializeToString`` writes them.
 
 Bounded: a fixed seed (derandomize), no example database, a few seconds. Cases found
 on the way are kept as ``@example``s.
@@ -19,9 +23,16 @@ from typing import Any
 import numpy as np
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from ligeiro.errors import InvalidInputError
-from ligeiro.protocol.grpc_codec import decode_infer_request, parse_infer_request, pb
+from ligeiro.protocol.grpc_codec import (
+    decode_infer_request,
+    encode_infer_response,
+    parse_infer_request,
+    pb,
+)
+from tests.unit.test_grpc_codec import _protobuf_answer
 
 _DATATYPES = ("FP32", "FP64", "INT64", "INT32", "UINT8", "BOOL", "FP16", "BYTES", "FP99", "")
 _ITEMSIZE = {"FP32": 4, "FP64": 8, "INT64": 8, "INT32": 4, "UINT8": 1, "BOOL": 1, "FP16": 2}
@@ -215,3 +226,29 @@ def test_the_regression_cases_are_what_they_say() -> None:
     decoded = parse_infer_request(usual).decode()
     assert decoded.outputs == ["é" * 100]  # a 200-byte name: two length bytes, read right
     assert decoded.inputs["x"].tolist() == [0.0]
+
+
+_SHAPES = hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4)
+_NUMERIC = st.sampled_from(["<f4", "<f8", "<f2", "<i8", "<i4", "<i2", "i1", "u1", "<u2",
+                            "<u4", "<u8", "?"]).map(np.dtype)  # fmt: skip
+arrays = hnp.arrays(_NUMERIC, _SHAPES) | _SHAPES.flatmap(
+    lambda shape: st.lists(st.text(max_size=5), min_size=int(np.prod(shape)),
+                           max_size=int(np.prod(shape)))
+    .map(lambda texts: np.array(texts, dtype=object).reshape(shape))
+)  # fmt: skip
+
+
+@settings(max_examples=150, derandomize=True, database=None, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@given(
+    st.text(max_size=140),
+    st.text(max_size=3),
+    st.dictionaries(st.text(max_size=140), arrays, max_size=3),
+    st.none() | st.text(max_size=140),
+)
+def test_answers_are_written_as_protobuf_writes_them(
+    name: str, version: str, outputs: dict[str, np.ndarray], request_id: str | None
+) -> None:
+    expected = _protobuf_answer(name, version, outputs, request_id)
+    for _ in range(2):  # the second time from the kept pieces
+        assert encode_infer_response(name, version, outputs, request_id) == expected
