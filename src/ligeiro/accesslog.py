@@ -3,12 +3,15 @@
 Lines are buffered and written together at the end of the event loop's pass (one
 ``write`` for every request answered in that pass), in chunks that end at a line and
 stay under ``PIPE_BUF``, so several workers writing to one pipe or ``O_APPEND`` file
-never interleave within a line.
+never interleave within a line. A write that fails (a full disk, a closed pipe) drops
+its lines and never fails a request: the first failure is logged once, and so is the
+count dropped when writing works again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from typing import TYPE_CHECKING, final
@@ -19,6 +22,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 __all__ = ["AccessLog", "AccessRecord"]
+
+logger = logging.getLogger(__name__)
 
 # POSIX guarantees writes up to PIPE_BUF bytes to a pipe are not interleaved.
 _CHUNK = 4096
@@ -65,6 +70,7 @@ class AccessLog:
         self._owned = owned
         self._pending: list[bytes] = []
         self._pid = os.getpid()
+        self._dropped = 0  # lines lost since a write failed; 0 while writes work
 
     @classmethod
     def open(cls, target: str | Path) -> AccessLog:
@@ -116,9 +122,18 @@ class AccessLog:
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            if not self._dropped:
+                logger.error("access log: cannot write (%s); dropping its lines until it can", exc)
+            self._dropped += bytes(view).count(b"\n")  # a line cut short is dropped too
+            return
+        if self._dropped:
+            logger.warning("access log: writing again; %d line(s) dropped", self._dropped)
+            self._dropped = 0
 
     def close(self) -> None:
         """Write what is pending; close the file if this log opened it."""

@@ -6,6 +6,7 @@ Errors print one line and exit with the code their class defines.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -617,10 +618,20 @@ def score(
         )
         click.echo(summary.line())
         return
-    summary = score_files(
-        model, source, output, options, progress=sys.stderr if shows_progress else None
-    )
+    # SIGTERM (a scheduler stopping the job) unwinds as Ctrl-C does: the output's
+    # temporary file is removed, and the destination is left as it was.
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        summary = score_files(
+            model, source, output, options, progress=sys.stderr if shows_progress else None
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     click.echo(summary.line())
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 @cli.command()

@@ -138,13 +138,18 @@ def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     layer: dict[str, Any] = {}
-    for name, value in env.items():
+    for name, value in sorted(env.items()):  # LIGEIRO_HTTP before LIGEIRO_HTTP__PORT
         if not name.startswith(ENV_PREFIX):
             continue
         *sections, key = name[len(ENV_PREFIX) :].lower().split("__")
         target = layer
         for section in sections:
             target = target.setdefault(section, {})
+            if not isinstance(target, dict):  # LIGEIRO_HTTP=x and LIGEIRO_HTTP__PORT=1
+                raise ConfigError(
+                    f"environment ({ENV_PREFIX}* variables): {name} sets a field of "
+                    f"{section!r}, which another variable sets to a value"
+                )
         target[key] = value
     return layer
 

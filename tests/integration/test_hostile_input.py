@@ -44,6 +44,31 @@ def test_invalid_utf8_in_a_json_string_is_400(server: Server, path: str, body: b
 
 
 @pytest.mark.parametrize(
+    ("path", "body", "error"),
+    [
+        ("/v2/models/iris/infer",
+         b'{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP32",'
+         b'"data":[1e39,1,1,1]}]}',
+         "input 'float_input': data out of range for FP32: overflow encountered in cast"),
+        ("/v2/models/iris/infer",
+         b'{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP32",'
+         b'"data":[-3.5e38,1,1,1]}]}',
+         "input 'float_input': data out of range for FP32: overflow encountered in cast"),
+        ("/v1/models/iris:predict", b'{"instances":[[1e39,1,1,1]]}',
+         "instances do not form a float32 matrix: overflow encountered in cast"),
+    ],
+)  # fmt: skip
+def test_a_number_out_of_the_float_range_is_400(
+    server: Server, path: str, body: bytes, error: str
+) -> None:
+    """Found by fuzzing the REST decoder: numpy turned 1e39 into an FP32 inf (a warning
+    logged) and the model answered 200 with NaN probabilities."""
+    assert post(server, path, body) == (400, error)
+    assert "RuntimeWarning" not in server.output()
+    assert_no_traceback(server)
+
+
+@pytest.mark.parametrize(
     ("path", "body"),
     [
         ("/v2/models/iris/infer", b'{"inputs":[{"name":"float_input","shape":[1],"datatype":"FP32","data":'

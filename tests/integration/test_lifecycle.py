@@ -375,3 +375,23 @@ def test_tritonclient_drives_the_repository_api(
     finally:
         client.close()
         srv.stop()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_poll_sees_a_change_made_as_soon_as_the_server_serves(
+    repository: Path, model_bytes: bytes, workers: str
+) -> None:
+    """The watcher is armed before the server says it serves (it once started in a
+    thread after that line, so a version written at once was never loaded)."""
+    srv = start_server(repository, "--workers", workers, "--model-control", "poll")
+    try:
+        _version(repository, 2, model_bytes)
+        deadline = time.monotonic() + 10
+        version = ""
+        while version != "2" and time.monotonic() < deadline:
+            version = srv.post("/v2/models/iris/infer", IRIS_REQUEST).json()["model_version"]
+            time.sleep(0.05)
+        assert version == "2", srv.output()
+    finally:
+        assert srv.stop() == 0
+    assert "Traceback" not in srv.output()

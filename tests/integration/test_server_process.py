@@ -182,7 +182,7 @@ def test_sigterm_finishes_the_request_in_flight(repository: Path, workers: str) 
         busy.sendall(ROW[:20])
         time.sleep(0.3)  # let the server read the first half before the signal
         srv.process.send_signal(signal.SIGTERM)
-        # ...the idle keep-alive connection is closed at once...
+        # ...the idle keep-alive connection is closed (after half a second)...
         idle.settimeout(10)
         assert idle.recv(65536) == b""
         wait_for(lambda: srv.output().count("shutting down") == int(workers))  # every worker

@@ -168,7 +168,8 @@ def tensor_from_json(tensor: RequestInput) -> np.ndarray:
                     f"{where}{tensor.datatype} data must be numbers, "
                     f"got {type(first).__name__} {first!r}"
                 )
-            array = np.array(data, dtype=dtype)
+            with np.errstate(over="raise"):  # 1e39 as FP32: out of range, not inf
+                array = np.array(data, dtype=dtype)
         else:
             # Integers and booleans: refuse floats (numpy would truncate them silently)
             # and out-of-range values (numpy raises OverflowError).
@@ -183,7 +184,7 @@ def tensor_from_json(tensor: RequestInput) -> np.ndarray:
                     f"got {type(wrong).__name__} {wrong!r}"
                 )
             array = np.array(data, dtype=dtype)
-    except OverflowError as exc:
+    except (OverflowError, FloatingPointError) as exc:
         raise InvalidInputError(f"{where}data out of range for {tensor.datatype}: {exc}") from None
     except (ValueError, TypeError) as exc:
         raise InvalidInputError(f"{where}data does not fit {tensor.datatype}: {exc}") from None

@@ -264,11 +264,14 @@ def _scan_infer_request(data: bytes) -> InferRequestMessage | None:
                 request_id = data[position:end].decode()
             elif tag == _OUTPUTS:
                 # InferRequestedOutputTensor: only its name (field 1) and nothing else.
-                if data[position] != 0x0A or data[position + 1] != end - position - 2:
+                if position == end:
+                    return None
+                field, start, stop = _length_delimited(data, position)
+                if field != 0x0A or stop != end:
                     return None
                 if outputs is None:
                     outputs = []
-                outputs.append(data[position + 2 : end].decode())
+                outputs.append(data[start:end].decode())
             else:
                 return None
             position = end
@@ -326,13 +329,20 @@ def _length_delimited(data: bytes, position: int) -> tuple[int, int, int]:
 
 
 def _read_varint(data: bytes, position: int) -> tuple[int, int]:
-    """A varint at ``position``, and the position after it (IndexError if cut short)."""
+    """A varint at ``position``, and the position after it.
+
+    IndexError if it is cut short, runs over 10 bytes, or holds more than 64 bits:
+    protobuf refuses the first two and cuts the last to 64 bits, so the scanner gives
+    all three to protobuf rather than guess.
+    """
     value = shift = 0
     while True:
         byte = data[position]
         position += 1
         value |= (byte & 0x7F) << shift
         if byte < 0x80:
+            if value >> 64:
+                raise IndexError("varint over 64 bits")
             return value, position
         shift += 7
         if shift > 63:

@@ -133,8 +133,9 @@ def decode_predict(body: bytes, model: ServedModel) -> tuple[dict[str, np.ndarra
         for i, x in enumerate(instances)
     ]
     try:
-        array = np.array(rows, dtype=spec.dtype)
-    except (ValueError, TypeError) as exc:
+        with np.errstate(over="raise"):  # 1e39 as float32: out of range, not inf
+            array = np.array(rows, dtype=spec.dtype)
+    except (ValueError, TypeError, OverflowError, FloatingPointError) as exc:
         raise InvalidInputError(
             f"instances do not form a {spec.dtype.name} matrix: {exc}"
         ) from None

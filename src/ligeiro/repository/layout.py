@@ -7,7 +7,9 @@ a single model at ``/mnt/models``): ``<folder>/model.onnx`` (version 1) or
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,7 +18,7 @@ from ..errors import ModelLoadError, ModelNotFoundError
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["MODEL_FILE", "ModelFolder", "discover", "locate"]
+__all__ = ["MODEL_FILE", "ModelFolder", "discover", "fingerprint", "locate"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,3 +125,19 @@ def locate(path: Path) -> tuple[ModelFolder, int | None]:
         f"{path}: not a model folder (expected {path}/<version>/{MODEL_FILE}, "
         f"or a version folder holding {MODEL_FILE})"
     )
+
+
+def fingerprint(root: Path) -> frozenset[tuple[str, int, int]]:
+    """Every file under ``root`` as (path, size, modification time in ns): equal
+    fingerprints, unchanged files. Hidden entries and ``__pycache__`` (written by
+    loading a Python model) are left out, as loading leaves them out."""
+    found = set()
+    for folder, folders, files in os.walk(root):
+        folders[:] = [f for f in folders if not f.startswith(".") and f != "__pycache__"]
+        for name in files:
+            if not name.startswith("."):
+                path = os.path.join(folder, name)
+                with contextlib.suppress(OSError):  # gone meanwhile: it is left out
+                    stat = os.stat(path)
+                    found.add((os.path.relpath(path, root), stat.st_size, stat.st_mtime_ns))
+    return frozenset(found)

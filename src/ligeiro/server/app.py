@@ -1,8 +1,10 @@
 """Run the server: one process, or a supervisor and N workers sharing the port.
 
 A worker listens (HTTP, and gRPC on its own port, both on one event loop), and on
-SIGTERM/SIGINT stops accepting, closes idle connections, lets each connection finish
-the request it is receiving (gRPC calls get the same grace), then exits. With
+SIGTERM/SIGINT stops accepting, lets each connection finish the requests it is
+receiving or computing, the last answer saying ``Connection: close`` (an idle one waits
+half a second for a request its client may be sending; gRPC calls get the same grace),
+closes what is left at the graceful timeout, then exits. With
 ``workers > 1`` each worker binds its own ``SO_REUSEPORT`` sockets (the kernel spreads
 connections evenly); the supervisor reserves both ports first so ``port = 0`` works,
 restarts a worker that dies, and forwards the shutdown.
@@ -35,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, LigeiroError
 from ..extras import require
-from ..repository.layout import discover
+from ..repository.layout import discover, fingerprint
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
     from ..metrics import Metrics
     from ..repository.registry import Registry
     from ..settings import ServerSettings
-    from .control import Change, Coordinator
+    from .control import Change, Coordinator, Watcher
 
 __all__ = ["serve"]
 
@@ -98,7 +100,7 @@ async def _serve(
     from ..dataplane import DataPlane
     from ..engine import Engine
     from ..metrics import Metrics
-    from .control import Control, LocalControl, WorkerControl
+    from .control import Control, LocalControl, Watcher, WorkerControl
     from ..web import Site
     from .http import Connections, HttpApp, HttpConnection
 
@@ -108,6 +110,12 @@ async def _serve(
         loop.add_signal_handler(signum, stop.set)
 
     metrics = Metrics()
+    watcher: Watcher | None = None
+    if control_pipe is None and settings.model_control == "poll":
+        # Armed before the repository loads: a change made meanwhile is reloaded.
+        root = Path(settings.repository).absolute()
+        discover(root, settings.model_name)  # a missing repository: its error, not the watcher's
+        watcher = Watcher(root, settings.model_name)
     if registry is None:
         engine = Engine.from_repository(
             settings.repository,
@@ -130,13 +138,13 @@ async def _serve(
 
         tracing = Tracing(settings.otel_endpoint)
     control: Control
-    watcher = None
+    watching = None
     if control_pipe is not None:  # one of several workers: the supervisor leads changes
         control = WorkerControl(engine, settings.model_control, settings.admin_token, control_pipe)
     else:
         local = control = LocalControl(engine, settings.model_control, settings.admin_token)
-        if settings.model_control == "poll":
-            watcher = loop.create_task(local.watch(engine.registry.root.absolute(), stop))
+        if watcher is not None:
+            watching = loop.create_task(local.watch(watcher, stop))
     plane = DataPlane(engine, metrics, access_log=access_log, tracing=tracing)
     site = Site(
         engine,
@@ -188,8 +196,8 @@ async def _serve(
 
     await stop.wait()
     sampler.cancel()
-    if watcher is not None:
-        await watcher
+    if watching is not None:
+        await watching
     if isinstance(control, WorkerControl):
         control.close()
     logger.info("shutting down (pid %d): draining %d connection(s)", os.getpid(), len(connections))
@@ -200,12 +208,12 @@ async def _serve(
         else None
     )
     connections.stop_sweeping()
-    for connection in list(connections):
-        connection.shutdown()
+    connections.shutdown()
     try:
         await asyncio.wait_for(connections.empty.wait(), settings.graceful_timeout_s)
     except TimeoutError:
-        logger.warning("graceful timeout: closing %d connection(s) mid-request", len(connections))
+        aborted = connections.abort()
+        logger.warning("graceful timeout: closed %d connection(s) mid-request", aborted)
     if grpc_stopped is not None:
         await grpc_stopped
     if access_log is not None:
@@ -356,6 +364,8 @@ class _Supervisor:
         # Each worker's control pipe (ligeiro.server.control): model changes run on all.
         self._pipes: dict[int, Connection] = {}
         self._coordinator: Coordinator | None = None
+        self._root = Path(settings.repository)
+        self._started_with: frozenset[tuple[str, int, int]] | None = None
         self._stopping = False
         # The signal handler writes here so that wait() wakes up: no polling.
         self._wake_read, self._wake_write = os.pipe()
@@ -379,8 +389,12 @@ class _Supervisor:
             grpc_reserved.getsockname()[1] if grpc_reserved is not None else 0,
         )
         previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        watcher: Watcher | None = None
         try:
             self._load_shared()
+            if self._registry is None and settings.model_control == "none":
+                # Each worker loads from disk: a restarted one must find it unchanged.
+                self._started_with = fingerprint(self._root)
             pending = [self._start(slot, ports) for slot in range(self.workers)]
             pids = [pid for pid in map(_ready_pid, pending) if pid is not None]
             if len(pids) < self.workers:
@@ -388,6 +402,13 @@ class _Supervisor:
                     f"{self.workers - len(pids)} of {self.workers} workers did not "
                     "start (their errors are logged above)"
                 )
+            if settings.model_control == "poll":
+                from .control import Watcher
+
+                # Armed before the server says it serves: a change made as soon as it
+                # does is reloaded on every worker. (After the workers' first fork: a
+                # fork should not copy a process whose other threads may hold locks.)
+                watcher = Watcher(Path(settings.repository).resolve(), settings.model_name)
             grpc_text = (
                 f" and grpc://{_grpc_address(settings.grpc_host(), ports[1])}"
                 if grpc_reserved is not None
@@ -401,9 +422,11 @@ class _Supervisor:
                 len(pids),
                 ", ".join(map(str, pids)),
             )
-            self._watch(ports)
+            self._watch(ports, watcher)
         finally:
             self._shutdown()
+            if watcher is not None:
+                watcher.close()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             reserved.close()
@@ -469,32 +492,27 @@ class _Supervisor:
         self._stopping = True
         os.write(self._wake_write, b"x")
 
-    def _watch(self, ports: tuple[int, int]) -> None:
+    def _watch(self, ports: tuple[int, int], watcher: Watcher | None) -> None:
         from .control import Coordinator, watch
 
         self._coordinator = Coordinator(self._registry, _START_TIMEOUT_S)
         changes, send = self._context.Pipe(duplex=False)
         stop_watching = threading.Event()
-        watcher = None
-        if self.settings.model_control == "poll":
-            watcher = threading.Thread(
+        thread = None
+        if watcher is not None:
+            thread = threading.Thread(
                 target=watch,
-                args=(
-                    Path(self.settings.repository).resolve(),
-                    send.send,
-                    stop_watching,
-                    self.settings.model_name,
-                ),
+                args=(watcher, send.send, stop_watching),
                 name="ligeiro-watch",
                 daemon=True,
             )
-            watcher.start()
+            thread.start()
         try:
             self._wait(ports, changes)
         finally:
             stop_watching.set()
-            if watcher is not None:
-                watcher.join(5)
+            if thread is not None:
+                thread.join(5)
             changes.close()
             send.close()
 
@@ -556,10 +574,35 @@ class _Supervisor:
                     )
                     if wait([self._wake_read], timeout=_RESTART_BACKOFF_S):
                         break
+                if not self._may_restart(slot):
+                    continue
                 self._start(slot, ports).close()
                 if self._registry is None:  # it loaded the disk's state: replay the API's
                     for change in self._coordinator.applied:
                         self._coordinator.run({slot: self._pipes[slot]}, change, replay=True)
+
+    def _may_restart(self, slot: int) -> bool:
+        """Whether a worker may load the repository from disk again: always, unless it
+        changed since the start without model control (the others serve what was
+        there then). Without one left, the server fails."""
+        if self._started_with is None or fingerprint(self._root) == self._started_with:
+            return True
+        self._workers.pop(slot)
+        self._pipes.pop(slot).close()
+        logger.error(
+            "worker %d is not restarted: the repository changed on disk since the server "
+            "started, and with --model-control none a new worker (each loads its own copy) "
+            "would serve the change; %d worker(s) serve on what was there at the start. "
+            "Restart the server to serve the change, or use --model-control poll",
+            slot,
+            len(self._workers),
+        )
+        if not self._workers:
+            raise LigeiroError(
+                "no worker left: the repository changed on disk since the server started "
+                "(--model-control none); restart the server to serve the change"
+            )
+        return False
 
     def _shutdown(self) -> None:
         processes = [process for process, _ in self._workers.values() if process.is_alive()]

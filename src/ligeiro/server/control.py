@@ -2,7 +2,8 @@
 
 - ``none``: the repository loads at start and never changes.
 - ``poll``: a watcher (watchfiles: the kernel's file events, no sleep loop) sees a model
-  folder change and reloads that model.
+  folder change and reloads that model. It is armed before the repository loads, so a
+  change made while the server starts, or right after it says it serves, is seen.
 - ``explicit``: the repository API (``POST /v2/repository/models/{m}/load`` and
   ``/unload``, and their gRPC twins) reloads or unloads a model; it needs the admin
   bearer token.
@@ -42,7 +43,15 @@ if TYPE_CHECKING:
     from ..engine import Engine
     from ..repository.registry import ModelState, Registry, Staged
 
-__all__ = ["Control", "Coordinator", "LocalControl", "WorkerControl", "model_names", "watch"]
+__all__ = [
+    "Control",
+    "Coordinator",
+    "LocalControl",
+    "Watcher",
+    "WorkerControl",
+    "model_names",
+    "watch",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -185,17 +194,15 @@ class LocalControl(Control):
         _log(names, staged, unload)
         return _outcome(names, staged.states())
 
-    async def watch(self, root: Path, stop: asyncio.Event) -> None:
+    async def watch(self, watcher: Watcher, stop: asyncio.Event) -> None:
         """Reload each model whose folder changes, until ``stop`` is set."""
-        import watchfiles
-
-        async for changes in watchfiles.awatch(root, stop_event=stop, debounce=DEBOUNCE_MS):
-            paths = (path for _, path in changes)
-            for name in sorted(model_names(root, paths, self.engine.registry.model_name)):
+        while (names := await asyncio.to_thread(watcher.changes, stop)) is not None:
+            for name in sorted(names):
                 try:
                     await self.apply((name,), None, False)
                 except LigeiroError as exc:
                     logger.error("reload of %r after a change on disk: %s", name, exc)
+        watcher.close()
 
 
 def _log(names: Iterable[str], staged: Staged, unload: bool) -> None:
@@ -364,20 +371,50 @@ class Coordinator:
         return states, None
 
 
-def watch(
-    root: Path,
-    send: Callable[[tuple[str, ...]], None],
-    stop: threading.Event,
-    model_name: str | None = None,
-) -> None:
-    """Call ``send`` with the model folders that change under ``root``, until ``stop``
-    (``model_name`` for any change, when ``root`` is that one model's folder).
+class Watcher:
+    """The model folders that change under ``root`` (``model_name`` for any change, when
+    ``root`` is that one model's folder), watched from the moment this is made.
 
-    Runs in a thread of the supervisor (watchfiles blocks).
+    ``watchfiles.watch`` and ``awatch`` start watching only when first iterated, in
+    whichever thread gets there: a change made before that (a new version written just
+    after the server said it serves, while the supervisor's watch thread was still
+    importing watchfiles) was never seen, and never reloaded. So this makes watchfiles'
+    own ``RustNotify`` at once, before the repository loads; the kernel's events queue
+    in it until the first ``changes`` call.
     """
-    import watchfiles
 
-    for changes in watchfiles.watch(root, stop_event=stop, debounce=DEBOUNCE_MS):
-        names = model_names(root, (path for _, path in changes), model_name)
+    def __init__(self, root: Path, model_name: str | None = None) -> None:
+        from watchfiles import DefaultFilter
+        from watchfiles._rust_notify import RustNotify  # what watchfiles.watch runs
+
+        self.root = root
+        self._model_name = model_name
+        self._filter = DefaultFilter()  # editors' swap files, __pycache__, .git
+        # (paths, debug, force_polling, poll_delay_ms, recursive, ignore_permission_denied)
+        self._notify = RustNotify([str(root)], False, False, 300, True, False)
+
+    def changes(self, stop: threading.Event | asyncio.Event) -> set[str] | None:
+        """Wait for a burst of file events to settle; the model folders they touched
+        (maybe none), or None once ``stop`` is set. Blocks: run it in a thread."""
+        from watchfiles import Change
+
+        raw = self._notify.watch(DEBOUNCE_MS, 50, 0, stop)
+        if isinstance(raw, str):  # "stop" ("signal" and "timeout" cannot come in a thread)
+            return None
+        paths = (path for change, path in raw if self._filter(Change(change), path))
+        return model_names(self.root, paths, self._model_name)
+
+    def close(self) -> None:
+        self._notify.close()
+
+
+def watch(
+    watcher: Watcher, send: Callable[[tuple[str, ...]], None], stop: threading.Event
+) -> None:
+    """Call ``send`` with the model folders that change, until ``stop``.
+
+    Runs in a thread of the supervisor (the wait blocks).
+    """
+    while (names := watcher.changes(stop)) is not None:
         if names:
             send(tuple(sorted(names)))

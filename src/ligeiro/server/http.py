@@ -477,6 +477,17 @@ def _text(raw: bytes) -> str:
 
 
 _SWEEP_INTERVAL_S = 1.0
+# At shutdown an idle keep-alive connection stays open this long for the request its
+# client may be sending at that moment (answered with Connection: close), instead of
+# being closed under it.
+_SHUTDOWN_IDLE_S = 0.5
+_CLOSE = b"connection: close\r\n"
+
+
+def _closing(answer: bytes) -> bytes:
+    """A keep-alive answer with ``Connection: close`` added after its status line."""
+    end = answer.index(b"\r\n") + 2
+    return b"".join((answer[:end], _CLOSE, answer[end:]))
 
 
 @final
@@ -484,7 +495,8 @@ class Connections(set["HttpConnection"]):
     """A server's open connections: closes stalled and idle ones, tells when none is left.
 
     ``empty`` is set whenever the last connection closes (the shutdown drain waits on
-    it). Once a second a timer closes keep-alive connections idle for longer than
+    it); after ``shutdown``, a connection that opens (accepted as shutdown began) is
+    shut down as it opens. Once a second a timer closes keep-alive connections idle for longer than
     ``keep_alive_timeout_s`` and answers 408 to requests that stopped arriving for longer
     than ``receive_timeout_s``: one timer for all connections, none per request.
     """
@@ -495,10 +507,26 @@ class Connections(set["HttpConnection"]):
         self.empty = asyncio.Event()
         self.empty.set()
         self._timer: asyncio.TimerHandle | None = None
+        self.closing = False
 
     def add(self, connection: HttpConnection) -> None:
         super().add(connection)
         self.empty.clear()
+        if self.closing:
+            connection.shutdown()
+
+    def shutdown(self) -> None:
+        """Shut every connection down (``HttpConnection.shutdown``), and any that opens."""
+        self.closing = True
+        for connection in list(self):
+            connection.shutdown()
+
+    def abort(self) -> int:
+        """Close every connection at once, mid-request or not; how many there were."""
+        count = len(self)
+        for connection in list(self):
+            connection.abort()
+        return count
 
     def discard(self, connection: object) -> None:
         super().discard(connection)
@@ -674,16 +702,19 @@ class HttpConnection(asyncio.Protocol):
             task, keep_alive = pending.popleft()
             if transport is None or transport.is_closing() or task.cancelled():
                 continue
-            transport.write(task.result())
+            answer = task.result()
+            if keep_alive and self.is_closing and not pending and not self.is_receiving:
+                # Computed before shutdown began, and the last: the client must not
+                # send another request on a connection that closes now.
+                answer, keep_alive = _closing(answer), False
+            transport.write(answer)
             self.last_active = self._loop.time()
             if not keep_alive:
                 transport.close()
                 return
         if transport is None or transport.is_closing():
             return
-        if self.is_closing and not self.is_receiving and not pending:
-            transport.close()
-        elif len(pending) < _MAX_PIPELINED and not transport.is_reading():
+        if len(pending) < _MAX_PIPELINED and not transport.is_reading():
             # One read can queue more than the limit (the parser takes it all): resume
             # once below it, not at exactly one under, which a drain can step over.
             self._update_reading()
@@ -725,7 +756,18 @@ class HttpConnection(asyncio.Protocol):
             self._transport.close()
 
     def shutdown(self) -> None:
-        """Close now if idle; otherwise once the requests received or arriving are answered."""
+        """Stop keeping alive: the last answer (to a request computed, being received, or
+        arriving within ``_SHUTDOWN_IDLE_S`` on an idle connection) carries
+        ``Connection: close``, and the connection closes after it; an idle connection
+        that gets no request in that time is closed then."""
         self.is_closing = True
         if not self.is_receiving and not self._pending and self._transport is not None:
+            self._loop.call_later(_SHUTDOWN_IDLE_S, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        if not self.is_receiving and not self._pending and self._transport is not None:
             self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()

@@ -1,0 +1,101 @@
+"""Fuzzing the V2 REST decoder: any body is a request or an InvalidInputError.
+
+``protocol.codec.decode_infer_request`` (JSON, and the binary tensor extension when an
+``Inference-Header-Content-Length`` is given) gets generated requests whose every field
+may have the wrong type, size or value (shapes huge or negative, data nested, mixed or
+out of range, unknown datatypes, binary sizes that do not add up) and mutated bytes.
+Nothing else may come out: no numpy or msgspec exception, no crash (each would be a
+500 and a traceback), no numpy warning (pytest's filterwarnings = error: 1e39 as FP32
+became inf with one, and the model answered NaN). Bounded: a fixed seed, no database.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ligeiro.errors import InvalidInputError
+from ligeiro.protocol.codec import DecodedRequest, decode_infer_request
+
+_DATATYPES = ["FP32", "FP64", "FP16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16",
+              "UINT32", "UINT64", "BOOL", "BYTES", "fp32", "FP99", ""]  # fmt: skip
+_INTS = st.integers(-3, 8) | st.integers(-(2**64), 2**64) | st.sampled_from([2**31, 2**62])
+_SCALARS = st.one_of(
+    _INTS, st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.text(max_size=3),
+    st.none(),
+)  # fmt: skip
+_DATA = st.one_of(  # flat lists of one kind, as clients send them, or anything nested
+    st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=6),
+    st.lists(_INTS, max_size=6),
+    st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4), max_leaves=12),
+)
+
+
+# True about one time in ten (hypothesis leans to the first of a sampled list).
+_RARE = st.sampled_from([False] * 9 + [True])
+
+
+def rarely(usual: st.SearchStrategy[Any], odd: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """``usual``, and ``odd`` about one time in ten."""
+    return _RARE.flatmap(lambda rare: odd if rare else usual)
+
+
+_PARAMETERS = st.dictionaries(
+    st.sampled_from(["binary_data_size", "binary_data", "content_type", "timeout", "x"]),
+    _SCALARS,
+    max_size=2,
+)
+
+
+@st.composite
+def tensors(draw: st.DrawFn) -> dict[str, Any]:
+    tensor: dict[str, Any] = {
+        "name": draw(st.sampled_from(["x", "y", ""]) | st.text(max_size=3)),
+        "shape": draw(rarely(st.lists(_INTS, max_size=3), _SCALARS)),
+        "datatype": draw(st.sampled_from(_DATATYPES)),
+    }
+    tensor["data"] = draw(_DATA)
+    if draw(st.booleans()):
+        tensor["parameters"] = draw(_PARAMETERS)
+    if draw(_RARE):
+        del tensor[draw(st.sampled_from(sorted(tensor)))]  # a field missing
+    return tensor
+
+
+@st.composite
+def bodies(draw: st.DrawFn) -> tuple[bytes, int | None]:
+    request: dict[str, Any] = {"inputs": draw(rarely(st.lists(tensors(), max_size=3), _SCALARS))}
+    if draw(st.booleans()):
+        request["outputs"] = draw(
+            st.lists(st.fixed_dictionaries({"name": st.text(max_size=3)},
+                                           optional={"parameters": _PARAMETERS}), max_size=2)
+        )  # fmt: skip
+    if draw(st.booleans()):
+        request["id"] = draw(rarely(st.text(max_size=3), _SCALARS))
+    if draw(st.booleans()):
+        request["parameters"] = draw(_PARAMETERS)
+    body = json.dumps(request).encode()
+    header_length = None
+    if draw(st.booleans()):  # the binary extension: JSON, then tensors' bytes
+        header_length = len(body) + draw(rarely(st.just(0), st.sampled_from([-1, 1])))
+        body += draw(st.binary(max_size=24))
+    if draw(_RARE):  # a byte changed
+        at = draw(st.integers(0, len(body) - 1))
+        body = body[:at] + bytes([draw(st.integers(0, 255))]) + body[at + 1 :]
+    return body, header_length
+
+
+@settings(max_examples=600, derandomize=True, database=None, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@given(bodies())
+def test_any_body_is_a_request_or_an_invalid_input_error(body: tuple[bytes, int | None]) -> None:
+    data, header_length = body
+    try:
+        decoded = decode_infer_request(data, header_length)
+    except InvalidInputError as exc:
+        assert str(exc)
+    else:
+        assert isinstance(decoded, DecodedRequest)
