@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from types import TracebackType
 
+    from .repository.layout import ModelFolder
     from .repository.registry import ModelVersion
 
 __all__ = ["Model", "load"]
@@ -49,9 +50,11 @@ class Model:
     sessions are). ``close()`` (or ``with``) frees the session.
     """
 
-    def __init__(self, model: ModelVersion, folder: Path) -> None:
+    def __init__(self, model: ModelVersion, folder: ModelFolder) -> None:
         self._model = model
-        self._folder = folder
+        self._folder = folder.path
+        # The folder holding the version's model.onnx (the folder itself when flat).
+        self.directory = folder.version_path(int(model.version))
         self.name = model.name
         self.version = model.version
         self.features: list[str] | None = model.config.features
@@ -179,7 +182,7 @@ class Model:
     @property
     def sha256(self) -> str:
         """The SHA-256 of the version's ``model.onnx`` (hex), or of ``model.py``."""
-        directory = self._folder / self.version
+        directory = self.directory
         for name in ("model.onnx", "model.py"):
             if (directory / name).is_file():
                 return hashlib.sha256((directory / name).read_bytes()).hexdigest()
@@ -202,7 +205,8 @@ class Model:
 
 
 def load(path: str | Path, version: int | str | None = None, *, threads: int = 1) -> Model:
-    """Load one model folder (REPO/NAME) or version folder (REPO/NAME/VERSION).
+    """Load one model folder (REPO/NAME), version folder (REPO/NAME/VERSION), or flat
+    model folder (``model.onnx`` and ``config.toml`` side by side: version 1).
 
     Without ``version``, the highest version on disk that the folder's
     ``version_policy`` selects; a version that fails to load is an error (never a
@@ -259,4 +263,4 @@ def load(path: str | Path, version: int | str | None = None, *, threads: int = 1
         loaded.runtime.close()
         raise
     logger.debug("loaded model %r version %d from %s", folder.name, wanted, folder.path)
-    return Model(loaded, folder.path)
+    return Model(loaded, folder)

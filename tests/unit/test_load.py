@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import re
@@ -201,3 +202,19 @@ def test_load_imports_no_server_code(examples: Path) -> None:
     seconds = float(run.stdout)
     print(json.dumps({"import_and_load_iris_s": round(seconds, 3)}))
     assert seconds < 3.0
+
+
+def test_a_flat_folder(tmp_path: Path, examples: Path) -> None:
+    """model.onnx beside config.toml (what ``serve DIR --model-name`` takes): version 1."""
+    flat = tmp_path / "iris"
+    flat.mkdir()
+    shutil.copy(examples / "iris" / "config.toml", flat)
+    shutil.copy(examples / "iris" / "1" / "model.onnx", flat)
+    with ligeiro.load(flat) as model:
+        assert (model.name, model.version) == ("iris", "1")
+        assert model.predict([SETOSA]).tolist() == ["iris-setosa"]
+        assert model.sha256 == hashlib.sha256((flat / "model.onnx").read_bytes()).hexdigest()
+    (flat / "2").mkdir()
+    shutil.copy(flat / "model.onnx", flat / "2")
+    with pytest.raises(ligeiro.ModelLoadError, match=r"both model.onnx and version folders \[2\]"):
+        ligeiro.load(flat)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .. import __version__ as ligeiro_version
 from ..errors import ConfigError, ModelLoadError
-from ..repository.layout import locate
+from ..repository.layout import ModelFolder, locate
 from ._template import MAIN, MODULE
 
 __all__ = ["RUNTIME_MODULES", "RUNTIME_REQUIREMENTS", "Packaged", "build_wheel", "check_name"]
@@ -122,15 +122,18 @@ def _vendor(target: Path) -> None:
             shutil.copyfile(origin, destination)
 
 
-def _copy_model(folder: Path, version: str, target: Path) -> None:
-    """The model folder's files and the one version folder, without caches."""
+def _copy_model(folder: ModelFolder, version: str, target: Path) -> None:
+    """The model folder's files and the one version folder (all of a flat folder),
+    without caches."""
+    ignore = shutil.ignore_patterns("__pycache__", ".*")
+    if folder.flat:
+        shutil.copytree(folder.path, target, ignore=ignore)
+        return
     target.mkdir(parents=True)
-    for path in folder.iterdir():
+    for path in folder.path.iterdir():
         if path.is_file() and not path.name.startswith("."):
             shutil.copyfile(path, target / path.name)
-    shutil.copytree(
-        folder / version, target / version, ignore=shutil.ignore_patterns("__pycache__", ".*")
-    )
+    shutil.copytree(folder.path / version, target / version, ignore=ignore)
 
 
 def _pyproject(name: str, version: str, import_name: str, summary: str) -> str:
@@ -182,10 +185,10 @@ def build_wheel(
     with load(model_dir, model_version) as loaded:
         meta = loaded.metadata
         sha256 = loaded.sha256
-    folder = locate(model_dir)[0].path
+    folder = locate(model_dir)[0]
     if meta["platform"] != "onnxruntime":
         raise ConfigError(
-            f"{folder}: platform {meta['platform']!r}; ligeiro package packages ONNX models "
+            f"{folder.path}: platform {meta['platform']!r}; ligeiro package packages ONNX models "
             "(a Python model's own dependencies are unknown to it)"
         )
     model_name, number = meta["name"], meta["version"]
@@ -229,5 +232,5 @@ def build_wheel(
         wheel = built / run.stdout.strip().splitlines()[-1]
         out.mkdir(parents=True, exist_ok=True)
         shutil.move(wheel, target)
-    logger.info("wrote %s (%s %s, model %s version %s)", target, dist_name, version, model_name, number)
+    logger.debug("wrote %s (%s %s, model %s version %s)", target, dist_name, version, model_name, number)
     return Packaged(target, dist_name, version, import_name, model_name, number, sha256)
