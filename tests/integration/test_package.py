@@ -137,6 +137,11 @@ def test_installed_wheel_predicts_as_the_server_and_upgrades(
     assert answer.status == 200
     assert labels == [p["label"] for p in answer.json()["predictions"]]
     assert len(set(labels)) == 3 == len(names)
+    command = subprocess.run(
+        [str(app / "bin" / "iris-model"), "predict", "--data", json.dumps(SETOSA)],
+        capture_output=True, text=True, timeout=60, env=_OFFLINE, check=False,
+    )  # fmt: skip
+    assert json.loads(command.stdout)["label"] == "iris-setosa", command.stderr
 
     # A new model version is a new wheel: the application's pin picks it up.
     pip(app, "install", "-U", "--no-index", "--find-links", str(dist), "iris-model>=1,<2")
