@@ -160,7 +160,8 @@ class Model:
 
     @property
     def metadata(self) -> dict[str, Any]:
-        """Name, version, inputs and outputs (V2 datatypes), features and labels."""
+        """Name, version, inputs and outputs (V2 datatypes), features, labels, and which
+        outputs hold the label and the probabilities (``None`` when none does)."""
         model = self._model
 
         def tensors(specs: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -177,6 +178,8 @@ class Model:
             "outputs": tensors(model.outputs),
             "features": self.features,
             "labels": self.labels,
+            "label_output": model.label_output,
+            "probability_output": model.probability_output,
         }
 
     @property
