@@ -253,3 +253,29 @@ def test_refusals(tmp_path: Path, examples: Path, dist: Path) -> None:
     run = ligeiro("package", str(examples / "iris"), "--out", str(dist), "--version", "1.0.0", "--force")
     assert wheel.stat().st_mtime_ns != before
     assert not list(ROOT.glob("dist/iris_model-*"))  # nothing written where it was not asked
+
+
+def test_the_pyz_is_not_replaced_without_force(pyz: Path, examples: Path) -> None:
+    before = pyz.stat().st_mtime_ns
+    run = ligeiro("package", str(examples / "iris"), "--out", str(pyz.parent), "--format", "pyz", check=False)
+    assert run.returncode == 2
+    assert run.stderr.strip() == f"error: {pyz}: already exists; pass --force to replace it"
+    assert pyz.stat().st_mtime_ns == before
+
+
+def test_a_flat_folder_packages(tmp_path: Path, examples: Path) -> None:
+    flat = tmp_path / "flowers"
+    flat.mkdir()
+    for name in ("config.toml", "parity.json", "1/model.onnx"):
+        (flat / Path(name).name).write_bytes((examples / "iris" / name).read_bytes())
+    run = ligeiro("package", str(flat), "--out", str(tmp_path / "dist"))
+    assert "flowers_model-1.0.0-py3-none-any.whl (flowers-model 1.0.0: import flowers_model)" in run.stdout
+    with zipfile.ZipFile(tmp_path / "dist" / "flowers_model-1.0.0-py3-none-any.whl") as wheel:
+        assert "flowers_model/models/flowers/model.onnx" in wheel.namelist()
+        wheel.extractall(tmp_path / "site")  # a pure wheel installs by unzipping
+    code = f"import flowers_model as m; print(m.predict([{SETOSA!r}]).tolist(), m.MODEL_VERSION)"
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False,
+        env={**_OFFLINE, "PYTHONPATH": str(tmp_path / "site")},
+    )  # fmt: skip
+    assert run.stdout.strip() == "['iris-setosa'] 1", run.stderr

@@ -12,6 +12,7 @@ why shiv and not pex).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import logging
 import shutil
@@ -86,6 +87,8 @@ def build_pyz(
 ) -> tuple[Packaged, Path]:
     """Build ``output`` (``iris.pyz``): the model's wheel, ligeiro and their dependencies.
 
+    Returns what ``build_wheel`` returns, its ``path`` the pyz's, and the pyz's path.
+
     Raises:
         ConfigError: ``output`` exists without ``force``, shiv or a dependency is not
             installed, or as ``build_wheel``.
@@ -130,4 +133,5 @@ def build_pyz(
             raise ConfigError(f"shiv failed: {(run.stderr or run.stdout).strip()}")
         output.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(built, output)
-    return packaged, output
+    # The wheel was staged and is gone: what was built is the pyz.
+    return dataclasses.replace(packaged, path=output), output
