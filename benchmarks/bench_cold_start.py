@@ -31,12 +31,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "examples" / "models"
 SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+LOAD = "import ligeiro; ligeiro.load({!r}).predict([[5.1, 3.5, 1.4, 0.2]])"
 TEXT = ("sentiment", "text-tokenizer", "minilm-encoder", "sentiment-head")
 
 
@@ -69,8 +70,12 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _serve(command: Callable[[int, int], list[str]], path: str, body: dict[str, object],
-           env: dict[str, str] | None = None) -> tuple[float, float]:  # fmt: skip
+def _serve(
+    command: Callable[[int, int], list[str]],
+    path: str,
+    body: Mapping[str, object],
+    env: dict[str, str] | None = None,
+) -> tuple[float, float]:
     """Wall seconds from Popen to the first 200, and the CPU seconds the server used."""
     port, grpc_port = _free_port(), _free_port()
     start = time.perf_counter()
@@ -98,7 +103,9 @@ def _run(command: list[str], env: dict[str, str] | None = None) -> tuple[float, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_cold_start")
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--targets", default="serve-iris,serve-text,pyz-serve,pyz-predict,load-iris")
+    parser.add_argument(
+        "--targets", default="serve-iris,serve-text,pyz-serve,pyz-predict,load-iris"
+    )
     options = parser.parse_args(argv)
     # Byte-code caches on, as after pip install (which compiles them): a cold start that
     # compiled ligeiro's sources each time would measure the compiler.
@@ -117,36 +124,89 @@ def main(argv: list[str] | None = None) -> int:
         pyz = Path(scratch, "iris.pyz")
         bare = {"SHIV_ROOT": str(Path(scratch, "shiv"))}
         if any(t.startswith("pyz") for t in wanted):
-            subprocess.run([*ligeiro, "package", str(MODELS / "iris"), "--out", scratch,
-                            "--format", "pyz"], check=True, env=env, capture_output=True)  # fmt: skip
+            subprocess.run(
+                [*ligeiro, "package", str(MODELS / "iris"), "--out", scratch, "--format", "pyz"],
+                check=True,
+                env=env,
+                capture_output=True,
+            )
             unpack, _ = _run(["/usr/bin/python3", "-I", str(pyz), "metadata"], env=bare)
-            print(f"pyz: {pyz.stat().st_size / 1e6:.1f} MB; first run (shiv unpacks) {unpack:.2f} s")
-        iris_body = {"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32",
-                                 "data": [5.1, 3.5, 1.4, 0.2]}]}  # fmt: skip
-        text_body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
-                                 "data": ["a quiet, lovely film"]}]}  # fmt: skip
+            print(
+                f"pyz: {pyz.stat().st_size / 1e6:.1f} MB; first run (shiv unpacks) {unpack:.2f} s"
+            )
+        iris_body = {
+            "inputs": [
+                {
+                    "name": "float_input",
+                    "shape": [1, 4],
+                    "datatype": "FP32",
+                    "data": [5.1, 3.5, 1.4, 0.2],
+                }
+            ]
+        }
+        text_body = {
+            "inputs": [
+                {
+                    "name": "text",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "data": ["a quiet, lovely film"],
+                }
+            ]
+        }
         targets: dict[str, Callable[[], tuple[float, float]]] = {
             "serve-iris": lambda: _serve(
-                lambda p, g: [*ligeiro, "serve", str(iris_repo), "--port", str(p),
-                              "--grpc-port", str(g), *one_worker],  # fmt: skip
-                "/v2/models/iris/infer", iris_body, env,
+                lambda p, g: [
+                    *ligeiro,
+                    "serve",
+                    str(iris_repo),
+                    "--port",
+                    str(p),
+                    "--grpc-port",
+                    str(g),
+                    *one_worker,
+                ],
+                "/v2/models/iris/infer",
+                iris_body,
+                env,
             ),
             "serve-text": lambda: _serve(
-                lambda p, g: [*ligeiro, "serve", str(text_repo), "--port", str(p),
-                              "--grpc-port", str(g), *one_worker],  # fmt: skip
-                "/v2/models/sentiment/infer", text_body, env,
+                lambda p, g: [
+                    *ligeiro,
+                    "serve",
+                    str(text_repo),
+                    "--port",
+                    str(p),
+                    "--grpc-port",
+                    str(g),
+                    *one_worker,
+                ],
+                "/v2/models/sentiment/infer",
+                text_body,
+                env,
             ),
             "pyz-serve": lambda: _serve(
-                lambda p, g: ["/usr/bin/python3", "-I", str(pyz), "serve", "--port", str(p),
-                              "--grpc-port", str(g), *one_worker],  # fmt: skip
-                "/v2/models/iris/infer", iris_body, bare,
+                lambda p, g: [
+                    "/usr/bin/python3",
+                    "-I",
+                    str(pyz),
+                    "serve",
+                    "--port",
+                    str(p),
+                    "--grpc-port",
+                    str(g),
+                    *one_worker,
+                ],
+                "/v2/models/iris/infer",
+                iris_body,
+                bare,
             ),
             "pyz-predict": lambda: _run(
                 ["/usr/bin/python3", "-I", str(pyz), "predict", "--data", json.dumps(SETOSA)], bare
             ),
             "load-iris": lambda: _run(
-                [sys.executable, "-c", "import ligeiro; ligeiro.load(%r).predict([[5.1, 3.5, 1.4, 0.2]])"
-                 % str(MODELS / "iris")], env,  # fmt: skip
+                [sys.executable, "-c", LOAD.format(str(MODELS / "iris"))],
+                env,
             ),
         }
         seconds: dict[str, list[tuple[float, float]]] = {name: [] for name in wanted}
@@ -155,12 +215,14 @@ def main(argv: list[str] | None = None) -> int:
             for name in wanted:
                 seconds[name].append(targets[name]())
     print(f"1-min load average {load:.2f} at start, {os.getloadavg()[0]:.2f} at the end")
-    print("| target | wall s, median | wall s, min–max | CPU s, median | CPU s, min | rounds |")
+    print("| target | wall s, median | wall s, min-max | CPU s, median | CPU s, min | rounds |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, runs in seconds.items():
         wall, cpu = [w for w, _ in runs], [c for _, c in runs]
-        print(f"| {name} | {statistics.median(wall):.3f} | {min(wall):.3f}–{max(wall):.3f} | "
-              f"{statistics.median(cpu):.3f} | {min(cpu):.3f} | {len(runs)} |")  # fmt: skip
+        print(
+            f"| {name} | {statistics.median(wall):.3f} | {min(wall):.3f}-{max(wall):.3f} | "
+            f"{statistics.median(cpu):.3f} | {min(cpu):.3f} | {len(runs)} |"
+        )
     return 0
 
 

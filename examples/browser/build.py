@@ -15,6 +15,7 @@ insists on for ``.mjs`` and ``.wasm``. The model must take one ``[-1, N]`` float
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import http.server
 import json
@@ -22,14 +23,20 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Final
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 ORT_DIST = HERE / "node_modules" / "onnxruntime-web" / "dist"
 # The WebAssembly-only ES module build, and the runtime it loads.
 ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
-TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm",
-         ".json": "application/json", ".onnx": "application/octet-stream"}  # fmt: skip
+TYPES: Final = {
+    ".mjs": "text/javascript",
+    ".js": "text/javascript",
+    ".wasm": "application/wasm",
+    ".json": "application/json",
+    ".onnx": "application/octet-stream",
+}
 
 
 def build(model_dir: Path, out: Path) -> Path:
@@ -57,9 +64,12 @@ def build(model_dir: Path, out: Path) -> Path:
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
-    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **TYPES}
+    extensions_map = {  # noqa: RUF012 (the base class's own attribute, replaced)
+        **http.server.SimpleHTTPRequestHandler.extensions_map,
+        **TYPES,
+    }
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -80,10 +90,8 @@ def main() -> None:
     if options.serve is not None:
         httpd = server(site, options.serve)
         print(f"serving on http://127.0.0.1:{httpd.server_address[1]}/ (Ctrl-C stops)")
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             httpd.serve_forever()
-        except KeyboardInterrupt:
-            pass
 
 
 if __name__ == "__main__":

@@ -641,8 +641,8 @@ def bench(
     "--out", type=click.Path(path_type=Path, file_okay=False), default=Path("dist"),
     show_default=True, help="The folder the file is written to.",
 )
-@click.option("--name", help="Distribution name (default: <model>-model; imported as <model>_model).")
-@click.option("--version", "version", help="Package version, PEP 440 (default: <model version>.0.0).")
+@click.option("--name", help="Distribution name (default <model>-model; import <model>_model).")
+@click.option("--version", "version", help="Package version, PEP 440 (default <version>.0.0).")
 @click.option("--model-version", help="The model version to package (default: the highest).")
 @click.option(
     "--format", "fmt", type=click.Choice(["wheel", "pyz"]), default="wheel", show_default=True,
@@ -663,17 +663,22 @@ def package(
     from .errors import ConfigError, ModelNotFoundError
     from .package.wheel import build_wheel, check_name
 
-    chosen = {"name": name, "version": version, "model_version": model_version}
     try:
         if fmt == "wheel":
-            built = build_wheel(folder, out, force=force, **chosen)
-            click.echo(f"wrote {built.path} ({built.name} {built.version}: import {built.import_name})")
+            built = build_wheel(
+                folder, out, name=name, version=version, model_version=model_version, force=force
+            )
+            what = f"{built.name} {built.version}: import {built.import_name}"
+            click.echo(f"wrote {built.path} ({what})")
             return
         from .package.pyz import build_pyz
         from .repository.layout import locate
 
         stem = check_name(name, version or "0")[0] if name else locate(folder)[0].name
-        built, path = build_pyz(folder, out / f"{stem}.pyz", force=force, **chosen)
+        built, path = build_pyz(
+            folder, out / f"{stem}.pyz", name=name, version=version,
+            model_version=model_version, force=force,
+        )  # fmt: skip
     except ModelNotFoundError as exc:  # a usage error here: the folder given does not load
         raise ConfigError(str(exc)) from None
     click.echo(f"wrote {path} ({built.name} {built.version}; run: {path} predict --data JSON)")

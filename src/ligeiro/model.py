@@ -63,7 +63,9 @@ class Model:
     def __repr__(self) -> str:
         return f"<ligeiro.Model {self.name!r} version {self.version} from {self._folder}>"
 
-    def infer(self, inputs: Mapping[str, Any], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    def infer(
+        self, inputs: Mapping[str, Any], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
         """Run the model on raw tensors: ``{input name: array}`` → ``{output name: array}``.
 
         Raises:
@@ -130,7 +132,8 @@ class Model:
             return np.array(
                 [names[v] if 0 <= v < len(names) else v for v in values.tolist()], object
             )
-        return names[values]
+        labelled: np.ndarray = names[values]
+        return labelled
 
     def predict_proba(self, x: Any) -> np.ndarray:
         """Each row's class probabilities, ``[rows, classes]`` (classes in ``labels`` order).

@@ -27,8 +27,11 @@ CHROMIUM = ROOT / ".venv" / "chromium"
 
 
 def _build_module() -> Any:
-    spec = importlib.util.spec_from_file_location("browser_build", ROOT / "examples" / "browser" / "build.py")
-    assert spec is not None and spec.loader is not None
+    spec = importlib.util.spec_from_file_location(
+        "browser_build", ROOT / "examples" / "browser" / "build.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -95,10 +95,16 @@ def test_the_wheel_holds_the_model_and_depends_on_the_runtime_alone(
     assert meta["Name"] == "iris-model"
     assert meta["Version"] == "1.0.0"
     assert sorted(meta.get_all("Requires-Dist")) == [
-        "msgspec<1,>=0.19", "numpy<3,>=2.0", "onnxruntime<2,>=1.20"
+        "msgspec<1,>=0.19",
+        "numpy<3,>=2.0",
+        "onnxruntime<2,>=1.20",
     ]
-    assert {"iris_model/__init__.py", "iris_model/__main__.py",
-            "iris_model/models/iris/config.toml", "iris_model/models/iris/parity.json"} <= names
+    assert {
+        "iris_model/__init__.py",
+        "iris_model/__main__.py",
+        "iris_model/models/iris/config.toml",
+        "iris_model/models/iris/parity.json",
+    } <= names
     assert model == (examples / "iris" / "1" / "model.onnx").read_bytes()
 
 
@@ -128,7 +134,9 @@ def test_installed_wheel_predicts_as_the_server_and_upgrades(
     assert run.returncode == 0, run.stderr
     version, model_version, sha256, labels, names = json.loads(run.stdout)
     assert (version, model_version) == ("1.0.0", "1")
-    assert sha256 == hashlib.sha256((examples / "iris" / "1" / "model.onnx").read_bytes()).hexdigest()
+    assert (
+        sha256 == hashlib.sha256((examples / "iris" / "1" / "model.onnx").read_bytes()).hexdigest()
+    )
     server = start_server(examples / "iris", "--model-name", "iris", "--no-grpc")
     try:
         answer = server.post("/v1/models/iris:predict", {"instances": rows})
@@ -246,18 +254,24 @@ def test_refusals(tmp_path: Path, examples: Path, dist: Path) -> None:
     assert "error: --version 'one': not a valid version (PEP 440" in run.stderr
     wheel = dist / "iris_model-1.0.0-py3-none-any.whl"
     before = wheel.stat().st_mtime_ns
-    run = ligeiro("package", str(examples / "iris"), "--out", str(dist), "--version", "1.0.0", check=False)
+    run = ligeiro(
+        "package", str(examples / "iris"), "--out", str(dist), "--version", "1.0.0", check=False
+    )
     assert run.returncode == 2
     assert run.stderr.strip() == f"error: {wheel}: already exists; pass --force to replace it"
     assert wheel.stat().st_mtime_ns == before
-    run = ligeiro("package", str(examples / "iris"), "--out", str(dist), "--version", "1.0.0", "--force")
+    run = ligeiro(
+        "package", str(examples / "iris"), "--out", str(dist), "--version", "1.0.0", "--force"
+    )
     assert wheel.stat().st_mtime_ns != before
     assert not list(ROOT.glob("dist/iris_model-*"))  # nothing written where it was not asked
 
 
 def test_the_pyz_is_not_replaced_without_force(pyz: Path, examples: Path) -> None:
     before = pyz.stat().st_mtime_ns
-    run = ligeiro("package", str(examples / "iris"), "--out", str(pyz.parent), "--format", "pyz", check=False)
+    run = ligeiro(
+        "package", str(examples / "iris"), "--out", str(pyz.parent), "--format", "pyz", check=False
+    )
     assert run.returncode == 2
     assert run.stderr.strip() == f"error: {pyz}: already exists; pass --force to replace it"
     assert pyz.stat().st_mtime_ns == before
@@ -269,7 +283,10 @@ def test_a_flat_folder_packages(tmp_path: Path, examples: Path) -> None:
     for name in ("config.toml", "parity.json", "1/model.onnx"):
         (flat / Path(name).name).write_bytes((examples / "iris" / name).read_bytes())
     run = ligeiro("package", str(flat), "--out", str(tmp_path / "dist"))
-    assert "flowers_model-1.0.0-py3-none-any.whl (flowers-model 1.0.0: import flowers_model)" in run.stdout
+    assert (
+        "flowers_model-1.0.0-py3-none-any.whl (flowers-model 1.0.0: import flowers_model)"
+        in run.stdout
+    )
     with zipfile.ZipFile(tmp_path / "dist" / "flowers_model-1.0.0-py3-none-any.whl") as wheel:
         assert "flowers_model/models/flowers/model.onnx" in wheel.namelist()
         wheel.extractall(tmp_path / "site")  # a pure wheel installs by unzipping

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import importlib.util
 import logging
 import shutil
 import subprocess
@@ -96,10 +97,8 @@ def build_pyz(
     """
     if output.exists() and not force:
         raise ConfigError(f"{output}: already exists; pass --force to replace it")
-    try:
-        import shiv  # noqa: F401  (run as a child below; fail here, clearly)
-    except ImportError:
-        raise ConfigError("--format pyz needs shiv: pip install 'ligeiro[package]'") from None
+    if importlib.util.find_spec("shiv") is None:  # it runs as a child below: fail here, clearly
+        raise ConfigError("--format pyz needs shiv: pip install 'ligeiro[package]'")
     with tempfile.TemporaryDirectory(prefix="ligeiro-pyz-") as stage_name:
         stage = Path(stage_name)
         packaged = build_wheel(
@@ -117,9 +116,7 @@ def build_pyz(
             site / _LIGEIRO,
             ignore=shutil.ignore_patterns("__pycache__"),
         )
-        logger.info(
-            "bundling %s", ", ".join(f"{d.metadata['Name']} {d.version}" for d in dists)
-        )
+        logger.info("bundling %s", ", ".join(f"{d.metadata['Name']} {d.version}" for d in dists))
         built = stage / output.name
         run = subprocess.run(
             [

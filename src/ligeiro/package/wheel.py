@@ -11,6 +11,7 @@ so the wheel depends only on numpy, onnxruntime and msgspec.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import keyword
 import logging
@@ -99,7 +100,9 @@ def check_name(name: str, version: str) -> tuple[str, str]:
     try:
         Version(version)
     except InvalidVersion:
-        raise ConfigError(f"--version {version!r}: not a valid version (PEP 440, e.g. 1.0.0)") from None
+        raise ConfigError(
+            f"--version {version!r}: not a valid version (PEP 440, e.g. 1.0.0)"
+        ) from None
     return re.sub(r"[-_.]+", "-", name).lower(), import_name
 
 
@@ -141,7 +144,7 @@ def _pyproject(name: str, version: str, import_name: str, summary: str) -> str:
     return (
         '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n\n'
         f"[project]\nname = {json.dumps(name)}\nversion = {json.dumps(version)}\n"
-        f"description = {json.dumps(summary)}\nrequires-python = \">=3.11\"\n"
+        f'description = {json.dumps(summary)}\nrequires-python = ">=3.11"\n'
         f"dependencies = {requirements}\n\n"
         f"[project.scripts]\n{name} = {json.dumps(import_name + '.__main__:main')}\n\n"
         f"[tool.hatch.build.targets.wheel]\npackages = [{json.dumps(import_name)}]\n"
@@ -198,12 +201,8 @@ def build_wheel(
     target = out / wheel_filename(dist_name, version)
     if target.exists() and not force:
         raise ConfigError(f"{target}: already exists; pass --force to replace it")
-    try:
-        import hatchling  # noqa: F401  (the build runs in a child; fail here, clearly)
-    except ImportError:
-        raise ConfigError(
-            "ligeiro package needs hatchling: pip install 'ligeiro[package]'"
-        ) from None
+    if importlib.util.find_spec("hatchling") is None:  # the build runs in a child: fail here
+        raise ConfigError("ligeiro package needs hatchling: pip install 'ligeiro[package]'")
     summary = f"The {model_name} model (version {number}), packaged by ligeiro {ligeiro_version}"
     example = json.dumps(dict.fromkeys(meta["features"], 0.0)) if meta["features"] else "[0.0]"
     with tempfile.TemporaryDirectory(prefix="ligeiro-package-") as stage_name:
@@ -213,10 +212,16 @@ def build_wheel(
         _copy_model(folder, number, package / "models" / model_name)
         (package / "__init__.py").write_text(
             MODULE.format(
-                summary=summary, ligeiro_version=ligeiro_version, import_name=import_name,
-                example=example, version=version, model_name=model_name,
-                model_version=number, sha256=sha256, metadata=json.dumps(meta),
-            )  # fmt: skip
+                summary=summary,
+                ligeiro_version=ligeiro_version,
+                import_name=import_name,
+                example=example,
+                version=version,
+                model_name=model_name,
+                model_version=number,
+                sha256=sha256,
+                metadata=json.dumps(meta),
+            )
         )
         (package / "__main__.py").write_text(MAIN.format(command=dist_name, model_name=model_name))
         (stage / "pyproject.toml").write_text(_pyproject(dist_name, version, import_name, summary))
@@ -232,5 +237,7 @@ def build_wheel(
         wheel = built / run.stdout.strip().splitlines()[-1]
         out.mkdir(parents=True, exist_ok=True)
         shutil.move(wheel, target)
-    logger.debug("wrote %s (%s %s, model %s version %s)", target, dist_name, version, model_name, number)
+    logger.debug(
+        "wrote %s (%s %s, model %s version %s)", target, dist_name, version, model_name, number
+    )
     return Packaged(target, dist_name, version, import_name, model_name, number, sha256)
