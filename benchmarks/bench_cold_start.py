@@ -8,6 +8,7 @@ machine the wall clock includes waiting for a core, the CPU time is close to wha
 idle core would take (a start is one thread but for ONNX Runtime's loading). Targets:
 
 - ``serve-iris``: ``ligeiro serve`` on a repository holding iris alone, one worker;
+- ``serve-iris-rest``: the same with ``--no-grpc``;
 - ``serve-text``: the same on the sentiment pipeline (tokenizer, MiniLM encoder, head);
 - ``pyz-serve``: ``iris.pyz serve`` (``ligeiro package --format pyz``) under
   ``env -i /usr/bin/python3 -I``, shiv's folder already unpacked;
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_cold_start")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument(
-        "--targets", default="serve-iris,serve-text,pyz-serve,pyz-predict,load-iris"
+        "--targets", default="serve-iris,serve-iris-rest,serve-text,pyz-serve,pyz-predict,load-iris"
     )
     options = parser.parse_args(argv)
     # Byte-code caches on, as after pip install (which compiles them): a cold start that
@@ -155,6 +156,20 @@ def main(argv: list[str] | None = None) -> int:
             ]
         }
         targets: dict[str, Callable[[], tuple[float, float]]] = {
+            "serve-iris-rest": lambda: _serve(
+                lambda p, g: [
+                    *ligeiro,
+                    "serve",
+                    str(iris_repo),
+                    "--port",
+                    str(p),
+                    "--no-grpc",
+                    *one_worker,
+                ],
+                "/v2/models/iris/infer",
+                iris_body,
+                env,
+            ),
             "serve-iris": lambda: _serve(
                 lambda p, g: [
                     *ligeiro,
