@@ -245,6 +245,17 @@ def test_refusals(tmp_path: Path, examples: Path, dist: Path) -> None:
     run = ligeiro("package", str(broken.parent), "--out", str(tmp_path / "d"), check=False)
     assert run.returncode == 2
     assert "broken/1/model.onnx: not a loadable ONNX model" in run.stderr
+    for other, platform, why in [
+        ("text-tokenizer", "python", "a Python model's own dependencies are unknown to it"),
+        ("sentiment", "pipeline", "a pipeline runs other models of its repository"),
+    ]:
+        run = ligeiro("package", str(examples / other), "--out", str(tmp_path / "d"), check=False)
+        assert run.returncode == 2
+        assert run.stderr.strip() == (
+            f"error: {examples / other}: platform {platform!r}; "
+            f"ligeiro package packages ONNX models ({why})"
+        )
+    assert not (tmp_path / "d").exists()
     for bad in ("-iris", "iris model", "iris/x"):
         run = ligeiro("package", str(examples / "iris"), "--name", bad, check=False)
         assert run.returncode == 2

@@ -184,16 +184,20 @@ def build_wheel(
             a model that is not an ONNX one, or hatchling missing.
     """
     from ..model import load
+    from ..repository.config import load_config
 
+    folder = locate(model_dir)[0]
+    platform = load_config(folder.path).platform
+    if platform != "onnxruntime":
+        why = {"pipeline": "a pipeline runs other models of its repository"}.get(
+            platform, "a Python model's own dependencies are unknown to it"
+        )
+        raise ConfigError(
+            f"{folder.path}: platform {platform!r}; ligeiro package packages ONNX models ({why})"
+        )
     with load(model_dir, model_version) as loaded:
         meta = loaded.metadata
         sha256 = loaded.sha256
-    folder = locate(model_dir)[0]
-    if meta["platform"] != "onnxruntime":
-        raise ConfigError(
-            f"{folder.path}: platform {meta['platform']!r}; ligeiro package packages ONNX models "
-            "(a Python model's own dependencies are unknown to it)"
-        )
     model_name, number = meta["name"], meta["version"]
     name = name or f"{model_name}-model"
     version = version or f"{number}.0.0"
