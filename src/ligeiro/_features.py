@@ -38,7 +38,9 @@ def _is_dataframe(x: object) -> bool:
 
 def _bad_value(value: object) -> bool:
     # bool is an int subclass, and numpy would read "1.5" as 1.5: both are refused.
-    return value is not None and (isinstance(value, bool | np.bool_) or not isinstance(value, _NUMBERS))
+    return value is not None and (
+        isinstance(value, bool | np.bool_) or not isinstance(value, _NUMBERS)
+    )
 
 
 def _column(values: Any, dtype: np.dtype, where: str) -> np.ndarray:
@@ -81,9 +83,7 @@ def _from_columns(
     return np.stack(arrays, axis=1) if arrays else np.empty((0, 0), dtype)
 
 
-def _from_records(
-    records: Sequence[Any], features: Sequence[str], dtype: np.dtype
-) -> np.ndarray:
+def _from_records(records: Sequence[Any], features: Sequence[str], dtype: np.dtype) -> np.ndarray:
     expected = ", ".join(features)
     for row, record in enumerate(records):
         if not isinstance(record, dict):
@@ -156,8 +156,10 @@ def tensor_from_features(x: Any, spec: TensorSpec, features: Sequence[str] | Non
             f"{list(spec.shape)}: use infer({{{spec.name!r}: array}})"
         )
     width = spec.shape[1] if spec.shape[1] > 0 else (len(features) if features else -1)
-    named = _is_dataframe(x) or isinstance(x, dict) or (
-        isinstance(x, list | tuple) and len(x) > 0 and isinstance(x[0], dict)
+    named = (
+        _is_dataframe(x)
+        or isinstance(x, dict)
+        or (isinstance(x, list | tuple) and len(x) > 0 and isinstance(x[0], dict))
     )
     if named and features is None:
         raise InvalidInputError(

@@ -1,4 +1,5 @@
-"""The ``ligeiro`` command: ``serve``, ``infer``, ``convert``, ``optimize`` and ``version``.
+"""The ``ligeiro`` command: ``serve``, ``infer``, ``convert``, ``optimize``, ``score``,
+``package``, ``bench`` and ``version``.
 
 Errors print one line and exit with the code their class defines.
 """
@@ -700,6 +701,55 @@ def bench(
     code = command.run()
     if code:
         sys.exit(code)
+
+
+@cli.command(cls=_NeedsExtra, extra="package")
+@click.argument("folder", metavar="MODEL_DIR", type=click.Path(path_type=Path))
+@click.option(
+    "--out", type=click.Path(path_type=Path, file_okay=False), default=Path("dist"),
+    show_default=True, help="The folder the file is written to.",
+)
+@click.option("--name", help="Distribution name (default <model>-model; import <model>_model).")
+@click.option("--version", "version", help="Package version, PEP 440 (default <version>.0.0).")
+@click.option("--model-version", help="The model version to package (default: the highest).")
+@click.option(
+    "--format", "fmt", type=click.Choice(["wheel", "pyz"]), default="wheel", show_default=True,
+    help="wheel: a dependency of an application; pyz: one file that runs with a bare Python.",
+)
+@click.option("--force", is_flag=True, help="Replace a file of the same name in --out.")
+def package(
+    folder: Path, out: Path, name: str | None, version: str | None,
+    model_version: str | None, fmt: str, force: bool,
+) -> None:  # fmt: skip
+    """Package one model folder as a wheel or an executable zipapp.
+
+    The wheel installs a module (iris-model: import iris_model) with predict,
+    predict_proba, infer and metadata, depending only on numpy, onnxruntime and msgspec.
+    The pyz adds ligeiro and its dependencies: ./iris.pyz predict --data '{...}' or serve.
+    """
+    _logging()
+    from .errors import ConfigError, ModelNotFoundError
+    from .package.wheel import build_wheel, check_name
+
+    try:
+        if fmt == "wheel":
+            built = build_wheel(
+                folder, out, name=name, version=version, model_version=model_version, force=force
+            )
+            what = f"{built.name} {built.version}: import {built.import_name}"
+            click.echo(f"wrote {built.path} ({what})")
+            return
+        from .package.pyz import build_pyz
+        from .repository.layout import locate
+
+        stem = check_name(name, version or "0")[0] if name else locate(folder)[0].name
+        built, path = build_pyz(
+            folder, out / f"{stem}.pyz", name=name, version=version,
+            model_version=model_version, force=force,
+        )  # fmt: skip
+    except ModelNotFoundError as exc:  # a usage error here: the folder given does not load
+        raise ConfigError(str(exc)) from None
+    click.echo(f"wrote {path} ({built.name} {built.version}; run: {path} predict --data JSON)")
 
 
 def _logging() -> None:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from types import TracebackType
 
+    from .repository.layout import ModelFolder
     from .repository.registry import ModelVersion
 
 __all__ = ["Model", "load"]
@@ -49,9 +50,11 @@ class Model:
     sessions are). ``close()`` (or ``with``) frees the session.
     """
 
-    def __init__(self, model: ModelVersion, folder: Path) -> None:
+    def __init__(self, model: ModelVersion, folder: ModelFolder) -> None:
         self._model = model
-        self._folder = folder
+        self._folder = folder.path
+        # The folder holding the version's model.onnx (the folder itself when flat).
+        self.directory = folder.version_path(int(model.version))
         self.name = model.name
         self.version = model.version
         self.features: list[str] | None = model.config.features
@@ -60,7 +63,9 @@ class Model:
     def __repr__(self) -> str:
         return f"<ligeiro.Model {self.name!r} version {self.version} from {self._folder}>"
 
-    def infer(self, inputs: Mapping[str, Any], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    def infer(
+        self, inputs: Mapping[str, Any], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
         """Run the model on raw tensors: ``{input name: array}`` → ``{output name: array}``.
 
         Raises:
@@ -129,7 +134,8 @@ class Model:
             return np.array(
                 [names[v] if 0 <= v < len(names) else v for v in values.tolist()], object
             )
-        return names[values]
+        labelled: np.ndarray = names[values]
+        return labelled
 
     def predict_proba(self, x: Any) -> np.ndarray:
         """Each row's class probabilities, ``[rows, classes]`` (classes in ``labels`` order).
@@ -159,7 +165,8 @@ class Model:
 
     @property
     def metadata(self) -> dict[str, Any]:
-        """Name, version, inputs and outputs (V2 datatypes), features and labels."""
+        """Name, version, inputs and outputs (V2 datatypes), features, labels, and which
+        outputs hold the label and the probabilities (``None`` when none does)."""
         model = self._model
 
         def tensors(specs: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -176,12 +183,14 @@ class Model:
             "outputs": tensors(model.outputs),
             "features": self.features,
             "labels": self.labels,
+            "label_output": model.label_output,
+            "probability_output": model.probability_output,
         }
 
     @property
     def sha256(self) -> str:
         """The SHA-256 of the version's ``model.onnx`` (hex), or of ``model.py``."""
-        directory = self._folder / self.version
+        directory = self.directory
         for name in ("model.onnx", "model.py"):
             if (directory / name).is_file():
                 return hashlib.sha256((directory / name).read_bytes()).hexdigest()
@@ -204,7 +213,8 @@ class Model:
 
 
 def load(path: str | Path, version: int | str | None = None, *, threads: int = 1) -> Model:
-    """Load one model folder (REPO/NAME) or version folder (REPO/NAME/VERSION).
+    """Load one model folder (REPO/NAME), version folder (REPO/NAME/VERSION), or flat
+    model folder (``model.onnx`` and ``config.toml`` side by side: version 1).
 
     Without ``version``, the highest version on disk that the folder's
     ``version_policy`` selects; a version that fails to load is an error (never a
@@ -261,4 +271,4 @@ def load(path: str | Path, version: int | str | None = None, *, threads: int = 1
         loaded.runtime.close()
         raise
     logger.debug("loaded model %r version %d from %s", folder.name, wanted, folder.path)
-    return Model(loaded, folder.path)
+    return Model(loaded, folder)

@@ -35,8 +35,9 @@ def _one_line(result: subprocess.CompletedProcess[str], extra: str) -> str:
         (("convert", "x.joblib", "--data", "x.csv", "--out", "r/x"), "convert", "ligeiro convert"),
         (("optimize", "models/iris", "--mode", "int8"), "convert", "ligeiro optimize"),
         (("score", "models/iris", "rows.csv", "-o", "out.csv"), "score", "ligeiro score"),
+        (("package", "models/iris", "--out", "r"), "package", "ligeiro package"),
     ],
-    ids=["convert", "optimize", "score"],
+    ids=["convert", "optimize", "score", "package"],
 )
 def test_a_command_without_its_extra_names_it(
     core_venv: Path, tmp_path: Path, args: tuple[str, ...], extra: str, names: str
@@ -74,7 +75,7 @@ def test_the_test_environment_has_every_extra_it_tests() -> None:
     """The metadata read is ligeiro's own: nested extras (examples → text-build → text)
     expand, and an installed extra passes."""
     assert {"scikit-learn", "torch", "tokenizers"} <= set(packages("examples"))
-    for extra in ("convert", "score", "spark", "otel", "examples"):
+    for extra in ("convert", "score", "spark", "otel", "examples", "package"):
         assert missing_packages(extra) == [], extra
         require(extra, extra)
     assert packages("no-such-extra") == []

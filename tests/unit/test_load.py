@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import re
@@ -123,7 +124,9 @@ def test_bad_input_says_which_column_and_row(iris: ligeiro.Model, x: object, mes
 def test_a_string_column_of_a_dataframe(iris: ligeiro.Model) -> None:
     frame = pd.DataFrame([SETOSA, SETOSA])
     frame["sepal_width"] = ["3.5", "oops"]
-    with pytest.raises(ligeiro.InvalidInputError, match="column 'sepal_width' row 0: expected a number"):
+    with pytest.raises(
+        ligeiro.InvalidInputError, match="column 'sepal_width' row 0: expected a number"
+    ):
         iris.predict(frame)
 
 
@@ -145,13 +148,19 @@ def test_bad_folders_name_the_file_and_the_reason(tmp_path: Path, examples: Path
     with pytest.raises(ligeiro.ModelLoadError, match=r"churn/1/model.onnx: file not found"):
         ligeiro.load(folder)
     (folder / "1" / "model.pkl").write_bytes(pickle.dumps({"weights": [1, 2]}))
-    with pytest.raises(ligeiro.ModelLoadError, match=r"model.pkl beside it is a pickle: ligeiro never unpickles"):
+    with pytest.raises(
+        ligeiro.ModelLoadError, match=r"model.pkl beside it is a pickle: ligeiro never unpickles"
+    ):
         ligeiro.load(folder)
     (folder / "1" / "model.onnx").write_bytes(pickle.dumps({"weights": [1, 2]}))
-    with pytest.raises(ligeiro.ModelLoadError, match=r"churn/1/model.onnx: a Python pickle, not ONNX"):
+    with pytest.raises(
+        ligeiro.ModelLoadError, match=r"churn/1/model.onnx: a Python pickle, not ONNX"
+    ):
         ligeiro.load(folder)
     (folder / "1" / "model.onnx").write_bytes(b"not onnx at all")
-    with pytest.raises(ligeiro.ModelLoadError, match=r"churn/1/model.onnx: not a loadable ONNX model"):
+    with pytest.raises(
+        ligeiro.ModelLoadError, match=r"churn/1/model.onnx: not a loadable ONNX model"
+    ):
         ligeiro.load(folder)
     shutil.copy(examples / "iris" / "1" / "model.onnx", folder / "1" / "model.onnx")
     (folder / "config.toml").write_text('featurez = ["a"]\n')
@@ -201,3 +210,19 @@ def test_load_imports_no_server_code(examples: Path) -> None:
     seconds = float(run.stdout)
     print(json.dumps({"import_and_load_iris_s": round(seconds, 3)}))
     assert seconds < 3.0
+
+
+def test_a_flat_folder(tmp_path: Path, examples: Path) -> None:
+    """model.onnx beside config.toml (what ``serve DIR --model-name`` takes): version 1."""
+    flat = tmp_path / "iris"
+    flat.mkdir()
+    shutil.copy(examples / "iris" / "config.toml", flat)
+    shutil.copy(examples / "iris" / "1" / "model.onnx", flat)
+    with ligeiro.load(flat) as model:
+        assert (model.name, model.version) == ("iris", "1")
+        assert model.predict([SETOSA]).tolist() == ["iris-setosa"]
+        assert model.sha256 == hashlib.sha256((flat / "model.onnx").read_bytes()).hexdigest()
+    (flat / "2").mkdir()
+    shutil.copy(flat / "model.onnx", flat / "2")
+    with pytest.raises(ligeiro.ModelLoadError, match=r"both model.onnx and version folders \[2\]"):
+        ligeiro.load(flat)

@@ -167,7 +167,7 @@ def _serve(rest: list[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    ligeiro_main(["serve", str(MODEL_DIR.parent), *rest])
+    ligeiro_main(["serve", str(MODEL_DIR), "--model-name", MODEL_NAME, *rest])
 
 
 def main(argv: list[str] | None = None) -> None:

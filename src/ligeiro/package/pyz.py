@@ -12,7 +12,9 @@ why shiv and not pex).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
+import importlib.util
 import logging
 import shutil
 import subprocess
@@ -86,6 +88,8 @@ def build_pyz(
 ) -> tuple[Packaged, Path]:
     """Build ``output`` (``iris.pyz``): the model's wheel, ligeiro and their dependencies.
 
+    Returns what ``build_wheel`` returns, its ``path`` the pyz's, and the pyz's path.
+
     Raises:
         ConfigError: ``output`` exists without ``force``, shiv or a dependency is not
             installed, or as ``build_wheel``.
@@ -93,10 +97,8 @@ def build_pyz(
     """
     if output.exists() and not force:
         raise ConfigError(f"{output}: already exists; pass --force to replace it")
-    try:
-        import shiv  # noqa: F401  (run as a child below; fail here, clearly)
-    except ImportError:
-        raise ConfigError("--format pyz needs shiv: pip install 'ligeiro[package]'") from None
+    if importlib.util.find_spec("shiv") is None:  # it runs as a child below: fail here, clearly
+        raise ConfigError("--format pyz needs shiv: pip install 'ligeiro[package]'")
     with tempfile.TemporaryDirectory(prefix="ligeiro-pyz-") as stage_name:
         stage = Path(stage_name)
         packaged = build_wheel(
@@ -114,9 +116,7 @@ def build_pyz(
             site / _LIGEIRO,
             ignore=shutil.ignore_patterns("__pycache__"),
         )
-        logger.info(
-            "bundling %s", ", ".join(f"{d.metadata['Name']} {d.version}" for d in dists)
-        )
+        logger.info("bundling %s", ", ".join(f"{d.metadata['Name']} {d.version}" for d in dists))
         built = stage / output.name
         run = subprocess.run(
             [
@@ -130,4 +130,5 @@ def build_pyz(
             raise ConfigError(f"shiv failed: {(run.stderr or run.stdout).strip()}")
         output.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(built, output)
-    return packaged, output
+    # The wheel was staged and is gone: what was built is the pyz.
+    return dataclasses.replace(packaged, path=output), output

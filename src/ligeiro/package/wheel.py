@@ -11,6 +11,7 @@ so the wheel depends only on numpy, onnxruntime and msgspec.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import keyword
 import logging
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from .. import __version__ as ligeiro_version
 from ..errors import ConfigError, ModelLoadError
-from ..repository.layout import locate
+from ..repository.layout import ModelFolder, locate
 from ._template import MAIN, MODULE
 
 __all__ = ["RUNTIME_MODULES", "RUNTIME_REQUIREMENTS", "Packaged", "build_wheel", "check_name"]
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 RUNTIME_MODULES = (
     "",
     "_features",
+    "datatypes",
     "errors",
     "model",
     "protocol",
@@ -43,12 +45,15 @@ RUNTIME_MODULES = (
     "protocol.datatypes",
     "protocol.messages",
     "protocol.predict",
+    "protocol.raw",
+    "protocol.types",
     "repository",
     "repository.checks",
     "repository.config",
     "repository.layout",
     "repository.registry",
-    "repository.warmup",
+    "repository.routing",
+    "repository.version",
     "runtime",
     "runtime.base",
     "runtime.onnx",
@@ -57,6 +62,7 @@ RUNTIME_MODULES = (
     "runtime.python",
     "scheduling",
     "scheduling.policy",
+    "warmup",
 )
 # The packaged module's dependencies: ligeiro's own pins of what those modules import
 # (a test checks them against pyproject.toml).
@@ -99,7 +105,9 @@ def check_name(name: str, version: str) -> tuple[str, str]:
     try:
         Version(version)
     except InvalidVersion:
-        raise ConfigError(f"--version {version!r}: not a valid version (PEP 440, e.g. 1.0.0)") from None
+        raise ConfigError(
+            f"--version {version!r}: not a valid version (PEP 440, e.g. 1.0.0)"
+        ) from None
     return re.sub(r"[-_.]+", "-", name).lower(), import_name
 
 
@@ -122,15 +130,18 @@ def _vendor(target: Path) -> None:
             shutil.copyfile(origin, destination)
 
 
-def _copy_model(folder: Path, version: str, target: Path) -> None:
-    """The model folder's files and the one version folder, without caches."""
+def _copy_model(folder: ModelFolder, version: str, target: Path) -> None:
+    """The model folder's files and the one version folder (all of a flat folder),
+    without caches."""
+    ignore = shutil.ignore_patterns("__pycache__", ".*")
+    if folder.flat:
+        shutil.copytree(folder.path, target, ignore=ignore)
+        return
     target.mkdir(parents=True)
-    for path in folder.iterdir():
+    for path in folder.path.iterdir():
         if path.is_file() and not path.name.startswith("."):
             shutil.copyfile(path, target / path.name)
-    shutil.copytree(
-        folder / version, target / version, ignore=shutil.ignore_patterns("__pycache__", ".*")
-    )
+    shutil.copytree(folder.path / version, target / version, ignore=ignore)
 
 
 def _pyproject(name: str, version: str, import_name: str, summary: str) -> str:
@@ -138,7 +149,7 @@ def _pyproject(name: str, version: str, import_name: str, summary: str) -> str:
     return (
         '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n\n'
         f"[project]\nname = {json.dumps(name)}\nversion = {json.dumps(version)}\n"
-        f"description = {json.dumps(summary)}\nrequires-python = \">=3.11\"\n"
+        f'description = {json.dumps(summary)}\nrequires-python = ">=3.11"\n'
         f"dependencies = {requirements}\n\n"
         f"[project.scripts]\n{name} = {json.dumps(import_name + '.__main__:main')}\n\n"
         f"[tool.hatch.build.targets.wheel]\npackages = [{json.dumps(import_name)}]\n"
@@ -178,16 +189,20 @@ def build_wheel(
             a model that is not an ONNX one, or hatchling missing.
     """
     from ..model import load
+    from ..repository.config import load_config
 
+    folder = locate(model_dir)[0]
+    platform = load_config(folder.path).platform
+    if platform != "onnxruntime":
+        why = {"pipeline": "a pipeline runs other models of its repository"}.get(
+            platform, "a Python model's own dependencies are unknown to it"
+        )
+        raise ConfigError(
+            f"{folder.path}: platform {platform!r}; ligeiro package packages ONNX models ({why})"
+        )
     with load(model_dir, model_version) as loaded:
         meta = loaded.metadata
         sha256 = loaded.sha256
-    folder = locate(model_dir)[0].path
-    if meta["platform"] != "onnxruntime":
-        raise ConfigError(
-            f"{folder}: platform {meta['platform']!r}; ligeiro package packages ONNX models "
-            "(a Python model's own dependencies are unknown to it)"
-        )
     model_name, number = meta["name"], meta["version"]
     name = name or f"{model_name}-model"
     version = version or f"{number}.0.0"
@@ -195,12 +210,8 @@ def build_wheel(
     target = out / wheel_filename(dist_name, version)
     if target.exists() and not force:
         raise ConfigError(f"{target}: already exists; pass --force to replace it")
-    try:
-        import hatchling  # noqa: F401  (the build runs in a child; fail here, clearly)
-    except ImportError:
-        raise ConfigError(
-            "ligeiro package needs hatchling: pip install 'ligeiro[package]'"
-        ) from None
+    if importlib.util.find_spec("hatchling") is None:  # the build runs in a child: fail here
+        raise ConfigError("ligeiro package needs hatchling: pip install 'ligeiro[package]'")
     summary = f"The {model_name} model (version {number}), packaged by ligeiro {ligeiro_version}"
     example = json.dumps(dict.fromkeys(meta["features"], 0.0)) if meta["features"] else "[0.0]"
     with tempfile.TemporaryDirectory(prefix="ligeiro-package-") as stage_name:
@@ -210,10 +221,16 @@ def build_wheel(
         _copy_model(folder, number, package / "models" / model_name)
         (package / "__init__.py").write_text(
             MODULE.format(
-                summary=summary, ligeiro_version=ligeiro_version, import_name=import_name,
-                example=example, version=version, model_name=model_name,
-                model_version=number, sha256=sha256, metadata=json.dumps(meta),
-            )  # fmt: skip
+                summary=summary,
+                ligeiro_version=ligeiro_version,
+                import_name=import_name,
+                example=example,
+                version=version,
+                model_name=model_name,
+                model_version=number,
+                sha256=sha256,
+                metadata=json.dumps(meta),
+            )
         )
         (package / "__main__.py").write_text(MAIN.format(command=dist_name, model_name=model_name))
         (stage / "pyproject.toml").write_text(_pyproject(dist_name, version, import_name, summary))
@@ -229,5 +246,7 @@ def build_wheel(
         wheel = built / run.stdout.strip().splitlines()[-1]
         out.mkdir(parents=True, exist_ok=True)
         shutil.move(wheel, target)
-    logger.info("wrote %s (%s %s, model %s version %s)", target, dist_name, version, model_name, number)
+    logger.debug(
+        "wrote %s (%s %s, model %s version %s)", target, dist_name, version, model_name, number
+    )
     return Packaged(target, dist_name, version, import_name, model_name, number, sha256)

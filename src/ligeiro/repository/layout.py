@@ -110,20 +110,25 @@ def _single(root: Path, name: str) -> ModelFolder:
 
 
 def locate(path: Path) -> tuple[ModelFolder, int | None]:
-    """The model folder ``path`` names (REPO/NAME), or its version (REPO/NAME/VERSION).
+    """The model folder ``path`` names (REPO/NAME, or a flat folder with its
+    ``model.onnx`` at the top, as ``serve DIR --model-name`` takes), or its version
+    (REPO/NAME/VERSION).
 
     Returns the folder and the version named, or ``None`` for "the highest".
 
     Raises:
         ModelNotFoundError: ``path`` is neither a model folder nor a version folder.
+        ModelLoadError: a flat folder that also has version folders.
     """
     if path.name.isdigit() and int(path.name) > 0 and (path / MODEL_FILE).is_file():
         return ModelFolder(path.parent.name, path.parent, _versions(path.parent)), int(path.name)
+    if (path / MODEL_FILE).is_file():
+        return _single(path, path.resolve().name), None
     if path.is_dir() and any(c.name.isdigit() and c.is_dir() for c in path.iterdir()):
         return ModelFolder(path.name, path, _versions(path)), None
     raise ModelNotFoundError(
-        f"{path}: not a model folder (expected {path}/<version>/{MODEL_FILE}, "
-        f"or a version folder holding {MODEL_FILE})"
+        f"{path}: not a model folder (expected {path}/{MODEL_FILE}, "
+        f"{path}/<version>/{MODEL_FILE}, or a version folder holding {MODEL_FILE})"
     )
 
 

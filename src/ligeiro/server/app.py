@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, LigeiroError
-from ..extras import require
 from ..repository.layout import discover, fingerprint
 
 if TYPE_CHECKING:
@@ -298,6 +297,8 @@ def serve(settings: ServerSettings) -> None:
         OSError: the address cannot be bound.
     """
     if _tracing_enabled(settings):  # before any worker starts: one line, exit 2
+        from ..extras import require  # importlib.metadata: 10 ms of a cold start, when off
+
         require("otel", "tracing (--otel-endpoint, OTEL_*)")
     if settings.worker_count() == 1:
         _run_worker(
