@@ -48,6 +48,9 @@ class _Transport:
     def close(self) -> None:
         pass
 
+    def is_reading(self) -> bool:
+        return True
+
     def pause_reading(self) -> None:
         pass
 

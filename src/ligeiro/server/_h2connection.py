@@ -1,12 +1,19 @@
 """A server-side HTTP/2 connection (RFC 9113), as much as a gRPC server needs (ADR 0007).
 
-Frames are parsed with ``struct``; ``hpack`` decodes request headers (a block that
-changes nothing in the decoder's table is decoded once per connection and then looked
-up); what we send needs no table. Implemented: the preface, SETTINGS (and its ACK),
+Frames are parsed with ``struct``; ``_h2headers.py`` decodes request headers; what we
+send needs no table. Implemented: the preface, SETTINGS (and its ACK),
 PING answers, WINDOW_UPDATE both ways (received data is credited back as it is taken;
 large answers wait for the peer's window), RST_STREAM, GOAWAY both ways, HEADERS with
 CONTINUATION, padding and priority fields; frames out are queued and written once per
 loop pass (``flush_soon``).
+
+A peer is held to ``[grpc]``'s limits, which nghttp2 would hold it to (docs/security.md):
+streams open at once (advertised; REFUSED_STREAM past it), the header block's size as
+its frames arrive, SETTINGS entries per frame, the windows we advertised (what it sends
+and what it makes us send), and per-second budgets of resets and of frames that cost us
+work without carrying a request (rapid reset, PING and SETTINGS floods): over a budget
+it gets GOAWAY ENHANCE_YOUR_CALM. The hot path pays counters; the owner calls ``swept``
+once a second to start the budgets again and close silent connections.
 
 ``H2Connection`` knows streams, not what they carry (beyond the answer's first
 headers, ``RESPONSE_HEADERS``, which are gRPC's): a subclass opens each stream
@@ -23,16 +30,15 @@ import struct
 from collections import deque
 from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
-from hpack import Decoder, HPACKError
-
+from ._h2headers import HeaderDecoder
 from ._h2wire import (
     ACK,
-    COMPRESSION_ERROR,
     CONTINUATION,
     DATA,
     DEFAULT_WINDOW,
     END_HEADERS,
     END_STREAM,
+    ENHANCE_YOUR_CALM,
     FLOW_CONTROL_ERROR,
     FRAME_HEADER,
     FRAME_SIZE_ERROR,
@@ -53,6 +59,7 @@ from ._h2wire import (
     SETTINGS,
     SETTINGS_ENABLE_PUSH,
     SETTINGS_INITIAL_WINDOW_SIZE,
+    SETTINGS_MAX_CONCURRENT_STREAMS,
     SETTINGS_MAX_FRAME_SIZE,
     SETTINGS_MAX_HEADER_LIST_SIZE,
     STREAM_CLOSED,
@@ -65,6 +72,8 @@ from ._h2wire import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from ..settings import GrpcSettings
+
 __all__ = ["H2Connection", "H2Stream"]
 
 logger = logging.getLogger(__name__)
@@ -75,12 +84,9 @@ logger = logging.getLogger(__name__)
 _CONNECTION_WINDOW = 16 * 1024 * 1024
 _STREAM_WINDOW = 1024 * 1024
 _MAX_FRAME = 1024 * 1024  # what we accept; we send no more than the peer's setting
-_MAX_HEADER_LIST = 64 * 1024
-_HEADER_CACHE = 64  # decoded header blocks kept per connection
-
-if TYPE_CHECKING:
-    # A decoded header block: the list as sent, and a dict for lookups.
-    _Headers = tuple[list[tuple[bytes, bytes]], dict[bytes, bytes]]
+# A SETTINGS frame has 7 settings to set; one of thousands of entries, each walking every
+# stream, froze a worker for seconds.
+_MAX_SETTINGS_ENTRIES = 32
 
 
 class H2Stream:
@@ -115,17 +121,23 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
     Args:
         flush_soon: called with the connection when it queues frames after its last
             flush; whoever it is calls ``flush_out`` before the loop waits again.
+        limits: ``[grpc]``: the HTTP/2 limits a peer is held to.
     """
 
-    def __init__(self, flush_soon: Callable[[H2Connection[_S]], None]) -> None:
+    def __init__(
+        self, flush_soon: Callable[[H2Connection[_S]], None], limits: GrpcSettings
+    ) -> None:
         self._flush_soon = flush_soon
+        self._limits = limits
+        self._max_streams = limits.max_concurrent_streams
+        self._max_header_block = limits.max_header_list_bytes
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()  # the start of a frame that has not all arrived
         self._needed = 0  # how long the buffer must grow before it is worth parsing
         self._has_preface = False
-        self._decoder = Decoder(max_header_list_size=_MAX_HEADER_LIST)
-        self._header_cache: dict[bytes, _Headers] = {}
+        self._has_settings = False  # the peer's first SETTINGS: its handshake is done
+        self._headers = HeaderDecoder(limits.max_header_list_bytes)
         self._streams: dict[int, _S] = {}
         self._last_stream_id = 0
         self._continuation: tuple[int, int, bytearray] | None = None  # stream, flags, block
@@ -136,6 +148,12 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
         self._is_going_away = False
         self._blocked: dict[int, _S] = {}  # streams with data waiting for window
         self._out: list[bytes] = []  # frames queued since the last flush
+        # Since the last sweep: resets (and refused streams), frames that carry no
+        # request, and whether anything arrived at all.
+        self._resets = 0
+        self._control_frames = 0
+        self._is_active = False
+        self._opened_at = self._last_active = self._loop.time()
 
     # -- what a subclass gives ---------------------------------------------------------
 
@@ -166,13 +184,14 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast("asyncio.Transport", transport)  # uvloop's is not a subclass
         self._transport = transport
-        # No SETTINGS_MAX_CONCURRENT_STREAMS: a client would queue calls past it; the
-        # layer above refuses what is over its own limit instead.
+        # SETTINGS_MAX_CONCURRENT_STREAMS: a client queues its calls past it, and one
+        # connection cannot take every call a worker runs.
         settings = struct.pack(
-            ">HIHIHI",
+            ">HIHIHIHI",
+            SETTINGS_MAX_CONCURRENT_STREAMS, self._max_streams,
             SETTINGS_INITIAL_WINDOW_SIZE, _STREAM_WINDOW,
             SETTINGS_MAX_FRAME_SIZE, _MAX_FRAME,
-            SETTINGS_MAX_HEADER_LIST_SIZE, _MAX_HEADER_LIST,
+            SETTINGS_MAX_HEADER_LIST_SIZE, self._max_header_block,
         )  # fmt: skip
         window = struct.pack(">I", _CONNECTION_WINDOW - DEFAULT_WINDOW)
         self._write(frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, window))
@@ -194,6 +213,7 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
             self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        self._is_active = True
         buffer = self._buffer
         if buffer:
             buffer += data
@@ -247,18 +267,22 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
         elif kind == CONTINUATION:
             if self._continuation is None or self._continuation[0] != stream_id:
                 raise ConnectionFailure(PROTOCOL_ERROR, "CONTINUATION without HEADERS")
+            if not payload:
+                self._count_control_frame()
             _, first_flags, block = self._continuation
             block += payload
-            if len(block) > _MAX_HEADER_LIST:
-                raise ConnectionFailure(PROTOCOL_ERROR, "header block too large")
+            if len(block) > self._max_header_block:  # as it arrives, not once it is whole
+                raise self._header_block_too_large()
             if flags & END_HEADERS:
                 self._continuation = None
                 self._headers_complete(stream_id, bytes(block), bool(first_flags & END_STREAM))
         elif kind == SETTINGS:
+            self._count_control_frame()
             self._settings(flags, stream_id, payload)
-        elif kind == WINDOW_UPDATE:
+        elif kind == WINDOW_UPDATE:  # not counted: a busy client sends many
             self._window_update(stream_id, payload)
         elif kind == PING:
+            self._count_control_frame()
             if stream_id != 0:
                 raise ConnectionFailure(PROTOCOL_ERROR, "PING on a stream")
             if len(payload) != 8:
@@ -268,6 +292,7 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
         elif kind == RST_STREAM:
             if stream_id == 0 or len(payload) != 4:
                 raise ConnectionFailure(PROTOCOL_ERROR, "malformed RST_STREAM")
+            self._count_reset()
             stream = self._streams.get(stream_id)
             if stream is not None:
                 self._drop(stream, cancel=True)
@@ -275,11 +300,57 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
             self._is_going_away = True
             self._close_if_idle()
         elif kind == PRIORITY:
+            self._count_control_frame()
             if len(payload) != 5:
                 raise ConnectionFailure(FRAME_SIZE_ERROR, "PRIORITY payload is not 5 bytes")
         elif kind == PUSH_PROMISE:
             raise ConnectionFailure(PROTOCOL_ERROR, "a client cannot push")
-        # Unknown frame types are ignored (§5.5).
+        else:  # unknown frame types are ignored (§5.5), within the budget
+            self._count_control_frame()
+
+    # -- budgets -----------------------------------------------------------------------
+
+    def _count_reset(self) -> None:
+        self._resets += 1
+        if self._resets > self._limits.max_resets_per_s:
+            raise ConnectionFailure(
+                ENHANCE_YOUR_CALM,
+                f"more than {self._limits.max_resets_per_s} streams reset or refused in a second",
+            )
+
+    def _count_control_frame(self) -> None:
+        self._control_frames += 1
+        if self._control_frames > self._limits.max_control_frames_per_s:
+            raise ConnectionFailure(
+                ENHANCE_YOUR_CALM,
+                f"more than {self._limits.max_control_frames_per_s} SETTINGS, PING, PRIORITY, "
+                "empty or unknown frames in a second",
+            )
+
+    def _header_block_too_large(self) -> ConnectionFailure:
+        return ConnectionFailure(
+            ENHANCE_YOUR_CALM, f"a header block over {self._max_header_block} bytes"
+        )
+
+    def swept(self, now: float) -> None:
+        """Once a second: the budgets start again; a silent connection is closed.
+
+        Closed: one that has not finished its handshake (preface and SETTINGS) within
+        ``handshake_timeout_s``, and one with no stream open that has sent nothing for
+        ``idle_timeout_s`` (GOAWAY NO_ERROR: a client reconnects when it needs to).
+        """
+        self._resets = self._control_frames = 0
+        if self._is_active:
+            self._is_active = False
+            self._last_active = now
+        if self._transport is None:
+            return
+        if not self._has_settings:
+            if now - self._opened_at > self._limits.handshake_timeout_s:
+                self._fail(PROTOCOL_ERROR, f"no HTTP/2 handshake within "
+                           f"{self._limits.handshake_timeout_s:g} s")  # fmt: skip
+        elif not self._streams and now - self._last_active > self._limits.idle_timeout_s:
+            self.shutdown()
 
     def _headers_frame(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
@@ -289,38 +360,15 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
             if len(block) < 5:
                 raise ConnectionFailure(FRAME_SIZE_ERROR, "HEADERS priority field cut short")
             block = block[5:]
+        if len(block) > self._max_header_block:  # one frame can carry 1 MiB of it
+            raise self._header_block_too_large()
         if flags & END_HEADERS:
             self._headers_complete(stream_id, block, bool(flags & END_STREAM))
         else:
             self._continuation = (stream_id, flags, bytearray(block))
 
-    def _decode(self, block: bytes) -> _Headers:
-        # A block that leaves the dynamic table as it was means the same headers every
-        # time it comes back: clients send the same indexed block call after call.
-        cached = self._header_cache.get(block)
-        if cached is not None:
-            return cached
-        table = self._decoder.header_table
-        entries = table.dynamic_entries
-        before = (len(entries), entries[0] if entries else None, table.maxsize)
-        try:
-            headers = [
-                (bytes(name), bytes(value)) for name, value in self._decoder.decode(block, raw=True)
-            ]
-        except HPACKError as exc:
-            raise ConnectionFailure(COMPRESSION_ERROR, f"bad header block: {exc}") from None
-        decoded = (headers, dict(headers))
-        after = (len(entries), entries[0] if entries else None, table.maxsize)
-        if before[0] == after[0] and before[1] is after[1] and before[2] == after[2]:
-            if len(self._header_cache) >= _HEADER_CACHE:
-                self._header_cache.clear()
-            self._header_cache[block] = decoded
-        else:
-            self._header_cache.clear()
-        return decoded
-
     def _headers_complete(self, stream_id: int, block: bytes, end_stream: bool) -> None:
-        headers, fields = self._decode(block)  # always: the table must follow the peer's
+        headers, fields = self._headers.decode(block)  # always: the table follows the peer's
         stream = self._streams.get(stream_id)
         if stream is not None:  # trailers from the client: they end its side
             if not end_stream:
@@ -330,8 +378,10 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
         if stream_id % 2 == 0 or stream_id <= self._last_stream_id:
             raise ConnectionFailure(PROTOCOL_ERROR, f"HEADERS on stream {stream_id}")
         self._last_stream_id = stream_id
-        if self._is_going_away:
+        if self._is_going_away or len(self._streams) >= self._max_streams:
             self._write(frame(RST_STREAM, 0, stream_id, REFUSED_STREAM.to_bytes(4, "big")))
+            if not self._is_going_away:  # a client that ignores our setting: a reset
+                self._count_reset()
             return
         stream = self._open(stream_id, headers, fields)
         self._streams[stream_id] = stream
@@ -342,7 +392,12 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
             raise ConnectionFailure(PROTOCOL_ERROR, "DATA on stream 0")
-        self._unacked += len(payload)
+        size = len(payload)
+        if not size and not flags & END_STREAM:
+            self._count_control_frame()
+        self._unacked += size
+        if self._unacked > _CONNECTION_WINDOW:  # more than we let it send
+            raise ConnectionFailure(FLOW_CONTROL_ERROR, "DATA past the connection's window")
         if self._unacked >= _CONNECTION_WINDOW // 4:
             self._write(frame(WINDOW_UPDATE, 0, 0, self._unacked.to_bytes(4, "big")))
             self._unacked = 0
@@ -354,12 +409,14 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
         if stream.is_remote_closed:
             self._reset(stream, STREAM_CLOSED)
             return
+        if stream.unacked + stream.owed + size > _STREAM_WINDOW:
+            raise ConnectionFailure(FLOW_CONTROL_ERROR, f"DATA past stream {stream_id}'s window")
         if not stream.done:
             self._received(stream, unpadded(flags, payload) if flags & PADDED else payload)
         if flags & END_STREAM:
             self._remote_closed(stream)
-        elif payload:
-            stream.unacked += len(payload)
+        elif size:
+            stream.unacked += size
             self._credit(stream)
 
     def _remote_closed(self, stream: _S) -> None:
@@ -379,15 +436,18 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
             return
         if len(payload) % 6:
             raise ConnectionFailure(FRAME_SIZE_ERROR, "SETTINGS payload not a multiple of 6")
+        if len(payload) > 6 * _MAX_SETTINGS_ENTRIES:
+            raise ConnectionFailure(
+                ENHANCE_YOUR_CALM, f"a SETTINGS frame of more than {_MAX_SETTINGS_ENTRIES} entries"
+            )
+        self._has_settings = True
+        window = self._initial_window
         for offset in range(0, len(payload), 6):
             key, value = struct.unpack_from(">HI", payload, offset)
             if key == SETTINGS_INITIAL_WINDOW_SIZE:
                 if value > MAX_WINDOW:
                     raise ConnectionFailure(FLOW_CONTROL_ERROR, "initial window over 2^31-1")
-                delta = value - self._initial_window
-                self._initial_window = value
-                for stream in self._streams.values():
-                    stream.send_window += delta
+                window = value  # the last one counts: the streams are walked once
             elif key == SETTINGS_MAX_FRAME_SIZE:
                 if not 16_384 <= value <= 16_777_215:
                     raise ConnectionFailure(PROTOCOL_ERROR, f"bad SETTINGS_MAX_FRAME_SIZE {value}")
@@ -395,6 +455,15 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
             elif key == SETTINGS_ENABLE_PUSH and value > 1:
                 raise ConnectionFailure(PROTOCOL_ERROR, f"bad SETTINGS_ENABLE_PUSH {value}")
             # HEADER_TABLE_SIZE: our answers use no table. The rest are advice.
+        if window != self._initial_window:
+            delta = window - self._initial_window
+            self._initial_window = window
+            for stream in self._streams.values():
+                stream.send_window += delta
+                if stream.send_window > MAX_WINDOW:  # §6.9.2
+                    raise ConnectionFailure(
+                        FLOW_CONTROL_ERROR, f"SETTINGS pushed stream {stream.id}'s window over 2^31-1"
+                    )
         self._write(frame(SETTINGS, ACK, 0))
         self._flush_blocked()
 

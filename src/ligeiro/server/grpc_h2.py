@@ -15,6 +15,11 @@ gRPC as cheap per call as REST (ADR 0007, "Second pass").
 
 The methods themselves are ``GrpcService``'s (``server/grpc.py``), the same code and
 the same error → status table as the grpc.aio transport.
+
+Besides HTTP/2's limits (``_h2connection.py``), a worker holds its peers to
+``[grpc]``'s: connections open at once, a unary call's message arriving within
+``request_timeout_s``, and the bytes of messages still arriving, summed over its calls.
+One timer a second (``H2GrpcServer``) sweeps every connection.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ._h2wire import (
     ACCEPT_ENCODING,
     CONTENT_TYPE,
     END_HEADERS,
+    ENHANCE_YOUR_CALM,
     END_STREAM,
     HEADERS,
     OK_TRAILERS,
@@ -61,6 +67,7 @@ _RESOURCE_EXHAUSTED = StatusCode.RESOURCE_EXHAUSTED
 _DEADLINE_EXCEEDED = StatusCode.DEADLINE_EXCEEDED
 _INVALID_ARGUMENT = StatusCode.INVALID_ARGUMENT
 _STREAMING = "ModelStreamInfer"
+_SWEEP_INTERVAL_S = 1.0
 
 
 class _Abort(Exception):
@@ -121,10 +128,13 @@ class _Messages:
 class _Call(H2Stream):
     """One call: its stream, what of its request has arrived, and its task."""
 
-    __slots__ = ("buffer", "handler", "message", "messages", "needed", "task")
+    __slots__ = ("buffer", "handler", "message", "messages", "needed", "opened_at", "task")
 
-    def __init__(self, stream_id: int, headers: Sequence[tuple[bytes, bytes]], window: int):
+    def __init__(
+        self, stream_id: int, headers: Sequence[tuple[bytes, bytes]], window: int, now: float
+    ):
         super().__init__(stream_id, headers, window)
+        self.opened_at = now
         self.handler: UnaryHandler | None = None
         self.buffer = bytearray()  # the start of a message that has not all arrived
         self.needed = 0
@@ -138,12 +148,29 @@ class H2GrpcConnection(H2Connection[_Call]):
     """One HTTP/2 connection carrying gRPC calls."""
 
     def __init__(self, server: H2GrpcServer) -> None:
-        super().__init__(server.flush_soon)
+        super().__init__(server.flush_soon, server.settings)
         self._server = server
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        limit = self._server.settings.max_connections
+        if len(self._server.connections) >= limit:
+            self._fail(ENHANCE_YOUR_CALM, f"this worker has {limit} connections open")
+            return
         self._server.connections.add(self)
+
+    def swept(self, now: float) -> None:
+        super().swept(now)
+        timeout = self._server.settings.request_timeout_s
+        for stream in list(self._streams.values()):
+            if (
+                stream.handler is not None  # a unary call still waiting for its request
+                and not stream.is_remote_closed
+                and not stream.done
+                and now - stream.opened_at > timeout
+            ):
+                self._finish(stream, _DEADLINE_EXCEEDED,
+                             f"the request message did not arrive within {timeout:g} s")  # fmt: skip
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
@@ -155,7 +182,7 @@ class H2GrpcConnection(H2Connection[_Call]):
         self, stream_id: int, headers: list[tuple[bytes, bytes]], fields: dict[bytes, bytes]
     ) -> _Call:
         self._server.calls += 1
-        return _Call(stream_id, headers, self._initial_window)
+        return _Call(stream_id, headers, self._initial_window, self._loop.time())
 
     def _opened(self, stream: _Call, fields: dict[bytes, bytes]) -> None:
         server = self._server
@@ -189,11 +216,16 @@ class H2GrpcConnection(H2Connection[_Call]):
 
     def _received(self, stream: _Call, data: bytes) -> None:
         buffer = stream.buffer
+        server = self._server
         if buffer:
             buffer += data
+            server.buffered += len(data)
             if len(buffer) < stream.needed:  # a large message still arriving
+                if server.buffered > server.settings.max_buffered_bytes:
+                    self._over_buffered(stream)
                 return
             data = bytes(buffer)
+            server.buffered -= len(buffer)
             buffer.clear()
         position, size = 0, len(data)
         limit = self._server.settings.max_message_bytes
@@ -224,9 +256,17 @@ class H2GrpcConnection(H2Connection[_Call]):
                 return
         if position < size:
             buffer += data[position:]
+            server.buffered += size - position
             stream.needed = 5
             if len(buffer) >= 5:
                 stream.needed = 5 + int.from_bytes(buffer[1:5], "big")
+            if server.buffered > server.settings.max_buffered_bytes:
+                self._over_buffered(stream)
+
+    def _over_buffered(self, stream: _Call) -> None:
+        limit = self._server.settings.max_buffered_bytes
+        self._finish(stream, _RESOURCE_EXHAUSTED, "this worker holds its limit of request "
+                     f"messages still arriving ({limit} bytes); try again")  # fmt: skip
 
     def _request_ended(self, stream: _Call) -> None:
         if stream.buffer:
@@ -241,6 +281,9 @@ class H2GrpcConnection(H2Connection[_Call]):
 
     def _dropped(self, stream: _Call, *, cancel: bool) -> None:
         self._server.calls -= 1
+        if stream.buffer:
+            self._server.buffered -= len(stream.buffer)
+            stream.buffer.clear()
         if cancel and stream.task is not None and not stream.task.done():
             stream.task.cancel()
         if stream.messages is not None:
@@ -400,6 +443,8 @@ class H2GrpcServer:
         self.stream_path = f"/{_SERVICE}/{_STREAMING}".encode()
         self.connections: set[H2GrpcConnection] = set()
         self.calls = 0
+        self.buffered = 0  # bytes of request messages still arriving, every call's
+        self._sweeper: asyncio.TimerHandle | None = None
         self.port = 0
         self._server: asyncio.Server | None = None
         self._idle = asyncio.Event()
@@ -410,6 +455,12 @@ class H2GrpcServer:
         self._due: list[tuple[H2GrpcConnection, _Call, Coroutine[Any, Any, None]]] = []
         self._is_running_due = False
         self._unflushed: list[H2Connection[Any]] = []
+
+    def _sweep(self) -> None:
+        now = self._loop.time()
+        for connection in list(self.connections):
+            connection.swept(now)
+        self._sweeper = self._loop.call_later(_SWEEP_INTERVAL_S, self._sweep)
 
     def call_ended(self) -> None:
         if self.calls == 0:
@@ -456,10 +507,14 @@ class H2GrpcServer:
         )  # fmt: skip
         sock: socket.socket = self._server.sockets[0]
         self.port = sock.getsockname()[1]
+        self._sweeper = loop.call_later(_SWEEP_INTERVAL_S, self._sweep)
 
     async def stop(self, grace_s: float) -> None:
         """Refuse new calls; let running ones finish within ``grace_s``; end idle streams."""
         self.service.close_streams()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):
