@@ -87,6 +87,7 @@ _MAX_FRAME = 1024 * 1024  # what we accept; we send no more than the peer's sett
 # A SETTINGS frame has 7 settings to set; one of thousands of entries, each walking every
 # stream, froze a worker for seconds.
 _MAX_SETTINGS_ENTRIES = 32
+_LINGER_S = 1.0  # a failed connection's input is read and dropped this long
 
 
 class H2Stream:
@@ -213,6 +214,8 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
             self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self._transport is None:  # failed: closing in a moment (``_fail``)
+            return
         self._is_active = True
         buffer = self._buffer
         if buffer:
@@ -650,10 +653,28 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
         if self._is_going_away and not self._streams:
             self._close()
 
-    def _fail(self, code: int, message: str) -> None:
-        """A connection error (§5.4.1): GOAWAY with the reason, then close."""
+    def _fail(self, code: int, message: str, *, linger: bool = True) -> None:
+        """A connection error (§5.4.1): GOAWAY with the reason, then close.
+
+        What the peer still sends is read and dropped for a moment before the close
+        (``linger``): a socket closed with unread data is reset, and a reset can discard
+        the GOAWAY before the peer reads why.
+        """
         logger.debug("closing an HTTP/2 connection: %s", message)
+        transport = self._transport
+        if transport is None:
+            return
         payload = struct.pack(">II", self._last_stream_id, code) + message.encode()[:256]
         self._write(frame(GOAWAY, 0, 0, payload))
-        self._close()
+        self.flush_out()
+        self._transport = None  # nothing more is read or written
         self._buffer.clear()
+        for stream in list(self._streams.values()):
+            self._drop(stream, cancel=True)
+        if transport.can_write_eof():
+            transport.write_eof()
+        if linger:
+            transport.resume_reading()  # a peer that stopped reading may be paused
+            self._loop.call_later(_LINGER_S, transport.close)
+        else:
+            transport.close()

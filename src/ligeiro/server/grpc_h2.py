@@ -128,7 +128,9 @@ class _Messages:
 class _Call(H2Stream):
     """One call: its stream, what of its request has arrived, and its task."""
 
-    __slots__ = ("buffer", "handler", "message", "messages", "needed", "opened_at", "task")
+    __slots__ = (
+        "buffer", "handler", "is_streaming", "message", "messages", "needed", "opened_at", "task",
+    )  # fmt: skip
 
     def __init__(
         self, stream_id: int, headers: Sequence[tuple[bytes, bytes]], window: int, now: float
@@ -139,7 +141,8 @@ class _Call(H2Stream):
         self.buffer = bytearray()  # the start of a message that has not all arrived
         self.needed = 0
         self.message: bytes | None = None
-        self.messages: _Messages | None = None
+        self.is_streaming = False  # ModelStreamInfer
+        self.messages: _Messages | None = None  # its messages, once the first arrives
         self.task: asyncio.Task[None] | None = None
 
 
@@ -155,7 +158,8 @@ class H2GrpcConnection(H2Connection[_Call]):
         super().connection_made(transport)
         limit = self._server.settings.max_connections
         if len(self._server.connections) >= limit:
-            self._fail(ENHANCE_YOUR_CALM, f"this worker has {limit} connections open")
+            self._fail(ENHANCE_YOUR_CALM, f"this worker has {limit} connections open",
+                       linger=False)  # fmt: skip
             return
         self._server.connections.add(self)
 
@@ -201,8 +205,7 @@ class H2GrpcConnection(H2Connection[_Call]):
         elif server.calls > server.settings.max_concurrent_rpcs:
             self._finish(stream, _RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!")
         elif path == server.stream_path:
-            messages = stream.messages = _Messages(self, stream)
-            stream.task = self._loop.create_task(self._streaming(stream, messages))
+            stream.is_streaming = True  # it starts with its first message (_start_stream)
         elif (handler := server.unary.get(path)) is not None:
             stream.handler = handler
         else:
@@ -246,9 +249,9 @@ class H2GrpcConnection(H2Connection[_Call]):
                 break
             message = data[position + 5 : end] if position or end != size else data[5:]
             position = end
-            if stream.messages is not None:
+            if stream.is_streaming:
                 stream.queued += length + 5
-                stream.messages.put(message)
+                (stream.messages or self._start_stream(stream)).put(message)
             elif stream.message is None and stream.handler is not None:
                 stream.message = message
             else:
@@ -271,13 +274,26 @@ class H2GrpcConnection(H2Connection[_Call]):
     def _request_ended(self, stream: _Call) -> None:
         if stream.buffer:
             self._finish(stream, _INTERNAL, "the request ended inside a message")
-        elif stream.messages is not None:
-            stream.messages.put(None)
+        elif stream.is_streaming:
+            (stream.messages or self._start_stream(stream)).put(None)
         elif stream.message is None:
             self._finish(stream, _UNIMPLEMENTED, "a unary call ended without a message")
         elif stream.handler is not None:
             message, stream.message = stream.message, None
             self._start(stream, self._unary(stream, stream.handler, message))
+
+    def _start_stream(self, stream: _Call) -> _Messages:
+        """ModelStreamInfer's task, once the stream has something for it: a stream
+        opened and reset, or left silent, costs no task (rapid reset)."""
+        messages = stream.messages = _Messages(self, stream)
+        stream.task = self._loop.create_task(self._streaming(stream, messages))
+        return messages
+
+    def start_silent_streams(self) -> None:
+        """Shutting down: silent streams start, so that the service can end them."""
+        for stream in list(self._streams.values()):
+            if stream.is_streaming and stream.messages is None and not stream.done:
+                self._start_stream(stream)
 
     def _dropped(self, stream: _Call, *, cancel: bool) -> None:
         self._server.calls -= 1
@@ -518,6 +534,7 @@ class H2GrpcServer:
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):
+            connection.start_silent_streams()
             connection.shutdown()
         if self.calls:
             self._idle.clear()
