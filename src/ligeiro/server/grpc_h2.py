@@ -32,6 +32,7 @@ import types
 from typing import TYPE_CHECKING, Any, NoReturn, final
 
 from ._h2connection import H2Connection, H2Stream
+from ._h2output import H2Output
 from ._h2wire import (
     ACCEPT_ENCODING,
     CONTENT_TYPE,
@@ -470,7 +471,7 @@ class H2GrpcServer:
         # answers leave together after the last (H2GrpcConnection._write).
         self._due: list[tuple[H2GrpcConnection, _Call, Coroutine[Any, Any, None]]] = []
         self._is_running_due = False
-        self._unflushed: list[H2Connection[Any]] = []
+        self._unflushed: list[H2Output[Any]] = []
 
     def _sweep(self) -> None:
         now = self._loop.time()
@@ -499,7 +500,7 @@ class H2GrpcServer:
             self._is_running_due = False
             self._flush()
 
-    def flush_soon(self, connection: H2Connection[Any]) -> None:
+    def flush_soon(self, connection: H2Output[Any]) -> None:
         # Calls due or running flush when they are done: no loop pass of its own then.
         if not (self._unflushed or self._due or self._is_running_due):
             self._loop.call_soon(self._flush)
