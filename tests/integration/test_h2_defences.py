@@ -231,6 +231,18 @@ def test_a_settings_change_past_the_largest_window_is_a_flow_control_error(peer:
     assert peer.goaway() == FLOW_CONTROL_ERROR
 
 
+def test_data_past_the_stream_window_is_a_flow_control_error(peer: Peer) -> None:
+    # Defect 7: a stream's messages queue faster than ModelStreamInfer takes them, so the
+    # server holds its WINDOW_UPDATEs back; a peer that sends on regardless is stopped.
+    message = framed(pb.ModelInferRequest(model_name="nope", id="x" * 8000).SerializeToString())
+    data = message * (4 * 1024 * 1024 // len(message))
+    chunks = (data[i : i + 16_384] for i in range(0, len(data), 16_384))
+    peer.send(frame(HEADERS, END_HEADERS, 1, request_block()) + b"".join(
+        frame(DATA, 0, 1, chunk) for chunk in chunks
+    ))  # fmt: skip
+    assert peer.goaway() == FLOW_CONTROL_ERROR
+
+
 # -- header blocks (defect 2, CONTINUATION flood, HPACK bomb) ------------------------------
 
 
