@@ -278,50 +278,6 @@ class H2Connection(H2Output[_S], asyncio.Protocol):
         else:  # unknown frame types are ignored (§5.5), within the budget
             self._count_control_frame()
 
-    # -- budgets -----------------------------------------------------------------------
-
-    def _count_reset(self) -> None:
-        self._resets += 1
-        if self._resets > self._limits.max_resets_per_s:
-            raise ConnectionFailure(
-                ENHANCE_YOUR_CALM,
-                f"more than {self._limits.max_resets_per_s} streams reset or refused in a second",
-            )
-
-    def _count_control_frame(self) -> None:
-        self._control_frames += 1
-        if self._control_frames > self._limits.max_control_frames_per_s:
-            raise ConnectionFailure(
-                ENHANCE_YOUR_CALM,
-                f"more than {self._limits.max_control_frames_per_s} SETTINGS, PING, PRIORITY, "
-                "empty or unknown frames in a second",
-            )
-
-    def _header_block_too_large(self) -> ConnectionFailure:
-        return ConnectionFailure(
-            ENHANCE_YOUR_CALM, f"a header block over {self._max_header_block} bytes"
-        )
-
-    def swept(self, now: float) -> None:
-        """Once a second: the budgets start again; a silent connection is closed.
-
-        Closed: one that has not finished its handshake (preface and SETTINGS) within
-        ``handshake_timeout_s``, and one with no stream open that has sent nothing for
-        ``idle_timeout_s`` (GOAWAY NO_ERROR: a client reconnects when it needs to).
-        """
-        self._resets = self._control_frames = 0
-        if self._is_active:
-            self._is_active = False
-            self._last_active = now
-        if self._transport is None:
-            return
-        if not self._has_settings:
-            if now - self._opened_at > self._limits.handshake_timeout_s:
-                self._fail(PROTOCOL_ERROR, f"no HTTP/2 handshake within "
-                           f"{self._limits.handshake_timeout_s:g} s")  # fmt: skip
-        elif not self._streams and now - self._last_active > self._limits.idle_timeout_s:
-            self.shutdown()
-
     def _headers_frame(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
             raise ConnectionFailure(PROTOCOL_ERROR, "HEADERS on stream 0")
@@ -458,6 +414,50 @@ class H2Connection(H2Output[_S], asyncio.Protocol):
         stream.send_window += increment
         if stream.outbox:
             self._flush(stream)
+
+    # -- budgets -----------------------------------------------------------------------
+
+    def _count_reset(self) -> None:
+        self._resets += 1
+        if self._resets > self._limits.max_resets_per_s:
+            raise ConnectionFailure(
+                ENHANCE_YOUR_CALM,
+                f"more than {self._limits.max_resets_per_s} streams reset or refused in a second",
+            )
+
+    def _count_control_frame(self) -> None:
+        self._control_frames += 1
+        if self._control_frames > self._limits.max_control_frames_per_s:
+            raise ConnectionFailure(
+                ENHANCE_YOUR_CALM,
+                f"more than {self._limits.max_control_frames_per_s} SETTINGS, PING, PRIORITY, "
+                "empty or unknown frames in a second",
+            )
+
+    def _header_block_too_large(self) -> ConnectionFailure:
+        return ConnectionFailure(
+            ENHANCE_YOUR_CALM, f"a header block over {self._max_header_block} bytes"
+        )
+
+    def swept(self, now: float) -> None:
+        """Once a second: the budgets start again; a silent connection is closed.
+
+        Closed: one that has not finished its handshake (preface and SETTINGS) within
+        ``handshake_timeout_s``, and one with no stream open that has sent nothing for
+        ``idle_timeout_s`` (GOAWAY NO_ERROR: a client reconnects when it needs to).
+        """
+        self._resets = self._control_frames = 0
+        if self._is_active:
+            self._is_active = False
+            self._last_active = now
+        if self._transport is None:
+            return
+        if not self._has_settings:
+            if now - self._opened_at > self._limits.handshake_timeout_s:
+                self._fail(PROTOCOL_ERROR, f"no HTTP/2 handshake within "
+                           f"{self._limits.handshake_timeout_s:g} s")  # fmt: skip
+        elif not self._streams and now - self._last_active > self._limits.idle_timeout_s:
+            self.shutdown()
 
     # -- flow control for what we receive ----------------------------------------------
 

@@ -37,8 +37,8 @@ from ._h2wire import (
     ACCEPT_ENCODING,
     CONTENT_TYPE,
     END_HEADERS,
-    ENHANCE_YOUR_CALM,
     END_STREAM,
+    ENHANCE_YOUR_CALM,
     HEADERS,
     OK_TRAILERS,
     frame,
@@ -475,9 +475,12 @@ class H2GrpcServer:
 
     def _sweep(self) -> None:
         now = self._loop.time()
-        for connection in list(self.connections):
-            connection.swept(now)
-        self._sweeper = self._loop.call_later(_SWEEP_INTERVAL_S, self._sweep)
+        try:
+            for connection in list(self.connections):
+                connection.swept(now)
+        finally:  # one connection's surprise must not end every connection's limits
+            self._sweeper = self._loop.call_later(_SWEEP_INTERVAL_S, self._sweep)
+            self._flush()
 
     def call_ended(self) -> None:
         if self.calls == 0:
