@@ -456,3 +456,20 @@ def test_streams_reset_while_reading_are_not_logged(limits: Server) -> None:
         client.close()
     time.sleep(0.5)
     assert "never retrieved" not in limits.output()
+
+
+def test_the_grpcio_transport_advertises_the_stream_and_header_limits(
+    tmp_path: Path, examples: Path
+) -> None:
+    (tmp_path / "iris").symlink_to(examples / "iris")
+    srv = start_server(tmp_path, "--grpc-transport", "grpcio", "--threads", "1",
+                       env={**os.environ, "LIGEIRO_GRPC__MAX_CONCURRENT_STREAMS": "64"})  # fmt: skip
+    client = RawClient(srv.grpc_port)
+    try:
+        assert client.answer(client.request("ServerLive", framed(b""))).status == 0
+        assert client.conn.remote_settings.max_concurrent_streams == 64
+        # grpcio's hard limit is 1.25 times grpc.max_metadata_size, its soft one.
+        assert client.conn.remote_settings.max_header_list_size == 16 * 1024 * 5 // 4
+    finally:
+        client.close()
+        srv.stop()
