@@ -59,10 +59,10 @@ class GrpcSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     # HTTP/2 limits, per connection unless said otherwise (docs/security.md). Streams
     # open at once: advertised; one more is refused (REFUSED_STREAM), so one connection
     # cannot take every call a worker runs.
-    max_concurrent_streams: Annotated[int, msgspec.Meta(gt=0)] = 128
+    max_concurrent_streams: Annotated[int, msgspec.Meta(gt=0, le=2**31 - 1)] = 128
     # A request's header block, compressed and decoded: advertised; larger ones close the
     # connection (GOAWAY ENHANCE_YOUR_CALM) as they arrive, before they are decoded.
-    max_header_list_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 1024
+    max_header_list_bytes: Annotated[int, msgspec.Meta(ge=1024, le=2**31 - 1)] = 16 * 1024
     # RST_STREAMs from the client, and streams it opens past the limit, in a second
     # (rapid reset, CVE-2023-44487); over it: GOAWAY ENHANCE_YOUR_CALM.
     max_resets_per_s: Annotated[int, msgspec.Meta(gt=0)] = 200
