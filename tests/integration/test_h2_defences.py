@@ -13,7 +13,8 @@ import os
 import socket
 import statistics
 import struct
-import threading
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -397,29 +398,55 @@ def _rss_bytes(pid: int) -> int:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
+# The abusive client runs in a process of its own, so that it takes no time from the
+# well-behaved one's interpreter: connection after connection, as fast as they close,
+# each sending the attack and reading until GOAWAY; it prints each GOAWAY's code. It
+# runs niced, as if from another machine: what is measured is the server's handling of
+# the attack, not the CPU the attacker's own process takes from it on a shared machine.
+ATTACKER = """
+import socket, sys, time
+port, payload, seconds = int(sys.argv[1]), open(sys.argv[2], "rb").read(), float(sys.argv[3])
+codes, deadline = [], time.monotonic() + seconds
+while time.monotonic() < deadline:
+    code, data = None, b""
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=2)
+    except OSError as exc:
+        print("connect:", exc, file=sys.stderr)
+        continue
+    try:
+        sock.sendall(payload)
+        while code is None and (chunk := sock.recv(65536)):
+            data += chunk
+            while len(data) >= 9 and len(data) >= 9 + int.from_bytes(data[:3], "big"):
+                if data[3] == 0x7:
+                    code = int.from_bytes(data[13:17], "big")
+                data = data[9 + int.from_bytes(data[:3], "big"):]
+    except OSError:
+        pass
+    sock.close()
+    codes.append(code)
+print(" ".join(map(str, codes)))
+"""
+
+
 @pytest.mark.parametrize("attack", list(ATTACKS))
-def test_an_attack_leaves_a_well_behaved_client_served(limits: Server, attack: str) -> None:
-    payload = ATTACKS[attack]()
-    goaways: list[int | None] = []
-    stop = threading.Event()
-
-    def attacker() -> None:  # connection after connection, as fast as they are closed
-        while not stop.is_set():
-            abuser = Peer(limits.grpc_port)
-            try:
-                abuser.send(payload)
-                goaways.append(abuser.goaway(timeout_s=2))
-            finally:
-                abuser.close()
-
+def test_an_attack_leaves_a_well_behaved_client_served(
+    limits: Server, attack: str, tmp_path: Path
+) -> None:
+    payload = tmp_path / "attack"
+    payload.write_bytes(PREFACE + frame(SETTINGS, 0, 0) + ATTACKS[attack]())
     with grpc.insecure_channel(limits.grpc_target) as channel:
         stub = GRPCInferenceServiceStub(channel)
         stub.ServerLive(pb.ServerLiveRequest(), timeout=10)  # connected
         rss_before = _rss_bytes(limits.process.pid)
-        thread = threading.Thread(target=attacker, daemon=True)
-        thread.start()
-        latencies, deadline = [], time.monotonic() + 3
+        attacker = subprocess.Popen(
+            [sys.executable, "-c", ATTACKER, str(limits.grpc_port), str(payload), "3.5"],
+            stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.nice(19),
+        )  # fmt: skip
         try:
+            time.sleep(0.2)  # under way
+            latencies, deadline = [], time.monotonic() + 3
             while time.monotonic() < deadline:
                 started = time.perf_counter()
                 if len(latencies) % 2:
@@ -428,14 +455,20 @@ def test_an_attack_leaves_a_well_behaved_client_served(limits: Server, attack: s
                     stub.ServerLive(pb.ServerLiveRequest(), timeout=10)
                 latencies.append(time.perf_counter() - started)
                 time.sleep(0.005)
+            output, _ = attacker.communicate(timeout=10)
         finally:
-            stop.set()
-            thread.join(10)
+            attacker.kill()
+            attacker.wait()
         rss_growth = _rss_bytes(limits.process.pid) - rss_before
     p99 = statistics.quantiles(latencies, n=100)[98]
-    assert p99 < 0.050, f"{attack}: p99 {p99 * 1e3:.1f} ms over {len(latencies)} calls"
+    assert p99 < 0.050, (
+        f"{attack}: p99 {p99 * 1e3:.1f} ms over {len(latencies)} calls, "
+        f"{len(output.split())} attacking connections"
+    )
     assert rss_growth < 50 << 20, f"{attack}: the worker grew {rss_growth >> 20} MiB"
-    assert goaways and all(code == ENHANCE_YOUR_CALM for code in goaways), goaways
+    codes = output.split()
+    assert len(codes) >= 5, f"{attack}: only {len(codes)} attacking connections in 3 s"
+    assert set(codes) == {str(ENHANCE_YOUR_CALM)}, f"{len(codes)} connections: {codes}"
 
 
 def test_streams_reset_while_reading_are_not_logged(limits: Server) -> None:
