@@ -206,7 +206,8 @@ def test_a_length_prefix_over_the_message_limit_is_refused_before_the_message(
     peer: Peer,
 ) -> None:
     prefix = b"\x00" + (1 << 30).to_bytes(4, "big")  # 1 GiB announced, 5 bytes sent
-    peer.send(frame(HEADERS, END_HEADERS, 1, request_block("ModelInfer")) + frame(DATA, 0, 1, prefix))
+    peer.send(frame(HEADERS, END_HEADERS, 1, request_block("ModelInfer")))
+    peer.send(frame(DATA, 0, 1, prefix))
     [block] = [p for kind, _, stream, p in peer.frames(3) if kind == HEADERS and stream == 1]
     assert b"grpc-status\x018" in block  # RESOURCE_EXHAUSTED, at once
     assert b"1073741824 vs. 67108864" in block
@@ -495,8 +496,8 @@ def test_the_grpcio_transport_advertises_the_stream_and_header_limits(
     tmp_path: Path, examples: Path
 ) -> None:
     (tmp_path / "iris").symlink_to(examples / "iris")
-    srv = start_server(tmp_path, "--grpc-transport", "grpcio", "--threads", "1",
-                       env={**os.environ, "LIGEIRO_GRPC__MAX_CONCURRENT_STREAMS": "64"})  # fmt: skip
+    env = {**os.environ, "LIGEIRO_GRPC__MAX_CONCURRENT_STREAMS": "64"}
+    srv = start_server(tmp_path, "--grpc-transport", "grpcio", "--threads", "1", env=env)
     client = RawClient(srv.grpc_port)
     try:
         assert client.answer(client.request("ServerLive", framed(b""))).status == 0

@@ -388,7 +388,8 @@ class H2Connection(H2Output[_S], asyncio.Protocol):
                 stream.send_window += delta
                 if stream.send_window > MAX_WINDOW:  # §6.9.2
                     raise ConnectionFailure(
-                        FLOW_CONTROL_ERROR, f"SETTINGS pushed stream {stream.id}'s window over 2^31-1"
+                        FLOW_CONTROL_ERROR,
+                        f"SETTINGS pushed stream {stream.id}'s window over 2^31-1",
                     )
         self._write(frame(SETTINGS, ACK, 0))
         self._flush_blocked()

@@ -174,8 +174,8 @@ class H2GrpcConnection(H2Connection[_Call]):
                 and not stream.done
                 and now - stream.opened_at > timeout
             ):
-                self._finish(stream, _DEADLINE_EXCEEDED,
-                             f"the request message did not arrive within {timeout:g} s")  # fmt: skip
+                text = f"the request message did not arrive within {timeout:g} s"
+                self._finish(stream, _DEADLINE_EXCEEDED, text)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
