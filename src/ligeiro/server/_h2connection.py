@@ -533,6 +533,14 @@ class H2Connection(H2Output[_S], asyncio.Protocol):
             transport.write_eof()
         if linger:
             transport.resume_reading()  # a peer that stopped reading may be paused
-            self._loop.call_later(_LINGER_S, transport.close)
+            self._loop.call_later(_LINGER_S, _close_now, transport)
         else:
-            transport.close()
+            _close_now(transport)
+
+
+def _close_now(transport: asyncio.Transport) -> None:
+    """Close, without waiting for a peer that does not read to take what is left."""
+    if transport.get_write_buffer_size():
+        transport.abort()
+    else:
+        transport.close()
