@@ -172,7 +172,7 @@ def test_a_unary_call_whose_message_never_arrives_ends_deadline_exceeded(
             answer = client.answer(stream, timeout_s=5)
             assert answer.status == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
             assert "did not arrive within 1 s" in answer.message
-        assert 1.0 < time.monotonic() - started < 3.5
+        assert 1.0 < time.monotonic() - started < 4
     finally:
         client.close()
 

@@ -167,12 +167,15 @@ class H2GrpcConnection(H2Connection[_Call]):
     def swept(self, now: float) -> None:
         super().swept(now)
         timeout = self._server.settings.request_timeout_s
+        # Calls are stamped with the last sweep's time, up to a sweep before they opened:
+        # a sweep more and none ends early.
+        late = timeout + _SWEEP_INTERVAL_S
         for stream in list(self._streams.values()):
             if (
                 stream.handler is not None  # a unary call still waiting for its request
                 and not stream.is_remote_closed
                 and not stream.done
-                and now - stream.opened_at > timeout
+                and now - stream.opened_at > late
             ):
                 text = f"the request message did not arrive within {timeout:g} s"
                 self._finish(stream, _DEADLINE_EXCEEDED, text)
@@ -187,7 +190,8 @@ class H2GrpcConnection(H2Connection[_Call]):
         self, stream_id: int, headers: list[tuple[bytes, bytes]], fields: dict[bytes, bytes]
     ) -> _Call:
         self._server.calls += 1
-        return _Call(stream_id, headers, self._initial_window, self._loop.time())
+        # The sweep's clock, not loop.time(): a call pays no clock read for its timeout.
+        return _Call(stream_id, headers, self._initial_window, self._server.now)
 
     def _opened(self, stream: _Call, fields: dict[bytes, bytes]) -> None:
         server = self._server
@@ -466,6 +470,7 @@ class H2GrpcServer:
         self._server: asyncio.Server | None = None
         self._idle = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        self.now = self._loop.time()  # as of the last sweep
         # Calls due and connections with frames to write, run and written once per loop
         # pass: every connection's frames are read before the first call runs, and the
         # answers leave together after the last (H2GrpcConnection._write).
@@ -474,7 +479,7 @@ class H2GrpcServer:
         self._unflushed: list[H2Output[Any]] = []
 
     def _sweep(self) -> None:
-        now = self._loop.time()
+        now = self.now = self._loop.time()
         try:
             for connection in list(self.connections):
                 connection.swept(now)
