@@ -141,7 +141,10 @@ def _cpu_model() -> str:
 
 def _wrk_version() -> str:
     """wrk's version, from the banner it prints (with a usage text and a non-zero exit)."""
-    done = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+    try:
+        done = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return "wrk (not installed)"
     banner = (done.stdout or done.stderr).strip()
     # "wrk debian/4.1.0-3+b2 [epoll] Copyright (C) 2012 Will Glozer" -> "wrk debian/4.1.0-3+b2"
     return banner.splitlines()[0].split(" [")[0] if banner else "wrk (unknown version)"

@@ -38,7 +38,11 @@ class HttpSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 
 
 class GrpcSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """``[grpc]``: the V2 gRPC service's address and message limit."""
+    """``[grpc]``: the V2 gRPC service's address, message limit and HTTP/2 limits.
+
+    The HTTP/2 limits hold on the h2 transport; grpcio's applies the stream and header
+    limits itself (``grpc.max_concurrent_streams``, ``grpc.max_metadata_size``).
+    """
 
     # Off, a worker never imports grpcio: 14 MB less RSS, about 0.07 s less start-up.
     enabled: bool = True
@@ -52,6 +56,31 @@ class GrpcSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     # What carries gRPC: our HTTP/2 framing on the event loop ("h2", 2-3x grpc.aio's
     # throughput), or grpcio's grpc.aio server ("grpcio"). See docs/adr/0007.
     transport: Literal["h2", "grpcio"] = "h2"
+    # HTTP/2 limits, per connection unless said otherwise (docs/security.md). Streams
+    # open at once: advertised; one more is refused (REFUSED_STREAM), so one connection
+    # cannot take every call a worker runs.
+    max_concurrent_streams: Annotated[int, msgspec.Meta(gt=0, le=2**31 - 1)] = 128
+    # A request's header block, compressed and decoded: advertised; larger ones close the
+    # connection (GOAWAY ENHANCE_YOUR_CALM) as they arrive, before they are decoded.
+    max_header_list_bytes: Annotated[int, msgspec.Meta(ge=1024, le=2**31 - 1)] = 16 * 1024
+    # RST_STREAMs from the client, and streams it opens past the limit, in a second
+    # (rapid reset, CVE-2023-44487); over it: GOAWAY ENHANCE_YOUR_CALM.
+    max_resets_per_s: Annotated[int, msgspec.Meta(gt=0)] = 200
+    # SETTINGS, PING, PRIORITY, empty DATA and CONTINUATION frames and unknown frame
+    # types in a second; over it: GOAWAY ENHANCE_YOUR_CALM.
+    max_control_frames_per_s: Annotated[int, msgspec.Meta(gt=0)] = 1000
+    # Connections a worker keeps open; more are closed at once (GOAWAY).
+    max_connections: Annotated[int, msgspec.Meta(gt=0)] = 1000
+    # A connection must send its preface and SETTINGS within this, and is closed after
+    # this long without a frame and without an open stream.
+    handshake_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    idle_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    # A unary call whose request message has not all arrived after this long ends
+    # DEADLINE_EXCEEDED, grpc-timeout or not (ModelStreamInfer is exempt).
+    request_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    # Bytes of request messages still arriving, summed over a worker's calls; the call
+    # that would pass it ends RESOURCE_EXHAUSTED.
+    max_buffered_bytes: Annotated[int, msgspec.Meta(gt=0)] = 256 * 1024 * 1024
 
 
 class RuntimeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -506,6 +506,7 @@ def test_shutdown_ends_idle_streams_and_finishes_running_calls(tmp_path: Path) -
 def test_a_peer_that_does_not_read_is_not_read_from(h2_server: Server) -> None:
     # A PING flood whose acks are never read: once they fill what the server buffers,
     # it stops reading that connection, so the flood's sends block; others are served.
+    # (Or the flood passes the PING budget first, and the connection is cut off.)
     sock = socket.create_connection(("127.0.0.1", h2_server.grpc_port), timeout=10)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     try:
@@ -518,6 +519,8 @@ def test_a_peer_that_does_not_read_is_not_read_from(h2_server: Server) -> None:
         while not stopped and time.monotonic() < deadline:
             try:
                 n = sock.send(pending)
+            except ConnectionError:  # GOAWAY ENHANCE_YOUR_CALM, then the close
+                break
             except BlockingIOError:
                 blocked_since = blocked_since or time.monotonic()
                 stopped = time.monotonic() - blocked_since > 2  # not read from for 2 s
@@ -526,7 +529,7 @@ def test_a_peer_that_does_not_read_is_not_read_from(h2_server: Server) -> None:
             sent += n
             pending = pending[n:] or chunk
             blocked_since = None
-        assert stopped, f"the server went on reading: {sent} bytes of PINGs in 30 s"
+        assert time.monotonic() < deadline, f"the server went on reading: {sent} bytes in 30 s"
         with grpc.insecure_channel(f"127.0.0.1:{h2_server.grpc_port}") as channel:
             stub = GRPCInferenceServiceStub(channel)
             assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live

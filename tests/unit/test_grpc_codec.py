@@ -218,3 +218,14 @@ def test_raw_bytes_are_little_endian_in_c_order() -> None:
     assert raw_from_array(np.arange(12, dtype="<i4").reshape(2, 6)[:, ::2]) == (
         np.array([[0, 2, 4], [6, 8, 10]], dtype="<i4").tobytes()
     )
+
+
+def test_the_encoded_pieces_kept_for_answers_are_bounded() -> None:
+    # Each batch size is a new output shape: the kept entries start again past 1,024.
+    from ligeiro.protocol import grpc_codec
+
+    for rows in range(1, 3000):
+        answer = encode_infer_response("m", "1", {"y": np.zeros((rows, 1), np.float32)}, None)
+        assert pb.ModelInferResponse.FromString(answer).outputs[0].shape == [rows, 1]
+    assert len(grpc_codec._OUTPUT_ENTRIES) <= 1024
+    assert len(grpc_codec._HEADS) <= 1024

@@ -93,3 +93,17 @@ def test_providers_default_to_the_cpu_and_are_checked() -> None:
     assert settings.worker_count() == 1  # one process owns the GPU
     with pytest.raises(ConfigError, match=r"command line: providers\[0\] 'gpu' is not"):
         load_settings({"runtime": {"providers": ["gpu"]}}, env={})
+
+
+def test_grpc_http2_limits_have_defaults_and_bounds() -> None:
+    grpc = load_settings({}, env={}).grpc
+    assert (grpc.max_concurrent_streams, grpc.max_header_list_bytes) == (128, 16 * 1024)
+    assert (grpc.max_resets_per_s, grpc.max_control_frames_per_s) == (200, 1000)
+    assert (grpc.handshake_timeout_s, grpc.idle_timeout_s, grpc.request_timeout_s) == (10, 300, 60)
+    assert (grpc.max_connections, grpc.max_buffered_bytes) == (1000, 256 * 1024 * 1024)
+    env = {"LIGEIRO_GRPC__MAX_CONCURRENT_STREAMS": "64"}
+    assert load_settings({}, env=env).grpc.max_concurrent_streams == 64
+    with pytest.raises(ConfigError, match="max_concurrent_streams"):
+        load_settings({}, env={"LIGEIRO_GRPC__MAX_CONCURRENT_STREAMS": str(2**32)})
+    with pytest.raises(ConfigError, match="max_header_list_bytes"):
+        load_settings({}, env={"LIGEIRO_GRPC__MAX_HEADER_LIST_BYTES": "10"})

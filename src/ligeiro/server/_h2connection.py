@@ -1,12 +1,19 @@
 """A server-side HTTP/2 connection (RFC 9113), as much as a gRPC server needs (ADR 0007).
 
-Frames are parsed with ``struct``; ``hpack`` decodes request headers (a block that
-changes nothing in the decoder's table is decoded once per connection and then looked
-up); what we send needs no table. Implemented: the preface, SETTINGS (and its ACK),
+Frames are parsed with ``struct``; ``_h2headers.py`` decodes request headers; what we
+send needs no table. Implemented: the preface, SETTINGS (and its ACK),
 PING answers, WINDOW_UPDATE both ways (received data is credited back as it is taken;
 large answers wait for the peer's window), RST_STREAM, GOAWAY both ways, HEADERS with
-CONTINUATION, padding and priority fields; frames out are queued and written once per
-loop pass (``flush_soon``).
+CONTINUATION, padding and priority fields. What we send, and when the windows let it
+go, is ``H2Output``'s (``_h2output.py``).
+
+A peer is held to ``[grpc]``'s limits, which nghttp2 would hold it to (docs/security.md):
+streams open at once (advertised; REFUSED_STREAM past it), the header block's size as
+its frames arrive, SETTINGS entries per frame, the windows we advertised (what it sends
+and what it makes us send), and per-second budgets of resets and of frames that cost us
+work without carrying a request (rapid reset, PING and SETTINGS floods): over a budget
+it gets GOAWAY ENHANCE_YOUR_CALM. The hot path pays counters; the owner calls ``swept``
+once a second to start the budgets again and close silent connections.
 
 ``H2Connection`` knows streams, not what they carry (beyond the answer's first
 headers, ``RESPONSE_HEADERS``, which are gRPC's): a subclass opens each stream
@@ -20,19 +27,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections import deque
-from typing import TYPE_CHECKING, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
-from hpack import Decoder, HPACKError
-
+from ._h2headers import HeaderDecoder
+from ._h2output import H2Output, H2Stream
 from ._h2wire import (
     ACK,
-    COMPRESSION_ERROR,
     CONTINUATION,
     DATA,
     DEFAULT_WINDOW,
     END_HEADERS,
     END_STREAM,
+    ENHANCE_YOUR_CALM,
     FLOW_CONTROL_ERROR,
     FRAME_HEADER,
     FRAME_SIZE_ERROR,
@@ -48,11 +54,11 @@ from ._h2wire import (
     PROTOCOL_ERROR,
     PUSH_PROMISE,
     REFUSED_STREAM,
-    RESPONSE_HEADERS,
     RST_STREAM,
     SETTINGS,
     SETTINGS_ENABLE_PUSH,
     SETTINGS_INITIAL_WINDOW_SIZE,
+    SETTINGS_MAX_CONCURRENT_STREAMS,
     SETTINGS_MAX_FRAME_SIZE,
     SETTINGS_MAX_HEADER_LIST_SIZE,
     STREAM_CLOSED,
@@ -63,7 +69,9 @@ from ._h2wire import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable
+
+    from ..settings import GrpcSettings
 
 __all__ = ["H2Connection", "H2Stream"]
 
@@ -75,67 +83,45 @@ logger = logging.getLogger(__name__)
 _CONNECTION_WINDOW = 16 * 1024 * 1024
 _STREAM_WINDOW = 1024 * 1024
 _MAX_FRAME = 1024 * 1024  # what we accept; we send no more than the peer's setting
-_MAX_HEADER_LIST = 64 * 1024
-_HEADER_CACHE = 64  # decoded header blocks kept per connection
-
-if TYPE_CHECKING:
-    # A decoded header block: the list as sent, and a dict for lookups.
-    _Headers = tuple[list[tuple[bytes, bytes]], dict[bytes, bytes]]
-
-
-class H2Stream:
-    """One stream's HTTP/2 side: what waits to be sent, the windows, how far it is."""
-
-    __slots__ = (
-        "deadline", "done", "headers", "id", "is_remote_closed", "is_started", "outbox",
-        "owed", "queued", "send_window", "trailers", "unacked",
-    )  # fmt: skip
-
-    def __init__(self, stream_id: int, headers: Sequence[tuple[bytes, bytes]], window: int):
-        self.id = stream_id
-        self.headers = headers
-        self.is_remote_closed = False
-        self.is_started = False  # our response headers are written
-        self.done = False  # our trailers are written (or queued behind the data)
-        self.deadline: asyncio.TimerHandle | None = None  # cancelled when the stream ends
-        self.send_window = window
-        self.outbox: deque[memoryview] = deque()
-        self.trailers: bytes | None = None
-        self.unacked = 0  # received bytes not yet credited back to the peer
-        self.queued = 0  # bytes received and not yet taken by their consumer
-        self.owed = 0  # credit held back until those are taken
-
+# A SETTINGS frame has 7 settings to set; one of thousands of entries, each walking every
+# stream, froze a worker for seconds.
+_MAX_SETTINGS_ENTRIES = 32
+_LINGER_S = 1.0  # a failed connection's input is read and dropped this long
 
 _S = TypeVar("_S", bound=H2Stream)
 
 
-class H2Connection(asyncio.Protocol, Generic[_S]):
+class H2Connection(H2Output[_S], asyncio.Protocol):
     """One HTTP/2 connection, server side; a subclass gives its streams a meaning.
 
     Args:
         flush_soon: called with the connection when it queues frames after its last
             flush; whoever it is calls ``flush_out`` before the loop waits again.
+        limits: ``[grpc]``: the HTTP/2 limits a peer is held to.
     """
 
-    def __init__(self, flush_soon: Callable[[H2Connection[_S]], None]) -> None:
-        self._flush_soon = flush_soon
+    def __init__(self, flush_soon: Callable[[H2Output[_S]], None], limits: GrpcSettings) -> None:
+        super().__init__(flush_soon)
+        self._limits = limits
+        self._max_streams = limits.max_concurrent_streams
+        self._max_header_block = limits.max_header_list_bytes
         self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()  # the start of a frame that has not all arrived
         self._needed = 0  # how long the buffer must grow before it is worth parsing
         self._has_preface = False
-        self._decoder = Decoder(max_header_list_size=_MAX_HEADER_LIST)
-        self._header_cache: dict[bytes, _Headers] = {}
-        self._streams: dict[int, _S] = {}
+        self._has_settings = False  # the peer's first SETTINGS: its handshake is done
+        self._headers = HeaderDecoder(limits.max_header_list_bytes)
         self._last_stream_id = 0
         self._continuation: tuple[int, int, bytearray] | None = None  # stream, flags, block
-        self._send_window = DEFAULT_WINDOW  # the peer's, for what we send
         self._initial_window = DEFAULT_WINDOW
-        self._max_frame = 16_384
         self._unacked = 0
         self._is_going_away = False
-        self._blocked: dict[int, _S] = {}  # streams with data waiting for window
-        self._out: list[bytes] = []  # frames queued since the last flush
+        # Since the last sweep: resets (and refused streams), frames that carry no
+        # request, and whether anything arrived at all.
+        self._resets = 0
+        self._control_frames = 0
+        self._is_active = False
+        self._opened_at = self._last_active = self._loop.time()
 
     # -- what a subclass gives ---------------------------------------------------------
 
@@ -166,13 +152,14 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast("asyncio.Transport", transport)  # uvloop's is not a subclass
         self._transport = transport
-        # No SETTINGS_MAX_CONCURRENT_STREAMS: a client would queue calls past it; the
-        # layer above refuses what is over its own limit instead.
+        # SETTINGS_MAX_CONCURRENT_STREAMS: a client queues its calls past it, and one
+        # connection cannot take every call a worker runs.
         settings = struct.pack(
-            ">HIHIHI",
+            ">HIHIHIHI",
+            SETTINGS_MAX_CONCURRENT_STREAMS, self._max_streams,
             SETTINGS_INITIAL_WINDOW_SIZE, _STREAM_WINDOW,
             SETTINGS_MAX_FRAME_SIZE, _MAX_FRAME,
-            SETTINGS_MAX_HEADER_LIST_SIZE, _MAX_HEADER_LIST,
+            SETTINGS_MAX_HEADER_LIST_SIZE, self._max_header_block,
         )  # fmt: skip
         window = struct.pack(">I", _CONNECTION_WINDOW - DEFAULT_WINDOW)
         self._write(frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, window))
@@ -194,6 +181,9 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
             self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self._transport is None:  # failed: closing in a moment (``_fail``)
+            return
+        self._is_active = True
         buffer = self._buffer
         if buffer:
             buffer += data
@@ -247,18 +237,22 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
         elif kind == CONTINUATION:
             if self._continuation is None or self._continuation[0] != stream_id:
                 raise ConnectionFailure(PROTOCOL_ERROR, "CONTINUATION without HEADERS")
+            if not payload:
+                self._count_control_frame()
             _, first_flags, block = self._continuation
             block += payload
-            if len(block) > _MAX_HEADER_LIST:
-                raise ConnectionFailure(PROTOCOL_ERROR, "header block too large")
+            if len(block) > self._max_header_block:  # as it arrives, not once it is whole
+                raise self._header_block_too_large()
             if flags & END_HEADERS:
                 self._continuation = None
                 self._headers_complete(stream_id, bytes(block), bool(first_flags & END_STREAM))
         elif kind == SETTINGS:
+            self._count_control_frame()
             self._settings(flags, stream_id, payload)
-        elif kind == WINDOW_UPDATE:
+        elif kind == WINDOW_UPDATE:  # not counted: a busy client sends many
             self._window_update(stream_id, payload)
         elif kind == PING:
+            self._count_control_frame()
             if stream_id != 0:
                 raise ConnectionFailure(PROTOCOL_ERROR, "PING on a stream")
             if len(payload) != 8:
@@ -268,6 +262,7 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
         elif kind == RST_STREAM:
             if stream_id == 0 or len(payload) != 4:
                 raise ConnectionFailure(PROTOCOL_ERROR, "malformed RST_STREAM")
+            self._count_reset()
             stream = self._streams.get(stream_id)
             if stream is not None:
                 self._drop(stream, cancel=True)
@@ -275,11 +270,13 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
             self._is_going_away = True
             self._close_if_idle()
         elif kind == PRIORITY:
+            self._count_control_frame()
             if len(payload) != 5:
                 raise ConnectionFailure(FRAME_SIZE_ERROR, "PRIORITY payload is not 5 bytes")
         elif kind == PUSH_PROMISE:
             raise ConnectionFailure(PROTOCOL_ERROR, "a client cannot push")
-        # Unknown frame types are ignored (§5.5).
+        else:  # unknown frame types are ignored (§5.5), within the budget
+            self._count_control_frame()
 
     def _headers_frame(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
@@ -289,38 +286,15 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
             if len(block) < 5:
                 raise ConnectionFailure(FRAME_SIZE_ERROR, "HEADERS priority field cut short")
             block = block[5:]
+        if len(block) > self._max_header_block:  # one frame can carry 1 MiB of it
+            raise self._header_block_too_large()
         if flags & END_HEADERS:
             self._headers_complete(stream_id, block, bool(flags & END_STREAM))
         else:
             self._continuation = (stream_id, flags, bytearray(block))
 
-    def _decode(self, block: bytes) -> _Headers:
-        # A block that leaves the dynamic table as it was means the same headers every
-        # time it comes back: clients send the same indexed block call after call.
-        cached = self._header_cache.get(block)
-        if cached is not None:
-            return cached
-        table = self._decoder.header_table
-        entries = table.dynamic_entries
-        before = (len(entries), entries[0] if entries else None, table.maxsize)
-        try:
-            headers = [
-                (bytes(name), bytes(value)) for name, value in self._decoder.decode(block, raw=True)
-            ]
-        except HPACKError as exc:
-            raise ConnectionFailure(COMPRESSION_ERROR, f"bad header block: {exc}") from None
-        decoded = (headers, dict(headers))
-        after = (len(entries), entries[0] if entries else None, table.maxsize)
-        if before[0] == after[0] and before[1] is after[1] and before[2] == after[2]:
-            if len(self._header_cache) >= _HEADER_CACHE:
-                self._header_cache.clear()
-            self._header_cache[block] = decoded
-        else:
-            self._header_cache.clear()
-        return decoded
-
     def _headers_complete(self, stream_id: int, block: bytes, end_stream: bool) -> None:
-        headers, fields = self._decode(block)  # always: the table must follow the peer's
+        headers, fields = self._headers.decode(block)  # always: the table follows the peer's
         stream = self._streams.get(stream_id)
         if stream is not None:  # trailers from the client: they end its side
             if not end_stream:
@@ -330,8 +304,10 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
         if stream_id % 2 == 0 or stream_id <= self._last_stream_id:
             raise ConnectionFailure(PROTOCOL_ERROR, f"HEADERS on stream {stream_id}")
         self._last_stream_id = stream_id
-        if self._is_going_away:
+        if self._is_going_away or len(self._streams) >= self._max_streams:
             self._write(frame(RST_STREAM, 0, stream_id, REFUSED_STREAM.to_bytes(4, "big")))
+            if not self._is_going_away:  # a client that ignores our setting: a reset
+                self._count_reset()
             return
         stream = self._open(stream_id, headers, fields)
         self._streams[stream_id] = stream
@@ -342,7 +318,12 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
             raise ConnectionFailure(PROTOCOL_ERROR, "DATA on stream 0")
-        self._unacked += len(payload)
+        size = len(payload)
+        if not size and not flags & END_STREAM:
+            self._count_control_frame()
+        self._unacked += size
+        if self._unacked > _CONNECTION_WINDOW:  # more than we let it send
+            raise ConnectionFailure(FLOW_CONTROL_ERROR, "DATA past the connection's window")
         if self._unacked >= _CONNECTION_WINDOW // 4:
             self._write(frame(WINDOW_UPDATE, 0, 0, self._unacked.to_bytes(4, "big")))
             self._unacked = 0
@@ -354,12 +335,14 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
         if stream.is_remote_closed:
             self._reset(stream, STREAM_CLOSED)
             return
+        if stream.unacked + stream.owed + size > _STREAM_WINDOW:
+            raise ConnectionFailure(FLOW_CONTROL_ERROR, f"DATA past stream {stream_id}'s window")
         if not stream.done:
             self._received(stream, unpadded(flags, payload) if flags & PADDED else payload)
         if flags & END_STREAM:
             self._remote_closed(stream)
-        elif payload:
-            stream.unacked += len(payload)
+        elif size:
+            stream.unacked += size
             self._credit(stream)
 
     def _remote_closed(self, stream: _S) -> None:
@@ -379,15 +362,18 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
             return
         if len(payload) % 6:
             raise ConnectionFailure(FRAME_SIZE_ERROR, "SETTINGS payload not a multiple of 6")
+        if len(payload) > 6 * _MAX_SETTINGS_ENTRIES:
+            raise ConnectionFailure(
+                ENHANCE_YOUR_CALM, f"a SETTINGS frame of more than {_MAX_SETTINGS_ENTRIES} entries"
+            )
+        self._has_settings = True
+        window = self._initial_window
         for offset in range(0, len(payload), 6):
             key, value = struct.unpack_from(">HI", payload, offset)
             if key == SETTINGS_INITIAL_WINDOW_SIZE:
                 if value > MAX_WINDOW:
                     raise ConnectionFailure(FLOW_CONTROL_ERROR, "initial window over 2^31-1")
-                delta = value - self._initial_window
-                self._initial_window = value
-                for stream in self._streams.values():
-                    stream.send_window += delta
+                window = value  # the last one counts: the streams are walked once
             elif key == SETTINGS_MAX_FRAME_SIZE:
                 if not 16_384 <= value <= 16_777_215:
                     raise ConnectionFailure(PROTOCOL_ERROR, f"bad SETTINGS_MAX_FRAME_SIZE {value}")
@@ -395,6 +381,16 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
             elif key == SETTINGS_ENABLE_PUSH and value > 1:
                 raise ConnectionFailure(PROTOCOL_ERROR, f"bad SETTINGS_ENABLE_PUSH {value}")
             # HEADER_TABLE_SIZE: our answers use no table. The rest are advice.
+        if window != self._initial_window:
+            delta = window - self._initial_window
+            self._initial_window = window
+            for stream in self._streams.values():
+                stream.send_window += delta
+                if stream.send_window > MAX_WINDOW:  # §6.9.2
+                    raise ConnectionFailure(
+                        FLOW_CONTROL_ERROR,
+                        f"SETTINGS pushed stream {stream.id}'s window over 2^31-1",
+                    )
         self._write(frame(SETTINGS, ACK, 0))
         self._flush_blocked()
 
@@ -419,6 +415,50 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
         stream.send_window += increment
         if stream.outbox:
             self._flush(stream)
+
+    # -- budgets -----------------------------------------------------------------------
+
+    def _count_reset(self) -> None:
+        self._resets += 1
+        if self._resets > self._limits.max_resets_per_s:
+            raise ConnectionFailure(
+                ENHANCE_YOUR_CALM,
+                f"more than {self._limits.max_resets_per_s} streams reset or refused in a second",
+            )
+
+    def _count_control_frame(self) -> None:
+        self._control_frames += 1
+        if self._control_frames > self._limits.max_control_frames_per_s:
+            raise ConnectionFailure(
+                ENHANCE_YOUR_CALM,
+                f"more than {self._limits.max_control_frames_per_s} SETTINGS, PING, PRIORITY, "
+                "empty or unknown frames in a second",
+            )
+
+    def _header_block_too_large(self) -> ConnectionFailure:
+        return ConnectionFailure(
+            ENHANCE_YOUR_CALM, f"a header block over {self._max_header_block} bytes"
+        )
+
+    def swept(self, now: float) -> None:
+        """Once a second: the budgets start again; a silent connection is closed.
+
+        Closed: one that has not finished its handshake (preface and SETTINGS) within
+        ``handshake_timeout_s``, and one with no stream open that has sent nothing for
+        ``idle_timeout_s`` (GOAWAY NO_ERROR: a client reconnects when it needs to).
+        """
+        self._resets = self._control_frames = 0
+        if self._is_active:
+            self._is_active = False
+            self._last_active = now
+        if self._transport is None:
+            return
+        if not self._has_settings:
+            if now - self._opened_at > self._limits.handshake_timeout_s:
+                self._fail(PROTOCOL_ERROR, f"no HTTP/2 handshake within "
+                           f"{self._limits.handshake_timeout_s:g} s")  # fmt: skip
+        elif not self._streams and now - self._last_active > self._limits.idle_timeout_s:
+            self.shutdown()
 
     # -- flow control for what we receive ----------------------------------------------
 
@@ -454,118 +494,8 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
         self._write(frame(GOAWAY, 0, 0, payload))
         self._close_if_idle()
 
-    def _write(self, data: bytes) -> None:
-        """Queue frames; ``flush_soon`` has them written at the end of the loop pass.
-
-        Answers leave in one burst rather than one by one between calls: on loopback
-        (and on a busy client) a write that finds the client asleep pays for waking it,
-        and a burst wakes it once (ADR 0007, "Second pass").
-        """
-        if self._transport is not None:
-            if not self._out:
-                self._flush_soon(self)
-            self._out.append(data)
-
-    def flush_out(self) -> None:
-        """Write the queued frames, in one call."""
-        out = self._out
-        if out and self._transport is not None:
-            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
-        out.clear()
-
-    def _close(self) -> None:
-        if self._transport is not None:
-            self.flush_out()
-            self._transport.close()
-
-    def _send(self, stream: _S, message: bytes | None, trailers: bytes | None) -> None:
-        """Send a framed message and/or the trailers, as the windows allow."""
-        if stream.done or self._transport is None:
-            return
-        out: list[bytes] = []
-        if not stream.is_started:
-            stream.is_started = True
-            if message is None and trailers is not None:  # trailers-only
-                stream.done = True
-                block = RESPONSE_HEADERS + trailers
-                self._write(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, block))
-                self._ended(stream)
-                return
-            out.append(frame(HEADERS, END_HEADERS, stream.id, RESPONSE_HEADERS))
-        if message is not None:
-            size = len(message)
-            if (
-                not stream.outbox
-                and size <= self._max_frame
-                and size <= stream.send_window
-                and size <= self._send_window
-            ):
-                stream.send_window -= size
-                self._send_window -= size
-                out.append(frame(DATA, 0, stream.id, message))
-            else:
-                stream.outbox.append(memoryview(message))
-        if trailers is not None:
-            stream.done = True
-            if stream.outbox:
-                stream.trailers = trailers
-            else:
-                out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, trailers))
-        if out:
-            self._write(b"".join(out))
-        if stream.outbox:
-            self._flush(stream)
-        elif stream.done:
-            self._ended(stream)
-
-    def _flush(self, stream: _S) -> None:
-        out: list[bytes] = []
-        outbox = stream.outbox
-        while outbox:
-            allowed = min(stream.send_window, self._send_window, self._max_frame)
-            if allowed <= 0:
-                break
-            chunk = outbox[0]
-            if len(chunk) > allowed:
-                piece, outbox[0] = chunk[:allowed], chunk[allowed:]
-            else:
-                piece = outbox.popleft()
-            stream.send_window -= len(piece)
-            self._send_window -= len(piece)
-            out.append(frame(DATA, 0, stream.id, bytes(piece)))
-        if outbox:
-            self._blocked[stream.id] = stream
-        else:
-            self._blocked.pop(stream.id, None)
-            if stream.done and stream.trailers:
-                out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, stream.trailers))
-        if out:
-            self._write(b"".join(out))
-        if not outbox and stream.done:
-            self._ended(stream)
-
-    def _flush_blocked(self) -> None:
-        for stream in list(self._blocked.values()):
-            if self._send_window <= 0:
-                return
-            self._flush(stream)
-
-    def _ended(self, stream: _S) -> None:
-        """Our side is done; the stream goes once the client's side is too."""
-        if stream.deadline is not None:
-            stream.deadline.cancel()
-            stream.deadline = None
-        if stream.is_remote_closed:
-            self._drop(stream)
-        else:
-            # The client is still sending (an oversized message, say): it need not.
-            self._reset(stream, NO_ERROR)
-
-    def _reset(self, stream: _S, code: int) -> None:
-        self._write(frame(RST_STREAM, 0, stream.id, code.to_bytes(4, "big")))
-        self._drop(stream, cancel=True)
-
     def _drop(self, stream: _S, *, cancel: bool = False) -> None:
+        """The stream is gone: forget it, and tell the subclass."""
         if self._streams.pop(stream.id, None) is None:
             return
         self._blocked.pop(stream.id, None)
@@ -581,10 +511,36 @@ class H2Connection(asyncio.Protocol, Generic[_S]):
         if self._is_going_away and not self._streams:
             self._close()
 
-    def _fail(self, code: int, message: str) -> None:
-        """A connection error (§5.4.1): GOAWAY with the reason, then close."""
+    def _fail(self, code: int, message: str, *, linger: bool = True) -> None:
+        """A connection error (§5.4.1): GOAWAY with the reason, then close.
+
+        What the peer still sends is read and dropped for a moment before the close
+        (``linger``): a socket closed with unread data is reset, and a reset can discard
+        the GOAWAY before the peer reads why.
+        """
         logger.debug("closing an HTTP/2 connection: %s", message)
+        transport = self._transport
+        if transport is None:
+            return
         payload = struct.pack(">II", self._last_stream_id, code) + message.encode()[:256]
         self._write(frame(GOAWAY, 0, 0, payload))
-        self._close()
+        self.flush_out()
+        self._transport = None  # nothing more is read or written
         self._buffer.clear()
+        for stream in list(self._streams.values()):
+            self._drop(stream, cancel=True)
+        if transport.can_write_eof():
+            transport.write_eof()
+        if linger:
+            transport.resume_reading()  # a peer that stopped reading may be paused
+            self._loop.call_later(_LINGER_S, _close_now, transport)
+        else:
+            _close_now(transport)
+
+
+def _close_now(transport: asyncio.Transport) -> None:
+    """Close, without waiting for a peer that does not read to take what is left."""
+    if transport.get_write_buffer_size():
+        transport.abort()
+    else:
+        transport.close()

@@ -234,6 +234,7 @@ class GrpcService:
         # does not hold the shutdown for the whole graceful timeout.
         messages = aiter(request_iterator)
         closing = asyncio.ensure_future(self._closing.wait())
+        receive: asyncio.Future[bytes] | None = None
         try:
             while True:
                 receive = asyncio.ensure_future(anext(messages))
@@ -247,6 +248,10 @@ class GrpcService:
                 yield await self._stream_answer(data, context)
         finally:
             closing.cancel()
+            # A stream cancelled (reset by its client) leaves its read behind: cancel it,
+            # or read its end, so that it is not logged with a traceback (a log flood).
+            if receive is not None and not receive.cancel() and not receive.cancelled():
+                receive.exception()
 
     async def _stream_answer(self, data: bytes, context: CallContext) -> bytes:
         """A serialized ModelStreamInferResponse: the answer, or the request's error."""

@@ -94,6 +94,8 @@ async def start_aio_grpc_server(
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
+            ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+            ("grpc.max_metadata_size", settings.max_header_list_bytes),
         ],
     )
     server.add_generic_rpc_handlers((_rpc_handlers(service),))

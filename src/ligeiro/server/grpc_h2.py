@@ -15,6 +15,11 @@ gRPC as cheap per call as REST (ADR 0007, "Second pass").
 
 The methods themselves are ``GrpcService``'s (``server/grpc.py``), the same code and
 the same error → status table as the grpc.aio transport.
+
+Besides HTTP/2's limits (``_h2connection.py``), a worker holds its peers to
+``[grpc]``'s: connections open at once, a unary call's message arriving within
+``request_timeout_s``, and the bytes of messages still arriving, summed over its calls.
+One timer a second (``H2GrpcServer``) sweeps every connection.
 """
 
 from __future__ import annotations
@@ -27,11 +32,13 @@ import types
 from typing import TYPE_CHECKING, Any, NoReturn, final
 
 from ._h2connection import H2Connection, H2Stream
+from ._h2output import H2Output
 from ._h2wire import (
     ACCEPT_ENCODING,
     CONTENT_TYPE,
     END_HEADERS,
     END_STREAM,
+    ENHANCE_YOUR_CALM,
     HEADERS,
     OK_TRAILERS,
     frame,
@@ -61,6 +68,7 @@ _RESOURCE_EXHAUSTED = StatusCode.RESOURCE_EXHAUSTED
 _DEADLINE_EXCEEDED = StatusCode.DEADLINE_EXCEEDED
 _INVALID_ARGUMENT = StatusCode.INVALID_ARGUMENT
 _STREAMING = "ModelStreamInfer"
+_SWEEP_INTERVAL_S = 1.0
 
 
 class _Abort(Exception):
@@ -121,15 +129,21 @@ class _Messages:
 class _Call(H2Stream):
     """One call: its stream, what of its request has arrived, and its task."""
 
-    __slots__ = ("buffer", "handler", "message", "messages", "needed", "task")
+    __slots__ = (
+        "buffer", "handler", "is_streaming", "message", "messages", "needed", "opened_at", "task",
+    )  # fmt: skip
 
-    def __init__(self, stream_id: int, headers: Sequence[tuple[bytes, bytes]], window: int):
+    def __init__(
+        self, stream_id: int, headers: Sequence[tuple[bytes, bytes]], window: int, now: float
+    ):
         super().__init__(stream_id, headers, window)
+        self.opened_at = now
         self.handler: UnaryHandler | None = None
         self.buffer = bytearray()  # the start of a message that has not all arrived
         self.needed = 0
         self.message: bytes | None = None
-        self.messages: _Messages | None = None
+        self.is_streaming = False  # ModelStreamInfer
+        self.messages: _Messages | None = None  # its messages, once the first arrives
         self.task: asyncio.Task[None] | None = None
 
 
@@ -138,12 +152,33 @@ class H2GrpcConnection(H2Connection[_Call]):
     """One HTTP/2 connection carrying gRPC calls."""
 
     def __init__(self, server: H2GrpcServer) -> None:
-        super().__init__(server.flush_soon)
+        super().__init__(server.flush_soon, server.settings)
         self._server = server
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        limit = self._server.settings.max_connections
+        if len(self._server.connections) >= limit:
+            self._fail(ENHANCE_YOUR_CALM, f"this worker has {limit} connections open",
+                       linger=False)  # fmt: skip
+            return
         self._server.connections.add(self)
+
+    def swept(self, now: float) -> None:
+        super().swept(now)
+        timeout = self._server.settings.request_timeout_s
+        # Calls are stamped with the last sweep's time, up to a sweep before they opened:
+        # a sweep more and none ends early.
+        late = timeout + _SWEEP_INTERVAL_S
+        for stream in list(self._streams.values()):
+            if (
+                stream.handler is not None  # a unary call still waiting for its request
+                and not stream.is_remote_closed
+                and not stream.done
+                and now - stream.opened_at > late
+            ):
+                text = f"the request message did not arrive within {timeout:g} s"
+                self._finish(stream, _DEADLINE_EXCEEDED, text)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
@@ -155,7 +190,8 @@ class H2GrpcConnection(H2Connection[_Call]):
         self, stream_id: int, headers: list[tuple[bytes, bytes]], fields: dict[bytes, bytes]
     ) -> _Call:
         self._server.calls += 1
-        return _Call(stream_id, headers, self._initial_window)
+        # The sweep's clock, not loop.time(): a call pays no clock read for its timeout.
+        return _Call(stream_id, headers, self._initial_window, self._server.now)
 
     def _opened(self, stream: _Call, fields: dict[bytes, bytes]) -> None:
         server = self._server
@@ -174,8 +210,7 @@ class H2GrpcConnection(H2Connection[_Call]):
         elif server.calls > server.settings.max_concurrent_rpcs:
             self._finish(stream, _RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!")
         elif path == server.stream_path:
-            messages = stream.messages = _Messages(self, stream)
-            stream.task = self._loop.create_task(self._streaming(stream, messages))
+            stream.is_streaming = True  # it starts with its first message (_start_stream)
         elif (handler := server.unary.get(path)) is not None:
             stream.handler = handler
         else:
@@ -189,11 +224,16 @@ class H2GrpcConnection(H2Connection[_Call]):
 
     def _received(self, stream: _Call, data: bytes) -> None:
         buffer = stream.buffer
+        server = self._server
         if buffer:
             buffer += data
+            server.buffered += len(data)
             if len(buffer) < stream.needed:  # a large message still arriving
+                if server.buffered > server.settings.max_buffered_bytes:
+                    self._over_buffered(stream)
                 return
             data = bytes(buffer)
+            server.buffered -= len(buffer)
             buffer.clear()
         position, size = 0, len(data)
         limit = self._server.settings.max_message_bytes
@@ -214,9 +254,9 @@ class H2GrpcConnection(H2Connection[_Call]):
                 break
             message = data[position + 5 : end] if position or end != size else data[5:]
             position = end
-            if stream.messages is not None:
+            if stream.is_streaming:
                 stream.queued += length + 5
-                stream.messages.put(message)
+                (stream.messages or self._start_stream(stream)).put(message)
             elif stream.message is None and stream.handler is not None:
                 stream.message = message
             else:
@@ -224,23 +264,47 @@ class H2GrpcConnection(H2Connection[_Call]):
                 return
         if position < size:
             buffer += data[position:]
+            server.buffered += size - position
             stream.needed = 5
             if len(buffer) >= 5:
                 stream.needed = 5 + int.from_bytes(buffer[1:5], "big")
+            if server.buffered > server.settings.max_buffered_bytes:
+                self._over_buffered(stream)
+
+    def _over_buffered(self, stream: _Call) -> None:
+        limit = self._server.settings.max_buffered_bytes
+        self._finish(stream, _RESOURCE_EXHAUSTED, "this worker holds its limit of request "
+                     f"messages still arriving ({limit} bytes); try again")  # fmt: skip
 
     def _request_ended(self, stream: _Call) -> None:
         if stream.buffer:
             self._finish(stream, _INTERNAL, "the request ended inside a message")
-        elif stream.messages is not None:
-            stream.messages.put(None)
+        elif stream.is_streaming:
+            (stream.messages or self._start_stream(stream)).put(None)
         elif stream.message is None:
             self._finish(stream, _UNIMPLEMENTED, "a unary call ended without a message")
         elif stream.handler is not None:
             message, stream.message = stream.message, None
             self._start(stream, self._unary(stream, stream.handler, message))
 
+    def _start_stream(self, stream: _Call) -> _Messages:
+        """ModelStreamInfer's task, once the stream has something for it: a stream
+        opened and reset, or left silent, costs no task (rapid reset)."""
+        messages = stream.messages = _Messages(self, stream)
+        stream.task = self._loop.create_task(self._streaming(stream, messages))
+        return messages
+
+    def start_silent_streams(self) -> None:
+        """Shutting down: silent streams start, so that the service can end them."""
+        for stream in list(self._streams.values()):
+            if stream.is_streaming and stream.messages is None and not stream.done:
+                self._start_stream(stream)
+
     def _dropped(self, stream: _Call, *, cancel: bool) -> None:
         self._server.calls -= 1
+        if stream.buffer:
+            self._server.buffered -= len(stream.buffer)
+            stream.buffer.clear()
         if cancel and stream.task is not None and not stream.task.done():
             stream.task.cancel()
         if stream.messages is not None:
@@ -400,16 +464,28 @@ class H2GrpcServer:
         self.stream_path = f"/{_SERVICE}/{_STREAMING}".encode()
         self.connections: set[H2GrpcConnection] = set()
         self.calls = 0
+        self.buffered = 0  # bytes of request messages still arriving, every call's
+        self._sweeper: asyncio.TimerHandle | None = None
         self.port = 0
         self._server: asyncio.Server | None = None
         self._idle = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        self.now = self._loop.time()  # as of the last sweep
         # Calls due and connections with frames to write, run and written once per loop
         # pass: every connection's frames are read before the first call runs, and the
         # answers leave together after the last (H2GrpcConnection._write).
         self._due: list[tuple[H2GrpcConnection, _Call, Coroutine[Any, Any, None]]] = []
         self._is_running_due = False
-        self._unflushed: list[H2Connection[Any]] = []
+        self._unflushed: list[H2Output[Any]] = []
+
+    def _sweep(self) -> None:
+        now = self.now = self._loop.time()
+        try:
+            for connection in list(self.connections):
+                connection.swept(now)
+        finally:  # one connection's surprise must not end every connection's limits
+            self._sweeper = self._loop.call_later(_SWEEP_INTERVAL_S, self._sweep)
+            self._flush()
 
     def call_ended(self) -> None:
         if self.calls == 0:
@@ -432,7 +508,7 @@ class H2GrpcServer:
             self._is_running_due = False
             self._flush()
 
-    def flush_soon(self, connection: H2Connection[Any]) -> None:
+    def flush_soon(self, connection: H2Output[Any]) -> None:
         # Calls due or running flush when they are done: no loop pass of its own then.
         if not (self._unflushed or self._due or self._is_running_due):
             self._loop.call_soon(self._flush)
@@ -456,13 +532,18 @@ class H2GrpcServer:
         )  # fmt: skip
         sock: socket.socket = self._server.sockets[0]
         self.port = sock.getsockname()[1]
+        self._sweeper = loop.call_later(_SWEEP_INTERVAL_S, self._sweep)
 
     async def stop(self, grace_s: float) -> None:
         """Refuse new calls; let running ones finish within ``grace_s``; end idle streams."""
         self.service.close_streams()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):
+            connection.start_silent_streams()
             connection.shutdown()
         if self.calls:
             self._idle.clear()
