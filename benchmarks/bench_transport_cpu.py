@@ -49,9 +49,6 @@ class _Transport:
     def close(self) -> None:
         pass
 
-    def is_reading(self) -> bool:
-        return True
-
     def pause_reading(self) -> None:
         self.reading = False
 
