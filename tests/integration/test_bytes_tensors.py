@@ -75,11 +75,6 @@ def test_bytes_round_trip_over_binary_http(echo_server: Server) -> None:
     assert result.as_numpy("kind").tolist() == [b"bytes", b"bytes"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="grpc_codec.py still decodes raw BYTES inputs as text (array_from_raw's default); "
-    "its two server-side calls pass text=False in a later round (issue 16)",
-)
 def test_bytes_round_trip_over_grpc(echo_server: Server) -> None:
     with grpcclient.InferenceServerClient(echo_server.grpc_target) as client:
         result = client.infer("echo", [_blob(grpcclient)])

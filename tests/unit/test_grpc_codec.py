@@ -34,7 +34,7 @@ def test_raw_input_is_not_copied() -> None:
 def test_bytes_round_trip() -> None:
     data = b"\x01\x00\x00\x00a\x00\x00\x00\x00\x03\x00\x00\x00\xc3\xa7b"
     array = decode_infer_request(request("BYTES", [3], data)).inputs["x"]
-    assert array.tolist() == ["a", "", "çb"]
+    assert array.tolist() == [b"a", b"", "çb".encode()]
     response = pb.ModelInferResponse.FromString(encode_infer_response("m", "1", {"y": array}, "id"))
     assert response.raw_output_contents[0] == data
     assert (response.outputs[0].datatype, list(response.outputs[0].shape)) == ("BYTES", [3])

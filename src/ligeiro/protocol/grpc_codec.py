@@ -181,7 +181,9 @@ class InferRequestMessage:
         if self._tensors:
             for (name, datatype, shape), raw in zip(self._tensors, self._raw or (), strict=True):
                 where = f"input {name!r}: "
-                inputs[name] = array_from_raw(raw, datatype, shape, where, "raw_input_contents")
+                inputs[name] = array_from_raw(
+                    raw, datatype, shape, where, "raw_input_contents", text=False
+                )
         return DecodedRequest(inputs, self._outputs, self.id or None)
 
 
@@ -381,7 +383,7 @@ def decode_infer_request(request: pb.ModelInferRequest) -> DecodedRequest:
                     f"{where}both contents and raw_input_contents given; use one of them"
                 )
             inputs[name] = array_from_raw(
-                raw_contents[i], tensor.datatype, shape, where, "raw_input_contents"
+                raw_contents[i], tensor.datatype, shape, where, "raw_input_contents", text=False
             )
         elif has_contents:
             inputs[name] = _from_contents(tensor.contents, tensor.datatype, dtype, shape, where)

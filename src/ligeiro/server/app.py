@@ -236,7 +236,6 @@ def _tracing_enabled(settings: ServerSettings, env: Mapping[str, str] = os.envir
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             "OTEL_TRACES_EXPORTER",
-            "_LIGEIRO_SPAN_EXPORTER",  # the tests' exporter (ligeiro.tracing)
         )
     )
 
