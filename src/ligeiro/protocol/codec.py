@@ -34,7 +34,7 @@ from .messages import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from ..repository.registry import ModelState, ModelVersion
     from ..scheduling.stats import Duration, ModelStats
@@ -575,16 +575,19 @@ def encode_health(field: str, value: bool, name: str | None = None) -> bytes:
     return _encoder.encode(body)
 
 
-def encode_repository_index(states: Iterable[ModelState]) -> bytes:
+def encode_repository_index(
+    states: Iterable[ModelState], redact: Callable[[str], str] | None = None
+) -> bytes:
     """Encode the repository index: ``[{"name", "version", "state", "reason"}, ...]``,
-    with ``parameters.execution_provider`` for a ready ONNX version."""
+    with ``parameters.execution_provider`` for a ready ONNX version; each reason through
+    ``redact`` when given (the server's paths stay out of what clients read)."""
     return _encoder.encode(
         [
             RepositoryModel(
                 s.name,
                 s.version,
                 "READY" if s.is_ready else "UNAVAILABLE",
-                s.index_reason,
+                s.index_reason if redact is None or not s.index_reason else redact(s.index_reason),
                 _provider_parameters(s.provider),
             )
             for s in states
