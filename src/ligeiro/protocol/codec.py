@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import struct
+from itertools import chain
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, final
@@ -140,6 +141,30 @@ def _first_scalar(data: Any) -> Any:
     return data
 
 
+_NUMBER_TYPES = frozenset((float, int))
+_NUMBERS_ONLY = object()
+_JSON_KINDS = {type(None): "null", list: "list", dict: "object"}
+
+
+def _not_a_number(data: list[Any]) -> Any:
+    """The first element of ``data`` (nested lists flattened) that is not a JSON number,
+    or ``_NUMBERS_ONLY``; C-speed scans (``map(type)``) for the usual all-numbers case."""
+    flat = data
+    while flat and isinstance(flat[0], list):
+        try:
+            flat = list(chain.from_iterable(flat))
+        except TypeError:  # a number beside the lists: ragged
+            return next(v for v in flat if not isinstance(v, list))
+    if set(map(type, flat)) <= _NUMBER_TYPES:
+        return _NUMBERS_ONLY
+    return next(v for v in flat if type(v) not in _NUMBER_TYPES)
+
+
+def _json_kind(value: Any) -> str:
+    kind = _JSON_KINDS.get(type(value), type(value).__name__)
+    return kind if value is None or isinstance(value, (list, dict)) else f"{kind} {value!r}"
+
+
 def tensor_from_json(tensor: RequestInput) -> np.ndarray:
     """Turn one V2 JSON tensor (flat or nested ``data``) into a numpy array of its shape.
 
@@ -166,10 +191,12 @@ def tensor_from_json(tensor: RequestInput) -> np.ndarray:
                 )
             array = np.array(data, dtype=object)
         elif kind == "f":
-            if isinstance(first, (str, bool)):
+            # Strict: numpy would read "2.5", true and null (as NaN) without a word.
+            # (:predict reads null as NaN on purpose, for imputers: protocol/predict.py.)
+            wrong = _not_a_number(data)
+            if wrong is not _NUMBERS_ONLY:
                 raise InvalidInputError(
-                    f"{where}{tensor.datatype} data must be numbers, "
-                    f"got {type(first).__name__} {first!r}"
+                    f"{where}{tensor.datatype} data must be numbers, got {_json_kind(wrong)}"
                 )
             array = np.array(data, dtype=dtype)
         else:
