@@ -481,3 +481,80 @@ def test_huge_shapes_and_deep_nesting_are_refused_at_once(
     assert answer[0] == status, answer
     assert message in answer[1]
     assert time.monotonic() - start < 1.0
+
+
+# -- what clients may not see, and strict input (defects 10 and 11) ---------------------
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory: pytest.TempPathFactory, examples: Path) -> Iterator[tuple[Server, Path]]:
+    root = tmp_path_factory.mktemp("broken-repo").resolve()
+    (root / "iris").symlink_to(examples / "iris")
+    (root / "bad" / "1").mkdir(parents=True)
+    (root / "bad" / "1" / "model.onnx").write_bytes(b"not an onnx model")
+    srv = start_server(
+        root, "--threads", "1", "--model-control", "explicit", "--admin-token", ADMIN
+    )
+    yield srv, root
+    srv.stop()
+
+
+def test_no_server_path_reaches_a_client(broken: tuple[Server, Path]) -> None:
+    srv, root = broken
+    answer = srv.get("/v2/models/bad")
+    assert answer.status == 503
+    error = answer.json()["error"]
+    assert "bad/1/model.onnx: not a loadable ONNX model" in error
+    assert str(root) not in error and str(root.parent) not in error
+    index = srv.request(
+        "POST", "/v2/repository/index", b"{}", {"authorization": f"Bearer {ADMIN}"}
+    )
+    reasons = [m.get("reason", "") for m in index.json() if m["name"] == "bad"]
+    assert reasons and "model.onnx" in reasons[0]
+    assert str(root) not in index.body.decode()
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(srv.grpc_target)
+    try:
+        with pytest.raises(InferenceServerException) as info:
+            client.get_model_metadata("bad")
+        assert "model.onnx" in info.value.message()
+        assert str(root) not in info.value.message()
+        grpc_index = client.get_model_repository_index(
+            headers={"authorization": f"Bearer {ADMIN}"}
+        )
+        assert all(str(root) not in m.reason for m in grpc_index.models)
+    finally:
+        client.close()
+    assert str(root) in srv.output()  # the log keeps the whole path
+
+
+def test_loading_an_empty_model_name_is_400(broken: tuple[Server, Path]) -> None:
+    srv, _ = broken
+    answer = srv.request(
+        "POST", "/v2/repository/models//load", b"", {"authorization": f"Bearer {ADMIN}"}
+    )
+    assert answer.status == 400
+    assert answer.json()["error"] == "the repository API needs a model name; got an empty one"
+    unload = srv.request(
+        "POST", "/v2/repository/models//unload", b"", {"authorization": f"Bearer {ADMIN}"}
+    )
+    assert unload.status == 400
+
+
+@pytest.mark.parametrize(
+    ("data", "got"),
+    [("[5.1, \"2.5\", 1.4, 0.2]", "str '2.5'"), ("[5.1, true, 1.4, 0.2]", "bool True"),
+     ("[5.1, 3.5, null, 0.2]", "null"), ("[[5.1, 3.5], [1.4, null]]", "null")],
+)  # fmt: skip
+def test_fp32_json_data_is_strict(broken: tuple[Server, Path], data: str, got: str) -> None:
+    srv, _ = broken
+    shape = "[2, 2]" if data.startswith("[[") else "[1, 4]"
+    body = (
+        '{"inputs":[{"name":"float_input","shape":' + shape
+        + ',"datatype":"FP32","data":' + data + "}]}"
+    )  # fmt: skip
+    answer = srv.post("/v2/models/iris/infer", body)
+    assert answer.status == 400
+    assert answer.json()["error"] == f"input 'float_input': FP32 data must be numbers, got {got}"
