@@ -53,7 +53,8 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
         _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
                  f"{name}.csr", "-subj", f"/CN={name}", cwd=folder)  # fmt: skip
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", *ext, cwd=folder)  # fmt: skip
+                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", *ext,
+                 cwd=folder)  # fmt: skip
     return Certs(folder / "ca.pem", folder / "server.pem", folder / "server.key",
                  folder / "client.pem", folder / "client.key")  # fmt: skip
 
@@ -487,7 +488,9 @@ def test_huge_shapes_and_deep_nesting_are_refused_at_once(
 
 
 @pytest.fixture(scope="module")
-def broken(tmp_path_factory: pytest.TempPathFactory, examples: Path) -> Iterator[tuple[Server, Path]]:
+def broken(
+    tmp_path_factory: pytest.TempPathFactory, examples: Path
+) -> Iterator[tuple[Server, Path]]:
     root = tmp_path_factory.mktemp("broken-repo").resolve()
     (root / "iris").symlink_to(examples / "iris")
     (root / "bad" / "1").mkdir(parents=True)

@@ -153,8 +153,8 @@ class Access:
     """
 
     __slots__ = (
-        "_admin", "_digests", "_fixed", "is_enabled", "metrics_public", "rate_limit",
-        "token_file",
+        "_admin", "_digests", "_fixed", "is_enabled", "is_guarding", "metrics_public",
+        "rate_limit", "token_file",
     )  # fmt: skip
 
     def __init__(
@@ -173,6 +173,8 @@ class Access:
         self.rate_limit = rate_limit
         # A token file counts even when empty: it then lets no one in, never everyone.
         self.is_enabled = bool(self._fixed) or token_file is not None
+        # Whether any request is checked at all: the one test an open server pays.
+        self.is_guarding = self.is_enabled or rate_limit is not None
         self._digests: tuple[bytes, ...] = ()
         self._load(self._file_tokens())
 
@@ -188,11 +190,6 @@ class Access:
             metrics_public=settings.metrics_public,
             rate_limit=limiter,
         )
-
-    @property
-    def is_guarding(self) -> bool:
-        """Whether any request is checked at all (tokens, or a rate limit)."""
-        return self.is_enabled or self.rate_limit is not None
 
     def _file_tokens(self) -> list[bytes]:
         if self.token_file is None:

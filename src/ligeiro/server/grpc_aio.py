@@ -131,7 +131,9 @@ async def start_aio_grpc_server(
         else:
             key, chain, client_ca = tls.files()
             credentials = grpc.ssl_server_credentials(
-                [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+                [(key, chain)],
+                root_certificates=client_ca,
+                require_client_auth=client_ca is not None,
             )
             bound = server.add_secure_port(address, credentials)
     except RuntimeError as exc:  # grpcio raises this when the bind fails

@@ -95,12 +95,14 @@ class HttpConnection(asyncio.Protocol):
         "_app", "_authorization", "_began", "_body", "_client", "_connections",
         "_content_encoding", "_content_length", "_expect_continue", "_head_reads", "_head_size",
         "_header_length", "_headers", "_in_head", "_loop", "_parser", "_pending",
-        "_requests", "_size", "_too_large", "_traceparent", "_tracestate", "_transport",
+        "_requests", "_settings", "_size", "_too_large", "_traceparent", "_tracestate",
+        "_transport",
         "_url", "_writing_paused", "is_closing", "is_receiving", "last_active",
     )  # fmt: skip
 
     def __init__(self, app: HttpApp, connections: Connections) -> None:
         self._app = app
+        self._settings = app.settings
         self._connections = connections
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
@@ -133,7 +135,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        limit = self._app.settings.max_connections
+        limit = self._settings.max_connections
         if len(self._connections) >= limit:
             # Answered and closed: a client gets a reason rather than a reset.
             self._fail(503, f"this worker has its limit of {limit} connections open; retry")
@@ -168,7 +170,7 @@ class HttpConnection(asyncio.Protocol):
             # past the limit at most, rather than once it is all in memory. (The read
             # the head began in is not counted: it may hold the end of a request before.)
             self._head_reads += len(data) if self._head_reads >= 0 else 1
-            limit = self._app.settings.max_header_bytes
+            limit = self._settings.max_header_bytes
             if self._head_reads > limit:
                 self._fail(431, f"request head over the limit of {limit} bytes")
 
@@ -203,14 +205,14 @@ class HttpConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        limit = self._app.settings.max_url_bytes
+        limit = self._settings.max_url_bytes
         if len(self._url) > limit:
             raise _Refused(414, f"request target over the limit of {limit} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers += 1
         self._head_size += len(name) + len(value) + 4
-        settings = self._app.settings
+        settings = self._settings
         if self._headers > settings.max_headers:
             raise _Refused(431, f"more than {settings.max_headers} header fields")
         if self._head_size > settings.max_header_bytes:
@@ -259,7 +261,7 @@ class HttpConnection(asyncio.Protocol):
         keep_alive = (
             self._parser.should_keep_alive()
             and not self.is_closing
-            and self._requests < app.settings.max_requests_per_connection
+            and self._requests < self._settings.max_requests_per_connection
         )
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         answer = app.handle(
@@ -284,7 +286,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _body_limit(self) -> int:
         """JSON bodies (no binary tensor data) have a lower limit than binary ones."""
-        settings = self._app.settings
+        settings = self._settings
         if self._header_length is None and self._content_encoding is None:
             return min(settings.max_request_bytes, settings.max_json_bytes)
         # A compressed JSON body is held to the JSON limit once decoded (HttpApp.handle).
@@ -321,7 +323,7 @@ class HttpConnection(asyncio.Protocol):
         if (
             self._writing_paused
             or len(self._pending) >= self._app.max_pipelined
-            or self._requests >= self._app.settings.max_requests_per_connection
+            or self._requests >= self._settings.max_requests_per_connection
         ):
             self._transport.pause_reading()
         else:
@@ -331,7 +333,7 @@ class HttpConnection(asyncio.Protocol):
         # Answer before reading the body, then close: the rest of it is never read.
         self._too_large = True
         limit = self._body_limit()
-        kind = "JSON request body" if limit < self._app.settings.max_request_bytes else "request body"
+        kind = "JSON request body" if limit < self._settings.max_request_bytes else "request body"
         self._fail(413, f"{kind} of {size} bytes is over the limit of {limit} bytes")
 
     def _fail(self, status: int, message: str) -> None:
