@@ -55,6 +55,10 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
                  "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", *ext,
                  cwd=folder)  # fmt: skip
+    # The same key certified again (a new serial): the renewal SIGHUP picks up.
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAserial", "ca.srl", "-out", "renewed.pem", "-days", "2", "-extfile",
+             "server.ext", cwd=folder)  # fmt: skip
     return Certs(folder / "ca.pem", folder / "server.pem", folder / "server.key",
                  folder / "client.pem", folder / "client.key")  # fmt: skip
 
@@ -221,6 +225,36 @@ def test_mutual_tls_needs_a_client_certificate(iris_only: Path, certs: Certs) ->
         )  # fmt: skip
         assert client.get_model_metadata("iris").name == "iris"
         client.close()
+    finally:
+        srv.stop()
+
+
+def _serial(port: int, certs: Certs) -> str:
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            return str(tls.getpeercert()["serialNumber"])
+
+
+def test_sighup_reads_the_certificate_again(iris_only: Path, certs: Certs, tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_bytes(certs.cert.read_bytes())
+    srv = start_server(
+        iris_only, "--threads", "1", "--tls-cert", str(cert), "--tls-key", str(certs.key)
+    )
+    try:
+        before = _serial(srv.port, certs)
+        cert.write_bytes((certs.cert.parent / "renewed.pem").read_bytes())
+        srv.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while _serial(srv.port, certs) == before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _serial(srv.port, certs) != before
+        cert.write_text("not a certificate")  # a broken renewal keeps the one in use
+        srv.process.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert _serial(srv.port, certs) != before
+        assert "the previous certificate stays in use" in srv.output()
     finally:
         srv.stop()
 
