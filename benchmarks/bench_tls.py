@@ -115,8 +115,10 @@ def main() -> None:
                         status, answer = http_call(request)
                         if status != 200:
                             raise SystemExit(f"{name}: {status} {answer[:200]!r}")
-                        result = measure(process, request, connections=args.connections,
-                                         duration_s=args.duration, warmup_s=args.warmup)  # fmt: skip
+                        result = measure(
+                            process, request, connections=args.connections,
+                            duration_s=args.duration, warmup_s=args.warmup,
+                        )  # fmt: skip
                         if result.load.non_2xx:
                             print(f"warning: {name} {load}: {result.load}", flush=True)
                         measured[name] = result.load.requests_per_s
