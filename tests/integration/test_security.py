@@ -120,14 +120,17 @@ def test_401_names_the_scheme_and_tls_is_modern(secure: Server, certs: Certs) ->
     context = ssl.create_default_context(cafile=str(certs.ca))
     context.set_alpn_protocols(["http/1.1"])
     conn = http.client.HTTPSConnection("127.0.0.1", secure.port, context=context, timeout=10)
+    conn.request("GET", "/v2/health/live")
+    assert conn.getresponse().read() == b'{"live":true}'
+    assert conn.sock.version() in ("TLSv1.2", "TLSv1.3")
+    assert conn.sock.selected_alpn_protocol() == "http/1.1"
+    assert conn.sock.compression() is None
     conn.request("GET", "/v2/models/iris")
     answer = conn.getresponse()
     assert answer.status == 401
     assert answer.getheader("www-authenticate") == 'Bearer realm="ligeiro"'
+    assert answer.getheader("connection") == "close"  # its body, if any, is never kept
     assert "Bearer" in json.loads(answer.read())["error"]
-    assert conn.sock.version() in ("TLSv1.2", "TLSv1.3")
-    assert conn.sock.selected_alpn_protocol() == "http/1.1"
-    assert conn.sock.compression() is None
     conn.close()
     old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     old.load_verify_locations(str(certs.ca))
@@ -302,6 +305,13 @@ def test_metrics_public_leaves_only_metrics_open(iris_only: Path) -> None:
     try:
         assert _status(srv, "/metrics", None) == 200
         assert _status(srv, "/v2/models/iris", None) == 401
+        # Refused before its body is read, answered in its turn among pipelined ones.
+        good = _head(b"/v2/models/iris", b"authorization: Bearer " + TOKEN.encode() + b"\r\n",
+                     close=False)  # fmt: skip
+        bad = b"POST /v2/models/iris/infer HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello"
+        answers = _raw(srv, good + bad + good)
+        assert answers.startswith(b"HTTP/1.1 200 ")
+        assert answers.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 401 " in answers
     finally:
         srv.stop()
 

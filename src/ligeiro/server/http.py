@@ -239,28 +239,23 @@ class HttpApp:
         tracestate: bytes | None = None,
         content_encoding: bytes | None = None,
         authorization: bytes | None = None,
-        client: str = "",
     ) -> bytes:
         """Answer one request; never raises. HEAD gets GET's headers without the body.
 
         ``header_length`` is the raw ``Inference-Header-Content-Length`` value, if sent;
         ``traceparent`` and ``tracestate`` the W3C trace context headers;
         ``content_encoding`` the body's ``Content-Encoding`` (gzip and deflate decode);
-        ``authorization`` the bearer token the route may need; ``client`` the peer's
-        address, for the rate limit.
+        ``authorization`` the repository API's admin token, if sent. The inference
+        tokens and the rate limit were checked before the body was read (``admit``).
         """
         if method == b"HEAD":
             answer = await self.handle(
                 b"GET", url, body, keep_alive, header_length, traceparent, tracestate,
-                content_encoding, authorization, client,
+                content_encoding, authorization,
             )  # fmt: skip
             return answer[: answer.index(b"\r\n\r\n") + 4]
         path = url.split(b"?", 1)[0]
         try:
-            access = self.access
-            if access.is_guarding:  # one test when neither tokens nor a rate limit are set
-                access.check(route_access(path), authorization)
-                access.admit(client)
             if content_encoding is not None:
                 limit = self.settings.max_request_bytes
                 if header_length is None:
@@ -300,11 +295,7 @@ class HttpApp:
             return route(keep_alive)
         except LigeiroError as exc:
             status = status_for(exc)
-            headers = b""
-            if status == 401:
-                headers = _WWW_AUTHENTICATE
-            elif isinstance(exc, RateLimitedError):
-                headers = b"retry-after: %d\r\n" % max(1, math.ceil(exc.retry_after_s))
+            headers = _WWW_AUTHENTICATE if status == 401 else b""
             message = self.redact(str(exc)) if isinstance(exc, _REDACTED) else str(exc)
             return self.error(status, message, keep_alive=keep_alive, headers=headers)
         except Exception:
@@ -312,6 +303,21 @@ class HttpApp:
                 "unexpected error answering %s %s", method.decode(), url.decode("latin-1")
             )
             return self.error(500, "internal server error (logged)", keep_alive=keep_alive)
+
+    def admit(self, url: bytes, authorization: bytes | None, client: str) -> bytes | None:
+        """Check a request's token and rate once its head has arrived, before its body:
+        ``None``, or the answer that refuses it (401 or 429; the connection then closes).
+        Only called when ``access.is_guarding``."""
+        access = self.access
+        try:
+            access.check(route_access(url.split(b"?", 1)[0]), authorization)
+            access.admit(client)
+        except LigeiroError as exc:
+            headers = _WWW_AUTHENTICATE
+            if isinstance(exc, RateLimitedError):
+                headers = b"retry-after: %d\r\n" % max(1, math.ceil(exc.retry_after_s))
+            return self.error(status_for(exc), str(exc), keep_alive=False, headers=headers)
+        return None
 
     # -- routes ---------------------------------------------------------------------
 

@@ -21,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Any, final
 
 import httptools
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     from ..settings import HttpSettings
     from .http import HttpApp
 
@@ -34,6 +36,10 @@ __all__ = ["Connections", "HttpConnection"]
 logger = logging.getLogger(__name__)
 
 _SWEEP_INTERVAL_S = 1.0
+
+
+async def _refused(answer: bytes) -> bytes:
+    return answer
 
 
 class _Refused(Exception):
@@ -92,7 +98,7 @@ class HttpConnection(asyncio.Protocol):
     """One client connection: parse with httptools, answer in order, drain on shutdown."""
 
     __slots__ = (
-        "_app", "_authorization", "_began", "_body", "_client", "_connections",
+        "_app", "_authorization", "_began", "_body", "_client", "_connections", "_denied",
         "_content_encoding", "_content_length", "_expect_continue", "_head_reads", "_head_size",
         "_header_length", "_headers", "_in_head", "_loop", "_parser", "_pending",
         "_requests", "_settings", "_size", "_too_large", "_traceparent", "_tracestate",
@@ -120,6 +126,7 @@ class HttpConnection(asyncio.Protocol):
         self._traceparent: bytes | None = None
         self._tracestate: bytes | None = None
         self._too_large = False
+        self._denied: bytes | None = None
         self._writing_paused = False
         self._client = ""
         self._in_head = False
@@ -202,6 +209,7 @@ class HttpConnection(asyncio.Protocol):
         self._content_encoding = None
         self._authorization = None
         self._too_large = False
+        self._denied = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -237,13 +245,20 @@ class HttpConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        app = self._app
+        if app.access.is_guarding:
+            # Tokens and rate before the body: a refused request's body is read past,
+            # never kept, and its answer waits its turn behind the ones before it.
+            self._denied = app.admit(self._url, self._authorization, self._client)
+            if self._denied is not None:
+                return
         if self._content_length > self._body_limit():
             self._reject_too_large(self._content_length)
         elif self._expect_continue and self._transport is not None:
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
-        if self._too_large:
+        if self._too_large or self._denied is not None:
             return
         self._size += len(body)
         if self._size > self._body_limit():  # chunked bodies have no length
@@ -258,6 +273,9 @@ class HttpConnection(asyncio.Protocol):
             return
         self._requests += 1
         app = self._app
+        if self._denied is not None:
+            self._answer(_refused(self._denied), False)
+            return
         keep_alive = (
             self._parser.should_keep_alive()
             and not self.is_closing
@@ -274,15 +292,17 @@ class HttpConnection(asyncio.Protocol):
             self._tracestate,
             self._content_encoding,
             self._authorization,
-            self._client,
         )
+        self._answer(answer, keep_alive)
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _answer(self, answer: Coroutine[Any, Any, bytes], keep_alive: bool) -> None:
         task = self._loop.create_task(answer)
         self._pending.append((task, keep_alive))
         task.add_done_callback(self._write_answers)
-        if len(self._pending) == app.max_pipelined or not keep_alive:
+        if len(self._pending) == self._app.max_pipelined or not keep_alive:
             self._update_reading()
-
-    # -- helpers -------------------------------------------------------------------
 
     def _body_limit(self) -> int:
         """JSON bodies (no binary tensor data) have a lower limit than binary ones."""
