@@ -605,3 +605,34 @@ def test_fp32_json_data_is_strict(broken: tuple[Server, Path], data: str, got: s
     answer = srv.post("/v2/models/iris/infer", body)
     assert answer.status == 400
     assert answer.json()["error"] == f"input 'float_input': FP32 data must be numbers, got {got}"
+
+
+def test_only_the_admin_token_loads_models(iris_only: Path) -> None:
+    srv = start_server(
+        iris_only, "--threads", "1", "--model-control", "explicit", "--admin-token", ADMIN,
+        "--inference-token", TOKEN,
+    )  # fmt: skip
+    try:
+        def post(path: str, token: str) -> int:
+            answer = srv.request("POST", path, b"{}", {"authorization": f"Bearer {token}"})
+            return answer.status
+
+        assert post("/v2/repository/models/iris/load", TOKEN) == 401
+        assert post("/v2/repository/models/iris/load", ADMIN) == 200
+        assert post("/v2/repository/index", TOKEN) == 200
+        assert post("/v2/repository/index", "wrong") == 401
+    finally:
+        srv.stop()
+
+
+def test_max_pipelined_is_a_setting(iris_only: Path, tmp_path: Path) -> None:
+    config = tmp_path / "ligeiro.toml"
+    config.write_text("[http]\nmax_pipelined = 2\n")
+    srv = start_server(iris_only, "--threads", "1", "--config", str(config))
+    try:
+        # Ten requests in one write: reading pauses at two and resumes; all are answered,
+        # in order, the last one closing.
+        answers = _raw(srv, _head(close=False) * 9 + _head())
+        assert answers.count(b"HTTP/1.1 200 ") == 10
+    finally:
+        srv.stop()
