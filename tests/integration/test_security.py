@@ -233,30 +233,38 @@ def test_mutual_tls_needs_a_client_certificate(iris_only: Path, certs: Certs) ->
 
 
 def _serial(port: int, certs: Certs) -> str:
+    """The serial number of the certificate a new TLS connection to ``port`` gets."""
     context = ssl.create_default_context(cafile=str(certs.ca))
+    context.set_alpn_protocols(["h2", "http/1.1"])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
             return str(tls.getpeercert()["serialNumber"])
 
 
-def test_sighup_reads_the_certificate_again(iris_only: Path, certs: Certs, tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["h2", "grpcio"])
+def test_sighup_reads_the_certificate_again(
+    iris_only: Path, certs: Certs, tmp_path: Path, transport: str
+) -> None:
     cert = tmp_path / "cert.pem"
     cert.write_bytes(certs.cert.read_bytes())
     srv = start_server(
-        iris_only, "--threads", "1", "--tls-cert", str(cert), "--tls-key", str(certs.key)
-    )
+        iris_only, "--threads", "1", "--tls-cert", str(cert), "--tls-key", str(certs.key),
+        "--grpc-transport", transport,
+    )  # fmt: skip
     try:
-        before = _serial(srv.port, certs)
+        ports = (srv.port, srv.grpc_port)
+        before = [_serial(port, certs) for port in ports]
         cert.write_bytes((certs.cert.parent / "renewed.pem").read_bytes())
         srv.process.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
-        while _serial(srv.port, certs) == before and time.monotonic() < deadline:
+        while _serial(srv.port, certs) == before[0] and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _serial(srv.port, certs) != before
+        after = [_serial(port, certs) for port in ports]
+        assert after[0] != before[0] and after[1] != before[1]
         cert.write_text("not a certificate")  # a broken renewal keeps the one in use
         srv.process.send_signal(signal.SIGHUP)
         time.sleep(0.5)
-        assert _serial(srv.port, certs) != before
+        assert [_serial(port, certs) for port in ports] == after
         assert "the previous certificate stays in use" in srv.output()
     finally:
         srv.stop()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, final
 import grpc
 import grpc.aio
 
+from ..errors import LigeiroError
 from .grpc import _SERVICE, GrpcService, StatusCode, status_for, unary_methods
 
 if TYPE_CHECKING:
@@ -95,6 +96,31 @@ class GrpcServer:
         await self._server.stop(grace_s)
 
 
+def _credentials(tls: ServerTls) -> grpc.ServerCredentials:
+    """grpcio's TLS from ``tls``'s files, read again before the first handshake after
+    each SIGHUP reload (grpcio asks the fetcher before every handshake)."""
+
+    def configuration() -> Any:
+        key, chain, client_ca = tls.files()
+        return grpc.ssl_server_certificate_configuration([(key, chain)], client_ca)
+
+    seen = [tls.generation]
+    first = configuration()
+
+    def fetch() -> Any:
+        if tls.generation == seen[0]:
+            return None
+        seen[0] = tls.generation
+        try:
+            return configuration()
+        except LigeiroError:  # the files changed again meanwhile: keep the current pair
+            return None
+
+    return grpc.dynamic_ssl_server_credentials(
+        first, fetch, require_client_authentication=tls.settings.client_ca is not None
+    )
+
+
 def _peer_address(peer: str) -> str:
     """``ipv4:127.0.0.1:5000`` or ``ipv6:[::1]:5000`` as the address alone."""
     address = peer.partition(":")[2]
@@ -110,7 +136,7 @@ async def start_aio_grpc_server(
     tls: ServerTls | None = None,
 ) -> GrpcServer:
     """Bind and start ``service`` on grpc.aio (see ``grpc.start_grpc_server``); over TLS
-    with ``tls``'s files (read once: grpcio does not reload them on SIGHUP).
+    with ``tls``'s files (read again after a SIGHUP reload).
 
     Raises:
         OSError: the address cannot be bound.
@@ -129,13 +155,7 @@ async def start_aio_grpc_server(
         if tls is None:
             bound: int = server.add_insecure_port(address)
         else:
-            key, chain, client_ca = tls.files()
-            credentials = grpc.ssl_server_credentials(
-                [(key, chain)],
-                root_certificates=client_ca,
-                require_client_auth=client_ca is not None,
-            )
-            bound = server.add_secure_port(address, credentials)
+            bound = server.add_secure_port(address, _credentials(tls))
     except RuntimeError as exc:  # grpcio raises this when the bind fails
         raise OSError(f"cannot listen for gRPC on {address}: {exc}") from None
     if bound == 0:  # older grpcio reports a failed bind this way

@@ -8,7 +8,8 @@ show a certificate that CA signed (mTLS).
 ``reload`` (SIGHUP) reads the certificate and key again: they are tried on a spare
 context first, so a broken pair leaves the running one as it was, then loaded into the
 live contexts, which new connections use; connections already open keep theirs. The
-grpcio transport takes the files once, at start (grpcio has its own TLS stack).
+grpcio transport (which has its own TLS stack) reads the files again before the next
+handshake after a reload (``generation`` tells it one happened).
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ class ServerTls:
         self.settings = settings
         self.http = _context(settings, ["http/1.1"])
         self.grpc = _context(settings, ["h2"])
+        # Counts successful reloads (grpcio's certificate fetcher compares it).
+        self.generation = 0
 
     def files(self) -> tuple[bytes, bytes, bytes | None]:
         """The key, the certificate chain and the client CA, as grpcio takes them."""
@@ -97,5 +100,6 @@ class ServerTls:
         except ConfigError as exc:
             logger.error("TLS reload: %s; the previous certificate stays in use", exc)
             return False
+        self.generation += 1
         logger.info("TLS certificate %s read again", self.settings.cert)
         return True
