@@ -1,7 +1,9 @@
 """Who may call what: inference tokens, the per-client rate limit, the exposure warning.
 
 Each transport keeps a table from its routes (HTTP paths, gRPC methods) to a ``Route``
-and asks ``Access`` about a request once, before reading its body or message:
+and asks ``Access`` about a request once: HTTP when the head is complete (the body of a
+refused request is never kept), the h2 gRPC transport when a stream opens (before any
+message byte), grpcio before the method runs:
 
 - ``OPEN``: health probes (``/v2/health/*``, ServerLive, ServerReady) pass.
 - ``PROTECTED``: every other route, and any route a table does not name (a new route
