@@ -54,6 +54,9 @@ class _Transport:
     def resume_reading(self) -> None:
         pass
 
+    def is_reading(self) -> bool:
+        return True
+
     def get_extra_info(self, name: str, default: object = None) -> object:
         return default
 

@@ -181,7 +181,6 @@ class HttpApp:
         self.plane = plane
         self.access = Access() if access is None else access
         self.redact = PathRedactor(plane.engine.registry.root)
-        self.max_pipelined = settings.max_pipelined
         self.engine = plane.engine
         self.control = control
         self.metrics = plane.metrics

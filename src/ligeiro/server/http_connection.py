@@ -98,17 +98,26 @@ class HttpConnection(asyncio.Protocol):
     """One client connection: parse with httptools, answer in order, drain on shutdown."""
 
     __slots__ = (
-        "_app", "_authorization", "_began", "_body", "_client", "_connections", "_denied",
-        "_content_encoding", "_content_length", "_expect_continue", "_head_reads", "_head_size",
-        "_header_length", "_headers", "_in_head", "_loop", "_parser", "_pending",
-        "_requests", "_settings", "_size", "_too_large", "_traceparent", "_tracestate",
-        "_transport",
-        "_url", "_writing_paused", "is_closing", "is_receiving", "last_active",
+        "_app", "_authorization", "_began", "_body", "_body_max", "_client", "_connections",
+        "_content_encoding", "_content_length", "_denied", "_expect_continue", "_head_limit",
+        "_head_reads", "_head_size", "_header_length", "_headers", "_headers_limit",
+        "_in_head", "_json_limit", "_loop", "_parser", "_pending", "_pipelined", "_requests",
+        "_requests_limit", "_settings", "_size", "_too_large", "_traceparent", "_tracestate",
+        "_transport", "_url", "_url_limit", "_writing_paused", "is_closing", "is_receiving",
+        "last_active",
     )  # fmt: skip
 
     def __init__(self, app: HttpApp, connections: Connections) -> None:
         self._app = app
-        self._settings = app.settings
+        settings = self._settings = app.settings
+        # The limits, as plain attributes: the parser callbacks read them every request.
+        self._url_limit = settings.max_url_bytes
+        self._head_limit = settings.max_header_bytes
+        self._headers_limit = settings.max_headers
+        self._body_max = settings.max_request_bytes
+        self._json_limit = min(settings.max_request_bytes, settings.max_json_bytes)
+        self._requests_limit = settings.max_requests_per_connection
+        self._pipelined = settings.max_pipelined
         self._connections = connections
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
@@ -177,7 +186,7 @@ class HttpConnection(asyncio.Protocol):
             # past the limit at most, rather than once it is all in memory. (The read
             # the head began in is not counted: it may hold the end of a request before.)
             self._head_reads += len(data) if self._head_reads >= 0 else 1
-            limit = self._settings.max_header_bytes
+            limit = self._head_limit
             if self._head_reads > limit:
                 self._fail(431, f"request head over the limit of {limit} bytes")
 
@@ -194,7 +203,7 @@ class HttpConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.is_receiving = True
         self._in_head = True
-        self._began = self._loop.time()
+        self._began = self.last_active  # when the read this request starts in arrived
         self._head_size = 0
         self._head_reads = -1  # the read this head starts in is not counted
         self._headers = 0
@@ -213,18 +222,14 @@ class HttpConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        limit = self._settings.max_url_bytes
-        if len(self._url) > limit:
-            raise _Refused(414, f"request target over the limit of {limit} bytes")
+        if len(self._url) > self._url_limit:
+            raise _Refused(414, f"request target over the limit of {self._url_limit} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers += 1
         self._head_size += len(name) + len(value) + 4
-        settings = self._settings
-        if self._headers > settings.max_headers:
-            raise _Refused(431, f"more than {settings.max_headers} header fields")
-        if self._head_size > settings.max_header_bytes:
-            raise _Refused(431, f"request head over the limit of {settings.max_header_bytes} bytes")
+        if self._head_size > self._head_limit or self._headers > self._headers_limit:
+            self._refuse_head()
         # Only seven headers matter here; compare lengths first to skip the others cheaply.
         size = len(name)
         if size == 14 and name.lower() == b"content-length":
@@ -252,7 +257,10 @@ class HttpConnection(asyncio.Protocol):
             self._denied = app.admit(self._url, self._authorization, self._client)
             if self._denied is not None:
                 return
-        if self._content_length > self._body_limit():
+        limit = self._json_limit
+        if self._header_length is not None or self._content_encoding is not None:
+            limit = self._body_max  # binary data, or compressed (held to the JSON limit decoded)
+        if self._content_length > limit:
             self._reject_too_large(self._content_length)
         elif self._expect_continue and self._transport is not None:
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -261,7 +269,11 @@ class HttpConnection(asyncio.Protocol):
         if self._too_large or self._denied is not None:
             return
         self._size += len(body)
-        if self._size > self._body_limit():  # chunked bodies have no length
+        if self._size > (
+            self._json_limit
+            if self._header_length is None and self._content_encoding is None
+            else self._body_max
+        ):  # chunked bodies have no length
             self._reject_too_large(self._size)
             return
         self._body.append(body)
@@ -279,7 +291,7 @@ class HttpConnection(asyncio.Protocol):
         keep_alive = (
             self._parser.should_keep_alive()
             and not self.is_closing
-            and self._requests < self._settings.max_requests_per_connection
+            and self._requests < self._requests_limit
         )
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         answer = app.handle(
@@ -301,16 +313,13 @@ class HttpConnection(asyncio.Protocol):
         task = self._loop.create_task(answer)
         self._pending.append((task, keep_alive))
         task.add_done_callback(self._write_answers)
-        if len(self._pending) == self._app.max_pipelined or not keep_alive:
+        if len(self._pending) == self._pipelined or not keep_alive:
             self._update_reading()
 
-    def _body_limit(self) -> int:
-        """JSON bodies (no binary tensor data) have a lower limit than binary ones."""
-        settings = self._settings
-        if self._header_length is None and self._content_encoding is None:
-            return min(settings.max_request_bytes, settings.max_json_bytes)
-        # A compressed JSON body is held to the JSON limit once decoded (HttpApp.handle).
-        return settings.max_request_bytes
+    def _refuse_head(self) -> None:
+        if self._headers > self._headers_limit:
+            raise _Refused(431, f"more than {self._headers_limit} header fields")
+        raise _Refused(431, f"request head over the limit of {self._head_limit} bytes")
 
     def _write_answers(self, _done: asyncio.Task[bytes]) -> None:
         """Write every finished answer at the head of the queue, in request order."""
@@ -329,7 +338,7 @@ class HttpConnection(asyncio.Protocol):
             return
         if self.is_closing and not self.is_receiving and not pending:
             transport.close()
-        elif len(pending) < self._app.max_pipelined and not transport.is_reading():
+        elif len(pending) < self._pipelined and not transport.is_reading():
             # One read can queue more than the limit (the parser takes it all): resume
             # once below it, not at exactly one under, which a drain can step over.
             self._update_reading()
@@ -342,8 +351,8 @@ class HttpConnection(asyncio.Protocol):
             return
         if (
             self._writing_paused
-            or len(self._pending) >= self._app.max_pipelined
-            or self._requests >= self._settings.max_requests_per_connection
+            or len(self._pending) >= self._pipelined
+            or self._requests >= self._requests_limit
         ):
             self._transport.pause_reading()
         else:
@@ -352,8 +361,10 @@ class HttpConnection(asyncio.Protocol):
     def _reject_too_large(self, size: int) -> None:
         # Answer before reading the body, then close: the rest of it is never read.
         self._too_large = True
-        limit = self._body_limit()
-        kind = "JSON request body" if limit < self._settings.max_request_bytes else "request body"
+        limit = self._body_max
+        if self._header_length is None and self._content_encoding is None:
+            limit = self._json_limit
+        kind = "JSON request body" if limit < self._body_max else "request body"
         self._fail(413, f"{kind} of {size} bytes is over the limit of {limit} bytes")
 
     def _fail(self, status: int, message: str) -> None:
