@@ -58,6 +58,9 @@ class _Transport:
     def is_reading(self) -> bool:
         return self.reading
 
+    def is_reading(self) -> bool:
+        return True
+
     def get_extra_info(self, name: str, default: object = None) -> object:
         return default
 

@@ -33,8 +33,8 @@ EXAMPLE_NAMES = (
     if EXAMPLES.is_dir()
     else "iris, mlp"
 )
-_SERVING = re.compile(rb"serving .*on http://([\d.]+|\[[0-9a-f:]+\]):(\d+)")
-_GRPC_SERVING = re.compile(rb"serving .* grpc://([\d.]+|\[[0-9a-f:]+\]):(\d+)")
+_SERVING = re.compile(rb"serving .*on https?://([\d.]+|\[[0-9a-f:]+\]):(\d+)")
+_GRPC_SERVING = re.compile(rb"serving .* grpcs?://([\d.]+|\[[0-9a-f:]+\]):(\d+)")
 
 
 def build_examples() -> Path:

@@ -111,6 +111,37 @@ class _NeedsExtra(click.Command):
     "which no process listing shows).",
 )
 @click.option(
+    "--inference-token",
+    "inference_tokens",
+    multiple=True,
+    metavar="TOKEN",
+    help="A bearer token every route but health needs (repeat for several; better: "
+    "LIGEIRO_INFERENCE_TOKENS=a,b or --inference-token-file).",
+)
+@click.option(
+    "--inference-token-file",
+    metavar="FILE",
+    help="Inference tokens, one a line; read again on SIGHUP (rotation without a restart).",
+)
+@click.option(
+    "--metrics-public/--no-metrics-public",
+    default=None,
+    help="Serve /metrics without a token (default: it needs one when tokens are set).",
+)
+@click.option(
+    "--rate-limit",
+    type=float,
+    metavar="PER_S",
+    help="Requests a second per client address, both transports (default 0: no limit).",
+)
+@click.option("--tls-cert", metavar="FILE", help="Serve HTTPS and gRPC over TLS: the certificate.")
+@click.option("--tls-key", metavar="FILE", help="The certificate's private key.")
+@click.option(
+    "--tls-client-ca",
+    metavar="FILE",
+    help="Require client certificates signed by this CA (mTLS).",
+)
+@click.option(
     "--model-name",
     metavar="NAME",
     help="Serve REPOSITORY as one model folder under NAME (its model.onnx, or version "
@@ -142,6 +173,13 @@ def serve(
     batch: tuple[str, ...],
     model_control: str | None,
     admin_token: str | None,
+    inference_tokens: tuple[str, ...],
+    inference_token_file: str | None,
+    metrics_public: bool | None,
+    rate_limit: float | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_client_ca: str | None,
     model_name: str | None,
     ui: bool | None,
     print_config: bool,
@@ -164,6 +202,11 @@ def serve(
         "otel_endpoint": otel_endpoint,
         "model_control": model_control,
         "admin_token": admin_token,
+        "inference_tokens": list(inference_tokens) or None,
+        "inference_token_file": inference_token_file,
+        "metrics_public": metrics_public,
+        "rate_limit_per_s": rate_limit,
+        "tls": {"cert": tls_cert, "key": tls_key, "client_ca": tls_client_ca},
         "ui": ui,
         "http": {"host": host, "port": port, "max_request_bytes": max_request_bytes},
         "grpc": {"port": grpc_port, "enabled": grpc_enabled, "transport": grpc_transport},
@@ -175,10 +218,18 @@ def serve(
     }
     settings = load_settings(cli_layer, config_file=config_file)
     if print_config:
-        shown = settings
-        if settings.admin_token is not None:  # a secret: say it is set, not what it is
-            shown = msgspec.structs.replace(settings, admin_token="<set>")
+        from .server.access import exposure_warning
+
+        # Secrets: say they are set, not what they are.
+        shown = msgspec.structs.replace(
+            settings,
+            admin_token=None if settings.admin_token is None else "<set>",
+            inference_tokens=["<set>"] * len(settings.inference_tokens),
+        )
         click.echo(msgspec.json.format(msgspec.json.encode(shown)).decode())
+        warning = exposure_warning(settings)
+        if warning is not None:
+            click.echo(f"warning: {warning}", err=True)
         return
     logging.basicConfig(
         level=settings.log_level.upper(),

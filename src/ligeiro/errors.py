@@ -10,9 +10,10 @@
     │   └── UnsupportedEncodingError  a Content-Encoding the server cannot decode
     ├── InferenceError            the runtime failed on input that looked valid
     ├── ServerOverloadedError     a bounded queue is full
+    │   └── RateLimitedError      a client is over its request rate (retry_after_s)
     ├── DeadlineExceededError     the request's timeout passed while it waited
     ├── ModelLoadError            a model file or config cannot be loaded
-    ├── AuthenticationError       the admin API's bearer token is missing or wrong
+    ├── AuthenticationError       a bearer token (inference or admin) is missing or wrong
     ├── ControlDisabledError      the admin API is off (model control is not "explicit")
     ├── ConfigError               a server setting is invalid
     └── ConversionError           a saved model cannot be converted, or its ONNX disagrees
@@ -36,6 +37,7 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelNotReadyError",
+    "RateLimitedError",
     "RequestTooLargeError",
     "ServerOverloadedError",
     "UnsupportedEncodingError",
@@ -86,6 +88,15 @@ class ServerOverloadedError(LigeiroError):
     """A bounded queue is full; the client should retry later."""
 
 
+class RateLimitedError(ServerOverloadedError):
+    """The client sent more requests than its rate allows; ``retry_after_s`` says when
+    the next one would pass."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class DeadlineExceededError(LigeiroError):
     """The request's own timeout passed before the model ran it."""
 
@@ -120,7 +131,8 @@ class UntrustedModelError(ConversionError):
 
 
 class AuthenticationError(LigeiroError):
-    """The repository API needs the admin bearer token, and the request lacks it."""
+    """The route needs a bearer token (an inference token, or the repository API's admin
+    token) and the request lacks it or sends a wrong one."""
 
 
 class ControlDisabledError(LigeiroError):

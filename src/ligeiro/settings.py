@@ -19,7 +19,14 @@ from .errors import ConfigError
 from .runtime.providers import DEFAULT_PROVIDERS, check_providers, uses_gpu
 from .scheduling.policy import BatchingPolicy
 
-__all__ = ["GrpcSettings", "HttpSettings", "RuntimeSettings", "ServerSettings", "load_settings"]
+__all__ = [
+    "GrpcSettings",
+    "HttpSettings",
+    "RuntimeSettings",
+    "ServerSettings",
+    "TlsSettings",
+    "load_settings",
+]
 
 CONFIG_FILE = "ligeiro.toml"
 ENV_PREFIX = "LIGEIRO_"
@@ -33,8 +40,27 @@ class HttpSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     max_request_bytes: Annotated[int, msgspec.Meta(gt=0)] = 64 * 1024 * 1024
     # An idle keep-alive connection is closed after this long without a request.
     keep_alive_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
-    # A request that stops arriving half-way is answered 408 after this long (slowloris).
+    # A request that stops arriving half-way is answered 408 after this long of silence.
     receive_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    # Slowloris: a request's line and headers must all arrive within header_timeout_s of
+    # its first byte (and a new connection's first request within it of the accept), the
+    # whole request within request_timeout_s; total times, not silences. 408 past them.
+    header_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    request_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 120.0
+    # The request line's target (414 past it), the whole head (431, cut as it arrives,
+    # before the parser buffers more) and the number of header fields (431).
+    max_url_bytes: Annotated[int, msgspec.Meta(gt=0)] = 8 * 1024
+    max_header_bytes: Annotated[int, msgspec.Meta(gt=0)] = 32 * 1024
+    max_headers: Annotated[int, msgspec.Meta(gt=0)] = 100
+    # A JSON body (no binary tensor data) decodes to about 20x its size in Python objects
+    # and arrays: it has a lower limit than max_request_bytes (413 past it).
+    max_json_bytes: Annotated[int, msgspec.Meta(gt=0)] = 8 * 1024 * 1024
+    # Open connections per worker: one more gets 503 and is closed.
+    max_connections: Annotated[int, msgspec.Meta(gt=0)] = 1000
+    # Requests a client may pipeline ahead of its answers before we stop reading from it.
+    max_pipelined: Annotated[int, msgspec.Meta(gt=0)] = 64
+    # Requests on one keep-alive connection; the last one's answer closes it.
+    max_requests_per_connection: Annotated[int, msgspec.Meta(gt=0)] = 10_000
 
 
 class GrpcSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -83,6 +109,19 @@ class GrpcSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     max_buffered_bytes: Annotated[int, msgspec.Meta(gt=0)] = 256 * 1024 * 1024
 
 
+class TlsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[tls]``: HTTPS and gRPC over TLS on the same ports (``ligeiro.server.tls``); with
+    ``client_ca``, clients must show a certificate it signed (mTLS). Read again on SIGHUP."""
+
+    cert: str | None = None
+    key: str | None = None
+    client_ca: str | None = None
+
+    @property
+    def is_enabled(self) -> bool:
+        return self.cert is not None
+
+
 class RuntimeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``[runtime]``: ONNX Runtime threads per worker (0: cores / workers), and the
     execution providers of the models whose config.toml names none (``--providers``;
@@ -129,11 +168,23 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     # The bearer token of the repository API (LIGEIRO_ADMIN_TOKEN); no inference
     # request needs it.
     admin_token: str | None = None
+    # Bearer tokens every route but health needs (ligeiro.server.access); any one of
+    # them passes (LIGEIRO_INFERENCE_TOKENS="a,b"). The file holds one a line and is
+    # read again on SIGHUP. None of either: inference is open, as before.
+    inference_tokens: list[str] = []
+    inference_token_file: str | None = None
+    # /metrics without a token (a scraper on a private network).
+    metrics_public: bool = False
+    # Requests per second per client address, over both transports (0: no limit);
+    # past it 429 with Retry-After, or RESOURCE_EXHAUSTED. burst 0: one second's worth.
+    rate_limit_per_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    rate_limit_burst: Annotated[int, msgspec.Meta(ge=0)] = 0
     # The dashboard (/) and the API docs (/docs) for people; /openapi.json is served
     # either way (ligeiro.web).
     ui: bool = True
     http: HttpSettings = HttpSettings()
     grpc: GrpcSettings = GrpcSettings()
+    tls: TlsSettings = TlsSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     batching: dict[str, BatchingPolicy] = {}
 
@@ -165,6 +216,9 @@ def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+_LIST_KEYS = {("inference_tokens",), ("runtime", "providers")}
+
+
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     layer: dict[str, Any] = {}
     for name, value in sorted(env.items()):  # LIGEIRO_HTTP before LIGEIRO_HTTP__PORT
@@ -179,7 +233,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
                     f"environment ({ENV_PREFIX}* variables): {name} sets a field of "
                     f"{section!r}, which another variable sets to a value"
                 )
-        target[key] = value
+        # A list from the environment is comma-separated: LIGEIRO_INFERENCE_TOKENS="a,b".
+        target[key] = value.split(",") if (*sections, key) in _LIST_KEYS else value
     return layer
 
 
@@ -231,6 +286,11 @@ def load_settings(
     _check(layer, "command line")
     merged = _merge(merged, layer)
     settings: ServerSettings = msgspec.convert(merged, ServerSettings, strict=False)
+    tls = settings.tls
+    if (tls.cert is None) != (tls.key is None):
+        raise ConfigError("TLS needs both a certificate and its key (--tls-cert and --tls-key)")
+    if tls.client_ca is not None and tls.cert is None:
+        raise ConfigError("--tls-client-ca needs a server certificate (--tls-cert, --tls-key)")
     if settings.model_control == "explicit" and not settings.admin_token:
         raise ConfigError(
             "model_control = 'explicit' needs an admin token (--admin-token or "

@@ -65,6 +65,7 @@ class Load:
         try:
             while not self._stop.is_set():
                 writer.write(_REQUEST)
+                closing = False
                 try:
                     status = int((await reader.readline()).split()[1])
                     length = 0
@@ -72,10 +73,15 @@ class Load:
                         name, _, value = line.partition(b":")
                         if name.lower() == b"content-length":
                             length = int(value)
+                        elif name.lower() == b"connection" and value.strip() == b"close":
+                            closing = True
                     body = await reader.readexactly(length)
                 except (IndexError, ValueError, OSError, asyncio.IncompleteReadError) as exc:
                     self.answers.append(f"failed: connection: {exc!r}")
                     return
+                if closing:  # http.max_requests_per_connection: a new connection goes on
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(self.srv.host, self.srv.port)
                 if status == 200:
                     self.answers.append(json.loads(body)["model_version"])
                 else:

@@ -249,21 +249,23 @@ def test_concurrent_text_requests_each_get_their_own_answer(srv: Server) -> None
 
 
 def test_load_errors_are_reported(srv: Server, root: Path) -> None:
+    # Paths relative to the repository: the server's own are not for clients (the log
+    # keeps them).
     expected = {
-        "noscript": f"{root}/noscript/1/model.py: not found (a Python model needs model.py)",
-        "badimport": f"{root}/badimport/1/model.py: import failed: ModuleNotFoundError: "
+        "noscript": "noscript/1/model.py: not found (a Python model needs model.py)",
+        "badimport": "badimport/1/model.py: import failed: ModuleNotFoundError: "
         "No module named 'no_such_module_here'",
-        "noclass": f"{root}/noclass/1/model.py: defines no class Model",
-        "initfails": f"{root}/initfails/1/model.py: Model() failed: ZeroDivisionError: "
+        "noclass": "noclass/1/model.py: defines no class Model",
+        "initfails": "initfails/1/model.py: Model() failed: ZeroDivisionError: "
         "division by zero",
-        "undeclared": f"{root}/undeclared/config.toml: a Python model must declare its "
+        "undeclared": "undeclared/config.toml: a Python model must declare its "
         "[[inputs]] and [[outputs]]",
-        "nosuchstep": f"{root}/nosuchstep/config.toml: steps[0] 'ghost': unknown model 'ghost'",
-        "mismatch": f"{root}/mismatch/config.toml: step 'iris' takes 'float_input' as "
+        "nosuchstep": "nosuchstep/config.toml: steps[0] 'ghost': unknown model 'ghost'",
+        "mismatch": "mismatch/config.toml: step 'iris' takes 'float_input' as "
         "float32 [-1, 4], but step 'wide' gives float32 [-1, 5]",
-        "misnamed": f"{root}/misnamed/config.toml: output 'nowhere' is given by no step; "
+        "misnamed": "misnamed/config.toml: output 'nowhere' is given by no step; "
         "the steps give float_input",
-        "stepless": f"{root}/stepless/config.toml: [[steps]] belong to platform = 'pipeline', "
+        "stepless": "stepless/config.toml: [[steps]] belong to platform = 'pipeline', "
         "not 'python'",
     }
     for name, reason in expected.items():

@@ -35,12 +35,14 @@ def test_broken_models_beside_a_good_one(repository: Path) -> None:
         assert srv.post("/v2/models/iris/infer", IRIS_REQUEST).status == 200
         assert srv.get("/v2/health/ready").status == 200
 
+        # Relative to the repository: the server's paths are not for clients (the log
+        # keeps them, below).
         expected = {
-            "garbage": f"{repository}/garbage/1/model.onnx: not a loadable ONNX model",
-            "nofile": f"{repository}/nofile/1/model.onnx: file not found",
-            "empty": f"{repository}/empty: no version folders (expected {repository}/empty/1/model.onnx)",
-            "badconfig": f"{repository}/badconfig/config.toml: Object contains unknown field `max_batch`",
-            "wronglabels": f"{repository}/wronglabels/config.toml: 2 labels, but output 'output_probability' has 3 classes",
+            "garbage": "garbage/1/model.onnx: not a loadable ONNX model",
+            "nofile": "nofile/1/model.onnx: file not found",
+            "empty": "empty: no version folders (expected empty/1/model.onnx)",
+            "badconfig": "badconfig/config.toml: Object contains unknown field `max_batch`",
+            "wronglabels": "wronglabels/config.toml: 2 labels, but output 'output_probability' has 3 classes",
         }
         for name, reason in expected.items():
             for answer in (

@@ -11,6 +11,7 @@ Outputs asked for with ``binary_data`` (or all of them, with the request-level
 from __future__ import annotations
 
 import math
+from itertools import chain
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, final
 
@@ -34,7 +35,7 @@ from .messages import (
 from .types import TensorSpecLike
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from .types import DurationLike, ServedModel, StatisticsLike, VersionStateLike
 
@@ -137,6 +138,30 @@ def _first_scalar(data: Any) -> Any:
     return data
 
 
+_NUMBER_TYPES = frozenset((float, int))
+_NUMBERS_ONLY = object()
+_JSON_KINDS = {type(None): "null", list: "list", dict: "object"}
+
+
+def _not_a_number(data: list[Any]) -> Any:
+    """The first element of ``data`` (nested lists flattened) that is not a JSON number,
+    or ``_NUMBERS_ONLY``; C-speed scans (``map(type)``) for the usual all-numbers case."""
+    flat = data
+    while flat and isinstance(flat[0], list):
+        try:
+            flat = list(chain.from_iterable(flat))
+        except TypeError:  # a number beside the lists: ragged
+            return next(v for v in flat if not isinstance(v, list))
+    if set(map(type, flat)) <= _NUMBER_TYPES:
+        return _NUMBERS_ONLY
+    return next(v for v in flat if type(v) not in _NUMBER_TYPES)
+
+
+def _json_kind(value: Any) -> str:
+    kind = _JSON_KINDS.get(type(value), type(value).__name__)
+    return kind if value is None or isinstance(value, (list, dict)) else f"{kind} {value!r}"
+
+
 def tensor_from_json(tensor: RequestInput) -> np.ndarray:
     """Turn one V2 JSON tensor (flat or nested ``data``) into a numpy array of its shape.
 
@@ -163,10 +188,12 @@ def tensor_from_json(tensor: RequestInput) -> np.ndarray:
                 )
             array = np.array(data, dtype=object)
         elif kind == "f":
-            if isinstance(first, (str, bool)):
+            # Strict: numpy would read "2.5", true and null (as NaN) without a word.
+            # (:predict reads null as NaN on purpose, for imputers: protocol/predict.py.)
+            wrong = _not_a_number(data)
+            if wrong is not _NUMBERS_ONLY:
                 raise InvalidInputError(
-                    f"{where}{tensor.datatype} data must be numbers, "
-                    f"got {type(first).__name__} {first!r}"
+                    f"{where}{tensor.datatype} data must be numbers, got {_json_kind(wrong)}"
                 )
             with np.errstate(over="raise"):  # 1e39 as FP32: out of range, not inf
                 array = np.array(data, dtype=dtype)
@@ -461,16 +488,19 @@ def encode_health(field: str, value: bool, name: str | None = None) -> bytes:
     return _encoder.encode(body)
 
 
-def encode_repository_index(states: Iterable[VersionStateLike]) -> bytes:
+def encode_repository_index(
+    states: Iterable[VersionStateLike], redact: Callable[[str], str] | None = None
+) -> bytes:
     """Encode the repository index: ``[{"name", "version", "state", "reason"}, ...]``,
-    with ``parameters.execution_provider`` for a ready ONNX version."""
+    with ``parameters.execution_provider`` for a ready ONNX version; each reason through
+    ``redact`` when given (the server's paths stay out of what clients read)."""
     return _encoder.encode(
         [
             RepositoryModel(
                 s.name,
                 s.version,
                 "READY" if s.is_ready else "UNAVAILABLE",
-                s.index_reason,
+                s.index_reason if redact is None or not s.index_reason else redact(s.index_reason),
                 _provider_parameters(s.provider),
             )
             for s in states

@@ -7,7 +7,8 @@ half a second for a request its client may be sending; gRPC calls get the same g
 closes what is left at the graceful timeout, then exits. With
 ``workers > 1`` each worker binds its own ``SO_REUSEPORT`` sockets (the kernel spreads
 connections evenly); the supervisor reserves both ports first so ``port = 0`` works,
-restarts a worker that dies, and forwards the shutdown.
+restarts a worker that dies, and forwards the shutdown. SIGHUP (forwarded to every
+worker) reads the inference token file and the TLS certificate again.
 
 Weights are loaded once: with one runtime thread per worker (the default when there
 is a worker per core) the supervisor loads the repository and forks the workers from
@@ -25,6 +26,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -45,7 +47,9 @@ if TYPE_CHECKING:
     from ..metrics import Metrics
     from ..repository.registry import Registry
     from ..settings import ServerSettings
+    from .access import Access
     from .control import Change, Coordinator, Watcher
+    from .tls import ServerTls
 
 __all__ = ["serve"]
 
@@ -101,12 +105,21 @@ async def _serve(
     from ..metrics import Metrics
     from .control import Control, LocalControl, Watcher, WorkerControl
     from ..web import Site
+    from .access import Access
     from .http import Connections, HttpApp, HttpConnection
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    access = Access.from_settings(settings)
+    tls = None
+    if settings.tls.is_enabled:
+        from .tls import ServerTls
+
+        tls = ServerTls(settings.tls)
+    loop.add_signal_handler(signal.SIGHUP, _reload, access, tls)
+    _raise_fd_limit(settings)
 
     metrics = Metrics()
     watcher: Watcher | None = None
@@ -152,7 +165,7 @@ async def _serve(
         workers=settings.worker_count(),
         pages=settings.ui,
     )
-    app = HttpApp(plane, settings.http, control=control, site=site)
+    app = HttpApp(plane, settings.http, control=control, site=site, access=access)
     # Everything loaded so far lives as long as the process: keep it out of the
     # collector's full passes (and off copy-on-write pages after a fork).
     gc.freeze()
@@ -160,7 +173,11 @@ async def _serve(
     connections.start_sweeping()
     sampler = _ProcessSampler(metrics, loop)
     server = await loop.create_server(
-        lambda: HttpConnection(app, connections), sock=sock, backlog=_BACKLOG
+        lambda: HttpConnection(app, connections),
+        sock=sock,
+        backlog=_BACKLOG,
+        ssl=None if tls is None else tls.http,
+        ssl_handshake_timeout=None if tls is None else settings.http.header_timeout_s,
     )
     grpc_server = None
     grpc_text = ""
@@ -175,15 +192,19 @@ async def _serve(
             _grpc_address(settings.grpc_host(), grpc_port),
             reuse_port=ready is not None,
             control=control,
+            access=access,
+            tls=tls,
         )
         grpc_port = grpc_server.port
-        grpc_text = f" and grpc://{_grpc_address(settings.grpc_host(), grpc_port)}"
+        grpc_text = f" and {_scheme(settings, 'grpc')}://"
+        grpc_text += _grpc_address(settings.grpc_host(), grpc_port)
     host, port = sock.getsockname()[:2]
     if ready is None:
         models = sum(1 for s in engine.index() if s.is_ready)
         logger.info(
-            "serving %d model version(s) on http://%s:%d%s (pid %d)",
+            "serving %d model version(s) on %s://%s:%d%s (pid %d)",
             models,
+            _scheme(settings, "http"),
             host,
             port,
             grpc_text,
@@ -220,6 +241,32 @@ async def _serve(
     if tracing is not None:
         tracing.close()
     engine.close()
+
+
+def _scheme(settings: ServerSettings, plain: str) -> str:
+    return plain + "s" if settings.tls.is_enabled else plain
+
+
+def _reload(access: Access, tls: ServerTls | None) -> None:
+    """SIGHUP: the token file and the TLS certificate, read again (each keeps its old
+    state when the new one fails to load)."""
+    if access.token_file is not None:
+        logger.info("SIGHUP: %d token(s) pass (pid %d)", access.reload(), os.getpid())
+    if tls is not None:
+        tls.reload()
+
+
+def _raise_fd_limit(settings: ServerSettings) -> None:
+    """Raise the soft descriptor limit to fit the connection limits (up to the hard one):
+    a worker at the limit would refuse new clients with a reset instead of a 503."""
+    needed = settings.http.max_connections + 256
+    if settings.grpc.enabled:
+        needed += getattr(settings.grpc, "max_connections", 1024)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def _tracing_enabled(settings: ServerSettings, env: Mapping[str, str] = os.environ) -> bool:
@@ -283,6 +330,8 @@ def _worker_main(
     control_pipe: Connection,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; Ctrl-C reaches it
+    # Until the worker's loop handles it: a SIGHUP forwarded during start must not kill it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # Bound but not listening: the kernel must not hand this worker connections before
     # its models are loaded; the server listens once it starts serving.
     sock = bind(settings.http.host, ports[0], reuse_port=True, listen=False)
@@ -299,7 +348,18 @@ def serve(settings: ServerSettings) -> None:
         from ..extras import require  # importlib.metadata: 10 ms of a cold start, when off
 
         require("otel", "tracing (--otel-endpoint, OTEL_*)")
+    from .access import Access, exposure_warning
+
+    warning = exposure_warning(settings)
+    if warning is not None:
+        logger.warning("%s", warning)
+    Access.from_settings(settings)  # an unreadable token file fails here, not in N workers
+    if settings.tls.is_enabled:
+        from .tls import ServerTls
+
+        ServerTls(settings.tls)  # and so does a bad certificate
     if settings.worker_count() == 1:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop's handler is in place
         _run_worker(
             settings,
             bind(settings.http.host, settings.http.port, listen=False),  # listens once loaded
@@ -390,6 +450,7 @@ class _Supervisor:
         )
         previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
         watcher: Watcher | None = None
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._forward_hangup)
         try:
             self._load_shared()
             if self._registry is None and settings.model_control == "none":
@@ -410,12 +471,14 @@ class _Supervisor:
                 # fork should not copy a process whose other threads may hold locks.)
                 watcher = Watcher(Path(settings.repository).resolve(), settings.model_name)
             grpc_text = (
-                f" and grpc://{_grpc_address(settings.grpc_host(), ports[1])}"
+                f" and {_scheme(settings, 'grpc')}://"
+                f"{_grpc_address(settings.grpc_host(), ports[1])}"
                 if grpc_reserved is not None
                 else ""
             )
             logger.info(
-                "serving on http://%s:%d%s with %d workers (pids %s)",
+                "serving on %s://%s:%d%s with %d workers (pids %s)",
+                _scheme(settings, "http"),
                 settings.http.host,
                 ports[0],
                 grpc_text,
@@ -487,6 +550,12 @@ class _Supervisor:
         self._pipes[slot] = ours
         self._workers[slot] = (process, time.monotonic())
         return receiver
+
+    def _forward_hangup(self, signum: int, frame: object) -> None:
+        for process, _ in self._workers.values():
+            if process.pid is not None and process.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGHUP)
 
     def _stop(self, signum: int, frame: object) -> None:
         self._stopping = True

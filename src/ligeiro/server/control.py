@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..errors import (
     AuthenticationError,
     ControlDisabledError,
+    InvalidInputError,
     LigeiroError,
     ModelLoadError,
     ModelNotFoundError,
@@ -101,6 +102,11 @@ def model_names(root: Path, paths: Iterable[str], model_name: str | None = None)
     return names
 
 
+def _check_name(name: str) -> None:
+    if not name:
+        raise InvalidInputError("the repository API needs a model name; got an empty one")
+
+
 class Control:
     """What the repository API asks of model control.
 
@@ -148,6 +154,7 @@ class Control:
             ModelLoadError: the config is invalid, or the model failed to load (the
                 versions it served before, if any, serve on).
         """
+        _check_name(name)
         registry = self.engine.registry
         root = registry.root
         if registry.model_name is not None:
@@ -157,7 +164,7 @@ class Control:
                     f"{registry.model_name!r}"
                 )
         elif name.startswith(".") or not (root / name).is_dir():
-            raise ModelNotFoundError(f"no model folder {name!r} in the repository {root}")
+            raise ModelNotFoundError(f"no model folder {name!r} in the repository")
         _override(name, config)  # a bad config is refused here, before any worker loads
         return await self.apply((name,), config, False)
 
@@ -167,6 +174,7 @@ class Control:
         Raises:
             ModelNotFoundError: no such model.
         """
+        _check_name(name)
         if name not in self.engine.registry.names():
             raise ModelNotFoundError(f"unknown model {name!r}")
         return await self.apply((name,), None, True)

@@ -7,6 +7,10 @@ module imports no grpcio: the h2 transport never loads it. Both call the same
 ``GrpcService`` methods with a ``CallContext``; ``protocol/grpc_codec.py`` turns messages
 into numpy. Every domain error maps to a
 status in ``_STATUS``, the one table between the errors and gRPC.
+
+``METHOD_ACCESS`` says which methods need an inference token (``server/access.py``):
+a method it does not name is protected. Both transports ask ``GrpcService.admit`` once
+per call, before its message is read (the h2 one when the stream opens).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from ..errors import (
     RequestTooLargeError,
     ServerOverloadedError,
 )
+from .access import Access, PathRedactor, Route
 from ..dataplane import Transport
 from ..protocol.grpc_codec import (
     ModelInferCodec,
@@ -52,8 +57,10 @@ if TYPE_CHECKING:
     from .control import Control
     from .grpc_aio import GrpcServer
     from .grpc_h2 import H2GrpcServer
+    from .tls import ServerTls
 
 __all__ = [
+    "METHOD_ACCESS",
     "CallContext",
     "GrpcService",
     "StatusCode",
@@ -105,6 +112,16 @@ _OK = StatusCode.OK
 _STREAM_GRACE_S = 1.0
 _INTERNAL = StatusCode.INTERNAL
 _INTERNAL_MESSAGE = "internal server error (logged)"
+# What each method needs (server/access.py); a method not named here is PROTECTED. Load
+# and unload check the admin token themselves (Control).
+METHOD_ACCESS: dict[str, Route] = {
+    "ServerLive": Route.OPEN,
+    "ServerReady": Route.OPEN,
+    "RepositoryModelLoad": Route.ADMIN,
+    "RepositoryModelUnload": Route.ADMIN,
+}
+# Errors whose messages may carry the repository's paths: redacted for clients.
+_REDACTED = (ModelNotReadyError, ModelNotFoundError, ModelLoadError, InferenceError)
 
 
 class CallContext(Protocol):
@@ -134,9 +151,14 @@ _TRANSPORT = Transport("grpc", _OK.name, _INTERNAL.name, lambda error: status_fo
 _CODEC = ModelInferCodec()
 
 
-async def _abort(context: CallContext, error: Exception) -> NoReturn:
+async def _abort(
+    context: CallContext, error: Exception, redact: Callable[[str], str] | None = None
+) -> NoReturn:
     if isinstance(error, LigeiroError):
-        await context.abort(status_for(error), str(error))
+        message = str(error)
+        if redact is not None and isinstance(error, _REDACTED):
+            message = redact(message)
+        await context.abort(status_for(error), message)
     logger.error("unexpected error in a gRPC call", exc_info=error)
     await context.abort(_INTERNAL, _INTERNAL_MESSAGE)
     raise AssertionError("unreachable: abort raises")  # pragma: no cover
@@ -149,13 +171,38 @@ class GrpcService:
     Args:
         plane: the inference call (``protocol="grpc"``); its engine serves the rest.
         control: the repository API's model control (none: the index only).
+        access: the inference tokens and rate limit (none: every method open).
     """
 
-    def __init__(self, plane: DataPlane, control: Control | None = None) -> None:
+    def __init__(
+        self, plane: DataPlane, control: Control | None = None, access: Access | None = None
+    ) -> None:
         self.plane = plane
         self.engine = plane.engine
         self.control = control
+        self.access = Access() if access is None else access
+        self.redact = PathRedactor(plane.engine.registry.root)
         self._closing = asyncio.Event()
+        self._routes = {
+            f"/{_SERVICE}/{name}".encode(): route for name, route in METHOD_ACCESS.items()
+        }
+
+    def admit(
+        self, path: bytes, authorization: bytes | str | None, peer: Callable[[], str]
+    ) -> LigeiroError | None:
+        """Whether a call to ``path`` (``/inference.GRPCInferenceService/<method>``) may
+        run: ``None``, or the error to end it with (UNAUTHENTICATED, RESOURCE_EXHAUSTED).
+        ``peer`` names the client, for the rate limit (called only when there is one)."""
+        access = self.access
+        if not access.is_guarding:
+            return None
+        try:
+            access.check(self._routes.get(path, Route.PROTECTED), authorization)
+            if access.rate_limit is not None:
+                access.admit(peer())
+        except LigeiroError as exc:
+            return exc
+        return None
 
     # -- health and metadata ----------------------------------------------------------
 
@@ -191,7 +238,7 @@ class GrpcService:
         try:
             model = self.engine.model(request.name, request.version or None)
         except LigeiroError as exc:
-            await _abort(context, exc)
+            await _abort(context, exc, self.redact)
         versions = self.engine.versions(model.name)
         return encode_model_metadata(
             model.name,
@@ -222,7 +269,7 @@ class GrpcService:
         try:
             return await self._infer(data, context)
         except Exception as exc:
-            await _abort(context, exc)
+            await _abort(context, exc, self.redact)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[bytes], context: CallContext
@@ -258,7 +305,7 @@ class GrpcService:
         try:
             response = await self._infer(data, context)
         except LigeiroError as exc:
-            message = str(exc)
+            message = self.redact(str(exc)) if isinstance(exc, _REDACTED) else str(exc)
         except Exception:
             logger.exception("unexpected error in a gRPC stream request")
             message = _INTERNAL_MESSAGE
@@ -279,7 +326,7 @@ class GrpcService:
         try:
             stats = self.engine.stats(request.name or None, request.version or None)
         except LigeiroError as exc:
-            await _abort(context, exc)
+            await _abort(context, exc, self.redact)
         return encode_model_statistics(stats)
 
     def _authorize(self, context: CallContext, *, change: bool) -> Control:
@@ -296,17 +343,17 @@ class GrpcService:
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: CallContext
     ) -> pb.RepositoryIndexResponse:
-        if self.control is not None:
+        if self.control is not None and not self.access.is_enabled:
             try:
                 self._authorize(context, change=False)
             except LigeiroError as exc:
-                await _abort(context, exc)
+                await _abort(context, exc, self.redact)
         models = [
             pb.RepositoryIndexResponse.ModelIndex(
                 name=s.name,
                 version=s.version,
                 state="READY" if s.is_ready else "UNAVAILABLE",
-                reason=s.index_reason,
+                reason=self.redact(s.index_reason) if s.index_reason else "",
             )
             for s in self.engine.index()
             if s.is_ready or not request.ready
@@ -329,7 +376,7 @@ class GrpcService:
                 config = parameter.string_param.encode()
             await control.load(request.model_name, config)
         except LigeiroError as exc:
-            await _abort(context, exc)
+            await _abort(context, exc, self.redact)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
@@ -338,7 +385,7 @@ class GrpcService:
         try:
             await self._authorize(context, change=True).unload(request.model_name)
         except LigeiroError as exc:
-            await _abort(context, exc)
+            await _abort(context, exc, self.redact)
         return pb.RepositoryModelUnloadResponse()
 
 
@@ -389,6 +436,8 @@ async def start_grpc_server(
     *,
     reuse_port: bool,
     control: Control | None = None,
+    access: Access | None = None,
+    tls: ServerTls | None = None,
 ) -> GrpcServer | H2GrpcServer:
     """Bind and start the gRPC service on the running loop, on ``settings.transport``.
 
@@ -397,15 +446,19 @@ async def start_grpc_server(
         address: ``host:port`` to bind; port 0 picks a free one.
         reuse_port: share the port with other workers (``SO_REUSEPORT``). Off, a port
             already taken is an error rather than silently shared.
+        access: the inference tokens and rate limit every call is checked against.
+        tls: serve gRPC over TLS (ALPN h2) with these contexts.
 
     Raises:
         OSError: the address cannot be bound.
     """
-    service = GrpcService(plane, control)
+    service = GrpcService(plane, control, access)
     if settings.transport == "h2":
         from .grpc_h2 import start_h2_grpc_server
 
-        return await start_h2_grpc_server(service, settings, address, reuse_port=reuse_port)
+        return await start_h2_grpc_server(
+            service, settings, address, reuse_port=reuse_port, tls=tls
+        )
     from .grpc_aio import start_aio_grpc_server  # grpcio: imported only for this transport
 
-    return await start_aio_grpc_server(service, settings, address, reuse_port=reuse_port)
+    return await start_aio_grpc_server(service, settings, address, reuse_port=reuse_port, tls=tls)

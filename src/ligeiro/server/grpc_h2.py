@@ -47,7 +47,7 @@ from ._h2wire import (
     timeout_s,
     unary_answer,
 )
-from .grpc import _SERVICE, StatusCode, unary_methods
+from .grpc import _SERVICE, StatusCode, status_for, unary_methods
 
 if TYPE_CHECKING:
     import socket
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
     from ..settings import GrpcSettings
     from .grpc import GrpcService, UnaryHandler
+    from .tls import ServerTls
 
 __all__ = ["H2GrpcServer", "start_h2_grpc_server"]
 
@@ -184,6 +185,11 @@ class H2GrpcConnection(H2Connection[_Call]):
         self._server.connections.discard(self)
         super().connection_lost(exc)
 
+    def peer(self) -> str:
+        """The client's address (the rate limit's key)."""
+        peer = None if self._transport is None else self._transport.get_extra_info("peername")
+        return peer[0] if isinstance(peer, tuple) else ""
+
     # -- streams ----------------------------------------------------------------------
 
     def _open(
@@ -203,6 +209,8 @@ class H2GrpcConnection(H2Connection[_Call]):
             found = content_type.decode("latin-1") or "none"
             self._refuse(stream, b"415", _INVALID_ARGUMENT,
                          f"content-type must be application/grpc, got {found}")  # fmt: skip
+        elif (denied := server.service.admit(path, fields.get(b"authorization"), self.peer)):
+            self._finish(stream, status_for(denied), str(denied))  # before any message is read
         elif (encoding := fields.get(b"grpc-encoding", b"identity")) != b"identity":
             text = encoding.decode("latin-1")
             self._finish(stream, _UNIMPLEMENTED, f"grpc-encoding {text} is not supported; "
@@ -519,8 +527,11 @@ class H2GrpcServer:
         for connection in unflushed:
             connection.flush_out()
 
-    async def listen(self, host: str, port: int, *, reuse_port: bool) -> None:
-        """Bind ``host:port`` (0 picks a free port) and start accepting.
+    async def listen(
+        self, host: str, port: int, *, reuse_port: bool, tls: ServerTls | None = None
+    ) -> None:
+        """Bind ``host:port`` (0 picks a free port) and start accepting (over TLS, with
+        ALPN h2, when ``tls`` is given).
 
         Raises:
             OSError: the address cannot be bound.
@@ -528,7 +539,8 @@ class H2GrpcServer:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: H2GrpcConnection(self), host, port, reuse_port=reuse_port or None,
-            backlog=1024,
+            backlog=1024, ssl=None if tls is None else tls.grpc,
+            ssl_handshake_timeout=None if tls is None else 10.0,
         )  # fmt: skip
         sock: socket.socket = self._server.sockets[0]
         self.port = sock.getsockname()[1]
@@ -559,13 +571,19 @@ def _split_address(address: str) -> tuple[str, int]:
 
 
 async def start_h2_grpc_server(
-    service: GrpcService, settings: GrpcSettings, address: str, *, reuse_port: bool
+    service: GrpcService,
+    settings: GrpcSettings,
+    address: str,
+    *,
+    reuse_port: bool,
+    tls: ServerTls | None = None,
 ) -> H2GrpcServer:
     """Serve ``service`` over our HTTP/2 framing on the running loop.
 
     Args:
         address: ``host:port`` to bind (an IPv6 host in brackets); port 0 picks a free one.
         reuse_port: share the port with other workers (``SO_REUSEPORT``).
+        tls: serve over TLS with ``tls.grpc``.
 
     Raises:
         OSError: the address cannot be bound.
@@ -573,7 +591,7 @@ async def start_h2_grpc_server(
     server = H2GrpcServer(service, settings)
     host, port = _split_address(address)
     try:
-        await server.listen(host, port, reuse_port=reuse_port)
+        await server.listen(host, port, reuse_port=reuse_port, tls=tls)
     except OSError as exc:
         raise OSError(f"cannot listen for gRPC on {address}: {exc.strerror or exc}") from None
     return server

@@ -5,21 +5,26 @@ as an asyncio task (cheaper than answering inside the parser callback, and what 
 async engine needs), and each connection writes its answers in request order, so
 pipelining stays correct. Every error maps to a status in ``_STATUS``, the one table
 between the domain's errors and HTTP.
+
+``ROUTE_ACCESS`` says which routes need an inference token (``server/access.py``): any
+path it does not name is protected. The connection enforces the ``[http]`` limits as
+bytes arrive: the URL (414), the head's bytes and fields (431, counted before the
+parser buffers a long line whole), the head's and the request's total time (408,
+slowloris), connections per worker (503), pipelined and keep-alive requests, and a JSON
+body's size (413), lower than a binary one's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import zlib
-from collections import deque
 from email.utils import formatdate
 from functools import partial
 from typing import TYPE_CHECKING, final
 from urllib.parse import unquote
-
-import httptools
 
 from .. import __version__
 from ..errors import (
@@ -32,6 +37,7 @@ from ..errors import (
     ModelLoadError,
     ModelNotFoundError,
     ModelNotReadyError,
+    RateLimitedError,
     RequestTooLargeError,
     ServerOverloadedError,
     UnsupportedEncodingError,
@@ -51,6 +57,9 @@ from ..protocol.codec import (
 )
 from ..protocol.embeddings import EmbeddingsCodec, decode_embeddings
 from ..protocol.predict import PredictCodec
+from .access import Access, PathRedactor, Route
+from .http_connection import Connections as Connections
+from .http_connection import HttpConnection as HttpConnection
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -60,7 +69,7 @@ if TYPE_CHECKING:
     from ..web import Page, Site
     from .control import Control
 
-__all__ = ["Connections", "HttpApp", "HttpConnection", "status_for"]
+__all__ = ["ROUTE_ACCESS", "Connections", "HttpApp", "HttpConnection", "route_access", "status_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +90,9 @@ _STATUS: dict[type[LigeiroError], int] = {
 _REASONS = {
     200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden",
     404: b"Not Found", 405: b"Method Not Allowed",
-    408: b"Request Timeout", 413: b"Content Too Large", 415: b"Unsupported Media Type",
-    429: b"Too Many Requests",
+    408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long",
+    415: b"Unsupported Media Type", 429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
     500: b"Internal Server Error", 503: b"Service Unavailable", 504: b"Gateway Timeout",
 }  # fmt: skip
 # A full queue empties within milliseconds; a second is the smallest Retry-After.
@@ -90,9 +100,28 @@ _RETRY_AFTER = b"retry-after: 1\r\n"
 _JSON = b"application/json"
 # Triton answers with binary tensor data as an octet stream, the JSON header first.
 _BINARY = b"application/octet-stream"
-# Requests a client may pipeline ahead of its answers before we stop reading from it.
-_MAX_PIPELINED = 64
+_WWW_AUTHENTICATE = b'www-authenticate: Bearer realm="ligeiro"\r\n'
 _EXTENSIONS: list[str] = [BINARY_EXTENSION]
+
+
+# What each route needs (server/access.py); a path not named here is PROTECTED. The
+# repository API's load and unload check the admin token themselves (Control).
+ROUTE_ACCESS: dict[bytes, Route] = {
+    b"/v2/health/live": Route.OPEN,
+    b"/v2/health/ready": Route.OPEN,
+    b"/metrics": Route.METRICS,
+}
+_ADMIN_PREFIX = b"/v2/repository/models/"
+# Errors whose messages may carry the repository's paths: redacted for clients.
+_REDACTED = (ModelNotReadyError, ModelNotFoundError, ModelLoadError, InferenceError)
+
+
+def route_access(path: bytes) -> Route:
+    """What a request path needs: ``ROUTE_ACCESS``'s entry, or PROTECTED."""
+    route = ROUTE_ACCESS.get(path.rstrip(b"/") or path)
+    if route is not None:
+        return route
+    return Route.ADMIN if path.startswith(_ADMIN_PREFIX) else Route.PROTECTED
 
 
 def status_for(error: LigeiroError) -> int:
@@ -137,6 +166,7 @@ class HttpApp:
         settings: transport limits.
         control: the repository API's model control (none: the API's index only).
         site: the dashboard, ``/docs`` and ``/openapi.json`` (ligeiro.web), if served.
+        access: the inference tokens and rate limit (none: every route open).
     """
 
     def __init__(
@@ -146,8 +176,11 @@ class HttpApp:
         *,
         control: Control | None = None,
         site: Site | None = None,
+        access: Access | None = None,
     ) -> None:
         self.plane = plane
+        self.access = Access() if access is None else access
+        self.redact = PathRedactor(plane.engine.registry.root)
         self.engine = plane.engine
         self.control = control
         self.metrics = plane.metrics
@@ -190,7 +223,7 @@ class HttpApp:
     def error(
         self, status: int, message: str, *, keep_alive: bool = True, headers: bytes = b""
     ) -> bytes:
-        if status == 429:
+        if status == 429 and b"retry-after" not in headers:
             headers += _RETRY_AFTER
         return self.response(status, encode_error(message), keep_alive=keep_alive, headers=headers)
 
@@ -211,15 +244,22 @@ class HttpApp:
         ``header_length`` is the raw ``Inference-Header-Content-Length`` value, if sent;
         ``traceparent`` and ``tracestate`` the W3C trace context headers;
         ``content_encoding`` the body's ``Content-Encoding`` (gzip and deflate decode);
-        ``authorization`` the header the repository API checks.
+        ``authorization`` the repository API's admin token, if sent. The inference
+        tokens and the rate limit were checked before the body was read (``admit``).
         """
         if method == b"HEAD":
-            answer = await self.handle(b"GET", url, body, keep_alive)
+            answer = await self.handle(
+                b"GET", url, body, keep_alive, header_length, traceparent, tracestate,
+                content_encoding, authorization,
+            )  # fmt: skip
             return answer[: answer.index(b"\r\n\r\n") + 4]
         path = url.split(b"?", 1)[0]
         try:
             if content_encoding is not None:
-                body = _decompress(body, content_encoding, self.settings.max_request_bytes)
+                limit = self.settings.max_request_bytes
+                if header_length is None:
+                    limit = min(limit, self.settings.max_json_bytes)
+                body = _decompress(body, content_encoding, limit)
             if path.startswith(b"/v2/models/"):
                 return await self._model_route(
                     method, path[11:], body, header_length, keep_alive, traceparent, tracestate
@@ -254,13 +294,29 @@ class HttpApp:
             return route(keep_alive)
         except LigeiroError as exc:
             status = status_for(exc)
-            headers = b'www-authenticate: Bearer realm="ligeiro"\r\n' if status == 401 else b""
-            return self.error(status, str(exc), keep_alive=keep_alive, headers=headers)
+            headers = _WWW_AUTHENTICATE if status == 401 else b""
+            message = self.redact(str(exc)) if isinstance(exc, _REDACTED) else str(exc)
+            return self.error(status, message, keep_alive=keep_alive, headers=headers)
         except Exception:
             logger.exception(
                 "unexpected error answering %s %s", method.decode(), url.decode("latin-1")
             )
             return self.error(500, "internal server error (logged)", keep_alive=keep_alive)
+
+    def admit(self, url: bytes, authorization: bytes | None, client: str) -> bytes | None:
+        """Check a request's token and rate once its head has arrived, before its body:
+        ``None``, or the answer that refuses it (401 or 429; the connection then closes).
+        Only called when ``access.is_guarding``."""
+        access = self.access
+        try:
+            access.check(route_access(url.split(b"?", 1)[0]), authorization)
+            access.admit(client)
+        except LigeiroError as exc:
+            headers = _WWW_AUTHENTICATE
+            if isinstance(exc, RateLimitedError):
+                headers = b"retry-after: %d\r\n" % max(1, math.ceil(exc.retry_after_s))
+            return self.error(status_for(exc), str(exc), keep_alive=False, headers=headers)
+        return None
 
     # -- routes ---------------------------------------------------------------------
 
@@ -307,13 +363,17 @@ class HttpApp:
         control = self.control
         parts = rest.split("/")
         if parts == ["index"]:
-            if control is not None:
+            # With inference tokens the index is a protected route like the others (the
+            # handler checked it); without, the admin token guards it when there is one.
+            if control is not None and not self.access.is_enabled:
                 control.authorize(authorization, change=False)
             ready_only = bool(decode_json_object(body, "index request").get("ready", False))
             states = [s for s in self.engine.index() if s.is_ready or not ready_only]
-            return self.response(200, encode_repository_index(states), keep_alive=keep_alive)
+            body = encode_repository_index(states, self.redact)
+            return self.response(200, body, keep_alive=keep_alive)
         if len(parts) != 3 or parts[0] != "models" or parts[2] not in ("load", "unload"):
             return self.error(404, f"no route for /v2/repository/{rest}", keep_alive=keep_alive)
+
         if control is None:
             raise ControlDisabledError("this server has no model control")
         control.authorize(authorization, change=True)
@@ -329,7 +389,9 @@ class HttpApp:
                     f"got {type(config).__name__}"
                 )
             states = await control.load(name, None if config is None else config.encode())
-        return self.response(200, encode_repository_index(states), keep_alive=keep_alive)
+        return self.response(
+            200, encode_repository_index(states, self.redact), keep_alive=keep_alive
+        )
 
     async def _model_route(
         self,
@@ -474,300 +536,3 @@ def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
 def _text(raw: bytes) -> str:
     text = raw.decode("utf-8", "replace")
     return unquote(text) if "%" in text else text
-
-
-_SWEEP_INTERVAL_S = 1.0
-# At shutdown an idle keep-alive connection stays open this long for the request its
-# client may be sending at that moment (answered with Connection: close), instead of
-# being closed under it.
-_SHUTDOWN_IDLE_S = 0.5
-_CLOSE = b"connection: close\r\n"
-
-
-def _closing(answer: bytes) -> bytes:
-    """A keep-alive answer with ``Connection: close`` added after its status line."""
-    end = answer.index(b"\r\n") + 2
-    return b"".join((answer[:end], _CLOSE, answer[end:]))
-
-
-@final
-class Connections(set["HttpConnection"]):
-    """A server's open connections: closes stalled and idle ones, tells when none is left.
-
-    ``empty`` is set whenever the last connection closes (the shutdown drain waits on
-    it); after ``shutdown``, a connection that opens (accepted as shutdown began) is
-    shut down as it opens. Once a second a timer closes keep-alive connections idle for longer than
-    ``keep_alive_timeout_s`` and answers 408 to requests that stopped arriving for longer
-    than ``receive_timeout_s``: one timer for all connections, none per request.
-    """
-
-    def __init__(self, settings: HttpSettings) -> None:
-        super().__init__()
-        self.settings = settings
-        self.empty = asyncio.Event()
-        self.empty.set()
-        self._timer: asyncio.TimerHandle | None = None
-        self.closing = False
-
-    def add(self, connection: HttpConnection) -> None:
-        super().add(connection)
-        self.empty.clear()
-        if self.closing:
-            connection.shutdown()
-
-    def shutdown(self) -> None:
-        """Shut every connection down (``HttpConnection.shutdown``), and any that opens."""
-        self.closing = True
-        for connection in list(self):
-            connection.shutdown()
-
-    def abort(self) -> int:
-        """Close every connection at once, mid-request or not; how many there were."""
-        count = len(self)
-        for connection in list(self):
-            connection.abort()
-        return count
-
-    def discard(self, connection: object) -> None:
-        super().discard(connection)
-        if not self:
-            self.empty.set()
-
-    def start_sweeping(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(_SWEEP_INTERVAL_S, self._sweep, loop)
-
-    def stop_sweeping(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = loop.time()
-        for connection in list(self):
-            connection.expire(now, self.settings)
-        self._timer = loop.call_later(_SWEEP_INTERVAL_S, self._sweep, loop)
-
-
-@final
-class HttpConnection(asyncio.Protocol):
-    """One client connection: parse with httptools, answer in order, drain on shutdown."""
-
-    __slots__ = (
-        "_app", "_authorization", "_body", "_connections", "_content_encoding", "_content_length",
-        "_expect_continue", "_header_length", "_loop", "_parser", "_pending", "_size",
-        "_too_large", "_traceparent", "_tracestate", "_transport", "_url", "_writing_paused",
-        "is_closing", "is_receiving", "last_active",
-    )  # fmt: skip
-
-    def __init__(self, app: HttpApp, connections: Connections) -> None:
-        self._app = app
-        self._connections = connections
-        self._loop = asyncio.get_running_loop()
-        self._parser = httptools.HttpRequestParser(self)
-        self._transport: asyncio.Transport | None = None
-        # Answers being computed, oldest first, with their keep-alive flag.
-        self._pending: deque[tuple[asyncio.Task[bytes], bool]] = deque()
-        self._url = b""
-        self._body: list[bytes] = []
-        self._size = 0
-        self._content_length = 0
-        self._expect_continue = False
-        self._header_length: bytes | None = None
-        self._content_encoding: bytes | None = None
-        self._authorization: bytes | None = None
-        self._traceparent: bytes | None = None
-        self._tracestate: bytes | None = None
-        self._too_large = False
-        self._writing_paused = False
-        self.is_receiving = False
-        self.is_closing = False
-        self.last_active = self._loop.time()
-
-    # -- asyncio.Protocol ----------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-        self._connections.add(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._connections.discard(self)
-        self._transport = None
-        for task, _ in self._pending:
-            task.cancel()
-        self._pending.clear()
-
-    def data_received(self, data: bytes) -> None:
-        self.last_active = self._loop.time()
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(400, "protocol upgrade is not supported")
-        except httptools.HttpParserError as exc:
-            self._fail(400, f"malformed HTTP request: {exc}")
-
-    def pause_writing(self) -> None:
-        self._writing_paused = True
-        self._update_reading()
-
-    def resume_writing(self) -> None:
-        self._writing_paused = False
-        self._update_reading()
-
-    # -- httptools callbacks -------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        self.is_receiving = True
-        self._url = b""
-        self._body = []
-        self._size = 0
-        self._content_length = 0
-        self._expect_continue = False
-        self._header_length = None
-        self._traceparent = None
-        self._tracestate = None
-        self._content_encoding = None
-        self._authorization = None
-        self._too_large = False
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # Only seven headers matter here; compare lengths first to skip the others cheaply.
-        size = len(name)
-        if size == 14 and name.lower() == b"content-length":
-            self._content_length = int(value) if value.isdigit() else 0
-        elif size == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
-            self._expect_continue = True
-        elif size == 31 and name.lower() == b"inference-header-content-length":
-            self._header_length = value  # the binary tensor extension; the codec parses it
-        elif size == 11 and name.lower() == b"traceparent":  # W3C trace context, for tracing
-            self._traceparent = value
-        elif size == 10 and name.lower() == b"tracestate":
-            self._tracestate = value
-        elif size == 16 and name.lower() == b"content-encoding":
-            value = value.strip().lower()
-            self._content_encoding = None if value == b"identity" else value
-        elif size == 13 and name.lower() == b"authorization":  # the repository API's token
-            self._authorization = value
-
-    def on_headers_complete(self) -> None:
-        limit = self._app.settings.max_request_bytes
-        if self._content_length > limit:
-            self._reject_too_large(self._content_length)
-        elif self._expect_continue and self._transport is not None:
-            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-    def on_body(self, body: bytes) -> None:
-        if self._too_large:
-            return
-        self._size += len(body)
-        if self._size > self._app.settings.max_request_bytes:  # chunked bodies have no length
-            self._reject_too_large(self._size)
-            return
-        self._body.append(body)
-
-    def on_message_complete(self) -> None:
-        self.is_receiving = False
-        transport = self._transport
-        if self._too_large or transport is None or transport.is_closing():
-            return
-        keep_alive = self._parser.should_keep_alive() and not self.is_closing
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        answer = self._app.handle(
-            self._parser.get_method(),
-            self._url,
-            body,
-            keep_alive,
-            self._header_length,
-            self._traceparent,
-            self._tracestate,
-            self._content_encoding,
-            self._authorization,
-        )
-        task = self._loop.create_task(answer)
-        self._pending.append((task, keep_alive))
-        task.add_done_callback(self._write_answers)
-        if len(self._pending) == _MAX_PIPELINED:
-            self._update_reading()
-
-    # -- helpers -------------------------------------------------------------------
-
-    def _write_answers(self, _done: asyncio.Task[bytes]) -> None:
-        """Write every finished answer at the head of the queue, in request order."""
-        pending = self._pending
-        transport = self._transport
-        while pending and pending[0][0].done():
-            task, keep_alive = pending.popleft()
-            if transport is None or transport.is_closing() or task.cancelled():
-                continue
-            answer = task.result()
-            if keep_alive and self.is_closing and not pending and not self.is_receiving:
-                # Computed before shutdown began, and the last: the client must not
-                # send another request on a connection that closes now.
-                answer, keep_alive = _closing(answer), False
-            transport.write(answer)
-            self.last_active = self._loop.time()
-            if not keep_alive:
-                transport.close()
-                return
-        if transport is None or transport.is_closing():
-            return
-        if len(pending) < _MAX_PIPELINED and not transport.is_reading():
-            # One read can queue more than the limit (the parser takes it all): resume
-            # once below it, not at exactly one under, which a drain can step over.
-            self._update_reading()
-
-    def _update_reading(self) -> None:
-        # Stop reading a client that does not read its answers or pipelines too far
-        # ahead: memory per connection stays bounded.
-        if self._transport is None or self._transport.is_closing():
-            return
-        if self._writing_paused or len(self._pending) >= _MAX_PIPELINED:
-            self._transport.pause_reading()
-        else:
-            self._transport.resume_reading()
-
-    def _reject_too_large(self, size: int) -> None:
-        # Answer before reading the body, then close: the rest of it is never read.
-        self._too_large = True
-        limit = self._app.settings.max_request_bytes
-        self._fail(413, f"request body of {size} bytes is over the limit of {limit} bytes")
-
-    def _fail(self, status: int, message: str) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(self._app.error(status, message, keep_alive=False))
-            self._transport.close()
-
-    def expire(self, now: float, settings: HttpSettings) -> None:
-        """Close if idle too long; answer 408 if a request stopped arriving too long ago."""
-        quiet = now - self.last_active
-        if self.is_receiving:
-            if quiet > settings.receive_timeout_s:
-                self._fail(
-                    408, f"request incomplete after {settings.receive_timeout_s:g} s of silence"
-                )
-        elif (
-            not self._pending
-            and quiet > settings.keep_alive_timeout_s
-            and self._transport is not None
-        ):
-            self._transport.close()
-
-    def shutdown(self) -> None:
-        """Stop keeping alive: the last answer (to a request computed, being received, or
-        arriving within ``_SHUTDOWN_IDLE_S`` on an idle connection) carries
-        ``Connection: close``, and the connection closes after it; an idle connection
-        that gets no request in that time is closed then."""
-        self.is_closing = True
-        if not self.is_receiving and not self._pending and self._transport is not None:
-            self._loop.call_later(_SHUTDOWN_IDLE_S, self._close_if_idle)
-
-    def _close_if_idle(self) -> None:
-        if not self.is_receiving and not self._pending and self._transport is not None:
-            self._transport.close()
-
-    def abort(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()
