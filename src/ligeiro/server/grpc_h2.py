@@ -540,7 +540,7 @@ class H2GrpcServer:
         self._server = await loop.create_server(
             lambda: H2GrpcConnection(self), host, port, reuse_port=reuse_port or None,
             backlog=1024, ssl=None if tls is None else tls.grpc,
-            ssl_handshake_timeout=None if tls is None else 10.0,
+            ssl_handshake_timeout=None if tls is None else self.settings.handshake_timeout_s,
         )  # fmt: skip
         sock: socket.socket = self._server.sockets[0]
         self.port = sock.getsockname()[1]
