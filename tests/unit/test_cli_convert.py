@@ -128,11 +128,19 @@ def test_convert_passes_on_what_the_client_sends_and_reports_input_rounding_apar
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    model_path, _, frame = breast_cancer
     code, out, err = _convert_bc(capsys, breast_cancer, tmp_path / "repo/bc")
     assert code == 0, err
     assert "569 rows: PASSED" in out
     assert "not checked" in out  # the input-rounding section, information only
     assert "--input-dtype float64" in out  # suggested: rounding changes a label
+    # Served, it answers what the original answers on the rows the client sends (FP32).
+    rows = frame.to_numpy(np.float32)
+    sent = pd.DataFrame(rows.astype(np.float64), columns=frame.columns)
+    original = joblib.load(model_path).predict(sent)
+    with Engine.from_repository(tmp_path / "repo") as engine:
+        result = engine.infer("bc", {"float_input": rows})
+    assert result["output_label"].tolist() == original.tolist()
 
 
 def test_strict_input_precision_fails_on_the_rounding(
