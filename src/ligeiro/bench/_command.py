@@ -7,6 +7,7 @@ import datetime
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
@@ -97,6 +98,7 @@ class BenchCommand:
                 metrics = stack.enter_context(
                     Client(f"http://{metrics_parts.netloc}", timeout_s=5.0)
                 )
+            started = time.time()  # where the schedule starts, give or take its settling
             levels = run_bench(plan, metrics, urlsplit(metrics_url or "").path or "/metrics",
                                _progress)  # fmt: skip
         shown = [level for level in levels if level.mode != "window"]
@@ -109,6 +111,7 @@ class BenchCommand:
             )
         self._warn(shown)
         meta = self._meta(len(requests[0]), "grpc" if is_grpc else "http")
+        meta["started_unix"] = round(started + self.warmup_s, 3)
         if self.json_path is not None:
             self.json_path.write_text(json.dumps(to_json(levels, meta), indent=2) + "\n")
         if self.html_path is not None:

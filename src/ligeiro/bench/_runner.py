@@ -352,7 +352,7 @@ def _windows(
     events: Sequence[Event], offsets: Sequence[float], end_s: float, window_s: float, cpu: float
 ) -> list[Level]:
     """The run cut into windows of ``window_s`` by scheduled time (the last may be shorter)."""
-    count = max(1, math.ceil(end_s / window_s - 1e-9))
+    count = max(1, math.ceil(end_s / window_s - 1e-6))  # no sliver from rounding
 
     def index(offset: float) -> int:  # as for stages: a boundary belongs to the window it ends
         return min(count - 1, max(0, math.ceil(offset / window_s - 1e-9) - 1))
