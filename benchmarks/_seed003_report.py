@@ -10,6 +10,7 @@ from ._harness import format_table
 from .bench_seed003 import P95_LIMIT_MS, SEED_STAGES
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
 __all__ = ["render"]
@@ -170,8 +171,16 @@ def _why(row: dict[str, Any]) -> str:
     return f"p95 {row['p95']:.0f} ms"
 
 
-def render(document: dict[str, Any], plots: Path, markdown: Path | None) -> str:
-    """The Markdown report; the SVG panels are written to ``plots``."""
+def render(
+    document: dict[str, Any],
+    plots: Path,
+    markdown: Path | None,
+    repeats: Sequence[dict[str, Any]] = (),
+) -> str:
+    """The Markdown report; the SVG panels are written to ``plots``.
+
+    ``repeats`` are other runs' documents: their capacities go in a table beside this one's.
+    """
     servers = [s for s in document["servers"] if "stages" in s]
     scale = float(document["options"]["scale"])
     machine = document["machine"]
@@ -231,6 +240,8 @@ def render(document: dict[str, Any], plots: Path, markdown: Path | None) -> str:
     ]
     if has_capacity:
         out += ["", *_capacity_section(servers, relative)]
+    if repeats:
+        out += ["", *_repeats_section([document, *repeats])]
     out += ["", *_memory_section(servers)]
     text = "\n".join(out) + "\n"
     if markdown is not None:
@@ -240,7 +251,7 @@ def render(document: dict[str, Any], plots: Path, markdown: Path | None) -> str:
 
 
 def _limits(servers: list[dict[str, Any]]) -> str:
-    from .bench_seed003 import CPU_PERIOD_US, CPU_QUOTA_US
+    from .bench_seed003 import CPU_PERIOD_US, CPU_QUOTA_US, SHARES
 
     fallback = [s["limits"] for s in servers if s["limits"].startswith("no cgroup")]
     if fallback:
@@ -248,7 +259,9 @@ def _limits(servers: list[dict[str, Any]]) -> str:
     return (f"a cgroup v1 per server, `cpu.cfs_quota_us` {CPU_QUOTA_US:,} per "
             f"`cpu.cfs_period_us` {CPU_PERIOD_US:,} (docker's `cpus: 0.5`) and "
             "`memory.limit_in_bytes` 128 MiB (no swap on this machine), except where the "
-            "tables name another memory limit.")  # fmt: skip
+            f"tables name another memory limit; `cpu.shares` {SHARES:,} for the server and "
+            "for the load generator (no limit there), so that other jobs on this shared "
+            "machine do not take the half CPU, as a Kubernetes CPU request would guarantee.")  # fmt: skip
 
 
 def _capacity_section(servers: list[dict[str, Any]], relative: str) -> list[str]:
@@ -284,6 +297,34 @@ def _capacity_section(servers: list[dict[str, Any]], relative: str) -> list[str]
         "",
         *([_ratio_line(servers, base), ""] if base else []),
         f"![p95 against rate]({relative}/capacity.svg)",
+    ]
+
+
+def _repeats_section(documents: Sequence[dict[str, Any]]) -> list[str]:
+    """Highest rate held per server in each run, and its multiple of fastapi-pickle's."""
+    names = [s["server"] for s in documents[0]["servers"]]
+    heads, columns = ["server"], []
+    for number, document in enumerate(documents, 1):
+        servers = {s["server"]: s for s in document["servers"]}
+        started = next((s["stages"]["meta"]["started_unix"] for s in servers.values()
+                        if "stages" in s), 0)  # fmt: skip
+        heads.append(f"run {number}: {datetime.fromtimestamp(started, UTC):%H:%M} UTC, "
+                     f"load {document['machine']['load_average_1m']:.1f}")  # fmt: skip
+        held = {n: s.get("capacity", {}).get("highest_held_rpm") for n, s in servers.items()}
+        base = held.get("fastapi-pickle")
+        columns.append([
+            "-" if held.get(n) is None else f"{held[n]:,.0f}"
+            + (f" ({held[n] / base:.0f}x)" if base and n != "fastapi-pickle" else "")
+            for n in names
+        ])  # fmt: skip
+    rows = [[name, *(column[i] for column in columns)] for i, name in enumerate(names)]
+    return [
+        "## The same search, run again",
+        "",
+        "Highest rate held (requests/min) and its multiple of fastapi-pickle's, per run, "
+        "with the machine's 1-minute load average at the run's start (2 cores, shared):",
+        "",
+        format_table(heads, rows, markdown=True),
     ]
 
 

@@ -12,7 +12,9 @@ turn:
 
 1. starts in its own cgroup v1: ``cpu.cfs_quota_us`` 50,000 per ``cpu.cfs_period_us``
    100,000 (what docker writes for ``cpus: 0.5``) and ``memory.limit_in_bytes`` 128 MiB
-   (no swap on these machines). Like docker's ``cpus``, that is a quota, not a cpuset:
+   (no swap on these machines), and ``cpu.shares`` 16,384, so that other jobs on a
+   shared machine cannot take the half CPU (the generator gets such a group too, without
+   limits). Like docker's ``cpus``, that is a quota, not a cpuset:
    server and generator may run on any core unless ``--server-cores`` / ``--load-cores``
    pin them. Where a cgroup cannot be made the server runs pinned to one core by
    ``taskset`` instead, and the run prints why (half a CPU is then not enforced);
@@ -81,6 +83,9 @@ V2_TEMPLATE: Final = (
 CPU_QUOTA_US: Final = 50_000
 CPU_PERIOD_US: Final = 100_000
 MEMORY_LIMIT: Final = 128 * 2**20
+# cpu.shares of the server's and the generator's groups (a task at the root weighs 1024):
+# a guaranteed share, as a Kubernetes CPU request gives, on a machine others use too.
+SHARES: Final = 16384
 # A server OOM-killed at start under 128 MiB runs again under this, so its speed is known.
 RETRY_MEMORY_LIMIT: Final = 512 * 2**20
 CGROUP_ROOT: Final = Path("/sys/fs/cgroup")
@@ -107,11 +112,24 @@ class OomAtStart(BenchmarkError):
 
 
 class Cgroup:
-    """One cgroup v1 per controller (cpu, cpuacct, memory) under one name, removed on exit."""
+    """One cgroup v1 per controller (cpu, cpuacct, memory) under one name, removed on exit.
 
-    def __init__(self, name: str, memory_limit: int = MEMORY_LIMIT, root: Path = CGROUP_ROOT) -> None:
+    ``quota`` (the default: half a CPU) and ``memory_limit`` are the limits; ``None``
+    writes none. ``cpu.shares`` is ``SHARES``: the weight the group gets when the machine
+    is oversubscribed, so other jobs on a shared machine do not take the half CPU.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        memory_limit: int | None = MEMORY_LIMIT,
+        *,
+        quota: bool = True,
+        root: Path = CGROUP_ROOT,
+    ) -> None:
         self.paths = {c: root / c / name for c in ("cpu", "cpuacct", "memory")}
         self.memory_limit = memory_limit
+        self.quota = quota
 
     def __enter__(self) -> Self:
         """Create the groups and write the limits.
@@ -121,9 +139,12 @@ class Cgroup:
         """
         for path in self.paths.values():
             path.mkdir(exist_ok=True)
-        (self.paths["cpu"] / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
-        (self.paths["cpu"] / "cpu.cfs_quota_us").write_text(str(CPU_QUOTA_US))
-        (self.paths["memory"] / "memory.limit_in_bytes").write_text(str(self.memory_limit))
+        (self.paths["cpu"] / "cpu.shares").write_text(str(SHARES))
+        if self.quota:
+            (self.paths["cpu"] / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+            (self.paths["cpu"] / "cpu.cfs_quota_us").write_text(str(CPU_QUOTA_US))
+        if self.memory_limit is not None:
+            (self.paths["memory"] / "memory.limit_in_bytes").write_text(str(self.memory_limit))
         return self
 
     def __exit__(
@@ -249,6 +270,7 @@ class Load:
     template: Path
     load_cores: str
     processes: int
+    cgroup: Cgroup | None = None  # the generator's: shares, no limits
 
     def run(self, mode: Sequence[str], json_path: Path) -> dict[str, object]:
         """Run ``ligeiro bench`` with ``mode`` (``--stages ...`` or ``--rate R ...``).
@@ -264,6 +286,8 @@ class Load:
             "--json", str(json_path),
         ]  # fmt: skip
         print(f"  $ {' '.join(command[3:])}", flush=True)
+        if self.cgroup is not None:
+            command = self.cgroup.wrap(command)
         json_path.unlink(missing_ok=True)
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if not json_path.exists():
@@ -366,7 +390,8 @@ def run_server(
         try:
             cgroup = stack.enter_context(Cgroup(f"ligeiro-seed003-{name}", memory_limit))
             result["limits"] = (f"cgroup v1: cpu.cfs_quota_us {CPU_QUOTA_US} / cfs_period_us "
-                                f"{CPU_PERIOD_US}, memory.limit_in_bytes {memory_limit}")  # fmt: skip
+                                f"{CPU_PERIOD_US}, memory.limit_in_bytes {memory_limit}, "
+                                f"cpu.shares {SHARES}")  # fmt: skip
             result["memory_limit"] = memory_limit
         except OSError as exc:
             reason = f"no cgroup ({exc.strerror or exc}): taskset -c {SERVER_CORE} only, a whole core"
@@ -389,7 +414,13 @@ def run_server(
         verify(target, HttpRequest("POST", base + target.path,
                                    json.dumps(target.payload).encode(), JSON_HEADERS))  # fmt: skip
         template = options.templates["v2" if name == "ligeiro-v2" else "seed"]
-        load = Load(base, target.path, template, options.load_cores, options.processes)
+        load_group = None
+        if cgroup is not None:
+            load_group = stack.enter_context(
+                Cgroup("ligeiro-seed003-load", memory_limit=None, quota=False)
+            )
+        load = Load(base, target.path, template, options.load_cores, options.processes,
+                    load_group)  # fmt: skip
         window = options.window or SEED_STAGES[0][0] / options.scale / 6
         with Sampler(server, cgroup) as sampler:
             time.sleep(2 * SAMPLE_S)  # an idle reading first
@@ -439,7 +470,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--ready-timeout", type=float, default=60.0)
     parser.add_argument("--json", type=Path, help="write every number here")
     parser.add_argument("--render", type=Path, metavar="JSON",
-                        help="measure nothing: write the report of an earlier run's --json")  # fmt: skip
+                        help="measure nothing: write the report of an earlier run's --json")
+    parser.add_argument("--repeats", type=Path, nargs="*", default=[], metavar="JSON",
+                        help="other runs' --json: their capacities in a table beside it")  # fmt: skip
     parser.add_argument("--markdown", type=Path, help="write the report (docs/seed003.md)")
     parser.add_argument("--plots", type=Path,
                         help="where the SVG panels go (default: the --markdown path without "
@@ -477,7 +510,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     options = parse_args(sys.argv[1:] if argv is None else argv)
     if options.render is not None:
-        print(render(json.loads(options.render.read_text()), options.plots, options.markdown))
+        repeats = [json.loads(path.read_text()) for path in options.repeats]
+        document = json.loads(options.render.read_text())
+        print(render(document, options.plots, options.markdown, repeats))
         return 0
     command = "python -m benchmarks.bench_seed003 " + " ".join(
         sys.argv[1:] if argv is None else argv

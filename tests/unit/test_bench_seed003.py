@@ -100,7 +100,8 @@ def test_cgroup_writes_the_limits_and_moves_the_server_in(tmp_path: Path) -> Non
             assert procs.read_text().strip() == done.stdout.strip()
         for controller in ("cpu", "cpuacct", "memory"):
             (tmp_path / controller / "seed003-test" / "cgroup.procs").unlink()
-        for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us"):
+        assert (cpu / "cpu.shares").read_text() == "16384"
+        for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us", "cpu.shares"):
             (cpu / name).unlink()
         (memory / "memory.limit_in_bytes").unlink()
     assert not (tmp_path / "cpu" / "seed003-test").exists()  # removed on exit

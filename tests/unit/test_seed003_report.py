@@ -49,7 +49,9 @@ def test_report_says_who_kept_up_and_draws_the_panels(tmp_path: Path) -> None:
             {"server": "fastapi-onnx", "failed": "server exited"},
         ],
     }  # fmt: skip
-    text = render(document, tmp_path / "seed003", tmp_path / "seed003.md")
+    again = {**document, "servers": [_server("fastapi-pickle", [20, 30, 250, 900], 2000),
+                                     _server("ligeiro", [2, 2, 3, 4], 80000)]}  # fmt: skip
+    text = render(document, tmp_path / "seed003", tmp_path / "seed003.md", [again])
     assert (tmp_path / "seed003.md").read_text() == text
     assert "**8x shorter**" in text
     assert "- **ligeiro** kept up with every stage, to 16,000/min." in text
@@ -61,6 +63,9 @@ def test_report_says_who_kept_up_and_draws_the_panels(tmp_path: Path) -> None:
     assert "| fastapi-pickle (512 MiB) |" in text
     assert "ligeiro 32x" in text  # 96,000 / 3,000
     assert "- **fastapi-onnx** did not run: server exited" in text
+    (repeat_row,) = [line for line in text.splitlines() if "(40x)" in line]
+    cells = [cell.strip() for cell in repeat_row.split("|")[1:4]]
+    assert cells == ["ligeiro", "96,000 (32x)", "80,000 (40x)"]
     assert "![p95, requests/min, RSS and CPU over time](seed003/panels.svg)" in text
     for name in ("panels.svg", "capacity.svg"):
         svg = (tmp_path / "seed003" / name).read_text()
