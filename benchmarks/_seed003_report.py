@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 __all__ = ["render"]
 
 _COLORS = {"fastapi-pickle": "#d95f02", "fastapi-onnx": "#7570b3", "ligeiro": "#1b9e77",
-           "ligeiro-v2": "#66a61e"}
+           "ligeiro-v2": "#66a61e", "mlserver": "#e7298a"}
 _STAGE_NAMES = [f"{rpm:,.0f}/min" for _, rpm in SEED_STAGES]
 
 

@@ -58,7 +58,7 @@ from ._harness import (
     free_port,
     write_report,
 )
-from .bench_iris import HOST, JSON_HEADERS, PACKAGES, ROOT, WORK_DIR, Target
+from .bench_iris import HOST, JSON_HEADERS, PACKAGES, PICKLE, ROOT, WORK_DIR, Target
 from .bench_iris import ensure_models, targets, verify
 
 if TYPE_CHECKING:
@@ -80,6 +80,10 @@ V2_TEMPLATE: Final = (
     '{"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32", "data": '
     "[{{uniform:4.3:7.9}}, {{uniform:2:4.4}}, {{uniform:1:6.9}}, {{uniform:0.1:2.5}}]}]}"
 )
+# MLServer's scikit-learn runtime takes any input name; it answers the label as "predict".
+MLSERVER_TEMPLATE: Final = V2_TEMPLATE.replace('"float_input"', '"input-0"').replace(
+    '"FP32"', '"FP64"'
+)
 CPU_QUOTA_US: Final = 50_000
 CPU_PERIOD_US: Final = 100_000
 MEMORY_LIMIT: Final = 128 * 2**20
@@ -97,6 +101,8 @@ LIGEIRO_ARGS: Final = ("--workers", "1", "--threads", "1", "--grpc-port", "0")
 # ligeiro answers the seed's payload on :predict; ligeiro-v2 is the same server on V2 infer.
 SERVERS: Final = ("fastapi-pickle", "fastapi-onnx", "ligeiro", "ligeiro-v2")
 _TARGETS: Final = {"ligeiro": "ligeiro-predict"}
+# MLServer (``--mlserver PATH``, in its own venv) as a user would start it on the pickle.
+MLSERVER: Final = "mlserver"
 
 
 # --- the half CPU ---------------------------------------------------------------------------
@@ -364,7 +370,42 @@ def capacity_search(
 # --- one server -----------------------------------------------------------------------------
 
 
+def _mlserver_predicts_class_0(answer: object) -> bool:
+    outputs = answer.get("outputs", []) if isinstance(answer, dict) else []
+    return bool(outputs) and outputs[0].get("data", [None])[0] == 0
+
+
+def _mlserver_target(executable: Path) -> Target:
+    """MLServer 1.7 with its scikit-learn runtime on the seed's pickle, as its docs run it."""
+    folder = WORK_DIR / "seed003-mlserver"
+    payload = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",
+                           "data": [5.1, 3.5, 1.4, 0.2]}]}  # fmt: skip
+    return Target(MLSERVER, (str(executable), "start", str(folder)), "/v2/health/ready",
+                  "/v2/models/iris/infer", payload, _mlserver_predicts_class_0,
+                  is_baseline=True)  # fmt: skip
+
+
+def _mlserver_folder(port: int) -> None:
+    """settings.json and the model's settings.
+
+    ``parallel_workers`` is 0 (inference in the server's process): MLServer 1.7.1's
+    default pool of one worker process dies at start here ("There is no current event
+    loop in thread 'MainThread'", Python 3.11.7).
+    """
+    folder = WORK_DIR / "seed003-mlserver"
+    (folder / "iris").mkdir(parents=True, exist_ok=True)
+    settings = {"host": HOST, "http_port": port, "grpc_port": free_port(HOST),
+                "metrics_port": free_port(HOST), "parallel_workers": 0}  # fmt: skip
+    (folder / "settings.json").write_text(json.dumps(settings))
+    model = {"name": "iris", "implementation": "mlserver_sklearn.SKLearnModel",
+             "parameters": {"uri": str(PICKLE), "version": "1"}}  # fmt: skip
+    (folder / "iris" / "model-settings.json").write_text(json.dumps(model))
+
+
 def _command(name: str, target: Target, port: int) -> list[str]:
+    if name == MLSERVER:
+        _mlserver_folder(port)
+        return list(target.command)
     if name.startswith("ligeiro"):
         executable = str(Path(sys.executable).with_name("ligeiro"))
         return [executable, "serve", str(ROOT / "examples" / "models" / "iris"),
@@ -381,7 +422,10 @@ def run_server(
         OomAtStart: the memory limit killed it before it was ready.
         BenchmarkError: it did not start, answered wrongly, or died under the load.
     """
-    target = targets()[_TARGETS.get(name, name)]
+    if name == MLSERVER:
+        target = _mlserver_target(options.mlserver)
+    else:
+        target = targets()[_TARGETS.get(name, name)]
     port = free_port(HOST)
     base = f"http://{HOST}:{port}"
     result: dict[str, object] = {"server": name, "route": target.path}
@@ -413,7 +457,7 @@ def run_server(
             raise
         verify(target, HttpRequest("POST", base + target.path,
                                    json.dumps(target.payload).encode(), JSON_HEADERS))  # fmt: skip
-        template = options.templates["v2" if name == "ligeiro-v2" else "seed"]
+        template = options.templates[{"ligeiro-v2": "v2", MLSERVER: MLSERVER}.get(name, "seed")]
         load_group = None
         if cgroup is not None:
             load_group = stack.enter_context(
@@ -467,6 +511,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--load-cores", default=every_core,
                         help=f"the generator's CPU list for taskset (default {every_core}: all)")  # fmt: skip
     parser.add_argument("--processes", type=int, default=1, help="generator processes")
+    parser.add_argument("--mlserver", type=Path, metavar="PATH",
+                        help="the mlserver command of an MLServer 1.7 venv (with mlserver-sklearn): "
+                        "adds the mlserver server, on the seed's pickle")  # fmt: skip
     parser.add_argument("--ready-timeout", type=float, default=60.0)
     parser.add_argument("--json", type=Path, help="write every number here")
     parser.add_argument("--render", type=Path, metavar="JSON",
@@ -478,9 +525,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="where the SVG panels go (default: the --markdown path without "
                         "its .md, a folder; else .bench/seed003/)")  # fmt: skip
     options = parser.parse_args(argv)
-    unknown = set(options.servers.split(",")) - set(SERVERS)
+    known = {*SERVERS, *([MLSERVER] if options.mlserver else [])}
+    unknown = set(options.servers.split(",")) - known
     if unknown:
-        parser.error(f"unknown servers {sorted(unknown)}; expected some of {', '.join(SERVERS)}")
+        parser.error(f"unknown servers {sorted(unknown)}; expected some of {', '.join(sorted(known))}"
+                     + ("" if options.mlserver else " (mlserver needs --mlserver PATH)"))  # fmt: skip
     if options.scale <= 0:
         parser.error("--scale must be positive")
     if options.plots is None:
@@ -524,6 +573,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         options.templates = {"seed": folder / "seed.json.tmpl", "v2": folder / "v2.json.tmpl"}
         options.templates["seed"].write_text(SEED_TEMPLATE)
         options.templates["v2"].write_text(V2_TEMPLATE)
+        options.templates[MLSERVER] = folder / "mlserver.json.tmpl"
+        options.templates[MLSERVER].write_text(MLSERVER_TEMPLATE)
         machine = _machine()
         print(f"seed 003 on {machine['cpu_model']} ({machine['nproc']} cores); stages {stages_argument(options.scale)}"
               + (f" ({options.scale:g}x shorter than the seed's)" if options.scale != 1 else ""),
