@@ -1,11 +1,13 @@
-"""``python -m benchmarks``: every benchmark, one after another (about 15 minutes).
+"""``python -m benchmarks``: every benchmark, one after another (about 25 minutes).
 
 The iris benchmark, gRPC beside REST, the one-shot clients, dynamic batching (mlp, and
 the thread hop on iris), overload at ten times the sustainable rate, workers (shared
 weights, restarts, 1 vs 2), hot swaps under load, ``ligeiro optimize`` (graph, int8,
-fp16), ``ligeiro score`` on 10 million rows, and the sentiment pipeline against seed
-002's FastAPI server. Extra arguments go to ``bench_iris`` (``python -m benchmarks
---duration 3``); the others run with their defaults. The JSON and Markdown reports
+fp16), ``ligeiro score`` on 10 million rows, the sentiment pipeline against seed
+002's FastAPI server, and seed 003's experiment (the three servers at half a CPU and
+128 MB under the seed's ramp 8x shorter, then each one's capacity; about 10 minutes).
+Extra arguments go to ``bench_iris`` (``python -m benchmarks --duration 3``); the
+others run with their defaults. The JSON and Markdown reports
 land in ``benchmarks/results/`` (git-ignored) under a UTC time stamp, so successive
 runs never overwrite each other.
 """
@@ -24,6 +26,7 @@ from . import (
     bench_optimize,
     bench_overload,
     bench_score,
+    bench_seed003,
     bench_text,
     bench_workers,
 )
@@ -47,6 +50,7 @@ if __name__ == "__main__":
         ("optimize", bench_optimize, []),
         ("score", bench_score, []),
         ("text", bench_text, []),
+        ("seed003", bench_seed003, ["--scale", "8"]),
     ):
         report = RESULTS / f"{name}-{stamp}"
         args += ["--markdown", f"{report}.md", "--json", f"{report}.json"]

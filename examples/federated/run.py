@@ -1,7 +1,8 @@
 """Federated learning on Flower with ligeiro serving each round's model under load.
 
 Iris is split across K devices non-IID (each holds mostly one class); a generic model
-(version 1) is served by ``ligeiro serve --model-control poll`` while a load generator
+(version 1) is served by ``ligeiro serve --model-control poll`` (or ``explicit``: each
+change then loads through the repository API with an admin token) while a load generator
 sends requests; Flower's simulation runs R rounds of FedAvg (or FedProx); each round's
 model becomes the next version, serves a canary share, and is promoted only if its
 federated evaluation is no worse than the served one's. Prints one line per round.
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import subprocess
 import sys
 import threading
@@ -54,10 +56,16 @@ def split(seed: int, clients: int, dominance: float = 0.8):
     return x, y, test, public, [np.array(s) for s in shares]
 
 
-def start_server(repository: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    repository: Path, control: str = "poll", admin_token: str | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     command = [sys.executable, "-m", "ligeiro", "serve", str(repository), "--port", "0",
-               "--grpc-port", "0", "--workers", "1", "--model-control", "poll"]  # fmt: skip
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+               "--grpc-port", "0", "--workers", "1", "--model-control", control]  # fmt: skip
+    # The token goes in the environment, which no process listing shows.
+    env = {**os.environ, **({"LIGEIRO_ADMIN_TOKEN": admin_token} if admin_token else {})}
+    process = subprocess.Popen(
+        command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env
+    )
     assert process.stderr is not None
     for line in process.stderr:
         match = _SERVING.search(line)
@@ -123,6 +131,9 @@ def main() -> None:
     parser.add_argument("--poison-round", type=int, default=0,
                         help="in this round device 0 sends garbage parameters")  # fmt: skip
     parser.add_argument("--canary-percent", type=int, default=10)
+    parser.add_argument("--model-control", choices=["poll", "explicit"], default="poll",
+                        help="how the server learns of each version: by watching the files "
+                        "(poll) or through the repository API with an admin token")  # fmt: skip
     parser.add_argument("--tolerance", type=float, default=0.05,
                         help="how much higher the candidate's federated loss may be")  # fmt: skip
     args = parser.parse_args()
@@ -176,14 +187,16 @@ def main() -> None:
         return params
 
     app = client_app(model, load_partition, epochs=5, learning_rate=0.1, on_update=on_update)
-    process, url = start_server(args.repository)
+    token = secrets.token_urlsafe(16) if args.model_control == "explicit" else None
+    process, url = start_server(args.repository, args.model_control, token)
     rows_out: list[dict[str, object]] = []
     print(f"{'round':>5} {'clients':>7} {'accuracy':>8} {'version':>7} {'promoted':>8} "
           f"{'serving':>7} {'requests':>8} {'failed':>6}")  # fmt: skip
     try:
         publisher = Publisher(
-            args.repository, MODEL, server=url, canary_percent=args.canary_percent
-        )
+            args.repository, MODEL, server=url, admin_token=token,
+            canary_percent=args.canary_percent,
+        )  # fmt: skip
         with Load(url, x[test]) as load:
             last = [load.counts()]
 

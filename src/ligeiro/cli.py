@@ -695,6 +695,19 @@ def _terminated(signum: int, frame: object) -> None:
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     help="A V2 JSON request body to send (default: one built from the model's metadata).",
 )
+@click.option(
+    "--template",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="A body with {{uniform:LO:HI}} / {{int:LO:HI}} placeholders, drawn per request.",
+)
+@click.option(
+    "--bodies", type=int, default=1000, show_default=True, help="Bodies --template renders."
+)
+@click.option(
+    "--route",
+    help="POST to this path (e.g. /predict) instead of the V2 infer route; needs --data "
+    "or --template.",
+)
 @click.option("--batch-size", type=int, default=1, show_default=True, help="Rows per request.")
 @click.option("--concurrency", help="Closed loop: 16, 1,4,16 or 1:64:x2 (the default mode, 1).")
 @click.option(
@@ -704,6 +717,9 @@ def _terminated(signum: int, frame: object) -> None:
     "--stages",
     help="Ramping open loop: DURATION:TARGET,... e.g. 30s:100/m,60s:4000/m (TARGET per s, "
     "or per minute with /m).",
+)
+@click.option(
+    "--window", type=float, default=0.0, help="With --stages: also report every N seconds (JSON)."
 )
 @click.option("--duration", type=float, default=10.0, show_default=True, help="Seconds per level.")
 @click.option("--warmup", type=float, default=0.0, show_default=True, help="Seconds, unmeasured.")
@@ -723,10 +739,14 @@ def bench(
     model: str,
     model_version: str | None,
     data: Path | None,
+    template: Path | None,
+    bodies: int,
+    route: str | None,
     batch_size: int,
     concurrency: str | None,
     rate: tuple[float, ...],
     stages: str | None,
+    window: float,
     duration: float,
     warmup: float,
     timeout: float,
@@ -740,6 +760,8 @@ def bench(
 
     URL is http://HOST:PORT (V2 REST over HTTP/1.1) or grpc://HOST:PORT (V2 gRPC,
     ModelInfer; one channel per connection); errors count by HTTP status or gRPC code.
+    With --route, any HTTP server: the bodies are POSTed to that path and MODEL only
+    names the run.
     Exits 1 when any request failed (non-2xx or non-OK, timeout, connection error or
     not sent).
     """
@@ -748,6 +770,7 @@ def bench(
     command = BenchCommand(
         url, model, model_version, data, batch_size, concurrency, rate, stages, duration,
         warmup, timeout, connections, processes, metrics_url, json_path, html_path,
+        route=route, template=template, bodies=bodies, window_s=window,
     )  # fmt: skip
     code = command.run()
     if code:

@@ -151,3 +151,41 @@ def test_grpc_unknown_model_without_data_stops_at_metadata(server: Server) -> No
     code, output = _bench_grpc(server, "no-such-model", "--duration", "0.2")
     assert code == 1
     assert "no-such-model" in output
+
+
+SEED_TEMPLATE = (
+    '{"sepal_length": {{uniform:4.3:7.9}}, "sepal_width": {{uniform:2:4.4}}, '
+    '"petal_length": {{uniform:1:6.9}}, "petal_width": {{uniform:0.1:2.5}}}'
+)
+
+
+def test_route_and_template_load_a_non_v2_route(server: Server, tmp_path: Path) -> None:
+    """Seed 003's random iris rows on ``:predict``, a route that takes no V2 body."""
+    template = tmp_path / "seed.json.tmpl"
+    template.write_text(SEED_TEMPLATE)
+    out = tmp_path / "route.json"
+    code, output = _bench(
+        server, "iris", "--route", "/v1/models/iris:predict", "--template", str(template),
+        "--bodies", "50", "--stages", "0.6s:100,0.6s:100", "--window", "0.3",
+        "--json", str(out),
+    )  # fmt: skip
+    assert code == 0, output
+    report = json.loads(out.read_text())
+    assert report["meta"]["route"] == "/v1/models/iris:predict"
+    assert report["meta"]["bodies"] == 50
+    stages = report["levels"]
+    assert [level["mode"] for level in stages] == ["stage", "stage"]
+    assert sum(level["ok"] for level in stages) == 30 + 60
+    windows = report["windows"]
+    assert [w["label"] for w in windows] == ["0s", "0.3s", "0.6s", "0.9s"]
+    assert sum(w["ok"] for w in windows) == 90
+    assert all(w["errors"] == {} for w in windows)
+    # The ramp 0 -> 100/s schedules 7.5 then 22.5 requests; the flat 100/s, 30 and 30.
+    assert [round(w["target"] * 0.3) for w in windows] == [7, 23, 30, 30]
+    assert "0.3s" not in output  # windows are in the JSON, not the table
+
+
+def test_route_without_a_body_is_refused(server: Server, tmp_path: Path) -> None:
+    code, output = _bench(server, "iris", "--route", "/predict", "--rate", "1")
+    assert code == 2
+    assert "--route needs --data or --template" in output

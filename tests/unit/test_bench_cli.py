@@ -102,3 +102,41 @@ def test_grpc_request_carries_the_json_tensors() -> None:
     message = decode_message(pb.ModelInferRequest, infer_request_bytes(body, "m", "2"))
     assert (message.model_name, message.model_version) == ("m", "2")
     assert decode_infer_request(message).inputs["x"].tolist() == [[1.5, 2.5]]
+
+
+def test_render_template_draws_each_body_within_its_ranges() -> None:
+    import json
+
+    from ligeiro.bench._payload import render_template
+
+    bodies = render_template('{"a": {{uniform:4.3:7.9}}, "n": {{ int : 1 : 3 }}}', 200)
+    rows = [json.loads(body) for body in bodies]
+    assert all(4.3 <= row["a"] < 7.9 for row in rows)
+    assert {row["n"] for row in rows} == {1, 2, 3}
+    assert len({row["a"] for row in rows}) > 190
+    assert render_template("{{uniform:0:1}}", 3) == render_template("{{uniform:0:1}}", 3)
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [("{{normal:0:1}}", r"expected \{\{uniform:LO:HI\}\}"), ("{{uniform:2:1}}", "LO is above"),
+     ('{"a": {{int:1:2}},}', "does not render JSON")],
+)  # fmt: skip
+def test_render_template_rejects(template: str, message: str) -> None:
+    from ligeiro.bench._payload import render_template
+
+    with pytest.raises(ValueError, match=message):
+        render_template(template, 1)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["grpc://127.0.0.1:1", "m", "--route", "/predict"], "grpc:// URL has none"),
+     (["http://127.0.0.1:1", "m", "--route", "predict", "--data", __file__], "start with '/'"),
+     (["http://127.0.0.1:1", "m", "--data", __file__, "--template", __file__], "one of --data"),
+     (["http://127.0.0.1:1", "m", "--window", "1", "--rate", "1"], "only with --stages")],
+)  # fmt: skip
+def test_body_options_are_checked_before_any_request(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, ["bench", *args])
+    assert result.exit_code == 2
+    assert message in result.output

@@ -7,6 +7,7 @@ import datetime
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
@@ -15,7 +16,7 @@ import click
 
 from ._grpcloop import infer_request_bytes
 from ._openloop import http_request
-from ._payload import payload_from_metadata
+from ._payload import payload_from_metadata, render_template
 from ._plan import parse_concurrency, parse_stages
 from ._report import format_table, to_html, to_json
 from ._runner import CLIENT_BUSY, BenchPlan, Level, run_bench
@@ -48,6 +49,11 @@ class BenchCommand:
     metrics_url: str | None
     json_path: Path | None
     html_path: Path | None
+    # POST here instead of the V2 infer route (MODEL then only names the run).
+    route: str | None = None
+    template: Path | None = None  # a body with {{uniform:LO:HI}} placeholders
+    bodies: int = 1000  # how many bodies --template renders, sent in turn
+    window_s: float = 0.0  # with --stages: also report windows of this length
 
     def run(self) -> int:
         """Run the levels, print the table, write the reports; 1 when any request failed."""
@@ -63,6 +69,7 @@ class BenchCommand:
                 f"got {self.url!r}"
             )
         is_grpc = parts.scheme == "grpc"
+        self._check_body_options(is_grpc)
         host, port = parts.hostname, parts.port or (8001 if is_grpc else 80)
         try:
             concurrency = (
@@ -72,15 +79,15 @@ class BenchCommand:
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from None
         if is_grpc:
-            request = self._grpc_request(parts.netloc)
+            requests = self._grpc_requests(parts.netloc)
         else:
-            request = self._http_request(f"http://{parts.netloc}")
+            requests = self._http_requests(f"http://{parts.netloc}")
         plan = BenchPlan(
-            host, port, request,
+            host, port, requests[0],
             concurrency=concurrency, rates_per_s=self.rate, stages=stages,
             duration_s=self.duration_s, warmup_s=self.warmup_s, timeout_s=self.timeout_s,
             connections=self.connections, processes=self.processes,
-            protocol="grpc" if is_grpc else "http",
+            protocol="grpc" if is_grpc else "http", requests=requests, window_s=self.window_s,
         )  # fmt: skip
         # A gRPC port serves no /metrics: the server's numbers need --metrics-url there.
         metrics_url = self.metrics_url or (None if is_grpc else f"http://{parts.netloc}/metrics")
@@ -91,32 +98,66 @@ class BenchCommand:
                 metrics = stack.enter_context(
                     Client(f"http://{metrics_parts.netloc}", timeout_s=5.0)
                 )
+            started = time.time()  # where the schedule starts, give or take its settling
             levels = run_bench(plan, metrics, urlsplit(metrics_url or "").path or "/metrics",
                                _progress)  # fmt: skip
-        click.echo(format_table(levels))
+        shown = [level for level in levels if level.mode != "window"]
+        click.echo(format_table(shown))
         if metrics_url is None:
             click.echo(
                 "server CPU/RSS: n/a (a gRPC port serves no metrics; give --metrics-url "
                 "http://HOST:HTTP_PORT/metrics)",
                 err=True,
             )
-        self._warn(levels)
-        meta = self._meta(len(request), "grpc" if is_grpc else "http")
+        self._warn(shown)
+        meta = self._meta(len(requests[0]), "grpc" if is_grpc else "http")
+        meta["started_unix"] = round(started + self.warmup_s, 3)
         if self.json_path is not None:
             self.json_path.write_text(json.dumps(to_json(levels, meta), indent=2) + "\n")
         if self.html_path is not None:
-            self.html_path.write_text(to_html(levels, meta))
-        return 1 if any(level.error_count for level in levels) else 0
+            self.html_path.write_text(to_html(shown, meta))
+        return 1 if any(level.error_count for level in shown) else 0
 
-    def _http_request(self, base: str) -> bytes:
+    def _check_body_options(self, is_grpc: bool) -> None:
+        if self.data is not None and self.template is not None:
+            raise click.UsageError("give one of --data and --template")
+        if self.bodies < 1:
+            raise click.BadParameter(f"--bodies must be at least 1, got {self.bodies}")
+        if self.window_s < 0 or (self.window_s and self.stages is None):
+            raise click.UsageError("--window takes positive seconds, and only with --stages")
+        if self.route is None:
+            return
+        if is_grpc:
+            raise click.UsageError("--route is an HTTP path; a grpc:// URL has none")
+        if not self.route.startswith("/"):
+            raise click.BadParameter(f"--route must start with '/', got {self.route!r}")
+        if self.model_version is not None:
+            raise click.UsageError("--version picks a V2 route; --route names the route itself")
+        if self.data is None and self.template is None:
+            raise click.UsageError(
+                "--route needs --data or --template: there is no metadata to build a body from"
+            )
+
+    def _bodies(self) -> list[bytes] | None:
+        """The bodies from ``--data`` or ``--template``; None when neither was given."""
+        if self.data is not None:
+            return [self.data.read_bytes()]
+        if self.template is None:
+            return None
+        try:
+            return render_template(self.template.read_text(), self.bodies)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise click.ClickException(f"{self.template}: {exc}") from None
+
+    def _http_requests(self, base: str) -> list[bytes]:
         from ..client import Client
 
         route = f"/v2/models/{quote(self.model, safe='')}"
         if self.model_version is not None:
             route += f"/versions/{quote(self.model_version, safe='')}"
-        if self.data is not None:
-            body = self.data.read_bytes()
-        else:
+        target = base + (self.route if self.route is not None else route + "/infer")
+        bodies = self._bodies()
+        if bodies is None:
             with Client(base, timeout_s=self.timeout_s) as client:
                 try:
                     metadata: dict[str, Any] = json.loads(client.request("GET", route))
@@ -124,27 +165,26 @@ class BenchCommand:
                     raise click.ClickException(
                         f"cannot reach {self.url}: {exc.strerror or exc}"
                     ) from None
-            body = self._from_metadata(metadata)
-        return http_request(base + route + "/infer", body)
+            bodies = [self._from_metadata(metadata)]
+        return [http_request(target, body) for body in bodies]
 
-    def _grpc_request(self, target: str) -> bytes:
-        """A serialized ``ModelInferRequest``: ``--data`` or the metadata, through the codecs."""
+    def _grpc_requests(self, target: str) -> list[bytes]:
+        """Serialized ``ModelInferRequest``s: the bodies or the metadata's, through the codecs."""
         from ..client import GrpcClient
         from ..errors import LigeiroError
 
-        if self.data is not None:
-            body = self.data.read_bytes()
-        else:
+        bodies = self._bodies()
+        if bodies is None:
             with GrpcClient(target, timeout_s=self.timeout_s) as client:
                 try:
                     metadata = client.model_metadata(self.model, self.model_version)
                 except LigeiroError as exc:
                     raise click.ClickException(f"{self.url}: {self.model}: {exc}") from None
-            body = self._from_metadata(metadata)
+            bodies = [self._from_metadata(metadata)]
         try:
-            return infer_request_bytes(body, self.model, self.model_version)
+            return [infer_request_bytes(body, self.model, self.model_version) for body in bodies]
         except LigeiroError as exc:
-            raise click.ClickException(f"{self.data}: {exc}") from None
+            raise click.ClickException(f"{self.data or self.template}: {exc}") from None
 
     def _from_metadata(self, metadata: dict[str, Any]) -> bytes:
         try:
@@ -176,6 +216,10 @@ class BenchCommand:
             "protocol": protocol,
             "model": self.model,
             "version": self.model_version,
+            "route": self.route,
+            "template": None if self.template is None else str(self.template),
+            "bodies": self.bodies if self.template is not None else 1,
+            "window_s": self.window_s or None,
             "batch_size": self.batch_size,
             "request_bytes": request_bytes,
             "duration_s": self.duration_s,

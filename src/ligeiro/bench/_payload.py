@@ -1,15 +1,30 @@
-"""The request ``ligeiro bench`` sends: a V2 JSON body from a file or from model metadata."""
+"""The bodies ``ligeiro bench`` sends: a file, a template, or a V2 body from model metadata.
+
+A template (``--template``) is a body with placeholders, rendered into many bodies sent
+in turn, so each request carries different numbers (k6 scripts draw theirs per request):
+
+- ``{{uniform:LO:HI}}``: a float drawn uniformly from [LO, HI), written with 4 decimals;
+- ``{{int:LO:HI}}``: an integer drawn uniformly from LO to HI, both included.
+
+``{"sepal_length": {{uniform:4.3:7.9}}, "sepal_width": {{uniform:2:4.4}}}`` renders as
+``{"sepal_length": 6.0112, "sepal_width": 3.8731}``.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import re
+from typing import Any, Final
 
 import msgspec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["payload_from_metadata"]
+__all__ = ["payload_from_metadata", "render_template"]
+
+_NUMBER: Final = r"\s*(-?\d+(?:\.\d+)?)\s*"
+_PLACEHOLDER: Final = re.compile(r"\{\{(.*?)\}\}")
+_DRAW: Final = re.compile(rf"^\s*(uniform|int)\s*:{_NUMBER}:{_NUMBER}$")
 
 _FLOATS = frozenset({"FP16", "FP32", "FP64", "BF16"})
 _INTS = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
@@ -68,3 +83,53 @@ def payload_from_metadata(metadata: dict[str, Any], batch_size: int = 1, seed: i
     if not inputs:
         raise ValueError(f"the metadata lists no inputs: {metadata!r}")
     return msgspec.json.encode({"inputs": inputs})
+
+
+def render_template(template: str, count: int, seed: int = 0) -> list[bytes]:
+    """``count`` bodies from ``template``, each placeholder drawn afresh (seeded).
+
+    Raises:
+        ValueError: a placeholder that is not ``uniform:LO:HI`` or ``int:LO:HI``, LO above
+            HI, a count below 1, or (for a body that starts like JSON) a rendering that is
+            not JSON.
+
+    Example:
+        >>> render_template('{"x": {{uniform:1:2}}, "n": {{int:3:3}}}', 2)
+        [b'{"x": 1.6370, "n": 3}', b'{"x": 1.2698, "n": 3}']
+    """
+    import numpy as np
+
+    if count < 1:
+        raise ValueError(f"expected at least one body, got {count}")
+    draws = []
+    for placeholder in _PLACEHOLDER.findall(template):
+        match = _DRAW.match(placeholder)
+        if match is None:
+            raise ValueError(
+                f"template placeholder {{{{{placeholder}}}}}: expected {{{{uniform:LO:HI}}}} "
+                "or {{int:LO:HI}}"
+            )
+        kind, low, high = match[1], float(match[2]), float(match[3])
+        if low > high:
+            raise ValueError(f"template placeholder {{{{{placeholder}}}}}: LO is above HI")
+        draws.append((kind, low, high))
+    rng = np.random.default_rng(seed)
+    columns = [
+        [f"{v:.4f}" for v in rng.uniform(low, high, count)]
+        if kind == "uniform"
+        else [str(v) for v in rng.integers(int(low), int(high), count, endpoint=True)]
+        for kind, low, high in draws
+    ]
+    literals = _PLACEHOLDER.split(template)[::2]  # the text around the placeholders
+    bodies = []
+    for row in range(count):
+        pieces = [literals[0]]
+        for column, literal in zip(columns, literals[1:], strict=True):
+            pieces += [column[row], literal]
+        bodies.append("".join(pieces).encode())
+    if template.lstrip()[:1] in ("{", "["):
+        try:
+            msgspec.json.decode(bodies[0])
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"the template does not render JSON: {exc}") from None
+    return bodies

@@ -64,8 +64,18 @@ def _level_dict(level: Level) -> dict[str, Any]:
 
 
 def to_json(levels: Sequence[Level], meta: dict[str, Any]) -> dict[str, Any]:
-    """The run as a JSON-ready dict: ``meta`` (target, options, date) and ``levels``."""
-    return {"meta": meta, "levels": [_level_dict(level) for level in levels]}
+    """The run as a JSON-ready dict: ``meta`` (target, options, date) and ``levels``.
+
+    Levels of mode ``"window"`` (``--window``) go under ``windows`` instead.
+    """
+    out: dict[str, Any] = {
+        "meta": meta,
+        "levels": [_level_dict(level) for level in levels if level.mode != "window"],
+    }
+    windows = [_level_dict(level) for level in levels if level.mode == "window"]
+    if windows:
+        out["windows"] = windows
+    return out
 
 
 def _nice(value: float) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -46,7 +47,10 @@ class BenchPlan:
     """Where to send what, and which levels to run (exactly one of the three).
 
     ``request`` is a raw HTTP/1.1 request (``http_request``), or for ``protocol="grpc"``
-    a serialized ``ModelInferRequest`` (``infer_request_bytes``).
+    a serialized ``ModelInferRequest`` (``infer_request_bytes``). ``requests``, when
+    given, replaces it with several sent in turn (a rendered ``--template``).
+    ``window_s`` > 0 also cuts a ``stages`` run into windows of that length: levels
+    with mode ``"window"``, after the stages (k6's time series).
     """
 
     host: str
@@ -61,6 +65,11 @@ class BenchPlan:
     connections: int = 512
     processes: int = 1
     protocol: Literal["http", "grpc"] = "http"
+    requests: Sequence[bytes] = ()
+    window_s: float = 0.0
+
+
+Mode = Literal["concurrency", "rate", "stage", "window"]
 
 
 @dataclass
@@ -68,8 +77,8 @@ class Level:
     """One load level's numbers. Latencies (ms) are of 2xx (gRPC: OK) answers only."""
 
     label: str
-    mode: Literal["concurrency", "rate", "stage"]
-    target: float  # connections, or requests/s
+    mode: Mode
+    target: float  # connections, or requests/s (a window: the rate scheduled in it)
     duration_s: float
     sent: int = 0
     ok: int = 0
@@ -92,7 +101,7 @@ class Level:
 
 def _level(
     label: str,
-    mode: Literal["concurrency", "rate", "stage"],
+    mode: Mode,
     target: float,
     duration_s: float,
     events: Sequence[Event],
@@ -229,7 +238,7 @@ def run_bench(
     def sample() -> ServerSample | None:
         return scrape(metrics, metrics_path) if metrics is not None else None
 
-    requests = [plan.request]
+    requests = list(plan.requests) or [plan.request]
     driver = _Driver(plan.processes, plan.protocol)
     levels: list[Level] = []
     try:
@@ -334,4 +343,31 @@ def _run_stages(
         levels.append(level)
         if progress is not None:
             progress(level)
+    if plan.window_s > 0:
+        levels += _windows(events, offsets, ends[-1], plan.window_s, cpu)
     return levels
+
+
+def _windows(
+    events: Sequence[Event], offsets: Sequence[float], end_s: float, window_s: float, cpu: float
+) -> list[Level]:
+    """The run cut into windows of ``window_s`` by scheduled time (the last may be shorter)."""
+    count = max(1, math.ceil(end_s / window_s - 1e-6))  # no sliver from rounding
+
+    def index(offset: float) -> int:  # as for stages: a boundary belongs to the window it ends
+        return min(count - 1, max(0, math.ceil(offset / window_s - 1e-9) - 1))
+
+    by_window: list[list[Event]] = [[] for _ in range(count)]
+    for event in events:
+        by_window[index(event[0])].append(event)
+    scheduled = [0] * count
+    for offset in offsets:
+        scheduled[index(offset)] += 1
+    windows = []
+    for number, in_window in enumerate(by_window):
+        begin = number * window_s
+        length = min(window_s, end_s - begin)
+        windows.append(
+            _level(f"{begin:g}s", "window", scheduled[number] / length, length, in_window, cpu)
+        )
+    return windows
