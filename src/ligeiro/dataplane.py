@@ -8,6 +8,11 @@ the answer → observe the request once (Prometheus, the access log, the trace).
 gRPC transport) are thin adapters over it: each keeps its framing, its routing and its
 table from the domain's errors to its statuses (``Transport.status``).
 
+Two server-wide limits hold here, once for every transport, after the codec decodes:
+rows per request (``max_request_rows``: an input's first dimension) and the size of a
+BYTES element (``max_bytes_element_bytes``). ``Engine.infer``, the in-process API, does
+not apply them.
+
 Tracing hooks into this call: with tracing off the call tests it once and takes the
 plain path; on, the same steps run with their stages timed (``_traced``).
 """
@@ -18,7 +23,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Protocol, TypeVar, final
 
-from .errors import LigeiroError
+from .errors import InvalidInputError, LigeiroError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -94,6 +99,41 @@ class Transport:
         self.status = status
 
 
+def _check_limits(inputs: Mapping[str, np.ndarray], max_rows: int, max_element_bytes: int) -> None:
+    """Refuse a decoded request over the server-wide rows or BYTES element limit.
+
+    Per input, a few attribute reads; a BYTES (object) input's elements are measured.
+
+    Raises:
+        InvalidInputError: an input's first dimension is over ``max_rows``, or one of
+            its BYTES elements is over ``max_element_bytes``; it names the setting.
+    """
+    for name, array in inputs.items():
+        if array.ndim and array.shape[0] > max_rows:
+            raise InvalidInputError(
+                f"input {name!r}: {array.shape[0]} rows, more than the server's limit of "
+                f"{max_rows} (max_request_rows)"
+            )
+        if array.dtype.hasobject and array.size:
+            _check_elements(name, array, max_element_bytes)
+
+
+def _check_elements(name: str, array: np.ndarray, limit: int) -> None:
+    # A str element is at most 4 UTF-8 bytes a character: the longest one under a
+    # quarter of the limit clears them all without encoding any.
+    if max(map(len, array.flat)) <= limit // 4:
+        return
+    for i, element in enumerate(array.flat):
+        size = len(element)
+        if isinstance(element, str) and size > limit // 4:
+            size = len(element.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            raise InvalidInputError(
+                f"input {name!r}: BYTES element {i} is {size} bytes, more than the "
+                f"server's limit of {limit} (max_bytes_element_bytes)"
+            )
+
+
 @final
 class DataPlane:
     """The one inference call the transports share, and the request's observation.
@@ -103,9 +143,11 @@ class DataPlane:
         metrics: where requests are counted and timed.
         access_log: where requests are logged, if anywhere.
         tracing: where requests are traced, if anywhere (``None``: off, one test a call).
+        max_rows: the most rows (first dimension) an input of a request may have.
+        max_element_bytes: the most bytes a BYTES element may have (UTF-8 for text).
     """
 
-    __slots__ = ("access_log", "engine", "metrics", "tracing")
+    __slots__ = ("access_log", "engine", "max_element_bytes", "max_rows", "metrics", "tracing")
 
     def __init__(
         self,
@@ -114,11 +156,15 @@ class DataPlane:
         *,
         access_log: AccessLog | None = None,
         tracing: Tracing | None = None,
+        max_rows: int = 1_000_000,
+        max_element_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.access_log = access_log
         self.tracing = tracing
+        self.max_rows = max_rows
+        self.max_element_bytes = max_element_bytes
 
     async def infer(
         self,
@@ -163,6 +209,7 @@ class DataPlane:
             engine.admit(model)  # a full queue refuses before the payload is decoded
             request = codec.decode(model, payload)
             request_id = request.id
+            _check_limits(request.inputs, self.max_rows, self.max_element_bytes)
             result = await engine.submit(
                 model, request.inputs, request.outputs, timeout_s=request.timeout_s
             )
@@ -208,6 +255,7 @@ class DataPlane:
             began = time.time_ns()
             request = codec.decode(model, payload)
             request_id = request.id
+            _check_limits(request.inputs, self.max_rows, self.max_element_bytes)
             trace.stage("decode", began, time.time_ns())
             outputs = await self._submit_traced(trace, model, request)
             began = time.time_ns()

@@ -179,6 +179,11 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     # past it 429 with Retry-After, or RESOURCE_EXHAUSTED. burst 0: one second's worth.
     rate_limit_per_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     rate_limit_burst: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # Per inference request, on every transport (400 / INVALID_ARGUMENT past them): the
+    # rows of an input (its first dimension; a batched model's max_batch_size also
+    # holds), and the bytes of one BYTES element (UTF-8 bytes for text).
+    max_request_rows: Annotated[int, msgspec.Meta(gt=0)] = 1_000_000
+    max_bytes_element_bytes: Annotated[int, msgspec.Meta(gt=0)] = 16 * 1024 * 1024
     # The dashboard (/) and the API docs (/docs) for people; /openapi.json is served
     # either way (ligeiro.web).
     ui: bool = True

@@ -373,7 +373,12 @@ def test_connections_past_max_connections_are_closed(tmp_path: Path, examples: P
         srv.stop()
 
 
-# -- attacks while a well-behaved client calls (acceptance, shortened to 3 s) ---------------
+# -- attacks while a well-behaved client calls (acceptance: 10 s; 3.5 s by default) --------
+
+# Each attack runs this long: TEST_H2_ATTACK_S=10 for the acceptance's 10 s (not a
+# LIGEIRO_* name: the server under test would read that as a setting). The well-behaved
+# client calls for half a second less, from 0.2 s after the attack starts.
+ATTACK_S = float(os.environ.get("TEST_H2_ATTACK_S", "3.5"))
 
 
 def _settings_on_open_streams() -> bytes:
@@ -442,12 +447,12 @@ def test_an_attack_leaves_a_well_behaved_client_served(
         stub.ServerLive(pb.ServerLiveRequest(), timeout=10)  # connected
         rss_before = _rss_bytes(limits.process.pid)
         attacker = subprocess.Popen(
-            [sys.executable, "-c", ATTACKER, str(limits.grpc_port), str(payload), "3.5"],
+            [sys.executable, "-c", ATTACKER, str(limits.grpc_port), str(payload), str(ATTACK_S)],
             stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.nice(19),
         )  # fmt: skip
         try:
             time.sleep(0.2)  # under way
-            latencies, deadline = [], time.monotonic() + 3
+            latencies, deadline = [], time.monotonic() + ATTACK_S - 0.5
             while time.monotonic() < deadline:
                 started = time.perf_counter()
                 if len(latencies) % 2:
@@ -456,19 +461,23 @@ def test_an_attack_leaves_a_well_behaved_client_served(
                     stub.ServerLive(pb.ServerLiveRequest(), timeout=10)
                 latencies.append(time.perf_counter() - started)
                 time.sleep(0.005)
-            output, _ = attacker.communicate(timeout=10)
+            output, _ = attacker.communicate(timeout=ATTACK_S + 10)
         finally:
             attacker.kill()
             attacker.wait()
         rss_growth = _rss_bytes(limits.process.pid) - rss_before
     p99 = statistics.quantiles(latencies, n=100)[98]
+    print(  # the measurement, with -s
+        f"\n{attack}: {ATTACK_S:g} s, p99 {p99 * 1e3:.1f} ms over {len(latencies)} calls, "
+        f"RSS {rss_growth / (1 << 20):+.1f} MiB, {len(output.split())} attacking connections"
+    )
     assert p99 < 0.050, (
         f"{attack}: p99 {p99 * 1e3:.1f} ms over {len(latencies)} calls, "
         f"{len(output.split())} attacking connections"
     )
     assert rss_growth < 50 << 20, f"{attack}: the worker grew {rss_growth >> 20} MiB"
     codes = output.split()
-    assert len(codes) >= 5, f"{attack}: only {len(codes)} attacking connections in 3 s"
+    assert len(codes) >= 5, f"{attack}: only {len(codes)} attacking connections in {ATTACK_S:g} s"
     assert set(codes) == {str(ENHANCE_YOUR_CALM)}, f"{len(codes)} connections: {codes}"
 
 

@@ -107,3 +107,18 @@ def test_grpc_http2_limits_have_defaults_and_bounds() -> None:
         load_settings({}, env={"LIGEIRO_GRPC__MAX_CONCURRENT_STREAMS": str(2**32)})
     with pytest.raises(ConfigError, match="max_header_list_bytes"):
         load_settings({}, env={"LIGEIRO_GRPC__MAX_HEADER_LIST_BYTES": "10"})
+
+
+def test_request_limits_have_defaults_and_come_from_file_and_env(tmp_path: Path) -> None:
+    settings = load_settings({}, env={})
+    assert (settings.max_request_rows, settings.max_bytes_element_bytes) == (
+        1_000_000,
+        16 * 1024 * 1024,
+    )
+    config = tmp_path / "ligeiro.toml"
+    config.write_text("max_request_rows = 10\nmax_bytes_element_bytes = 100\n")
+    env = {"LIGEIRO_MAX_BYTES_ELEMENT_BYTES": "200"}
+    settings = load_settings({}, config_file=config, env=env)
+    assert (settings.max_request_rows, settings.max_bytes_element_bytes) == (10, 200)
+    with pytest.raises(ConfigError, match="max_request_rows"):
+        load_settings({}, env={"LIGEIRO_MAX_REQUEST_ROWS": "0"})

@@ -157,7 +157,14 @@ async def _serve(
         local = control = LocalControl(engine, settings.model_control, settings.admin_token)
         if watcher is not None:
             watching = loop.create_task(local.watch(watcher, stop))
-    plane = DataPlane(engine, metrics, access_log=access_log, tracing=tracing)
+    plane = DataPlane(
+        engine,
+        metrics,
+        access_log=access_log,
+        tracing=tracing,
+        max_rows=settings.max_request_rows,
+        max_element_bytes=settings.max_bytes_element_bytes,
+    )
     site = Site(
         engine,
         metrics,
