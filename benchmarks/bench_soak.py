@@ -36,6 +36,7 @@ from ._harness import LOAD_CORE, BenchmarkError, ServerProcess, exclusive_machin
 EXAMPLES: Final = Path(__file__).resolve().parent.parent / "examples" / "models"
 BENCH_DIR: Final = Path(__file__).resolve().parent.parent / ".bench"
 _CONTENT_LENGTH: Final = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
+_CLOSE: Final = re.compile(rb"(?i)\r\nconnection: *close")
 _IRIS: Final = {"name": "float_input", "shape": [1, 4], "datatype": "FP32",
                 "data": [5.1, 3.5, 1.4, 0.2]}  # fmt: skip
 _TEXT: Final = {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a calm, kind film"]}
@@ -119,6 +120,9 @@ class Load:
                 self.latencies.append(time.perf_counter() - started)
                 self.requests += 1
                 self.errors += status != 200
+                if _CLOSE.search(head):  # the server's last answer on this connection
+                    writer.close()  # (http.max_requests_per_connection): a new one
+                    reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         finally:
             writer.close()
 
