@@ -78,14 +78,14 @@ def _server(name: str, folder: Path, cert: Path, key: Path) -> tuple[ServerProce
                          env=env), base  # fmt: skip
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--markdown", type=Path)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     ensure_tools()
     os.sched_setaffinity(0, {LOAD_CORE})
     rates: dict[tuple[str, str], list[float]] = {}
@@ -146,7 +146,8 @@ def main() -> None:
     print(format_table(headers, rows, markdown=False))
     if args.markdown is not None:
         write_report(args.markdown, format_table(headers, rows, markdown=True))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
