@@ -348,6 +348,22 @@ def test_metrics_public_leaves_only_metrics_open(iris_only: Path) -> None:
         srv.stop()
 
 
+def test_with_tokens_the_pages_load_and_what_shows_the_models_needs_one(
+    iris_only: Path,
+) -> None:
+    # A browser cannot send a bearer token when it navigates: the dashboard, /docs and
+    # their assets load without one; the data they fetch (the user's token) needs it.
+    srv = start_server(iris_only, "--threads", "1", "--inference-token", TOKEN)
+    try:
+        for page in ("/", "/docs", "/ui/dashboard.js"):
+            assert _status(srv, page, None) == 200, page
+        for data in ("/ui/status", "/openapi.json", "/v2/models/iris", "/v2"):
+            assert _status(srv, data, None) == 401, data
+            assert _status(srv, data, TOKEN) == 200, data
+    finally:
+        srv.stop()
+
+
 def test_rate_limit_answers_429_with_retry_after(iris_only: Path) -> None:
     srv = start_server(iris_only, "--threads", "1", "--rate-limit", "1")
     try:

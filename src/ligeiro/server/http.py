@@ -195,9 +195,14 @@ class HttpApp:
             b"/v2": self._metadata,
             b"/metrics": self._metrics,
         }
+        # The site's static pages and assets need no token (``Page.token``): a browser
+        # cannot send one when it navigates; what shows the models still does.
+        self._open_pages: frozenset[bytes] = frozenset()
         if site is not None:
-            for route, page in site.routes().items():
+            pages = site.routes()
+            for route, page in pages.items():
                 self._get_routes[route] = partial(self._page, page)
+            self._open_pages = frozenset(r for r, page in pages.items() if page.token == "none")
 
     def response(
         self,
@@ -309,7 +314,9 @@ class HttpApp:
         Only called when ``access.is_guarding``."""
         access = self.access
         try:
-            access.check(route_access(url.split(b"?", 1)[0]), authorization)
+            path = url.split(b"?", 1)[0]
+            route = Route.OPEN if path in self._open_pages else route_access(path)
+            access.check(route, authorization)
             access.admit(client)
         except LigeiroError as exc:
             headers = _WWW_AUTHENTICATE
