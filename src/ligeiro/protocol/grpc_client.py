@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
-from google.protobuf.message import Message
-
 from ._generated import grpc_service_pb2 as pb
 from .codec import array_from_raw, raw_from_array
 from .datatypes import datatype_of, dtype_of
@@ -17,6 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
 
     import numpy as np
+    from google.protobuf.message import Message
 
 __all__ = ["ClientCall", "infer_call", "live_call", "model_metadata_call", "ready_call"]
 

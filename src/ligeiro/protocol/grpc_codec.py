@@ -247,7 +247,9 @@ def decode_infer_request(request: pb.ModelInferRequest) -> DecodedRequest:
                 raw_contents[i], tensor.datatype, shape, where, "raw_input_contents", text=False
             )
         elif has_contents:
-            inputs[name] = array_from_contents(tensor.contents, tensor.datatype, dtype, shape, where)
+            inputs[name] = array_from_contents(
+                tensor.contents, tensor.datatype, dtype, shape, where
+            )
         else:
             raise InvalidInputError(f"{where}no data (expected contents or raw_input_contents)")
     for output in request.outputs:

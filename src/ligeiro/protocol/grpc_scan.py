@@ -150,4 +150,3 @@ def _read_varint(data: bytes, position: int) -> tuple[int, int]:
         shift += 7
         if shift > 63:
             raise IndexError("varint over 10 bytes")
-

@@ -108,8 +108,7 @@ class Supervisor:
                 # fork should not copy a process whose other threads may hold locks.)
                 watcher = Watcher(Path(settings.repository).resolve(), settings.model_name)
             grpc_text = (
-                f" and {scheme(settings, 'grpc')}://"
-                f"{grpc_address(settings.grpc_host(), ports[1])}"
+                f" and {scheme(settings, 'grpc')}://{grpc_address(settings.grpc_host(), ports[1])}"
                 if grpc_reserved is not None
                 else ""
             )
