@@ -50,7 +50,7 @@ def _tensor_dicts(
 
 def _metadata_dict(answer: pb.ModelMetadataResponse) -> dict[str, Any]:
     # The shape of REST's ``GET /v2/models/{m}`` body, so both clients return the same.
-    found = {
+    found: dict[str, Any] = {
         "name": answer.name,
         "versions": list(answer.versions),
         "platform": answer.platform,

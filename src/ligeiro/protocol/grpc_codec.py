@@ -22,21 +22,20 @@ from google.protobuf.message import DecodeError, Message
 
 from ..errors import InvalidInputError
 from ._generated import grpc_service_pb2 as pb
-from .codec import (
-    PLATFORMS,
-    DecodedRequest,
-    TensorSpecLike,
-    array_from_raw,
-    raw_from_array,
-    timeout_of,
-)
+from .codec import PLATFORMS, DecodedRequest, array_from_raw, raw_from_array, timeout_of
 from .datatypes import check_shape, datatype_of, dtype_of
 from .grpc_scan import scan_infer_request
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from .types import DurationLike, ServedModel, StatisticsLike, VersionStateLike
+    from .types import (
+        DurationLike,
+        ServedModel,
+        StatisticsLike,
+        TensorSpecLike,
+        VersionStateLike,
+    )
 
 __all__ = [
     "InferRequestMessage",
