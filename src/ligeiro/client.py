@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-    from .protocol.grpc_codec import ClientCall
+    from .protocol.grpc_client import ClientCall
 
 __all__ = ["AsyncClient", "AsyncGrpcClient", "Client", "GrpcClient"]
 
@@ -388,19 +388,19 @@ class GrpcClient:
 
     def is_live(self) -> bool:
         """Whether the server answers ``ServerLive`` with live."""
-        from .protocol.grpc_codec import live_call
+        from .protocol.grpc_client import live_call
 
         return self._run(live_call())
 
     def is_ready(self) -> bool:
         """Whether the server answers ``ServerReady`` with ready."""
-        from .protocol.grpc_codec import ready_call
+        from .protocol.grpc_client import ready_call
 
         return self._run(ready_call())
 
     def model_metadata(self, model: str, version: str | None = None) -> dict[str, Any]:
         """``ModelMetadata`` as ``Client.model_metadata``'s dict."""
-        from .protocol.grpc_codec import model_metadata_call
+        from .protocol.grpc_client import model_metadata_call
 
         return self._run(model_metadata_call(model, version))
 
@@ -420,7 +420,7 @@ class GrpcClient:
             InvalidInputError, ModelNotFoundError, ModelNotReadyError, ...: as the server
                 answered, with its message.
         """
-        from .protocol.grpc_codec import infer_call
+        from .protocol.grpc_client import infer_call
 
         return self._run(infer_call(model, inputs, outputs, version, request_id, timeout_us))
 
@@ -471,19 +471,19 @@ class AsyncGrpcClient:
 
     async def is_live(self) -> bool:
         """Whether the server answers ``ServerLive`` with live."""
-        from .protocol.grpc_codec import live_call
+        from .protocol.grpc_client import live_call
 
         return await self._run(live_call())
 
     async def is_ready(self) -> bool:
         """Whether the server answers ``ServerReady`` with ready."""
-        from .protocol.grpc_codec import ready_call
+        from .protocol.grpc_client import ready_call
 
         return await self._run(ready_call())
 
     async def model_metadata(self, model: str, version: str | None = None) -> dict[str, Any]:
         """``ModelMetadata`` as ``Client.model_metadata``'s dict."""
-        from .protocol.grpc_codec import model_metadata_call
+        from .protocol.grpc_client import model_metadata_call
 
         return await self._run(model_metadata_call(model, version))
 
@@ -498,7 +498,7 @@ class AsyncGrpcClient:
         timeout_us: int | None = None,
     ) -> dict[str, np.ndarray]:
         """Run ``model`` on named numpy inputs; return its outputs as numpy arrays."""
-        from .protocol.grpc_codec import infer_call
+        from .protocol.grpc_client import infer_call
 
         return await self._run(infer_call(model, inputs, outputs, version, request_id, timeout_us))
 

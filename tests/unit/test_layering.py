@@ -40,25 +40,10 @@ FORBIDDEN = {
 }
 
 # (importing module, imported module): why it is allowed for now.
-LAYER_EXCEPTIONS = {
-    ("ligeiro.protocol.grpc_codec", "ligeiro.repository.registry"): (
-        "ModelState/ModelVersion type hints; grpc_codec.py is being split (issue 16, "
-        "later round): switch to protocol.types then"
-    ),
-    ("ligeiro.protocol.grpc_codec", "ligeiro.scheduling.stats"): (
-        "Duration/ModelStats type hints; as above, protocol.types.StatisticsLike fits"
-    ),
-}
+LAYER_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 # (importing module, imported module, name): why it is allowed for now.
 PRIVATE_EXCEPTIONS = {
-    ("ligeiro.server.grpc_aio", "ligeiro.server.grpc", "_SERVICE"): (
-        "the gRPC service name, shared by both gRPC transports; server/grpc.py is being "
-        "edited in another branch this round"
-    ),
-    ("ligeiro.server.grpc_h2", "ligeiro.server.grpc", "_SERVICE"): (
-        "as above, for the HTTP/2 transport"
-    ),
     ("ligeiro.convert._boosting", "ligeiro.convert._sklearn", "_quiet_converter_warnings"): (
         "convert/ is being edited in another branch this round"
     ),

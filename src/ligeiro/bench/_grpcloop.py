@@ -80,7 +80,7 @@ def infer_request_bytes(body: bytes, model: str, version: str | None) -> bytes:
         InvalidInputError: ``body`` is not a valid V2 JSON infer request.
     """
     from ..protocol.codec import decode_infer_request
-    from ..protocol.grpc_codec import infer_call
+    from ..protocol.grpc_client import infer_call
 
     decoded = decode_infer_request(body)
     call = infer_call(model, decoded.inputs, decoded.outputs, version, decoded.id)

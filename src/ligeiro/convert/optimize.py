@@ -14,7 +14,8 @@ Three modes, each producing a candidate from ``<folder>/<version>/model.onnx``:
 The candidate and the reference run on the same sample; their outputs are compared with
 :func:`ligeiro.convert.fidelity.compare`, their latencies (median of ``runs`` runs) at
 batch 1 and on the whole sample. Only a candidate within tolerance is written, as the
-next version with its report beside it (``optimize.json``).
+next version with its report beside it (``optimize.json``). The sample is made in
+``_optimize_sample.py``, the candidates in ``_optimize_candidates.py``.
 """
 
 from __future__ import annotations
@@ -30,19 +31,25 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, final
 
-import numpy as np
-
 from ..errors import ConversionError, InvalidInputError, ModelLoadError, ModelNotFoundError
-from ..repository.config import load_config
 from ..repository.layout import MODEL_FILE
-from ..runtime.onnx import OnnxRuntime, session_options
-from .data import load_sample
+from ..runtime.onnx import OnnxRuntime
+from ._optimize_candidates import (
+    INT8_OPS,
+    INT8_PER_CHANNEL_AUTO,
+    INT8_WEIGHT_TYPE,
+    optimize_graph,
+    preprocess,
+    quantize,
+    to_fp16,
+)
+from ._optimize_sample import label_outputs, sample_feeds
 from .fidelity import Fidelity, OutputDelta, compare
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Mapping
 
-    from ..runtime.base import TensorSpec
+    import numpy as np
 
 __all__ = [
     "REPORT_FILE",
@@ -58,29 +65,10 @@ logger = logging.getLogger(__name__)
 Mode = Literal["graph", "int8", "fp16"]
 MODES: tuple[Mode, ...] = ("graph", "int8", "fp16")
 REPORT_FILE = "optimize.json"
-
-# A generated sample (no data given): rows on the batch axis, and the size of any other
-# axis the graph leaves open. Floats are standard normal, integers 0-9, from this seed.
-GENERATED_ROWS = 64
-GENERATED_OTHER_DIM = 16
-SEED = 0
-# Rows drawn from a sample file (CSV, Parquet, NPY), with SEED.
-FILE_ROWS = 1024
 WARMUP_RUNS = 5
 # Reference and candidate are timed in alternating blocks, so a noisy stretch of a
 # shared machine lands on both rather than on one.
 _BLOCKS = 5
-# Dynamic quantization touches only these: ORT's integer kernels pay off on matrix
-# products; ConvInteger on CPU is usually slower than float Conv.
-INT8_OPS = ("MatMul", "Gemm")
-# Defaults chosen by benchmarks/bench_optimize.py's sweep (docs/adr/0006-optimize.md).
-INT8_WEIGHT_TYPE = "QInt8"
-# Per-channel scales put every column's largest weight at +-127; on x86 without VNNI,
-# ORT's u8 x s8 kernel (VPMADDUBSW) then saturates its 16-bit pair sums (a max |diff| of
-# 0.29 against 0.03 on the tests' small MLP). Seven-bit weights (reduce_range) avoid it,
-# so per-channel always goes with reduce_range; per-tensor keeps the full eight bits.
-# per_channel=None tries these in order and keeps the first within tolerance.
-INT8_PER_CHANNEL_AUTO = (False, True)
 
 
 class OptimizationError(ConversionError):
@@ -210,163 +198,6 @@ def _source(folder: Path, version: str | None) -> tuple[int, Path]:
     if not path.is_file():
         raise ModelLoadError(f"{path}: file not found")
     return chosen, path
-
-
-# --- the sample ---------------------------------------------------------------------------
-
-
-def _generated(specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(SEED)
-    feeds = {}
-    for spec in specs:
-        shape = tuple(
-            (GENERATED_ROWS if axis == 0 else GENERATED_OTHER_DIM) if dim < 0 else dim
-            for axis, dim in enumerate(spec.shape)
-        )
-        kind = spec.dtype.kind
-        if kind == "f":
-            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-        elif kind in "iu":
-            feeds[spec.name] = rng.integers(0, 10, shape).astype(spec.dtype)
-        elif kind == "b":
-            feeds[spec.name] = rng.integers(0, 2, shape).astype(np.bool_)
-        else:
-            raise InvalidInputError(
-                f"input {spec.name!r} is {spec.dtype}: a sample cannot be generated for it; "
-                "give one (--sample data.csv)"
-            )
-    return feeds
-
-
-def _fit(spec: TensorSpec, value: Any, where: str) -> np.ndarray:
-    array = np.asarray(value)
-    if array.dtype != spec.dtype:
-        try:
-            array = array.astype(spec.dtype)
-        except (TypeError, ValueError) as exc:
-            raise InvalidInputError(
-                f"{where}: input {spec.name!r} needs {spec.dtype}, got {array.dtype}: {exc}"
-            ) from None
-    if not spec.accepts_shape(array.shape):
-        raise InvalidInputError(
-            f"{where}: input {spec.name!r} needs shape {list(spec.shape)}, got {list(array.shape)}"
-        )
-    return array
-
-
-def _feeds(
-    specs: Sequence[TensorSpec], sample: np.ndarray | Mapping[str, np.ndarray] | Path | None
-) -> tuple[dict[str, np.ndarray], str]:
-    if sample is None:
-        feeds = _generated(specs)
-        rows = next(iter(feeds.values())).shape[0] if feeds else 0
-        return feeds, f"generated ({rows} rows, seed {SEED}, standard normal floats)"
-    where = "the sample"
-    given: np.ndarray | Mapping[str, np.ndarray]
-    if isinstance(sample, Path):
-        where = str(sample)
-        loaded = load_sample(sample, rows=FILE_ROWS, seed=SEED)
-        if isinstance(loaded, np.ndarray):
-            given = loaded
-        elif len(specs) == 1:
-            given = loaded.to_numpy()
-        else:  # one column per input, by name (skl2onnx's one-input-per-column models)
-            given = {
-                s.name: loaded[s.name].to_numpy().reshape(-1, 1) for s in specs if s.name in loaded
-            }
-    else:
-        given = sample
-    if isinstance(given, np.ndarray):
-        if len(specs) != 1:
-            raise InvalidInputError(
-                f"{where}: one array for a model with {len(specs)} inputs "
-                f"({', '.join(s.name for s in specs)}); give a mapping by input name"
-            )
-        feeds = {specs[0].name: _fit(specs[0], given, where)}
-    else:
-        unknown = sorted(set(given) - {s.name for s in specs})
-        missing = [s.name for s in specs if s.name not in given]
-        if unknown or missing:
-            raise InvalidInputError(
-                f"{where}: inputs needed {', '.join(s.name for s in specs)}; "
-                f"missing {', '.join(missing) or 'none'}, unknown {', '.join(unknown) or 'none'}"
-            )
-        feeds = {s.name: _fit(s, given[s.name], where) for s in specs}
-    rows = next(iter(feeds.values())).shape[0]
-    return feeds, f"{where} ({rows} rows)"
-
-
-def _label_outputs(
-    folder: Path, outputs: Sequence[TensorSpec], given: frozenset[str] | None
-) -> frozenset[str]:
-    if given is not None:
-        return given
-    names = {s.name for s in outputs if s.dtype.kind in "iu" and "label" in s.name.lower()}
-    configured = load_config(folder).label_output
-    if configured is not None:
-        names.add(configured)
-    return frozenset(names)
-
-
-# --- the candidates -----------------------------------------------------------------------
-
-
-def _optimize_graph(source: Path, out: Path, threads: int) -> dict[str, Any]:
-    import onnxruntime as ort
-
-    options = session_options(threads)
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(out)
-    ort.InferenceSession(str(source), sess_options=options, providers=["CPUExecutionProvider"])
-    return {"level": "ORT_ENABLE_EXTENDED"}
-
-
-def _preprocess(source: Path, out: Path) -> str | None:
-    """ORT's quantization pre-processing; the reason when it cannot run, else None."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    try:
-        # Symbolic shape inference needs sympy, which ligeiro does not install; ONNX shape
-        # inference and ORT's basic optimizations are the parts that matter for MatMul/Gemm.
-        quant_pre_process(str(source), str(out), skip_symbolic_shape=True)
-    except Exception as exc:  # it raises whatever onnx or ORT raised
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
-def _quantize(
-    source: Path, out: Path, *, per_channel: bool, weight_type: str, reduce_range: bool
-) -> None:
-    from onnx import TensorProto
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quant_logger = logging.getLogger()  # quantize_dynamic logs on the root logger
-    previous = quant_logger.level
-    # It asks on every call to "consider pre-processing", which _preprocess has done.
-    quant_logger.setLevel(max(previous, logging.ERROR))
-    try:
-        quantize_dynamic(
-            str(source),
-            str(out),
-            op_types_to_quantize=list(INT8_OPS),
-            per_channel=per_channel,
-            reduce_range=reduce_range,
-            weight_type=QuantType[weight_type],
-            # Tensors that shape inference cannot type (after an ai.onnx.ml node such as
-            # skl2onnx's Scaler) are float: the quantizer gives up on them otherwise.
-            extra_options={"DefaultTensorType": TensorProto.FLOAT},
-        )
-    finally:
-        quant_logger.setLevel(previous)
-
-
-def _to_fp16(source: Path, out: Path) -> dict[str, Any]:
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
-    onnx.save(model, str(out))
-    return {"keep_io_types": True}
 
 
 # --- measuring ----------------------------------------------------------------------------
@@ -519,8 +350,8 @@ def optimize_model(
     source_version, source = _source(folder, version)
     say(f"loading {source}")
     reference = OnnxRuntime(source, threads=threads)
-    feeds, sample_text = _feeds(reference.inputs, sample)
-    label_names = _label_outputs(folder, reference.outputs, labels)
+    feeds, sample_text = sample_feeds(reference.inputs, sample)
+    label_names = label_outputs(folder, reference.outputs, labels)
     say(f"running the reference on {sample_text}")
     expected = _outputs(reference, feeds)
     batchable = all(spec.shape and spec.shape[0] == -1 for spec in reference.inputs)
@@ -533,7 +364,7 @@ def optimize_model(
         if mode == "int8":
             prepared = work / "preprocessed.onnx"
             say("pre-processing for quantization (shape inference, basic optimizations)")
-            failed = _preprocess(source, prepared)
+            failed = preprocess(source, prepared)
             if failed is not None:
                 notes.append(f"quantization pre-processing skipped: {failed}")
                 prepared = source
@@ -552,14 +383,14 @@ def optimize_model(
             try:
                 if mode == "graph":
                     say("optimizing the graph (ORT_ENABLE_EXTENDED, saved offline)")
-                    settings = _optimize_graph(source, candidate_path, threads)
+                    settings = optimize_graph(source, candidate_path, threads)
                 elif mode == "fp16":
                     say("converting to float16 (inputs and outputs stay float32)")
-                    settings = _to_fp16(source, candidate_path)
+                    settings = to_fp16(source, candidate_path)
                 else:
                     per_tensor = "per-channel" if settings["per_channel"] else "per-tensor"
                     say(f"quantizing MatMul/Gemm weights to int8 ({per_tensor})")
-                    _quantize(
+                    quantize(
                         prepared,
                         candidate_path,
                         per_channel=settings["per_channel"],

@@ -8,53 +8,47 @@ take, goes through protobuf. ``raw_input_contents`` become arrays viewing their 
 ``contents`` (``fp32_contents`` …) go through one ``np.array`` call each. Answers
 carry ``raw_output_contents``, as Triton sends them.
 
-The client's side (``ligeiro.client``'s gRPC clients) is here too: each call is a
-``ClientCall`` (method, request, how to decode the answer) that the sync and the async
-client both run, so neither knows a message field.
+``grpc_scan.py`` holds the reader of the usual request; ``grpc_client.py`` the client's
+side.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, final
+from typing import TYPE_CHECKING, TypeVar, final
 
 import numpy as np
 from google.protobuf.message import DecodeError, Message
 
 from ..errors import InvalidInputError
 from ._generated import grpc_service_pb2 as pb
-from .codec import (
-    PLATFORMS,
-    DecodedRequest,
-    TensorSpecLike,
-    array_from_raw,
-    raw_from_array,
-    timeout_of,
-)
+from .codec import PLATFORMS, DecodedRequest, array_from_raw, raw_from_array, timeout_of
 from .datatypes import check_shape, datatype_of, dtype_of
+from .grpc_scan import scan_infer_request
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from collections.abc import Iterable
 
-    from ..repository.registry import ModelState, ModelVersion
-    from ..scheduling.stats import Duration, ModelStats
+    from .types import (
+        DurationLike,
+        ServedModel,
+        StatisticsLike,
+        TensorSpecLike,
+        VersionStateLike,
+    )
 
 __all__ = [
-    "ClientCall",
     "InferRequestMessage",
     "ModelInferCodec",
+    "array_from_contents",
     "decode_infer_request",
     "decode_message",
     "encode_infer_response",
     "encode_model_metadata",
     "encode_model_statistics",
     "encode_stream_answer",
-    "infer_call",
-    "live_call",
-    "model_metadata_call",
     "parse_infer_request",
     "pb",
-    "ready_call",
 ]
 
 # The typed ``InferTensorContents`` field of each V2 datatype. FP16 has none: it
@@ -75,7 +69,6 @@ _CONTENTS_FIELD: dict[str, str] = {
 }
 _M = TypeVar("_M", bound=Message)
 _K = TypeVar("_K")
-_R = TypeVar("_R")
 
 
 def decode_message(message_type: type[_M], data: bytes) -> _M:
@@ -103,7 +96,7 @@ def _texts(elements: Iterable[bytes], where: str) -> list[str]:
     return texts
 
 
-def _from_contents(
+def array_from_contents(
     contents: pb.InferTensorContents, datatype: str, dtype: np.dtype, shape: list[int], where: str
 ) -> np.ndarray:
     field = _CONTENTS_FIELD.get(datatype)
@@ -194,11 +187,11 @@ class ModelInferCodec:
 
     __slots__ = ()
 
-    def decode(self, model: ModelVersion, payload: InferRequestMessage) -> DecodedRequest:
+    def decode(self, model: ServedModel, payload: InferRequestMessage) -> DecodedRequest:
         return payload.decode()
 
     def encode(
-        self, model: ModelVersion, request: DecodedRequest, outputs: dict[str, np.ndarray]
+        self, model: ServedModel, request: DecodedRequest, outputs: dict[str, np.ndarray]
     ) -> bytes:
         return encode_infer_response(model.name, model.version, outputs, request.id)
 
@@ -209,146 +202,13 @@ def parse_infer_request(data: bytes) -> InferRequestMessage:
     Raises:
         InvalidInputError: ``data`` is not a ``ModelInferRequest``.
     """
-    message = _scan_infer_request(data)
-    if message is None:
+    scanned = scan_infer_request(data)
+    if scanned is None:
         request = decode_message(pb.ModelInferRequest, data)
-        message = InferRequestMessage(
+        return InferRequestMessage(
             request.model_name, request.model_version, request.id, message=request
         )
-    return message
-
-
-# A raw input up to this size is copied out of the message (a new bytes object, aligned
-# for any dtype); a larger one is viewed in place, and copied by numpy only when its
-# offset in the message leaves it unaligned.
-_COPIED_RAW = 64 * 1024
-# The tags (field number << 3 | wire type 2) of the fields _scan_infer_request reads.
-_MODEL_NAME, _MODEL_VERSION, _ID, _INPUTS, _OUTPUTS, _RAW_INPUT = 0x0A, 0x12, 0x1A, 0x2A, 0x32, 0x3A
-
-
-def _scan_infer_request(data: bytes) -> InferRequestMessage | None:
-    """The usual request, read without protobuf's objects; None for any other.
-
-    Only fields 1, 2, 3 (strings), 5 (inputs with a name, a datatype and a packed
-    shape), 6 (outputs with a name) and 7 (one raw entry per input, no input twice)
-    are read here; a parameter, typed contents, another field or wire type, or bytes
-    that do not parse return None, and protobuf reads the message.
-    """
-    size = len(data)
-    name = version = request_id = ""
-    tensors: list[tuple[str, str, list[int]]] = []
-    outputs: list[str] | None = None
-    raw: list[bytes | memoryview] = []
-    view = None
-    position = 0
-    try:
-        while position < size:
-            tag, position, end = _length_delimited(data, position)
-            if end > size:
-                return None
-            if tag == _RAW_INPUT:
-                if end - position <= _COPIED_RAW:
-                    raw.append(data[position:end])
-                else:
-                    if view is None:
-                        view = memoryview(data)
-                    raw.append(view[position:end])
-            elif tag == _INPUTS:
-                tensor = _scan_input(data, position, end)
-                if tensor is None:
-                    return None
-                tensors.append(tensor)
-            elif tag == _MODEL_NAME:
-                name = data[position:end].decode()
-            elif tag == _MODEL_VERSION:
-                version = data[position:end].decode()
-            elif tag == _ID:
-                request_id = data[position:end].decode()
-            elif tag == _OUTPUTS:
-                # InferRequestedOutputTensor: only its name (field 1) and nothing else.
-                if position == end:
-                    return None
-                field, start, stop = _length_delimited(data, position)
-                if field != 0x0A or stop != end:
-                    return None
-                if outputs is None:
-                    outputs = []
-                outputs.append(data[start:end].decode())
-            else:
-                return None
-            position = end
-    except (IndexError, UnicodeDecodeError):
-        return None
-    if len(raw) != len(tensors) or (
-        len(tensors) > 1 and len({t[0] for t in tensors}) != len(tensors)
-    ):
-        return None
-    return InferRequestMessage(name, version, request_id, tensors, raw, outputs)
-
-
-def _scan_input(data: bytes, position: int, end: int) -> tuple[str, str, list[int]] | None:
-    """An InferInputTensor with only a name, a datatype and a packed shape; else None."""
-    name = datatype = ""
-    shape: list[int] = []
-    while position < end:
-        tag, position, stop = _length_delimited(data, position)
-        if stop > end:
-            return None
-        if tag == 0x1A:  # shape, packed
-            while position < stop:
-                dimension = data[position]
-                if dimension < 0x80:
-                    position += 1
-                else:
-                    dimension, position = _read_varint(data, position)
-                    if dimension >= 1 << 63:
-                        dimension -= 1 << 64
-                shape.append(dimension)
-            if position != stop:
-                return None
-        elif tag == 0x0A:
-            name = data[position:stop].decode()
-        elif tag == 0x12:
-            datatype = data[position:stop].decode()
-        else:
-            return None
-        position = stop
-    return (name, datatype, shape) if position == end else None
-
-
-def _length_delimited(data: bytes, position: int) -> tuple[int, int, int]:
-    """The one-byte tag at ``position``, and where the field's bytes start and end.
-
-    Any wire type is read as if it were length-delimited; callers act only on the tags
-    they know (all length-delimited) and give up on any other.
-    """
-    tag = data[position]
-    length = data[position + 1]
-    if length < 0x80:
-        return tag, position + 2, position + 2 + length
-    length, start = _read_varint(data, position + 1)
-    return tag, start, start + length
-
-
-def _read_varint(data: bytes, position: int) -> tuple[int, int]:
-    """A varint at ``position``, and the position after it.
-
-    IndexError if it is cut short, runs over 10 bytes, or holds more than 64 bits:
-    protobuf refuses the first two and cuts the last to 64 bits, so the scanner gives
-    all three to protobuf rather than guess.
-    """
-    value = shift = 0
-    while True:
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            if value >> 64:
-                raise IndexError("varint over 64 bits")
-            return value, position
-        shift += 7
-        if shift > 63:
-            raise IndexError("varint over 10 bytes")
+    return InferRequestMessage(*scanned)
 
 
 def decode_infer_request(request: pb.ModelInferRequest) -> DecodedRequest:
@@ -386,7 +246,9 @@ def decode_infer_request(request: pb.ModelInferRequest) -> DecodedRequest:
                 raw_contents[i], tensor.datatype, shape, where, "raw_input_contents", text=False
             )
         elif has_contents:
-            inputs[name] = _from_contents(tensor.contents, tensor.datatype, dtype, shape, where)
+            inputs[name] = array_from_contents(
+                tensor.contents, tensor.datatype, dtype, shape, where
+            )
         else:
             raise InvalidInputError(f"{where}no data (expected contents or raw_input_contents)")
     for output in request.outputs:
@@ -403,12 +265,12 @@ def decode_infer_request(request: pb.ModelInferRequest) -> DecodedRequest:
     return DecodedRequest(inputs, outputs, request.id or None, timeout_s=timeout)
 
 
-def _duration(duration: Duration) -> pb.StatisticDuration:
+def _duration(duration: DurationLike) -> pb.StatisticDuration:
     return pb.StatisticDuration(count=duration.count, ns=duration.ns)
 
 
 def encode_model_statistics(
-    stats: Iterable[tuple[ModelState, ModelStats]],
+    stats: Iterable[tuple[VersionStateLike, StatisticsLike]],
 ) -> pb.ModelStatisticsResponse:
     """``ModelStatistics``' answer; the same numbers as REST's ``/stats``."""
     return pb.ModelStatisticsResponse(
@@ -543,94 +405,3 @@ def encode_model_metadata(
     if provider:
         answer.parameters["execution_provider"].string_param = provider
     return answer
-
-
-# -- the client's side ----------------------------------------------------------------
-
-
-class ClientCall(NamedTuple, Generic[_R]):
-    """One unary call described, not made: the transport sends it and decodes the answer."""
-
-    method: str
-    """The ``inference.GRPCInferenceService`` method, e.g. ``"ModelInfer"``."""
-    request: Message
-    decode: Callable[[Any], _R]
-    """Turns the answer message into what the client returns."""
-
-
-def live_call() -> ClientCall[bool]:
-    """``ServerLive``: whether the server is live."""
-    return ClientCall("ServerLive", pb.ServerLiveRequest(), lambda answer: bool(answer.live))
-
-
-def ready_call() -> ClientCall[bool]:
-    """``ServerReady``: whether the server is ready."""
-    return ClientCall("ServerReady", pb.ServerReadyRequest(), lambda answer: bool(answer.ready))
-
-
-def _tensor_dicts(
-    tensors: Iterable[pb.ModelMetadataResponse.TensorMetadata],
-) -> list[dict[str, Any]]:
-    return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in tensors]
-
-
-def _metadata_dict(answer: pb.ModelMetadataResponse) -> dict[str, Any]:
-    # The shape of REST's ``GET /v2/models/{m}`` body, so both clients return the same.
-    found = {
-        "name": answer.name,
-        "versions": list(answer.versions),
-        "platform": answer.platform,
-        "inputs": _tensor_dicts(answer.inputs),
-        "outputs": _tensor_dicts(answer.outputs),
-    }
-    if answer.parameters:
-        found["parameters"] = {
-            key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
-            for key, value in answer.parameters.items()
-        }
-    return found
-
-
-def model_metadata_call(model: str, version: str | None) -> ClientCall[dict[str, Any]]:
-    """``ModelMetadata`` as REST's dict: name, versions, platform, inputs and outputs."""
-    request = pb.ModelMetadataRequest(name=model, version=version or "")
-    return ClientCall("ModelMetadata", request, _metadata_dict)
-
-
-def _outputs(answer: pb.ModelInferResponse) -> dict[str, np.ndarray]:
-    raw = answer.raw_output_contents
-    outputs: dict[str, np.ndarray] = {}
-    for i, tensor in enumerate(answer.outputs):
-        where, shape = f"output {tensor.name!r}: ", list(tensor.shape)
-        if raw:
-            array = array_from_raw(raw[i], tensor.datatype, shape, where, "raw_output_contents")
-        else:  # a server that answers in typed contents (KServe's do)
-            dtype = dtype_of(tensor.datatype, where)
-            array = _from_contents(tensor.contents, tensor.datatype, dtype, shape, where)
-        outputs[tensor.name] = array
-    return outputs
-
-
-def infer_call(
-    model: str,
-    inputs: Mapping[str, np.ndarray],
-    outputs: Sequence[str] | None,
-    version: str | None,
-    request_id: str | None,
-    timeout_us: int | None = None,
-) -> ClientCall[dict[str, np.ndarray]]:
-    """``ModelInfer`` with each input's bytes in ``raw_input_contents``; outputs as arrays.
-
-    Decoding raises ``InvalidInputError`` for an answer whose data does not fit its shape.
-    """
-    request = pb.ModelInferRequest(
-        model_name=model, model_version=version or "", id=request_id or ""
-    )
-    if timeout_us is not None:
-        request.parameters["timeout"].int64_param = timeout_us
-    for name, array in inputs.items():
-        request.inputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
-        request.raw_input_contents.append(raw_from_array(array))
-    for name in outputs or ():
-        request.outputs.add(name=name)
-    return ClientCall("ModelInfer", request, _outputs)

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "METHOD_ACCESS",
+    "SERVICE_NAME",
     "CallContext",
     "GrpcService",
     "StatusCode",
@@ -184,7 +185,7 @@ class GrpcService:
         self.redact = PathRedactor(plane.engine.registry.root)
         self._closing = asyncio.Event()
         self._routes = {
-            f"/{_SERVICE}/{name}".encode(): route for name, route in METHOD_ACCESS.items()
+            f"/{SERVICE_NAME}/{name}".encode(): route for name, route in METHOD_ACCESS.items()
         }
 
     def admit(
@@ -389,7 +390,8 @@ class GrpcService:
         return pb.RepositoryModelUnloadResponse()
 
 
-_SERVICE = "inference.GRPCInferenceService"
+SERVICE_NAME = "inference.GRPCInferenceService"
+"""The V2 gRPC service; both transports route ``/{SERVICE_NAME}/{method}``."""
 # Each unary method but ModelInfer (which reads its bytes itself) and the message it takes.
 _UNARY: dict[str, type[Message]] = {
     "ServerLive": pb.ServerLiveRequest,

@@ -13,7 +13,7 @@ import grpc
 import grpc.aio
 
 from ..errors import LigeiroError
-from .grpc import _SERVICE, GrpcService, StatusCode, status_for, unary_methods
+from .grpc import SERVICE_NAME, GrpcService, StatusCode, status_for, unary_methods
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -55,7 +55,7 @@ def _rpc_handlers(service: GrpcService) -> grpc.GenericRpcHandler:
                 await context.abort(grpc.StatusCode[status_for(denied).name], str(denied))
 
     def unary(name: str, handler: Any) -> Any:
-        path = f"/{_SERVICE}/{name}".encode()
+        path = f"/{SERVICE_NAME}/{name}".encode()
 
         async def call(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
             await admit(path, context)
@@ -64,7 +64,7 @@ def _rpc_handlers(service: GrpcService) -> grpc.GenericRpcHandler:
 
         return call
 
-    stream_path = f"/{_SERVICE}/ModelStreamInfer".encode()
+    stream_path = f"/{SERVICE_NAME}/ModelStreamInfer".encode()
 
     async def stream(
         requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
@@ -78,7 +78,7 @@ def _rpc_handlers(service: GrpcService) -> grpc.GenericRpcHandler:
         for name, handler in unary_methods(service).items()
     }
     handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(stream)
-    return grpc.method_handlers_generic_handler(_SERVICE, handlers)
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 
 @final

@@ -47,7 +47,7 @@ from ._h2wire import (
     timeout_s,
     unary_answer,
 )
-from .grpc import _SERVICE, StatusCode, status_for, unary_methods
+from .grpc import SERVICE_NAME, StatusCode, status_for, unary_methods
 
 if TYPE_CHECKING:
     import socket
@@ -466,10 +466,10 @@ class H2GrpcServer:
         self.service = service
         self.settings = settings
         self.unary = {
-            f"/{_SERVICE}/{name}".encode(): handler
+            f"/{SERVICE_NAME}/{name}".encode(): handler
             for name, handler in unary_methods(service).items()
         }
-        self.stream_path = f"/{_SERVICE}/{_STREAMING}".encode()
+        self.stream_path = f"/{SERVICE_NAME}/{_STREAMING}".encode()
         self.connections: set[H2GrpcConnection] = set()
         self.calls = 0
         self.buffered = 0  # bytes of request messages still arriving, every call's

@@ -1,0 +1,152 @@
+"""The usual ``ModelInferRequest`` read straight from its bytes, without protobuf's objects.
+
+``scan_infer_request`` reads names, datatypes, packed shapes, ``raw_input_contents``
+and outputs by name; anything else (typed ``contents``, parameters, another field or
+wire type, bytes that do not parse) returns None, and ``grpc_codec.parse_infer_request``
+hands the message to protobuf.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+__all__ = ["ScannedRequest", "scan_infer_request"]
+
+ScannedRequest: TypeAlias = tuple[
+    str, str, str, list[tuple[str, str, list[int]]], list[bytes | memoryview], list[str] | None
+]
+"""Model name, model version, request id, (name, datatype, shape) per input, each input's
+raw bytes, and the outputs asked for (None: all)."""
+
+
+# A raw input up to this size is copied out of the message (a new bytes object, aligned
+# for any dtype); a larger one is viewed in place, and copied by numpy only when its
+# offset in the message leaves it unaligned.
+_COPIED_RAW = 64 * 1024
+# The tags (field number << 3 | wire type 2) of the fields scan_infer_request reads.
+_MODEL_NAME, _MODEL_VERSION, _ID, _INPUTS, _OUTPUTS, _RAW_INPUT = 0x0A, 0x12, 0x1A, 0x2A, 0x32, 0x3A
+
+
+def scan_infer_request(data: bytes) -> ScannedRequest | None:
+    """The usual request, read without protobuf's objects; None for any other.
+
+    Only fields 1, 2, 3 (strings), 5 (inputs with a name, a datatype and a packed
+    shape), 6 (outputs with a name) and 7 (one raw entry per input, no input twice)
+    are read here; a parameter, typed contents, another field or wire type, or bytes
+    that do not parse return None, and protobuf reads the message.
+    """
+    size = len(data)
+    name = version = request_id = ""
+    tensors: list[tuple[str, str, list[int]]] = []
+    outputs: list[str] | None = None
+    raw: list[bytes | memoryview] = []
+    view = None
+    position = 0
+    try:
+        while position < size:
+            tag, position, end = _length_delimited(data, position)
+            if end > size:
+                return None
+            if tag == _RAW_INPUT:
+                if end - position <= _COPIED_RAW:
+                    raw.append(data[position:end])
+                else:
+                    if view is None:
+                        view = memoryview(data)
+                    raw.append(view[position:end])
+            elif tag == _INPUTS:
+                tensor = _scan_input(data, position, end)
+                if tensor is None:
+                    return None
+                tensors.append(tensor)
+            elif tag == _MODEL_NAME:
+                name = data[position:end].decode()
+            elif tag == _MODEL_VERSION:
+                version = data[position:end].decode()
+            elif tag == _ID:
+                request_id = data[position:end].decode()
+            elif tag == _OUTPUTS:
+                # InferRequestedOutputTensor: only its name (field 1) and nothing else.
+                if position == end:
+                    return None
+                field, start, stop = _length_delimited(data, position)
+                if field != 0x0A or stop != end:
+                    return None
+                if outputs is None:
+                    outputs = []
+                outputs.append(data[start:end].decode())
+            else:
+                return None
+            position = end
+    except (IndexError, UnicodeDecodeError):
+        return None
+    if len(raw) != len(tensors) or (
+        len(tensors) > 1 and len({t[0] for t in tensors}) != len(tensors)
+    ):
+        return None
+    return name, version, request_id, tensors, raw, outputs
+
+
+def _scan_input(data: bytes, position: int, end: int) -> tuple[str, str, list[int]] | None:
+    """An InferInputTensor with only a name, a datatype and a packed shape; else None."""
+    name = datatype = ""
+    shape: list[int] = []
+    while position < end:
+        tag, position, stop = _length_delimited(data, position)
+        if stop > end:
+            return None
+        if tag == 0x1A:  # shape, packed
+            while position < stop:
+                dimension = data[position]
+                if dimension < 0x80:
+                    position += 1
+                else:
+                    dimension, position = _read_varint(data, position)
+                    if dimension >= 1 << 63:
+                        dimension -= 1 << 64
+                shape.append(dimension)
+            if position != stop:
+                return None
+        elif tag == 0x0A:
+            name = data[position:stop].decode()
+        elif tag == 0x12:
+            datatype = data[position:stop].decode()
+        else:
+            return None
+        position = stop
+    return (name, datatype, shape) if position == end else None
+
+
+def _length_delimited(data: bytes, position: int) -> tuple[int, int, int]:
+    """The one-byte tag at ``position``, and where the field's bytes start and end.
+
+    Any wire type is read as if it were length-delimited; callers act only on the tags
+    they know (all length-delimited) and give up on any other.
+    """
+    tag = data[position]
+    length = data[position + 1]
+    if length < 0x80:
+        return tag, position + 2, position + 2 + length
+    length, start = _read_varint(data, position + 1)
+    return tag, start, start + length
+
+
+def _read_varint(data: bytes, position: int) -> tuple[int, int]:
+    """A varint at ``position``, and the position after it.
+
+    IndexError if it is cut short, runs over 10 bytes, or holds more than 64 bits:
+    protobuf refuses the first two and cuts the last to 64 bits, so the scanner gives
+    all three to protobuf rather than guess.
+    """
+    value = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            if value >> 64:
+                raise IndexError("varint over 64 bits")
+            return value, position
+        shift += 7
+        if shift > 63:
+            raise IndexError("varint over 10 bytes")
