@@ -201,7 +201,9 @@ def render(
     first = servers[0]["stages"]["meta"] if servers else {}
     stages = ", ".join(f"{rpm:,.0f}/min over {s / scale:g} s" for s, rpm in SEED_STAGES)
     out = [
-        "# Seed 003, reproduced: FastAPI + pickle, FastAPI + ONNX and ligeiro at half a CPU",
+        "# Seed 003, reproduced: FastAPI + pickle, FastAPI + ONNX and ligeiro"
+        + (" (and MLServer)" if any(s["server"] == "mlserver" for s in servers) else "")
+        + " at half a CPU",
         "",
         f"Measured {datetime.fromtimestamp(first.get('started_unix', 0), UTC):%Y-%m-%d %H:%M} UTC "
         f"on {machine['cpu_model']} ({machine['nproc']} cores, shared; 1-min load "

@@ -394,8 +394,10 @@ def _mlserver_folder(port: int) -> None:
     """
     folder = WORK_DIR / "seed003-mlserver"
     (folder / "iris").mkdir(parents=True, exist_ok=True)
+    # metrics_dir: MLServer writes its Prometheus files to ./.metrics otherwise.
     settings = {"host": HOST, "http_port": port, "grpc_port": free_port(HOST),
-                "metrics_port": free_port(HOST), "parallel_workers": 0}  # fmt: skip
+                "metrics_port": free_port(HOST), "parallel_workers": 0,
+                "metrics_dir": str(folder / "metrics")}  # fmt: skip
     (folder / "settings.json").write_text(json.dumps(settings))
     model = {"name": "iris", "implementation": "mlserver_sklearn.SKLearnModel",
              "parameters": {"uri": str(PICKLE), "version": "1"}}  # fmt: skip
