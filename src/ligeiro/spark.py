@@ -47,9 +47,9 @@ from . import errors
 from .errors import ConfigError, InferenceError, InvalidInputError
 from .repository.config import CONFIG_FILE
 from .score.formats import Chunk, format_of, input_files
-from .score.formats import _missing as check_columns
+from .score.formats import check_columns
 from .repository.layout import locate
-from .score.job import ScoreOptions, ScoreSummary, _default_columns, load_model
+from .score.job import ScoreOptions, ScoreSummary, default_columns, load_model
 from .score.rows import Scorer
 
 if TYPE_CHECKING:
@@ -189,7 +189,7 @@ def _settings(
 ) -> dict[str, object]:
     """The Scorer's arguments, besides the model (sent to the workers)."""
     return {
-        "columns": list(columns or _default_columns(version)),
+        "columns": list(columns or default_columns(version)),
         "keep": list(keep),
         "on_error": "fail",
         "nulls_as_nan": nulls_as_nan,

@@ -43,18 +43,7 @@ FORBIDDEN = {
 LAYER_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 # (importing module, imported module, name): why it is allowed for now.
-PRIVATE_EXCEPTIONS = {
-    ("ligeiro.convert._boosting", "ligeiro.convert._sklearn", "_quiet_converter_warnings"): (
-        "convert/ is being edited in another branch this round"
-    ),
-    ("ligeiro.spark", "ligeiro.score.formats", "_missing"): (
-        "spark.py reuses the scorer's missing-extra message; make it public with "
-        "score/ (not in this round's files)"
-    ),
-    ("ligeiro.spark", "ligeiro.score.job", "_default_columns"): (
-        "spark.py reuses the scorer's default output columns; make it public with score/"
-    ),
-}
+PRIVATE_EXCEPTIONS: dict[tuple[str, str, str], str] = {}
 
 
 def _module_name(path: Path) -> str:

@@ -25,7 +25,7 @@ from ..errors import ConversionError
 from ._converted import LABEL_OUTPUT, PROBABILITY_OUTPUT, rename_outputs
 from ._converted import tabular_inputs as _tabular_inputs
 from ._precision import exact_thresholds
-from ._sklearn import _quiet_converter_warnings, classification, regression
+from ._sklearn import quiet_converter_warnings, classification, regression
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -122,7 +122,7 @@ def convert_lightgbm_booster(
     inputs = _tabular_inputs(sample, shape, per_column=False, dtype=input_dtype)
     logger.info("converting a LightGBM Booster (%s) with onnxmltools", objective)
     with warnings.catch_warnings():
-        _quiet_converter_warnings()
+        quiet_converter_warnings()
         onnx_model = onnxmltools.convert_lightgbm(
             booster,
             initial_types=inputs.initial_types,

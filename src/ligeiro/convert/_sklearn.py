@@ -55,6 +55,7 @@ __all__ = [
     "VARIABLE_OUTPUT",
     "classification",
     "convert_sklearn_model",
+    "quiet_converter_warnings",
     "regression",
     "unwrap_search",
 ]
@@ -205,7 +206,7 @@ def _skl2onnx(model: Any, initial_types: list[tuple[str, Any]], classifier: Any)
     logger.info("converting %s with skl2onnx", type(model).__name__)
     try:
         with warnings.catch_warnings():
-            _quiet_converter_warnings()
+            quiet_converter_warnings()
             try:
                 return convert_sklearn(
                     model, initial_types=initial_types, options=options, target_opset=TARGET_OPSET
@@ -314,7 +315,7 @@ def _threshold_note(name: str, fix: ThresholdFix, dtype: np.dtype[Any]) -> str:
     return f"{name}: {what}"
 
 
-def _quiet_converter_warnings() -> None:
+def quiet_converter_warnings() -> None:
     """Silence what skl2onnx 1.20 itself triggers, which its users can do nothing about."""
     # Tree converters hand numpy bools/uint32s to onnx.helper, which protobuf 6 flags
     # (the values are right; protobuf only deprecates the implicit conversion).

@@ -35,6 +35,7 @@ __all__ = [
     "Chunk",
     "Format",
     "TableWriter",
+    "check_columns",
     "format_of",
     "input_files",
     "read_chunks",
@@ -155,7 +156,8 @@ def read_chunks(
     return _jsonl(path, features, columns, batch_rows)
 
 
-def _missing(path: Path, columns: Sequence[str], have: Sequence[str]) -> None:
+def check_columns(path: Path, columns: Sequence[str], have: Sequence[str]) -> None:
+    """Refuse a file (or DataFrame) that lacks any of ``columns`` (InvalidInputError)."""
     missing = [c for c in columns if c not in have]
     if missing:
         raise InvalidInputError(
@@ -172,7 +174,7 @@ def _parquet(path: Path, columns: list[str], batch_rows: int) -> Iterator[Chunk]
         handle = pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as exc:
         raise InvalidInputError(f"{path}: not a readable Parquet file: {exc}") from None
-    _missing(path, columns, handle.schema_arrow.names)
+    check_columns(path, columns, handle.schema_arrow.names)
     row = 1
     with handle:
         for batch in handle.iter_batches(batch_size=batch_rows, columns=columns):
@@ -202,7 +204,7 @@ def _csv(path: Path, features: Sequence[str], columns: list[str]) -> Iterator[pa
         )
     except pa.ArrowKeyError:  # a column in include_columns is not in the header
         with path.open(newline="") as stream:
-            _missing(path, columns, next(csv.reader(stream), []))
+            check_columns(path, columns, next(csv.reader(stream), []))
         raise
     except pa.ArrowInvalid as exc:
         raise InvalidInputError(f"{path}: {exc}") from None

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from ..repository.registry import ModelVersion
 
-__all__ = ["ScoreOptions", "ScoreSummary", "load_model", "score_files"]
+__all__ = ["ScoreOptions", "ScoreSummary", "default_columns", "load_model", "score_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,8 @@ def load_model(path: Path, *, threads: int = 1) -> tuple[Engine, ModelVersion]:
             raise type(exc)(str(exc).replace(f"{root}/{folder.name}", str(folder.path))) from None
 
 
-def _default_columns(model: ModelVersion) -> list[str]:
+def default_columns(model: ModelVersion) -> list[str]:
+    """The columns a model reads by default: its config's features, else one per input."""
     if model.config.features is not None:
         return list(model.config.features)
     specs = list(model.inputs.values())
@@ -329,7 +330,7 @@ def score_files(
         scorer = Scorer(
             engine,
             version,
-            options.columns or _default_columns(version),
+            options.columns or default_columns(version),
             options.keep,
             on_error=options.on_error,
             nulls_as_nan=options.nulls_as_nan,
