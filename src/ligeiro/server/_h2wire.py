@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import re
 import struct
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .grpc import StatusCode
-
 # Frame types (RFC 9113 §6) and flags.
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS = 0x0, 0x1, 0x2, 0x3, 0x4
 PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0x5, 0x6, 0x7, 0x8, 0x9
@@ -82,7 +77,9 @@ OK_TRAILERS = literal(b"grpc-status", b"0")
 ACCEPT_ENCODING = literal(b"grpc-accept-encoding", b"identity")
 
 
-def status_block(code: StatusCode, message: str) -> bytes:
+def status_block(code: int, message: str) -> bytes:
+    """A gRPC status as trailers: ``grpc-status`` (a ``grpc.StatusCode``'s number) and,
+    when there is one, ``grpc-message``."""
     block = literal(b"grpc-status", str(int(code)).encode())
     if message:
         block += literal(b"grpc-message", percent_encoded(message))
