@@ -13,7 +13,8 @@ Cases: ``iris`` (the seed's pipeline) and ``sentiment`` (the text pipeline: toke
 MiniLM encoder, head; needs ``make models``).
 
 Run: ``python -m benchmarks.bench_soak [--model iris|sentiment] [--duration 60]
-[--sample 5] [--json PATH]``; the hour: ``--duration 3600 --sample 10``.
+[--sample 5] [--json PATH] [--plot PATH.svg]``; the hour: ``--duration 3600 --sample 10``.
+``--render PATH.json --plot PATH.svg`` draws a saved run again (RSS and p99 over time).
 """
 
 from __future__ import annotations
@@ -156,6 +157,30 @@ async def _soak(args: argparse.Namespace, pid: int, port: int) -> tuple[float, l
     return capacity, samples
 
 
+def plot(samples: list[dict[str, float]], path: Path, title: str) -> None:
+    """RSS and the p99 of each interval over time, one panel each, as SVG (matplotlib)."""
+    import matplotlib as mpl
+
+    mpl.use("Agg")
+    mpl.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "soak", "font.size": 9})
+    import matplotlib.pyplot as plt
+
+    minutes = [s["at_s"] / 60 for s in samples]
+    figure, (rss, p99) = plt.subplots(2, 1, figsize=(8, 4.8), sharex=True)
+    rss.plot(minutes, [s["rss_mib"] for s in samples], marker=".")
+    rss.set_ylabel("server RSS (MiB)")
+    rss.set_ylim(bottom=0)
+    p99.plot(minutes, [s["p99_ms"] for s in samples], marker=".", color="tab:orange")
+    p99.set_ylabel("p99 per interval (ms)")
+    p99.set_ylim(bottom=0)
+    p99.set_xlabel("minutes")
+    figure.suptitle(title)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="svg")
+    plt.close(figure)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_soak")
     parser.add_argument("--model", choices=sorted(_BODIES), default="iris")
@@ -167,7 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=0.2)
     parser.add_argument("--max-growth", type=float, default=0.05)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--plot", type=Path, help="an SVG of RSS and p99 over time")
+    parser.add_argument("--render", type=Path, help="a saved --json run: only --plot it")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        if args.plot is None:
+            parser.error("--render needs --plot")
+        saved = json.loads(args.render.read_text())
+        plot(saved["samples"], args.plot, f"soak {saved['args']['model']}, "
+             f"{float(saved['args']['duration']):g} s")  # fmt: skip
+        return 0
     missing = [f for f in _FOLDERS[args.model] if not (EXAMPLES / f).is_dir()]
     if missing:
         print(f"{args.model}: examples/models/{', '.join(missing)} missing (make models)")
@@ -203,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         report = {"args": {k: str(v) for k, v in vars(args).items()}, "capacity": capacity,
                   "samples": [asdict(s) for s in samples], "growth": growth, "passed": passed}
         args.json.write_text(json.dumps(report, indent=2))  # fmt: skip
+    if args.plot is not None:
+        plot([asdict(s) for s in samples], args.plot, f"soak {args.model}, {args.duration:g} s")
     return 0 if passed else 1
 
 
