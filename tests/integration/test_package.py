@@ -291,7 +291,7 @@ def test_the_pyz_is_not_replaced_without_force(pyz: Path, examples: Path) -> Non
 def test_a_flat_folder_packages(tmp_path: Path, examples: Path) -> None:
     flat = tmp_path / "flowers"
     flat.mkdir()
-    for name in ("config.toml", "parity.json", "1/model.onnx"):
+    for name in ("config.toml", "warmup.json", "parity.json", "1/model.onnx"):
         (flat / Path(name).name).write_bytes((examples / "iris" / name).read_bytes())
     run = ligeiro("package", str(flat), "--out", str(tmp_path / "dist"))
     assert (

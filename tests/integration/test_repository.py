@@ -112,10 +112,12 @@ def test_a_new_version_warms_up_on_its_warmup_file(repository: Path) -> None:
     engine = Engine.from_repository(repository)
     try:
         shutil.copytree(iris / "1", iris / "2")
-        config = (iris / "config.toml").read_text()
-        (iris / "config.toml").write_text(config + 'warmup = "warmup.json"\n')
+        # A warm-up file of the test's own (build_iris.py names one too): the config changes.
+        config = [line for line in (iris / "config.toml").read_text().splitlines()
+                  if not line.startswith("warmup =")]  # fmt: skip
+        (iris / "config.toml").write_text("\n".join([*config, 'warmup = "check.json"', ""]))
         request = '{"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32", '
-        (iris / "warmup.json").write_text(request + '"data": [5.1, 3.5, 1.4]}]}')
+        (iris / "check.json").write_text(request + '"data": [5.1, 3.5, 1.4]}]}')
         staged = asyncio.run(engine.prepare(["iris"]))
         states = {s.version: s for s in staged.states()}
         assert not states["2"].is_ready
@@ -125,7 +127,7 @@ def test_a_new_version_warms_up_on_its_warmup_file(repository: Path) -> None:
         assert states["1"].is_ready
         assert "the new one failed" in states["1"].reason
 
-        (iris / "warmup.json").write_text(request + '"data": [5.1, 3.5, 1.4, 0.2]}]}')
+        (iris / "check.json").write_text(request + '"data": [5.1, 3.5, 1.4, 0.2]}]}')
         staged = asyncio.run(engine.prepare(["iris"]))
         assert {(s.version, s.is_ready, s.reason) for s in staged.states()} == {
             ("1", True, ""),

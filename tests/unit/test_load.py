@@ -217,6 +217,7 @@ def test_a_flat_folder(tmp_path: Path, examples: Path) -> None:
     flat = tmp_path / "iris"
     flat.mkdir()
     shutil.copy(examples / "iris" / "config.toml", flat)
+    shutil.copy(examples / "iris" / "warmup.json", flat)  # the config names it
     shutil.copy(examples / "iris" / "1" / "model.onnx", flat)
     with ligeiro.load(flat) as model:
         assert (model.name, model.version) == ("iris", "1")
