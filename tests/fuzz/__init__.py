@@ -20,13 +20,14 @@ LONG = int(os.environ.get("LIGEIRO_FUZZ_EXAMPLES", "0") or 0)
 SEED = 21  # issue 21; each test's @seed(SEED)
 
 
-def fuzz_settings(max_examples: int) -> settings:
+def fuzz_settings(max_examples: int, *also: HealthCheck) -> settings:
     """Settings for a fuzz test of ``max_examples`` examples (``LIGEIRO_FUZZ_EXAMPLES`` in
-    the long mode), replaying and, in the long mode, extending the kept database."""
+    the long mode), replaying and, in the long mode, extending the kept database; the
+    health checks ``also`` are suppressed besides "too slow" (a loaded machine)."""
     database = DirectoryBasedExampleDatabase(str(FUZZ_DB))
     return settings(
         max_examples=LONG or max_examples,
         database=database if LONG else ReadOnlyDatabase(database),
         deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, *also],
     )
