@@ -50,7 +50,7 @@ bench: $(VENV)/.installed-bench $(IRIS) $(MLP) $(TEXT) $(JAVA)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 fuzz: $(VENV)/.installed-fuzz $(IRIS) $(MLP)
-	LIGEIRO_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -p no:cacheprovider $(FUZZ_TESTS)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -p no:cacheprovider $(FUZZ_TESTS)
 	mkdir -p $(FUZZ_CORPUS)/rest $(FUZZ_CORPUS)/grpc tests/fuzz/found
 	$(BIN)/python tests/fuzz/rest_decoder.py -max_total_time=$(FUZZ_SECONDS) \
 		-artifact_prefix=tests/fuzz/found/rest- $(FUZZ_CORPUS)/rest tests/fuzz/seeds/rest

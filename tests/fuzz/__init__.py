@@ -1,33 +1,41 @@
 """Fuzzing's shared settings, and the coverage-guided atheris targets (``make fuzz``).
 
-``fuzz_settings(n)`` is what every hypothesis fuzz test runs under: a fixed seed (the
-test's ``@seed``), ``n`` examples in ``make test``, and the kept database of found cases
-in ``tests/fuzz-db``, replayed first on every run. ``make test`` only reads it;
-``make fuzz`` (``LIGEIRO_FUZZ_EXAMPLES`` set) runs ``LIGEIRO_FUZZ_EXAMPLES`` examples
-per test and adds what fails to it, for a commit to keep.
+``@fuzz(n)`` is what every hypothesis fuzz test runs under. In ``make test``: ``n``
+examples from a fixed seed (hypothesis then uses no database), plus the test's
+``@example``s. In ``make fuzz`` (``FUZZ_EXAMPLES`` set): that many examples from a new
+seed each run, with the kept database of found cases in ``tests/fuzz-db``: what fails
+is written there and replayed first on the next run, until a fix makes it pass; keep
+it as an ``@example`` then, for ``make test``.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from hypothesis import HealthCheck, settings
-from hypothesis.database import DirectoryBasedExampleDatabase, ReadOnlyDatabase
+from hypothesis import HealthCheck, seed, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 FUZZ_DB = Path(__file__).resolve().parent.parent / "fuzz-db"
-LONG = int(os.environ.get("LIGEIRO_FUZZ_EXAMPLES", "0") or 0)
-SEED = 21  # issue 21; each test's @seed(SEED)
+LONG = int(os.environ.get("FUZZ_EXAMPLES", "0") or 0)
+SEED = 21  # issue 21
 
 
-def fuzz_settings(max_examples: int, *also: HealthCheck) -> settings:
-    """Settings for a fuzz test of ``max_examples`` examples (``LIGEIRO_FUZZ_EXAMPLES`` in
-    the long mode), replaying and, in the long mode, extending the kept database; the
-    health checks ``also`` are suppressed besides "too slow" (a loaded machine)."""
-    database = DirectoryBasedExampleDatabase(str(FUZZ_DB))
-    return settings(
+def fuzz(max_examples: int, *also: HealthCheck) -> Callable[[Any], Any]:
+    """Settings (and, in ``make test``, the seed) for a fuzz test of ``max_examples``
+    examples; the health checks ``also`` are suppressed besides "too slow" (a loaded
+    machine is no failure) and "data too large"."""
+    configured = settings(
         max_examples=LONG or max_examples,
-        database=database if LONG else ReadOnlyDatabase(database),
+        database=DirectoryBasedExampleDatabase(str(FUZZ_DB)) if LONG else None,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, *also],
     )
+
+    def apply(test: Any) -> Any:
+        test = configured(test)
+        return test if LONG else seed(SEED)(test)
+
+    return apply

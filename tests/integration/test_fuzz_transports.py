@@ -15,15 +15,14 @@ raw CONTINUATION frames), each maybe with bytes changed, cut or inserted. Each m
 - the worker never dies (the same pid) and serves a well-formed request after each
   example; nothing is logged as a traceback.
 
-Found cases go to ``tests/fuzz-db`` (hypothesis' database, replayed first on every
-run); ``LIGEIRO_FUZZ_EXAMPLES`` raises the number of examples (``make fuzz``).
+Bounded: a fixed seed, 400 and 300 examples (about 10 s each here); ``make fuzz`` runs
+``FUZZ_EXAMPLES`` each from a new seed and keeps what fails in ``tests/fuzz-db``.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,13 +35,14 @@ import h2.settings
 import hpack
 import httptools
 import pytest
-from hypothesis import example, given, seed
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ligeiro.protocol._generated import grpc_service_pb2 as pb
 from tests.conftest import IRIS_REQUEST, Server, start_server
-from tests.fuzz import SEED, fuzz_settings
+from tests.fuzz import fuzz
 from tests.integration.test_grpc_transport import framed, iris_request, still_serving
+from tests.integration.test_h2_defences import frame
 
 HTTP1_EXAMPLES, HTTP2_EXAMPLES = 400, 300
 # Short server timeouts, so a connection left waiting for bytes is closed soon.
@@ -276,8 +276,7 @@ def _parse(data: bytes) -> Answers:
     return answers
 
 
-@seed(SEED)
-@fuzz_settings(HTTP1_EXAMPLES)
+@fuzz(HTTP1_EXAMPLES)
 @given(http_streams())
 @example((b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n" * 70, 70))  # issue 21's stall
 def test_http1_streams_are_answered_or_closed(
@@ -304,8 +303,8 @@ GOAWAY, CONTINUATION = 0x7, 0x9
 INTERNAL_ERROR = 0x2
 # The INTERNAL answers gRPC gives a call whose framing is wrong (grpc-go's too); any other
 # INTERNAL is a method that raised ("internal server error (logged)"): a defect.
-FRAMING_ERRORS = (b"compressed message without grpc-encoding", b"malformed grpc-timeout header",
-                  b"the request ended inside a message")  # fmt: skip
+FRAMING_ERRORS = (b"compressed message without grpc-encoding", b"bad message flag ",
+                  b"malformed grpc-timeout header", b"the request ended inside a message")  # fmt: skip
 _METHODS_H2 = ["ModelInfer", "ServerLive", "ModelReady", "ModelMetadata", "ModelStreamInfer",
                "Nope"]  # fmt: skip
 _MESSAGES = st.sampled_from([
@@ -338,11 +337,6 @@ def _call_headers(method: str) -> list[tuple[bytes, bytes]]:
             (b"te", b"trailers")]  # fmt: skip
 
 
-def _raw_frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
-    n = len(payload)
-    return struct.pack(">BHBBI", n >> 16, n & 0xFFFF, kind, flags, stream) + payload
-
-
 def _render(actions: list[tuple[Any, ...]]) -> bytes:
     """The bytes h2's client sends for ``actions`` (one it refuses is left out)."""
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
@@ -371,8 +365,8 @@ def _render(actions: list[tuple[Any, ...]]) -> bytes:
                 stream = conn.get_next_available_stream_id()
                 block = hpack.Encoder().encode(_call_headers("ServerLive"))
                 end = 0x1 if action[1] else 0
-                out.append(_raw_frame(HEADERS_FRAME, end, stream, block[:5])
-                           + _raw_frame(CONTINUATION, 0x4, stream, block[5:]))  # fmt: skip
+                out.append(frame(HEADERS_FRAME, end, stream, block[:5])
+                           + frame(CONTINUATION, 0x4, stream, block[5:]))  # fmt: skip
                 conn = _skip_stream(conn, stream)
                 continue
         except (h2.exceptions.ProtocolError, h2.exceptions.FrameTooLargeError,
@@ -400,8 +394,8 @@ def h2_streams(draw: st.DrawFn) -> tuple[bytes, bool, bool]:
     return data, False, streams
 
 
-_DONE_PING = _raw_frame(PING, 0, 0, b"fuzzdone")
-_DONE_ACK = _raw_frame(PING, 0x1, 0, b"fuzzdone")
+_DONE_PING = frame(PING, 0, 0, b"fuzzdone")
+_DONE_ACK = frame(PING, 0x1, 0, b"fuzzdone")
 
 
 def _frames(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
@@ -415,8 +409,7 @@ def _frames(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
         data = data[9 + length :]
 
 
-@seed(SEED)
-@fuzz_settings(HTTP2_EXAMPLES)
+@fuzz(HTTP2_EXAMPLES)
 @given(h2_streams())
 @example((_render([  # found: a zero window held the answer, and the connection, for good
     ("settings", {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}),
@@ -446,7 +439,7 @@ def test_http2_frame_sequences_are_answered_or_closed(
                 headers = dict(decoder.decode(block, raw=True))
                 block = b""
                 if headers.get(b"grpc-status") == b"13":  # INTERNAL: bad gRPC framing only
-                    assert headers[b"grpc-message"] in FRAMING_ERRORS, headers
+                    assert headers[b"grpc-message"].startswith(FRAMING_ERRORS), headers
                 assert headers.get(b":status", b"200") != b"500", headers
     worker.check()
     still_serving(target)

@@ -13,11 +13,11 @@ import os
 
 import msgspec
 import pytest
-from hypothesis import given, seed
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ligeiro.accesslog import AccessLog, AccessRecord
-from tests.fuzz import SEED, fuzz_settings
+from tests.fuzz import fuzz
 
 _TEXT = st.text(max_size=20) | st.text(st.characters(codec="utf-8"), max_size=300)
 _RECORDS = st.lists(
@@ -31,8 +31,7 @@ _RECORDS = st.lists(
 )  # fmt: skip
 
 
-@seed(SEED)
-@fuzz_settings(300)
+@fuzz(300)
 @given(_RECORDS)
 def test_any_record_is_one_json_line_that_reads_back(
     tmp_path_factory: pytest.TempPathFactory,

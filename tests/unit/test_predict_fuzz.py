@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-from hypothesis import example, given, seed
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ligeiro.errors import InvalidInputError
 from ligeiro.protocol.predict import PredictCodec
-from tests.fuzz import SEED, fuzz_settings
+from tests.fuzz import fuzz
 
 
 @dataclass
@@ -92,8 +91,7 @@ def bodies(draw: st.DrawFn) -> tuple[bytes, bytes | None]:
     return body, header_length
 
 
-@seed(SEED)
-@fuzz_settings(600)
+@fuzz(600)
 @given(st.sampled_from(sorted(MODELS)), bodies())
 @example("int64", (b'{"instances": [[1e300, 1]]}', None))  # no int64 holds it
 @example("named", (b'{"instances": [{"sepal_length": "\xff"}]}', None))  # not UTF-8

@@ -6,8 +6,8 @@ may have the wrong type, size or value (shapes huge or negative, data nested, mi
 out of range, unknown datatypes, binary sizes that do not add up) and mutated bytes.
 Nothing else may come out: no numpy or msgspec exception, no crash (each would be a
 500 and a traceback), no numpy warning (pytest's filterwarnings = error: 1e39 as FP32
-became inf with one, and the model answered NaN). Bounded: a fixed seed; the kept
-database (tests/fuzz-db) replayed first.
+became inf with one, and the model answered NaN). Bounded: a fixed seed
+(``make fuzz`` runs it long).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hypothesis import given, seed
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ligeiro.errors import InvalidInputError
 from ligeiro.protocol.codec import DecodedRequest, decode_infer_request
-from tests.fuzz import SEED, fuzz_settings
+from tests.fuzz import fuzz
 
 _DATATYPES = ["FP32", "FP64", "FP16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16",
               "UINT32", "UINT64", "BOOL", "BYTES", "fp32", "FP99", ""]  # fmt: skip
@@ -90,8 +90,7 @@ def bodies(draw: st.DrawFn) -> tuple[bytes, int | None]:
     return body, header_length
 
 
-@seed(SEED)
-@fuzz_settings(600)
+@fuzz(600)
 @given(bodies())
 def test_any_body_is_a_request_or_an_invalid_input_error(body: tuple[bytes, int | None]) -> None:
     data, header_length = body
