@@ -1,5 +1,6 @@
 # The two commands: `make run` and `make test`. Each does its whole set-up from a
 # clean clone (a .venv, the package, the example models) and is quick the second time.
+# `make bench` runs the benchmarks, `make fuzz` the long fuzz run (below).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -26,7 +27,17 @@ JAVA := $(VENV)/java/JAVA_HOME
 # ligeiro[federated] (Flower) in a venv of its own: Flower's pins differ from constraints.txt.
 FED_VENV := .venv-federated
 
-.PHONY: run test bench models clean fresh-check
+# `make fuzz`: the hypothesis fuzz tests with FUZZ_EXAMPLES examples each (make test runs
+# a few hundred), then atheris on the two decoders for FUZZ_SECONDS each. Not part of
+# make test. What fails goes to tests/fuzz-db (hypothesis) and tests/fuzz/found (atheris).
+FUZZ_EXAMPLES ?= 20000
+FUZZ_SECONDS  ?= 300
+FUZZ_CORPUS   ?= /tmp/ligeiro-fuzz-corpus
+FUZZ_TESTS := tests/unit/test_grpc_scanner_fuzz.py tests/unit/test_rest_codec_fuzz.py \
+	tests/unit/test_settings_fuzz.py tests/unit/test_predict_fuzz.py \
+	tests/unit/test_accesslog_fuzz.py tests/integration/test_fuzz_transports.py
+
+.PHONY: run test bench fuzz models clean fresh-check
 
 run: $(VENV)/.installed-examples $(IRIS) $(MLP) $(TEXT)
 	$(BIN)/ligeiro serve $(MODELS) --host $(HOST) --port $(PORT)
@@ -37,6 +48,14 @@ test: $(VENV)/.installed-test $(IRIS) $(MLP) $(TEXT) $(PROMETHEUS) $(CHROMIUM) $
 
 bench: $(VENV)/.installed-bench $(IRIS) $(MLP) $(TEXT) $(JAVA)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+fuzz: $(VENV)/.installed-fuzz $(IRIS) $(MLP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -p no:cacheprovider $(FUZZ_TESTS)
+	mkdir -p $(FUZZ_CORPUS)/rest $(FUZZ_CORPUS)/grpc tests/fuzz/found
+	$(BIN)/python tests/fuzz/rest_decoder.py -max_total_time=$(FUZZ_SECONDS) \
+		-artifact_prefix=tests/fuzz/found/rest- $(FUZZ_CORPUS)/rest tests/fuzz/seeds/rest
+	$(BIN)/python tests/fuzz/grpc_scanner.py -max_total_time=$(FUZZ_SECONDS) \
+		-artifact_prefix=tests/fuzz/found/grpc- $(FUZZ_CORPUS)/grpc tests/fuzz/seeds/grpc
 
 models: $(IRIS) $(MLP) $(TEXT)
 

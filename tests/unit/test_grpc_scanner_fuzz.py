@@ -12,7 +12,7 @@ order, twice, or unknown; then some are mutated byte by byte.
 Answers: any names, version, id and outputs (every datatype, any shape, BYTES with
 any text) are written byte for byte as ``SerializeToString`` writes them.
 
-Bounded: a fixed seed (derandomize), no example database, a few seconds. Cases found
+Bounded: a fixed seed, a few seconds (``make fuzz`` runs it long). Cases found
 on the way are kept as ``@example``s.
 """
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -32,6 +32,7 @@ from ligeiro.protocol.grpc_codec import (
     parse_infer_request,
     pb,
 )
+from tests.fuzz import fuzz
 from tests.unit.test_grpc_codec import _protobuf_answer
 
 _DATATYPES = ("FP32", "FP64", "INT64", "INT32", "UINT8", "BOOL", "FP16", "BYTES", "FP99", "")
@@ -199,13 +200,7 @@ _WIDE_SHAPE = (
 _TWO_BYTE_OUTPUT_NAME = b"\x0a\x01m\x32\x82\x01\x0a\x80\x01" + b"a" * 127
 
 
-@settings(
-    max_examples=400,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],  # a loaded machine is not a failure
-)
+@fuzz(400)
 @given(requests() | mutated())
 @example(_WIDE_SHAPE)
 @example(_TWO_BYTE_OUTPUT_NAME)
@@ -238,8 +233,7 @@ arrays = hnp.arrays(_NUMERIC, _SHAPES) | _SHAPES.flatmap(
 )  # fmt: skip
 
 
-@settings(max_examples=150, derandomize=True, database=None, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@fuzz(150)
 @given(
     st.text(max_size=140),
     st.text(max_size=3),

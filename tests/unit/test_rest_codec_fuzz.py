@@ -6,7 +6,8 @@ may have the wrong type, size or value (shapes huge or negative, data nested, mi
 out of range, unknown datatypes, binary sizes that do not add up) and mutated bytes.
 Nothing else may come out: no numpy or msgspec exception, no crash (each would be a
 500 and a traceback), no numpy warning (pytest's filterwarnings = error: 1e39 as FP32
-became inf with one, and the model answered NaN). Bounded: a fixed seed, no database.
+became inf with one, and the model answered NaN). Bounded: a fixed seed
+(``make fuzz`` runs it long).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ligeiro.errors import InvalidInputError
 from ligeiro.protocol.codec import DecodedRequest, decode_infer_request
+from tests.fuzz import fuzz
 
 _DATATYPES = ["FP32", "FP64", "FP16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16",
               "UINT32", "UINT64", "BOOL", "BYTES", "fp32", "FP99", ""]  # fmt: skip
@@ -88,8 +90,7 @@ def bodies(draw: st.DrawFn) -> tuple[bytes, int | None]:
     return body, header_length
 
 
-@settings(max_examples=600, derandomize=True, database=None, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@fuzz(600)
 @given(bodies())
 def test_any_body_is_a_request_or_an_invalid_input_error(body: tuple[bytes, int | None]) -> None:
     data, header_length = body

@@ -1,17 +1,19 @@
 """Fuzzing the settings: any ligeiro.toml, LIGEIRO_* environment and command-line layer
 gives settings or a ConfigError naming its source, never another exception (which the
-CLI would print as a traceback). Bounded: a fixed seed, no database."""
+CLI would print as a traceback). Bounded: a fixed seed (``make fuzz``
+runs it long)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, example, given
 from hypothesis import strategies as st
 
 from ligeiro.errors import ConfigError
 from ligeiro.settings import ServerSettings, load_settings
+from tests.fuzz import fuzz
 
 _KEYS = ["http", "grpc", "runtime", "port", "host", "workers", "model_control", "threads",
          "admin_token", "graceful_timeout_s", "max_request_bytes", "providers", "enabled",
@@ -35,14 +37,8 @@ _TOML = st.one_of(
 )  # fmt: skip
 
 
-@settings(
-    max_examples=400,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    # tmp_path is shared by the examples: each writes its own ligeiro.toml over it.
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+# tmp_path is shared by the examples: each writes its own ligeiro.toml over it.
+@fuzz(400, HealthCheck.function_scoped_fixture)
 @given(
     cli=st.dictionaries(st.sampled_from(_KEYS), _LAYERS, max_size=3),
     env=st.dictionaries(_ENV_NAMES, st.text(max_size=6), max_size=4),

@@ -445,7 +445,11 @@ class H2Connection(H2Output[_S], asyncio.Protocol):
 
         Closed: one that has not finished its handshake (preface and SETTINGS) within
         ``handshake_timeout_s``, and one with no stream open that has sent nothing for
-        ``idle_timeout_s`` (GOAWAY NO_ERROR: a client reconnects when it needs to).
+        ``idle_timeout_s`` (GOAWAY NO_ERROR: a client reconnects when it needs to). One
+        whose every open stream has an answer waiting for window, and that has sent
+        nothing for as long, is closed too: a peer that neither reads nor credits (a zero
+        INITIAL_WINDOW_SIZE, found by tests/integration/test_fuzz_transports.py) would
+        otherwise hold it, and a graceful shutdown, for good.
         """
         self._resets = self._control_frames = 0
         if self._is_active:
@@ -457,8 +461,11 @@ class H2Connection(H2Output[_S], asyncio.Protocol):
             if now - self._opened_at > self._limits.handshake_timeout_s:
                 self._fail(PROTOCOL_ERROR, f"no HTTP/2 handshake within "
                            f"{self._limits.handshake_timeout_s:g} s")  # fmt: skip
-        elif not self._streams and now - self._last_active > self._limits.idle_timeout_s:
-            self.shutdown()
+        elif now - self._last_active > self._limits.idle_timeout_s:
+            if not self._streams:
+                self.shutdown()
+            elif all(stream.outbox for stream in self._streams.values()):
+                self._fail(NO_ERROR, "answers held back by a window the peer never opened")
 
     # -- flow control for what we receive ----------------------------------------------
 
