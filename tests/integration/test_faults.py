@@ -251,8 +251,9 @@ def _listening(port: int) -> int:
 
 def test_a_worker_killed_under_load_fails_only_its_own_requests(repository: Path) -> None:
     """SIGKILL one of two workers under load: only requests on its connections fail (the
-    one in flight on each; measured 2-7 of 8 connections); nothing answers 5xx; a new
-    worker listens within 1 s (measured 0.15-0.26 s); the log says so."""
+    one in flight on each, and a reconnect caught in its accept queue; measured 2-10 with
+    8 clients); nothing answers 5xx; a new worker listens within 1 s (measured
+    0.15-0.26 s); the log says so."""
     srv = start_server(repository, "--workers", "2")
     serving = time.monotonic()
     try:
@@ -281,7 +282,10 @@ def test_a_worker_killed_under_load_fails_only_its_own_requests(repository: Path
     assert clients.total >= before + 3_000
     # Every failure came with the kill, none after the new worker served.
     assert len(clients.failed) == failed_at_restart
-    assert 1 <= len(clients.failed) <= clients.connections, clients.failed
+    # At most two per client: the request in flight on the killed worker, and a reconnect
+    # the kernel put in that worker's accept queue before it closed (tcp_migrate_req is
+    # off by default: those queued connections are reset, not moved to the other worker).
+    assert 1 <= len(clients.failed) <= 2 * clients.connections, clients.failed
     assert replaced < 1.0, replaced
     assert f"worker 0 (pid {first}) exited with -9; restarting" in srv.output()
 
