@@ -65,6 +65,9 @@ WORK_DIR: Final = ROOT / ".bench"
 MODELS: Final = ROOT / "examples" / "models"
 ONNX_MODEL: Final = MODELS / "iris" / "1" / "model.onnx"
 PICKLE: Final = WORK_DIR / "iris.joblib"
+# ligeiro serves a repository holding iris alone (a link to examples/models/iris), so its
+# memory and start-up are one model's, as the baselines' are.
+IRIS_REPOSITORY: Final = WORK_DIR / "iris-repository"
 BUILD_SCRIPT: Final = ROOT / "examples" / "build_iris.py"
 HOST: Final = "127.0.0.1"
 JSON_HEADERS: Final = {"Content-Type": "application/json"}
@@ -156,16 +159,26 @@ def _ligeiro() -> tuple[str, ...]:
     targets run at once and would otherwise both want 8001.
     """
     executable = str(Path(sys.executable).with_name("ligeiro"))
-    return (executable, "serve", str(MODELS), *_ONE_WORKER, "--grpc-port", "0")
+    return (executable, "serve", str(IRIS_REPOSITORY), *_ONE_WORKER, "--grpc-port", "0")
+
+
+def _raw_floor() -> tuple[str, ...]:
+    """The Python floor (uvloop + httptools + orjson + ONNX Runtime, no protocol)."""
+    return (sys.executable, "-m", "benchmarks.baselines.raw_floor", "--host", HOST,
+            "--port", "{port}")  # fmt: skip
 
 
 def targets() -> dict[str, Target]:
-    """The four targets by name, in the order they run."""
+    """The five default targets (and the opt-in ones) by name, in the order they run."""
     all_targets = (
         Target("fastapi-pickle", _uvicorn("fastapi_pickle"), "/health", "/predict",
                SEED_PAYLOAD, names_setosa, is_baseline=True, env={"IRIS_PICKLE": str(PICKLE)}),
         Target("fastapi-onnx", _uvicorn("fastapi_onnx"), "/health", "/predict",
                SEED_PAYLOAD, names_setosa, is_baseline=True, env={"IRIS_ONNX": str(ONNX_MODEL)}),
+        # What ligeiro's V2 and :predict paths are held to (issue 16: 0.7x and 0.6x).
+        Target("raw-floor", _raw_floor(), "/health", "/v2/models/iris/infer",
+               V2_PAYLOAD, v2_predicts_class_0, is_baseline=True,
+               env={"IRIS_ONNX": str(ONNX_MODEL)}),
         Target("ligeiro-v2", _ligeiro(), "/v2/health/ready", "/v2/models/iris/infer",
                V2_PAYLOAD, v2_predicts_class_0, is_baseline=False),
         Target("ligeiro-predict", _ligeiro(), "/v2/health/ready", "/v1/models/iris:predict",
@@ -188,6 +201,10 @@ def ensure_models() -> None:
     The training is seeded, so the two hold the same fitted pipeline: the ONNX bytes
     differ between builds, but labels and probabilities agree with the pickle's.
     """
+    link = IRIS_REPOSITORY / "iris"
+    if not link.is_symlink():
+        IRIS_REPOSITORY.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(MODELS / "iris", target_is_directory=True)
     is_fresh = PICKLE.exists() and PICKLE.stat().st_mtime >= BUILD_SCRIPT.stat().st_mtime
     if ONNX_MODEL.exists() and is_fresh:
         return
