@@ -1,8 +1,9 @@
 """Iris end to end: ligeiro beside the seed article's two FastAPI servers, in rounds.
 
 The seed article (003) served one sklearn pipeline three ways and compared them under
-load. This runs its two Python servers (FastAPI + pickle, FastAPI + ONNX Runtime) and
-ligeiro on the same model, each as one process on core 0 with wrk on core 1, and prints
+load. This runs its two Python servers (FastAPI + pickle, FastAPI + ONNX Runtime), the
+raw Python floor (``baselines/raw_floor.py``: uvloop + httptools + orjson + ONNX Runtime,
+no protocol) and ligeiro on the same model, each as one process on core 0 with wrk on core 1, and prints
 throughput, latency, CPU per request, peak memory, start-up time and ligeiro's
 throughput ratio to each baseline.
 
@@ -194,7 +195,8 @@ def targets() -> dict[str, Target]:
 
 
 def ensure_models() -> None:
-    """Build the ONNX model and the baseline's pickle when missing or older than the script.
+    """Link the iris-only repository, and build the ONNX model and the baseline's pickle
+    when missing or older than the script.
 
     When the ONNX model already exists, the pickle is built beside a throw-away copy
     under ``.bench/`` rather than rewriting ``examples/models`` under a running server.
