@@ -4,6 +4,12 @@ Each ``Metrics`` owns its registry (no global state). With several worker proces
 the server sets ``PROMETHEUS_MULTIPROC_DIR`` before this module is imported; values
 then live in per-process memory-mapped files and ``exposition()`` sums them, so counts
 are exact whichever worker serves the scrape.
+
+In one process the per-request series (requests, latency, compute time, batch size,
+in flight) are tallied in plain numbers (``_Tally``) and handed to prometheus-client in
+bulk whenever the registry is read: prometheus-client takes one observation at a time,
+under a lock, about 1 µs each, and a request made five of them (docs/adr/0009).
+Recording is meant for one thread, the event loop's, as ``ModelStats`` is.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any, final
 
 from prometheus_client import (
@@ -55,6 +62,54 @@ def _resident_bytes() -> int:
 
 
 @final
+class _Tally:
+    """Observations of one histogram child (and counts of one counter child) not yet
+    handed to prometheus-client: plain ints and a float, added to on the hot path.
+
+    ``flush`` adds them to the children in bulk: the counter with ``inc(n)``, the
+    histogram through its per-bucket values (``_buckets``, ``_sum``; prometheus-client
+    has no public bulk observe; ``Metrics`` checks they exist, else records at once).
+    """
+
+    __slots__ = ("_bounds", "buckets", "count", "counter", "histogram", "total")
+
+    def __init__(self, histogram: Any, counter: Any = None) -> None:
+        self.histogram = histogram
+        self.counter = counter
+        self._bounds = histogram._upper_bounds  # ends with +Inf: every value has a bucket
+        self.buckets = [0] * len(self._bounds)
+        self.count = 0
+        self.total = 0.0
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        self.buckets[bisect_left(self._bounds, value)] += 1  # the first bound >= value
+
+    def flush(self) -> None:
+        if not self.count:
+            return
+        if self.counter is not None:
+            self.counter.inc(self.count)
+        histogram = self.histogram
+        histogram._sum.inc(self.total)
+        for i, n in enumerate(self.buckets):
+            if n:
+                histogram._buckets[i].inc(n)
+                self.buckets[i] = 0
+        self.count = 0
+        self.total = 0.0
+
+
+def _bulk_capable(histogram: Histogram) -> bool:
+    """Whether this prometheus-client's histogram children have what ``_Tally`` adds to."""
+    child = histogram.labels(*("" for _ in histogram._labelnames))
+    ok = all(hasattr(child, name) for name in ("_upper_bounds", "_buckets", "_sum"))
+    histogram.remove(*("" for _ in histogram._labelnames))
+    return ok
+
+
+@final
 class Metrics:
     """The server's metrics and their exposition.
 
@@ -86,68 +141,68 @@ class Metrics:
 
     def __init__(self) -> None:
         self._multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-        self.registry = CollectorRegistry(auto_describe=True)
+        self._registry = CollectorRegistry(auto_describe=True)
         self._requests = Counter(
             "ligeiro_inference_requests",
             "Inference requests answered, by model, version, protocol and status code.",
             ["model", "version", "protocol", "code"],
-            registry=self.registry,
+            registry=self._registry,
         )
         self._duration = Histogram(
             "ligeiro_inference_duration_seconds",
             "End-to-end request latency: complete request received to answer encoded.",
             ["model", "version", "protocol"],
             buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=self._registry,
         )
         self._compute = Histogram(
             "ligeiro_inference_compute_duration_seconds",
             "Time spent running the model in the runtime.",
             ["model", "version"],
             buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=self._registry,
         )
         self._batch_size = Histogram(
             "ligeiro_inference_batch_size",
             "Rows per run of the model.",
             ["model", "version"],
             buckets=_BATCH_BUCKETS,
-            registry=self.registry,
+            registry=self._registry,
         )
         self._queue = Histogram(
             "ligeiro_inference_queue_duration_seconds",
             "Time a request waited in its model's batching queue.",
             ["model", "version"],
             buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=self._registry,
         )
         self._queue_length = Gauge(
             "ligeiro_inference_queue_length",
             "Requests waiting in the model's batching queue.",
             ["model", "version"],
             multiprocess_mode="livesum",
-            registry=self.registry,
+            registry=self._registry,
         )
         self._in_flight = Gauge(
             "ligeiro_inference_in_flight",
             "Inference requests received and not yet answered.",
             ["protocol"],
             multiprocess_mode="livesum",
-            registry=self.registry,
+            registry=self._registry,
         )
         self._model_ready = Gauge(
             "ligeiro_model_ready",
             "1 when the model version serves, 0 when it failed to load.",
             ["model", "version"],
             multiprocess_mode="max",
-            registry=self.registry,
+            registry=self._registry,
         )
         self._model_provider = Gauge(
             "ligeiro_model_execution_provider",
             "1 for the execution provider the model version runs on (ONNX models).",
             ["model", "version", "provider"],
             multiprocess_mode="max",
-            registry=self.registry,
+            registry=self._registry,
         )
         self._providers: dict[tuple[str, str], str] = {}
         self._model_load = Gauge(
@@ -155,54 +210,75 @@ class Metrics:
             "How long loading the model version took.",
             ["model", "version"],
             multiprocess_mode="max",
-            registry=self.registry,
+            registry=self._registry,
         )
         self._rss = Gauge(
             "ligeiro_process_resident_memory_bytes",
             "Resident memory of the server's workers, summed.",
             multiprocess_mode="livesum",
-            registry=self.registry,
+            registry=self._registry,
         )
         self._cpu = Gauge(
             "ligeiro_process_cpu_seconds_total",
             "CPU time (user and system) of the server's workers, summed.",
             multiprocess_mode="livesum",
-            registry=self.registry,
+            registry=self._registry,
         )
         if self._multiprocess_dir is None:
-            ProcessCollector(registry=self.registry)
+            ProcessCollector(registry=self._registry)
         self._in_flight_children = {p: self._in_flight.labels(p) for p in ("http", "grpc")}
-        # labels() builds a tuple and takes a lock; the hot path looks children up here.
-        self._children: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
-        self._model_children: dict[tuple[str, str], tuple[Histogram, Histogram]] = {}
+        # Requests received and not answered, by protocol: set into the gauge on a read.
+        self._in_flight_count = dict.fromkeys(self._in_flight_children, 0)
+        # Tallied (one process) or recorded at once (several: a scrape another worker
+        # serves reads this one's files, which must be up to date).
+        self._tallied = self._multiprocess_dir is None and _bulk_capable(self._duration)
+        # labels() builds a tuple and takes a lock; the hot path looks tallies up here.
+        self._request_tallies: dict[tuple[str, ...], tuple[_Tally, ...]] = {}
+        self._compute_tallies: dict[tuple[str, str], tuple[_Tally, _Tally]] = {}
         self._queue_child: dict[tuple[str, str], tuple[Histogram, Gauge]] = {}
+
+    def flush(self) -> None:
+        """Hand what the hot path tallied to prometheus-client (before every read)."""
+        for tallies in self._request_tallies.values():
+            tallies[0].flush()
+        for tallies in self._compute_tallies.values():
+            tallies[0].flush()
+            tallies[1].flush()
+        if self._tallied:
+            for protocol, count in self._in_flight_count.items():
+                self._in_flight_children[protocol].set(count)
 
     def observe_request(
         self, model: str, version: str, protocol: str, code: str, seconds: float
     ) -> None:
         """Count one answered request and its end-to-end latency."""
         key = (model, version, protocol, code)
-        child = self._children.get(key)
-        if child is None:
-            child = (
-                self._requests.labels(model, version, protocol, code),
-                self._duration.labels(model, version, protocol),
+        tally = self._request_tallies.get(key)
+        if tally is None:
+            tally = self._request_tallies[key] = (
+                _Tally(
+                    self._duration.labels(model, version, protocol),
+                    self._requests.labels(model, version, protocol, code),
+                ),
             )
-            self._children[key] = child
-        child[0].inc()
-        child[1].observe(seconds)
+        tally[0].add(seconds)
+        if not self._tallied:
+            tally[0].flush()
 
     def observe_compute(self, model: str, version: str, rows: int, seconds: float) -> None:
         """Record one run of the model: its rows and its time in the runtime."""
         key = (model, version)
-        child = self._model_children.get(key)
-        if child is None:
-            child = self._model_children[key] = (
-                self._compute.labels(model, version),
-                self._batch_size.labels(model, version),
+        tallies = self._compute_tallies.get(key)
+        if tallies is None:
+            tallies = self._compute_tallies[key] = (
+                _Tally(self._compute.labels(model, version)),
+                _Tally(self._batch_size.labels(model, version)),
             )
-        child[0].observe(seconds)
-        child[1].observe(rows)
+        tallies[0].add(seconds)
+        tallies[1].add(rows)
+        if not self._tallied:
+            tallies[0].flush()
+            tallies[1].flush()
 
     def observe_queue(self, model: str, version: str, waited: Sequence[float]) -> None:
         """Record how long each request of a batch waited in the queue."""
@@ -226,11 +302,17 @@ class Metrics:
 
     def request_started(self, protocol: str) -> None:
         """An inference request arrived (``http`` or ``grpc``)."""
-        self._in_flight_children[protocol].inc()
+        if self._tallied:
+            self._in_flight_count[protocol] += 1
+        else:
+            self._in_flight_children[protocol].inc()
 
     def request_finished(self, protocol: str) -> None:
         """An inference request was answered."""
-        self._in_flight_children[protocol].dec()
+        if self._tallied:
+            self._in_flight_count[protocol] -= 1
+        else:
+            self._in_flight_children[protocol].dec()
 
     def set_model_state(
         self, model: str, version: str, ready: bool, load_seconds: float, provider: str = ""
@@ -253,8 +335,9 @@ class Metrics:
 
     def _collected(self) -> CollectorRegistry:
         """The registry to read: this process's, or every worker's files summed."""
+        self.flush()
         if self._multiprocess_dir is None:
-            return self.registry
+            return self._registry
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()

@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
-import types
 from typing import TYPE_CHECKING, Any, NoReturn, final
 
+from . import eager
 from ._h2connection import H2Connection, H2Stream
 from ._h2output import H2Output
 from ._h2wire import (
@@ -51,7 +50,7 @@ from .grpc import SERVICE_NAME, StatusCode, status_for, unary_methods
 
 if TYPE_CHECKING:
     import socket
-    from collections.abc import AsyncIterator, Coroutine, Generator, Sequence
+    from collections.abc import AsyncIterator, Coroutine, Sequence
 
     from ..settings import GrpcSettings
     from .grpc import GrpcService, UnaryHandler
@@ -328,19 +327,13 @@ class H2GrpcConnection(H2Connection[_Call]):
     def run_call(self, stream: _Call, call: Coroutine[Any, Any, None]) -> None:
         """Run ``call`` up to its first real wait here, and only then as a task.
 
-        An unbatched ModelInfer never waits, so it answers without a task (Python 3.12's
-        eager tasks, by hand). The call runs in its own copy of the context either way,
-        as a task would. A call whose stream ended while it was due is not run.
+        An unbatched ModelInfer never waits, so it answers without a task
+        (``eager.start``). A call whose stream ended while it was due is not run.
         """
         if stream.done or self._transport is None:
             call.close()
             return
-        context = contextvars.copy_context()
-        try:
-            waiting = context.run(call.send, None)
-        except StopIteration:
-            return
-        stream.task = self._loop.create_task(_resumed(call, waiting), context=context)
+        stream.task, _ = eager.start(self._loop, call)
 
     async def _unary(self, stream: _Call, handler: UnaryHandler, message: bytes) -> None:
         try:
@@ -433,24 +426,6 @@ class H2GrpcConnection(H2Connection[_Call]):
         stream.done = True
         self._write(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, block))
         self._ended(stream)
-
-
-@types.coroutine
-def _resumed(call: Coroutine[Any, Any, None], waiting: Any) -> Generator[Any, Any, None]:
-    """Go on with a coroutine already started by hand (``_start``), as a task's body."""
-    while True:
-        try:
-            sent = yield waiting
-        except BaseException as exc:  # a cancellation, forwarded
-            try:
-                waiting = call.throw(exc)
-            except StopIteration:
-                return
-        else:
-            try:
-                waiting = call.send(sent)
-            except StopIteration:
-                return
 
 
 @final

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, final
 
 import httptools
 
+from . import eager
+
 if TYPE_CHECKING:
     from collections.abc import Coroutine
 
@@ -338,7 +340,19 @@ class HttpConnection(asyncio.Protocol):
     # -- helpers -------------------------------------------------------------------
 
     def _answer(self, answer: Coroutine[Any, Any, bytes], keep_alive: bool) -> None:
-        task = self._loop.create_task(answer)
+        """Compute ``answer`` and write it in its turn.
+
+        With no answer ahead of it, it runs here, now (``eager.start``): an unbatched
+        model's answer is written inside the read that brought its request, without a
+        task. Behind another, or once it has to wait, it goes on as a task.
+        """
+        if self._pending:
+            task = self._loop.create_task(answer)
+        else:
+            task, done = eager.start(self._loop, answer)
+            if task is None:
+                self._write(done, keep_alive)  # type: ignore[arg-type]
+                return
         self._pending.append((task, keep_alive))
         task.add_done_callback(self._write_answers)
         if len(self._pending) == self._pipelined or not keep_alive:
@@ -352,27 +366,34 @@ class HttpConnection(asyncio.Protocol):
     def _write_answers(self, _done: asyncio.Task[bytes]) -> None:
         """Write every finished answer at the head of the queue, in request order."""
         pending = self._pending
-        transport = self._transport
         while pending and pending[0][0].done():
             task, keep_alive = pending.popleft()
-            if transport is None or transport.is_closing() or task.cancelled():
+            if task.cancelled():
                 continue
-            answer = task.result()
-            if keep_alive and self.is_closing and not pending and not self.is_receiving:
-                # Computed before shutdown began, and the last: the client must not
-                # send another request on a connection that closes now.
-                answer, keep_alive = _closing(answer), False
-            transport.write(answer)
-            self.last_active = self._loop.time()
-            if not keep_alive:
-                transport.close()
+            if not self._write(task.result(), keep_alive):
                 return
+        transport = self._transport
         if transport is None or transport.is_closing():
             return
         if len(pending) < self._pipelined and not transport.is_reading():
             # One read can queue more than the limit (the parser takes it all): resume
             # once below it, not at exactly one under, which a drain can step over.
             self._update_reading()
+
+    def _write(self, answer: bytes, keep_alive: bool) -> bool:
+        """Write one answer, the next in request order; whether the connection stays open."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return False
+        if keep_alive and self.is_closing and not self._pending and not self.is_receiving:
+            # Computed before shutdown began, and the last: the client must not
+            # send another request on a connection that closes now.
+            answer, keep_alive = _closing(answer), False
+        transport.write(answer)
+        self.last_active = self._loop.time()
+        if not keep_alive:
+            transport.close()
+        return keep_alive
 
     def _update_reading(self) -> None:
         # Stop reading a client that does not read its answers or pipelines too far
