@@ -30,7 +30,7 @@ import resource
 import signal
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, LigeiroError
 from ..repository.layout import discover
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ..repository.registry import Registry
     from ..settings import ServerSettings
     from .access import Access
+    from .http import Connections
     from .tls import ServerTls
 
 __all__ = ["bind", "grpc_address", "scheme", "serve", "worker_main"]
@@ -170,6 +171,8 @@ async def _serve(
     gc.freeze()
     connections = Connections(settings.http)
     connections.start_sweeping()
+
+    _on_stop_signals(loop, connections, stop)
     sampler = _ProcessSampler(metrics, loop)
     server = await loop.create_server(
         lambda: HttpConnection(app, connections),
@@ -240,6 +243,34 @@ async def _serve(
     if tracing is not None:
         tracing.close()
     engine.close()
+
+
+def _on_stop_signals(
+    loop: asyncio.AbstractEventLoop, connections: Connections, stop: asyncio.Event
+) -> None:
+    """On SIGTERM/SIGINT, shut the connections down and set ``stop``.
+
+    The loop runs its handler once it reads the signal off its wake-up pipe, which can
+    be after a read it polled at the same time: an answer written eagerly in that read
+    (``eager``) must already say ``Connection: close``. So the signal handler itself,
+    run between two bytecodes before any later Python code, marks the connections as
+    closing (one attribute, safe anywhere), then hands on to the loop's.
+    """
+
+    def stopping() -> None:
+        connections.shutdown()
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping)
+        wake = signal.getsignal(signum)  # the loop's: it notes the signal for its pipe
+
+        def noted(signum: int, frame: object, wake: Any = wake) -> None:
+            connections.closing = True
+            if callable(wake):
+                wake(signum, frame)
+
+        signal.signal(signum, noted)
 
 
 def scheme(settings: ServerSettings, plain: str) -> str:

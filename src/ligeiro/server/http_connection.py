@@ -321,6 +321,7 @@ class HttpConnection(asyncio.Protocol):
         keep_alive = (
             self._parser.should_keep_alive()
             and not self.is_closing
+            and not self._connections.closing  # a stop signal just arrived
             and self._requests < self._requests_limit
         )
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
