@@ -1,4 +1,4 @@
-"""Reusable pieces for ligeiro's benchmarks: one machine, one server, one load generator.
+"""The benchmarks' library: paths, the machine, HTTP, one pinned server, the reports.
 
 The machine has two cores and is shared, so every run follows the same rules:
 
@@ -7,26 +7,29 @@ The machine has two cores and is shared, so every run follows the same rules:
 - the server under test is pinned to core 0 (``taskset -c 0``) and ``wrk`` to core 1,
   so the load generator never steals the server's CPU and every server gets one core;
 - the server's CPU time and peak memory are read from ``/proc`` for its whole process
-  tree, so a server that forks workers cannot hide their cost.
+  tree (``_procfs.py``), so a server that forks workers cannot hide their cost.
 
 Nothing here knows about a particular model or server: a ``bench_*.py`` module says what
-to start and what to send; this module starts it, loads it, measures it and stops it.
+to start and what to send; this module starts it, checks it and stops it, ``_wrk.py``
+loads it, ``_rounds.py`` repeats and summarises, and the reports are written here.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
 import fcntl
 import importlib.metadata
+import json
 import logging
 import os
 import platform
-import re
 import shutil
 import signal
 import socket
 import subprocess
-import tempfile
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -35,37 +38,60 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Final, Self, final
 
+from ._procfs import tree_cpu_s, tree_peak_rss_bytes
+
 if TYPE_CHECKING:
+    import re
     from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
     from types import TracebackType
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "HOST",
+    "JSON_HEADERS",
+    "LIGEIRO",
     "LOAD_CORE",
     "LOCK_PATH",
+    "MODELS",
+    "ROOT",
     "SERVER_CORE",
+    "WORK_DIR",
     "BenchmarkError",
     "HttpRequest",
-    "LoadResult",
     "Machine",
-    "Measurement",
     "ServerProcess",
+    "add_duration_options",
+    "add_report_options",
+    "cpu_model",
+    "ensure_example",
     "ensure_tools",
     "exclusive_machine",
+    "expect_answer",
     "format_table",
     "free_port",
     "http_call",
+    "int_list",
     "machine_info",
-    "measure",
-    "measure_load",
-    "parse_wrk",
-    "run_wrk",
+    "options_document",
+    "positive_int",
+    "publish_markdown",
+    "run_document",
+    "v2_request",
+    "wait_for_log",
+    "wait_until",
     "write_report",
-    "wrk_script",
-    "wrk_seconds",
 ]
 
+# --- paths and constants ------------------------------------------------------------------
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+WORK_DIR: Final = ROOT / ".bench"  # built pickles, repositories, server logs (git-ignored)
+MODELS: Final = ROOT / "examples" / "models"
+HOST: Final = "127.0.0.1"
+JSON_HEADERS: Final = {"Content-Type": "application/json"}
+# ligeiro's own CLI, from the same virtual environment as this Python.
+LIGEIRO: Final = str(Path(sys.executable).with_name("ligeiro"))
 LOCK_PATH: Final = Path("/tmp/ligeiro-bench.lock")
 SERVER_CORE: Final = 0
 LOAD_CORE: Final = 1
@@ -73,8 +99,6 @@ LOAD_CORE: Final = 1
 # hey is installed for open-loop checks by hand (``hey -q RATE``), which wrk cannot do.
 TOOLS: Final = {"wrk": "wrk", "hey": "hey", "taskset": "util-linux"}
 REQUIRED_TOOLS: Final = ("wrk", "taskset")
-_CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
-_BYTES_PER_KIB: Final = 1024
 
 
 class BenchmarkError(Exception):
@@ -130,7 +154,7 @@ def ensure_tools(
             print(f"warning: {tool} is not installed; continuing without it", flush=True)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     """The CPU's marketing name from /proc/cpuinfo, or the architecture when there is none."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -184,7 +208,7 @@ def machine_info(packages: Sequence[str]) -> Machine:
     return Machine(
         date=datetime.now(UTC).isoformat(timespec="seconds"),
         nproc=os.cpu_count() or 1,
-        cpu_model=_cpu_model(),
+        cpu_model=cpu_model(),
         kernel=platform.release(),
         load_average_1m=os.getloadavg()[0],
         python=platform.python_version(),
@@ -204,6 +228,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         probe.bind((host, 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def ensure_example(name: str, build_script: Path) -> None:
+    """Build ``examples/models/<name>`` with its ``examples/build_*.py`` when it is missing."""
+    if not (MODELS / name / "1" / "model.onnx").exists():
+        build = [sys.executable, str(build_script), "--out", str(MODELS)]
+        print(f"building the {name} model: {' '.join(build)}", flush=True)
+        subprocess.run(build, cwd=ROOT, check=True)
 
 
 # --- HTTP ---------------------------------------------------------------------------------
@@ -238,50 +270,42 @@ def http_call(request: HttpRequest, timeout_s: float = 5.0) -> tuple[int, bytes]
         return error.code, error.read()
 
 
+def v2_request(base_url: str, model: str, payload: Mapping[str, object]) -> HttpRequest:
+    """``POST /v2/models/<model>/infer`` with ``payload`` as its JSON body."""
+    return HttpRequest(
+        "POST", f"{base_url}/v2/models/{model}/infer", json.dumps(payload).encode(), JSON_HEADERS
+    )
+
+
+def expect_answer(
+    request: HttpRequest,
+    is_expected: Callable[[object], bool],
+    *,
+    expected: str = "",
+    timeout_s: float = 5.0,
+) -> None:
+    """Send ``request`` once; require a 200 whose JSON ``is_expected`` accepts.
+
+    A benchmark calls this before it loads a server, so an error answered quickly is
+    never counted as speed. ``expected`` says what a right answer holds, for the error.
+
+    Raises:
+        BenchmarkError: no answer, another status, or an answer ``is_expected`` rejects.
+    """
+    try:
+        status, body = http_call(request, timeout_s=timeout_s)
+        answer = json.loads(body)
+    except (OSError, ValueError) as error:
+        raise BenchmarkError(f"{request.method} {request.url} failed: {error}") from None
+    if status != 200 or not is_expected(answer):
+        wanted = f"expected 200 {expected}, " if expected else ""
+        raise BenchmarkError(
+            f"{request.method} {request.url}: {wanted}"
+            f"got {status}: {body[:300].decode(errors='replace')}"
+        )
+
+
 # --- the server process -------------------------------------------------------------------
-
-
-def _stat_fields(pid: int) -> list[str]:
-    """Fields of /proc/PID/stat after the command name, which may hold spaces or parens."""
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    return raw[raw.rindex(")") + 2 :].split()
-
-
-def _process_tree(root: int) -> list[int]:
-    """``root`` and every live descendant, found by walking parent ids in /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            children.setdefault(int(_stat_fields(int(entry.name))[1]), []).append(int(entry.name))
-    tree, pending = [], [root]
-    while pending:
-        pid = pending.pop()
-        tree.append(pid)
-        pending.extend(children.get(pid, ()))
-    return tree
-
-
-def _tree_cpu_s(root: int) -> float:
-    """CPU seconds (user + system) of the live tree plus the children it has reaped."""
-    ticks = 0
-    for pid in _process_tree(root):
-        with contextlib.suppress(OSError):
-            # utime, stime, cutime, cstime are fields 14-17; [0] here is field 3.
-            ticks += sum(int(value) for value in _stat_fields(pid)[11:15])
-    return ticks / _CLOCK_TICKS
-
-
-def _tree_peak_rss_bytes(root: int) -> int:
-    """Sum of each live process's high-water resident set (VmHWM), in bytes."""
-    total_kib = 0
-    for pid in _process_tree(root):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total_kib += int(line.split()[1])
-    return total_kib * _BYTES_PER_KIB
 
 
 @final
@@ -381,11 +405,11 @@ class ServerProcess:
 
     def cpu_s(self) -> float:
         """CPU seconds the server's process tree has used so far."""
-        return _tree_cpu_s(self.pid)
+        return tree_cpu_s(self.pid)
 
     def peak_rss_bytes(self) -> int:
         """Peak resident memory of the server's process tree so far."""
-        return _tree_peak_rss_bytes(self.pid)
+        return tree_peak_rss_bytes(self.pid)
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM the server's process group; SIGKILL it if it outlives ``grace_s``."""
@@ -415,177 +439,64 @@ class ServerProcess:
         self.stop()
 
 
-# --- load -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LoadResult:
-    """What wrk reports for one closed-loop run at a fixed number of connections."""
-
-    connections: int
-    duration_s: float
-    requests: int
-    requests_per_s: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    non_2xx: int
-    socket_errors: int
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """A load run plus what it cost the server."""
-
-    load: LoadResult
-    cpu_us_per_request: float
-    peak_rss_mib: float
-
-
-def _lua_string(text: str) -> str:
-    """A Lua string literal for ``text``: printable ASCII kept, every other byte escaped.
-
-    Lua has no JSON-style ``\\uXXXX``; three-digit ``\\ddd`` escapes are exact for any
-    byte and never run into a following digit.
-    """
-    out = []
-    for byte in text.encode():
-        char = chr(byte)
-        if char in '"\\':
-            out.append("\\" + char)
-        elif 32 <= byte < 127:
-            out.append(char)
-        else:
-            out.append(f"\\{byte:03d}")
-    return '"' + "".join(out) + '"'
-
-
-def wrk_script(request: HttpRequest) -> str:
-    """The Lua script that makes wrk send ``request`` (wrk's default is a bare GET)."""
-    lines = [
-        f"wrk.method = {_lua_string(request.method)}",
-        f"wrk.body = {_lua_string(request.body.decode())}",
-    ]
-    lines += [
-        f"wrk.headers[{_lua_string(name)}] = {_lua_string(value)}"
-        for name, value in (request.headers or {}).items()
-    ]
-    return "\n".join(lines) + "\n"
-
-
-_TIME_UNITS_MS: Final = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
-_PERCENTILE = re.compile(r"^\s*(\d+)%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.MULTILINE)
-_REQUESTS = re.compile(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m|h)", re.MULTILINE)
-_RATE = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
-_NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
-_SOCKET_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
-
-
-def parse_wrk(output: str, connections: int) -> LoadResult:
-    """Read throughput, latency percentiles and errors from ``wrk --latency`` output.
+def wait_for_log(server: ServerProcess, pattern: re.Pattern[str], timeout_s: float) -> str:
+    """Poll the server's log until a line matches ``pattern``; return that line.
 
     Raises:
-        BenchmarkError: the output lacks a field (wrk failed, or its format changed).
+        BenchmarkError: no such line within ``timeout_s``, or the server exited.
     """
-    percentiles = {
-        int(match[1]): float(match[2]) * _TIME_UNITS_MS[match[3]]
-        for match in _PERCENTILE.finditer(output)
-    }
-    requests, rate = _REQUESTS.search(output), _RATE.search(output)
-    if requests is None or rate is None or not {50, 90, 99} <= percentiles.keys():
-        raise BenchmarkError(f"cannot read wrk's output:\n{output}")
-    non_2xx = _NON_2XX.search(output)
-    socket_errors = _SOCKET_ERRORS.search(output)
-    return LoadResult(
-        connections=connections,
-        duration_s=float(requests[2]) * _TIME_UNITS_MS[requests[3]] / 1e3,
-        requests=int(requests[1]),
-        requests_per_s=float(rate[1]),
-        p50_ms=percentiles[50],
-        p90_ms=percentiles[90],
-        p99_ms=percentiles[99],
-        non_2xx=int(non_2xx[1]) if non_2xx else 0,
-        socket_errors=sum(map(int, socket_errors.groups())) if socket_errors else 0,
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            for line in server.log_path.read_text(errors="replace").splitlines():
+                if pattern.search(line):
+                    return line
+        server.check_running()
+        time.sleep(0.01)
+    raise BenchmarkError(f"no log line matching {pattern.pattern!r}:\n{server.log_tail()}")
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll ``condition`` every 5 ms: a separate process offers nothing to wait on.
+
+    Raises:
+        BenchmarkError: it did not hold within ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise BenchmarkError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(0.005)
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    """An argparse type: comma-separated whole numbers (``1,16,64``)."""
+    return [int(c) for c in text.split(",")]
+
+
+def add_duration_options(parser: argparse.ArgumentParser) -> None:
+    """``--duration`` (seconds per run, 5) and ``--warmup`` (seconds of load before, 1)."""
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run (default 5)")
+    parser.add_argument(
+        "--warmup", type=float, default=1.0, help="seconds of load before each run (default 1)"
     )
 
 
-def wrk_seconds(duration_s: float) -> int:
-    """How long ``run_wrk`` really loads for: wrk takes whole seconds, one at the least."""
-    return max(1, round(duration_s))
-
-
-def run_wrk(
-    request: HttpRequest,
-    *,
-    connections: int,
-    duration_s: float,
-    core: int | str = LOAD_CORE,
-    threads: int = 1,
-) -> LoadResult:
-    """Load ``request.url`` with wrk on ``threads`` threads pinned to ``core`` (or a CPU list).
-
-    One thread keeps wrk on its own core; it sustains far more than one Python core
-    serves, so it is never the bottleneck here. Loading several server cores takes a
-    thread per load core. ``$WRK`` names the binary when it is not on PATH.
-
-    Raises:
-        BenchmarkError: wrk failed or printed something unreadable.
-    """
-    with tempfile.TemporaryDirectory(prefix="ligeiro-wrk-") as folder:
-        script = Path(folder) / "post.lua"
-        script.write_text(wrk_script(request))
-        command = [
-            "taskset", "-c", str(core),
-            os.environ.get("WRK", "wrk"), f"-t{threads}", f"-c{connections}",
-            f"-d{wrk_seconds(duration_s)}s",
-            "--latency", "-s", str(script), request.url,
-        ]  # fmt: skip
-        done = subprocess.run(
-            command, capture_output=True, text=True, check=False, timeout=duration_s + 60
-        )
-    if done.returncode != 0:
-        raise BenchmarkError(f"wrk exited with {done.returncode}: {done.stderr or done.stdout}")
-    return parse_wrk(done.stdout, connections)
-
-
-def measure(
-    server: ServerProcess,
-    request: HttpRequest,
-    *,
-    connections: int,
-    duration_s: float,
-    warmup_s: float,
-    load_core: int | str = LOAD_CORE,
-) -> Measurement:
-    """Warm the server up at ``connections``, then load it and read what the load cost.
-
-    The warm-up runs at the measured concurrency so that thread pools, connection
-    buffers and allocator arenas are sized for it before the clock starts; its requests
-    are not counted. CPU time is read around the measured run only.
-    """
-    if warmup_s > 0:
-        run_wrk(request, connections=connections, duration_s=warmup_s, core=load_core)
-    return measure_load(
-        server,
-        lambda: run_wrk(request, connections=connections, duration_s=duration_s, core=load_core),
-    )
-
-
-def measure_load(server: ServerProcess, load_server: Callable[[], LoadResult]) -> Measurement:
-    """Run one load (``load_server``, any generator) and read what it cost ``server``.
-
-    Raises:
-        BenchmarkError: the load failed, or the server exited under it.
-    """
-    cpu_before = server.cpu_s()
-    load = load_server()
-    cpu_used_s = server.cpu_s() - cpu_before
-    server.check_running()
-    return Measurement(
-        load=load,
-        cpu_us_per_request=cpu_used_s * 1e6 / load.requests if load.requests else float("nan"),
-        peak_rss_mib=server.peak_rss_bytes() / 2**20,
-    )
+def add_report_options(parser: argparse.ArgumentParser) -> None:
+    """``--json PATH`` and ``--markdown PATH``: where a run writes its reports."""
+    parser.add_argument("--json", type=Path, help="write every number and the machine here")
+    parser.add_argument("--markdown", type=Path, help="write the Markdown report here")
 
 
 # --- reporting ------------------------------------------------------------------------------
@@ -621,3 +532,27 @@ def write_report(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     print(f"wrote {path}")
+
+
+def publish_markdown(report: str, path: Path | None) -> None:
+    """Print the Markdown report, and write it to ``path`` (``--markdown``) when given."""
+    print(f"\nMarkdown (for docs/benchmarks.md):\n\n{report}")
+    if path:
+        write_report(path, report)
+
+
+def options_document(options: argparse.Namespace) -> dict[str, object]:
+    """The parsed options for a JSON report, paths as strings."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(options).items()}
+
+
+def run_document(
+    benchmark: str, command: str, machine: Machine, options: argparse.Namespace
+) -> dict[str, object]:
+    """The head of a JSON report: which benchmark, the command, the machine, the options."""
+    return {
+        "benchmark": benchmark,
+        "command": command,
+        "machine": dataclasses.asdict(machine),
+        "options": options_document(options),
+    }

@@ -1,21 +1,36 @@
 """Generated models for the benchmarks: nothing is downloaded.
 
 ``build_mlp`` writes a float32 MLP of MatMul + Add + Relu layers with seeded random
-weights; ``bench_workers`` sizes one by its bytes of weights, ``bench_batching`` uses a
-fixed shape (``--model wide``).
+weights; ``build_big_model`` sizes one by its bytes of weights (``bench_workers``),
+``bench_batching`` and ``bench_optimize`` use a fixed shape (``--model wide``).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
+
+__all__ = [
+    "BIG_INPUTS",
+    "BIG_OUTPUTS",
+    "WIDE_WIDTHS",
+    "build_big_model",
+    "build_mlp",
+    "hidden_width",
+]
+
+BIG_INPUTS: Final = 256
+BIG_OUTPUTS: Final = 16
+BIG_HIDDEN_LAYERS: Final = 5  # square hidden x hidden layers: they hold nearly all weights
+# The "wide" model: input, two hidden layers, output (about 72 MB of weights).
+WIDE_WIDTHS: Final = (256, 4096, 4096, 16)
 
 
 def build_mlp(path: Path, widths: Sequence[int], *, graph_name: str = "big_mlp") -> int:
@@ -70,3 +85,29 @@ def build_mlp(path: Path, widths: Sequence[int], *, graph_name: str = "big_mlp")
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return sum(len(tensor.raw_data) for tensor in initializers)
+
+
+def hidden_width(target_bytes: float, layers: int = BIG_HIDDEN_LAYERS) -> int:
+    """The hidden width whose float32 weights and biases come closest to ``target_bytes``.
+
+    The model holds ``in*w + w`` (first layer), ``layers * (w*w + w)`` and ``w*out + out``
+    floats: a quadratic in ``w``, solved here.
+    """
+    a = layers
+    b = BIG_INPUTS + 1 + layers + BIG_OUTPUTS
+    c = BIG_OUTPUTS - target_bytes / 4
+    return max(1, round((-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)))
+
+
+def build_big_model(path: Path, target_bytes: float) -> int:
+    """Write a float32 MLP (MatMul + Add + Relu) of about ``target_bytes`` of weights.
+
+    Input ``x`` is FP32 ``[N, 256]``; output ``y`` is FP32 ``[N, 16]``; between them
+    ``BIG_HIDDEN_LAYERS + 1`` hidden layers of ``hidden_width(target_bytes)``. The
+    generator (seeded random weights, IR 8, opset 17) is ``_models.build_mlp``.
+
+    Returns:
+        The bytes of the initializers (weights and biases).
+    """
+    width = hidden_width(target_bytes)
+    return build_mlp(path, [BIG_INPUTS, *[width] * (BIG_HIDDEN_LAYERS + 1), BIG_OUTPUTS])

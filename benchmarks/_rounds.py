@@ -12,32 +12,45 @@ the same neighbour), and reports:
   steadier than a ratio of medians, which may pair a quiet round of one server with a
   noisy round of the other.
 
-Nothing here starts servers or runs load: ``bench_*.py`` modules do that and hand their
-``Run`` records here.
+Nothing here starts servers or runs load: ``bench_*.py`` modules (and ``_targets.py``)
+do that and hand their ``Run``, ``Startup`` and ``Failure`` records here; the table of
+medians every round-based benchmark prints (``RESULT_HEADERS``, ``result_rows``) is made
+here too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, TypeVar
 
-from ._harness import Measurement
+from ._wrk import Measurement, wrk_seconds
 
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Iterable, Sequence
+
+    from ._harness import BenchmarkError
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "RESULT_HEADERS",
+    "Failure",
+    "Rounds",
     "Run",
     "Spread",
+    "Startup",
     "describe_rounds",
+    "expected_seconds",
     "median_runs",
     "rates",
+    "result_rows",
     "rotated",
     "round_ratios",
+    "spread_document",
 ]
 
 T = TypeVar("T")
@@ -138,3 +151,101 @@ def round_ratios(runs: Iterable[Run], numerator: str, denominator: str) -> dict[
 def describe_rounds(rounds: int, duration_s: float, warmup_s: float) -> str:
     """The line above a table of medians: how many rounds, and how long each run was."""
     return f"median of {rounds} round(s); {duration_s:g} s per run after {warmup_s:g} s of warm-up"
+
+
+def spread_document(values: list[float]) -> dict[str, object]:
+    """Per-round values for a JSON report: their median and range, and the values."""
+    return {**dataclasses.asdict(Spread.of(values)), "rounds": values}
+
+
+# --- a run's record -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Startup:
+    """Seconds from launching a target's command to its first ready 200, in one round."""
+
+    target: str
+    round: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A target that could not start, answered wrongly, or died, in one round."""
+
+    target: str
+    round: int
+    error: str
+
+
+@dataclass
+class Rounds:
+    """Everything a run measured, round by round."""
+
+    runs: list[Run] = field(default_factory=list)
+    startups: list[Startup] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+    def fail(self, target: str, round_: int, error: BenchmarkError) -> None:
+        self.failures.append(Failure(target, round_, str(error)))
+        print(f"round {round_}: {target} FAILED: {error}", flush=True)
+
+
+# Seconds per wrk call beyond its -d (process start, connect, report), and per server
+# start (imports, model load, the check), for the time estimate printed before a run.
+_WRK_OVERHEAD_S: Final = 0.1
+_START_OVERHEAD_S: Final = 1.5
+
+
+def expected_seconds(options: argparse.Namespace) -> float:
+    """Roughly how long a run with these options takes."""
+    warmup_s = wrk_seconds(options.warmup) if options.warmup > 0 else 0
+    per_run_s = warmup_s + wrk_seconds(options.duration) + _WRK_OVERHEAD_S * (1 + (warmup_s > 0))
+    per_server_s = len(options.concurrency) * per_run_s + _START_OVERHEAD_S
+    return float(options.rounds * len(options.servers) * per_server_s)
+
+
+# --- the table of medians -----------------------------------------------------------------
+
+RESULT_HEADERS: Final = (
+    "server", "c", "req/s", "req/s range", "p50 ms", "p90 ms", "p99 ms",
+    "CPU µs/req", "peak RSS MiB", "start-up s", "errors",
+)  # fmt: skip
+
+
+def result_rows(
+    measured: Rounds, servers: Sequence[str], concurrency: Sequence[int]
+) -> list[list[str]]:
+    """One row per target and concurrency, from the round with the median req/s.
+
+    ``req/s range`` spans the rounds; ``peak RSS`` is the highest any round reached by
+    then; ``errors`` adds up every round; start-up (median over rounds) is on each
+    target's first row.
+    """
+    medians = median_runs(measured.runs)
+    rows = []
+    for name in servers:
+        startups = [s.seconds for s in measured.startups if s.target == name]
+        startup = f"{statistics.median(startups):.2f}" if startups else ""
+        for connections in concurrency:
+            if (run := medians.get((name, connections))) is None:
+                rows.append([name, str(connections), "failed", *[""] * (len(RESULT_HEADERS) - 3)])
+                continue
+            loads = [
+                r for r in measured.runs if (r.candidate, r.concurrency) == (name, connections)
+            ]
+            peak_rss_mib = max(r.measurement.peak_rss_mib for r in loads)
+            errors = sum(
+                r.measurement.load.non_2xx + r.measurement.load.socket_errors for r in loads
+            )
+            load = run.measurement.load
+            rows.append([
+                name, str(connections), f"{load.requests_per_s:,.0f}",
+                Spread.of(r.requests_per_s for r in loads).range(",.0f"),
+                f"{load.p50_ms:.2f}", f"{load.p90_ms:.2f}", f"{load.p99_ms:.2f}",
+                f"{run.measurement.cpu_us_per_request:.0f}",
+                f"{peak_rss_mib:.1f}", startup, str(errors),
+            ])  # fmt: skip
+            startup = ""
+    return rows

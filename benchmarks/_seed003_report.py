@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ._harness import format_table
-from .bench_seed003 import P95_LIMIT_MS, SEED_STAGES
+from ._seed003 import CPU_PERIOD_US, CPU_QUOTA_US, P95_LIMIT_MS, SEED_STAGES, SHARES, Series
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -26,8 +26,6 @@ def _fmt(value: float | None, spec: str = ".1f") -> str:
 
 def _windows(server: dict[str, Any]) -> list[dict[str, Any]]:
     """Each window of the stages run with its wall-clock span, CPU and RSS."""
-    from .bench_seed003 import Series
-
     report = server["stages"]
     start = report["meta"]["started_unix"]
     series = Series(**server["series"])
@@ -47,8 +45,6 @@ def _windows(server: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _stage_rows(server: dict[str, Any]) -> list[dict[str, Any]]:
-    from .bench_seed003 import Series
-
     report = server["stages"]
     series = Series(**server["series"])
     begin = report["meta"]["started_unix"]
@@ -253,8 +249,6 @@ def render(
 
 
 def _limits(servers: list[dict[str, Any]]) -> str:
-    from .bench_seed003 import CPU_PERIOD_US, CPU_QUOTA_US, SHARES
-
     fallback = [s["limits"] for s in servers if s["limits"].startswith("no cgroup")]
     if fallback:
         return f"**{fallback[0]}**: half a CPU was not enforced."

@@ -17,7 +17,6 @@ Run: ``python -m benchmarks.bench_ab REV_A REV_B [--rounds 8] [--duration 4]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -27,18 +26,19 @@ from pathlib import Path
 
 from ._harness import (
     LOAD_CORE,
+    MODELS,
+    ROOT,
     HttpRequest,
     ServerProcess,
     exclusive_machine,
     free_port,
-    measure,
 )
+from ._iris import V2_JSON
 from ._rounds import ratio_cell
-from .bench_iris import V2_PAYLOAD
+from ._wrk import measure
 
-ROOT = Path(__file__).resolve().parent.parent
-IRIS = ROOT / "examples" / "models" / "iris"
-BODY = json.dumps(V2_PAYLOAD).encode()  # the seed's iris row
+IRIS = MODELS / "iris"
+BODY = V2_JSON  # the seed's iris row
 
 
 def _worktree(revision: str, into: Path) -> Path:

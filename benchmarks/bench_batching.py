@@ -37,241 +37,75 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-import numpy as np
-
+from ._cases import CASES, ModelCase, verify
 from ._harness import (
+    HOST,
+    JSON_HEADERS,
+    LIGEIRO,
     LOAD_CORE,
+    ROOT,
+    WORK_DIR,
     BenchmarkError,
     HttpRequest,
     Machine,
     ServerProcess,
+    add_duration_options,
+    add_report_options,
     ensure_tools,
     exclusive_machine,
     format_table,
     free_port,
     http_call,
+    int_list,
     machine_info,
-    measure,
-    run_wrk,
+    positive_int,
+    publish_markdown,
+    run_document,
     write_report,
-    wrk_seconds,
 )
-from ._models import build_mlp
-from ._rounds import Run, Spread, describe_rounds, median_runs, ratio_cell, rotated, round_ratios
-from .bench_iris import RESULT_HEADERS, Rounds, Startup, expected_seconds, result_rows
+from ._rounds import (
+    RESULT_HEADERS,
+    Rounds,
+    Run,
+    Spread,
+    Startup,
+    describe_rounds,
+    expected_seconds,
+    median_runs,
+    ratio_cell,
+    result_rows,
+    rotated,
+    round_ratios,
+    spread_document,
+)
+from ._wrk import measure, run_wrk, wrk_seconds
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Sequence
 
 logger = logging.getLogger(__name__)
 
-ROOT: Final = Path(__file__).resolve().parent.parent
-WORK_DIR: Final = ROOT / ".bench"
-MODELS: Final = ROOT / "examples" / "models"
-HOST: Final = "127.0.0.1"
-JSON_HEADERS: Final = {"Content-Type": "application/json"}
 PACKAGES: Final = ("ligeiro", "onnxruntime", "numpy", "msgspec", "uvloop", "httptools")
 TARGET_NAMES: Final = ("batched", "batched-thread", "unbatched", "queued")
 REFERENCE: Final = "unbatched"
 
-# load_digits().data[0], a handwritten 0 (8x8 pixels, 0-16): the model answers class 0.
-DIGIT_ZERO: Final = (
-    0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0,
-    0, 4, 12, 0, 0, 8, 8, 0, 0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0,
-    0, 2, 14, 5, 10, 12, 0, 0, 0, 0, 6, 13, 10, 0, 0, 0,
-)  # fmt: skip
-SETOSA: Final = (5.1, 3.5, 1.4, 0.2)
-
-
-WIDE_WIDTHS: Final = (256, 4096, 4096, 16)  # input, two hidden layers, output
-WIDE_CONFIG: Final = "[batching]\nmax_batch_size = 64\nmax_queue_size = 512\n"
-
-
-def _outputs(answer: object) -> list[dict[str, object]]:
-    """The ``outputs`` of a V2 answer, as far as they are objects."""
-    outputs = answer.get("outputs", []) if isinstance(answer, dict) else []
-    return [o for o in outputs if isinstance(o, dict)] if isinstance(outputs, list) else []
-
-
-def label_is(expected: int) -> Callable[[object], bool]:
-    """An answer check: ``output_label`` is ``[expected]``."""
-
-    def check(answer: object) -> bool:
-        labels = [o.get("data") for o in _outputs(answer) if o.get("name") == "output_label"]
-        return labels == [[expected]]
-
-    return check
-
-
-def finite_y(width: int) -> Callable[[object], bool]:
-    """An answer check: one output ``y`` of shape ``[1, width]`` holding finite numbers."""
-
-    def check(answer: object) -> bool:
-        ys = [o for o in _outputs(answer) if o.get("name") == "y"]
-        if len(ys) != 1 or ys[0].get("shape") != [1, width]:
-            return False
-        data = ys[0].get("data")
-        return (
-            isinstance(data, list)
-            and len(data) == width
-            and all(isinstance(v, int | float) and math.isfinite(v) for v in data)
-        )
-
-    return check
-
-
-def example_repository(name: str, build_script: Path) -> Callable[[contextlib.ExitStack], Path]:
-    """A repository provider: ``examples/models``, building ``name`` when it is missing."""
-
-    def prepare(_stack: contextlib.ExitStack) -> Path:
-        if not (MODELS / name / "1" / "model.onnx").exists():
-            build = [sys.executable, str(build_script), "--out", str(MODELS)]
-            print(f"building the {name} model: {' '.join(build)}", flush=True)
-            subprocess.run(build, cwd=ROOT, check=True)
-        return MODELS
-
-    return prepare
-
-
-def generated_repository(
-    name: str, widths: Sequence[int], config: str
-) -> Callable[[contextlib.ExitStack], Path]:
-    """A repository provider: a temporary one (removed when the stack closes) holding
-    ``name/1/model.onnx`` from ``build_mlp(widths)`` and ``name/config.toml``."""
-
-    def prepare(stack: contextlib.ExitStack) -> Path:
-        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ligeiro-batching-")))
-        weights = build_mlp(folder / name / "1" / "model.onnx", widths, graph_name=name)
-        (folder / name / "config.toml").write_text(config)
-        print(
-            f"generated the {name} model, {weights / 1e6:.1f} MB of weights, in {folder}",
-            flush=True,
-        )
-        return folder
-
-    return prepare
-
-
-@dataclass(frozen=True)
-class ModelCase:
-    """A model: where it comes from, the row that loads it, how its answer is checked,
-    and the ``--batch`` value of each target.
-
-    ``None`` means no ``--batch`` option: the model's own ``config.toml`` decides.
-    ``prepare`` returns the repository to serve (building what is missing); a temporary
-    one lives until the stack it is given closes. ``expects`` describes ``check``.
-    """
-
-    name: str
-    row: tuple[float, ...]
-    batch: Mapping[str, str | None]
-    prepare: Callable[[contextlib.ExitStack], Path]
-    repository: str  # the repository as the report names it
-    check: Callable[[object], bool]
-    expects: str
-    input_name: str = "float_input"
-    packages: tuple[str, ...] = ()  # versions worth recording beyond PACKAGES
-
-    def payload(self) -> dict[str, object]:
-        """The V2 JSON request: one row as a ``[1, features]`` FP32 tensor."""
-        tensor = {
-            "name": self.input_name,
-            "shape": [1, len(self.row)],
-            "datatype": "FP32",
-            "data": list(self.row),
-        }
-        return {"inputs": [tensor]}
-
-
-CASES: Final = {
-    "mlp": ModelCase(
-        "mlp",
-        DIGIT_ZERO,
-        # config.toml: max_batch_size = 64, max_queue_size = 512.
-        batch={
-            "batched": None,
-            "batched-thread": "max_batch_size=64,max_queue_size=512,run_on=thread",
-            "unbatched": "max_batch_size=0",
-            "queued": "max_batch_size=1,run_on=thread",
-        },
-        prepare=example_repository("mlp", ROOT / "examples" / "build_mlp.py"),
-        repository="examples/models",
-        check=label_is(0),
-        expects="output_label [0]",
-    ),
-    "iris": ModelCase(
-        "iris",
-        SETOSA,
-        # iris has no [batching]: unbatched is its default.
-        batch={
-            "batched": "max_batch_size=64",
-            "batched-thread": "max_batch_size=64,run_on=thread",
-            "unbatched": None,
-            "queued": "max_batch_size=1,run_on=thread",
-        },
-        prepare=example_repository("iris", ROOT / "examples" / "build_iris.py"),
-        repository="examples/models",
-        check=label_is(0),
-        expects="output_label [0]",
-    ),
-    "wide": ModelCase(
-        "wide",
-        tuple(np.linspace(-1, 1, WIDE_WIDTHS[0]).round(4).tolist()),
-        # WIDE_CONFIG: max_batch_size = 64, max_queue_size = 512, as mlp's config.toml.
-        batch={
-            "batched": None,
-            "batched-thread": "max_batch_size=64,max_queue_size=512,run_on=thread",
-            "unbatched": "max_batch_size=0",
-            "queued": "max_batch_size=1,run_on=thread",
-        },
-        prepare=generated_repository("wide", WIDE_WIDTHS, WIDE_CONFIG),
-        repository="<temporary repository>",
-        check=finite_y(WIDE_WIDTHS[-1]),
-        expects=f"y of shape [1, {WIDE_WIDTHS[-1]}], all finite",
-        input_name="x",
-        packages=("onnx",),
-    ),
-}
-
 
 def command(case: ModelCase, target: str, port: int, repository: Path) -> list[str]:
     """The ``ligeiro serve`` command line of one target."""
-    executable = str(Path(sys.executable).with_name("ligeiro"))
     argv = [
-        executable, "serve", str(repository), "--host", HOST, "--port", str(port),
+        LIGEIRO, "serve", str(repository), "--host", HOST, "--port", str(port),
         "--workers", "1", "--threads", "1", "--grpc-port", "0",
     ]  # fmt: skip
     if (batch := case.batch[target]) is not None:
         argv += ["--batch", f"{case.name}:{batch}"]
     return argv
-
-
-def verify(case: ModelCase, request: HttpRequest) -> None:
-    """Send the row once; require a 200 whose answer passes the case's check.
-
-    Raises:
-        BenchmarkError: no answer, a non-200 status, or an answer the check rejects.
-    """
-    try:
-        status, body = http_call(request)
-        answer = json.loads(body)
-    except (OSError, ValueError) as error:
-        raise BenchmarkError(f"{request.method} {request.url} failed: {error}") from None
-    if status != 200 or not case.check(answer):
-        raise BenchmarkError(
-            f"{request.method} {request.url}: expected 200 with {case.expects}, "
-            f"got {status}: {body[:300].decode(errors='replace')}"
-        )
 
 
 @dataclass(frozen=True)
@@ -320,7 +154,7 @@ class BatchSize:
 
 @dataclass
 class BatchingRounds(Rounds):
-    """``bench_iris``'s record of a run, plus the batch sizes each run had."""
+    """The record of a run (``_rounds.Rounds``), plus the batch sizes each run had."""
 
     batch_sizes: list[BatchSize] = field(default_factory=list)
 
@@ -563,13 +397,6 @@ def markdown_heading(machine: Machine, command_line: str, case: ModelCase, round
     )
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
-    return value
-
-
 def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -578,19 +405,16 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency",
         default="1,16,64",
-        type=lambda text: [int(c) for c in text.split(",")],
+        type=int_list,
         help="comma-separated connection counts (default 1,16,64); latency ratios use the lowest",
     )
     parser.add_argument(
         "--rounds",
-        type=_positive_int,
+        type=positive_int,
         default=3,
         help="repeat every measurement, rotating the target order; report medians (default 3)",
     )
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run (default 5)")
-    parser.add_argument(
-        "--warmup", type=float, default=1.0, help="seconds of load before each run (default 1)"
-    )
+    add_duration_options(parser)
     parser.add_argument(
         "--servers",
         default=",".join(TARGET_NAMES),
@@ -600,8 +424,7 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
     parser.add_argument(
         "--ready-timeout", type=float, default=60.0, help="seconds a server may take to be ready"
     )
-    parser.add_argument("--json", type=Path, help="write every number and the machine here")
-    parser.add_argument("--markdown", type=Path, help="write the Markdown report here")
+    add_report_options(parser)
     args = parser.parse_args(argv)
     if unknown := set(args.servers) - set(TARGET_NAMES):
         parser.error(f"unknown target(s) {', '.join(sorted(unknown))}; choose from {TARGET_NAMES}")
@@ -620,10 +443,7 @@ def _json_document(
     others = [name for name in options.servers if name != REFERENCE]
     low = min(options.concurrency)
     return {
-        "benchmark": f"batching-{case.name}",
-        "command": command_line,
-        "machine": dataclasses.asdict(machine),
-        "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(options).items()},
+        **run_document(f"batching-{case.name}", command_line, machine, options),
         "commands": {name: command(case, name, 0, repository) for name in options.servers},
         "runs": [dataclasses.asdict(run) for run in measured.runs],
         "batch_sizes": [{**dataclasses.asdict(b), "mean": b.mean} for b in measured.batch_sizes],
@@ -631,14 +451,14 @@ def _json_document(
         "failures": [dataclasses.asdict(failure) for failure in measured.failures],
         "throughput_ratios": {
             f"{name} / {REFERENCE}": {
-                str(c): {**dataclasses.asdict(Spread.of(values)), "rounds": values}
+                str(c): spread_document(values)
                 for c, values in round_ratios(measured.runs, name, REFERENCE).items()
             }
             for name in others
         },
         f"latency_ratios_c{low}": {
             f"{name} / {REFERENCE}": {
-                kind: {**dataclasses.asdict(Spread.of(values)), "rounds": values}
+                kind: spread_document(values)
                 for kind, values in latency_ratios(measured.runs, name, low).items()
             }
             for name in others
@@ -676,9 +496,7 @@ def main(
     print("\n" + render(measured, case, options, markdown=False))
     heading = markdown_heading(machine, command_line, case, options.rounds)
     report = f"{heading}\n\n{render(measured, case, options, markdown=True)}\n"
-    print(f"\nMarkdown (for docs/benchmarks.md):\n\n{report}")
-    if options.markdown:
-        write_report(options.markdown, report)
+    publish_markdown(report, options.markdown)
     if options.json:
         document = _json_document(measured, case, options, command_line, machine, repository)
         write_report(options.json, json.dumps(document, indent=2) + "\n")

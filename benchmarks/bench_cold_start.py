@@ -26,7 +26,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,17 +34,11 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = ROOT / "examples" / "models"
-SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+from ._harness import MODELS, ROOT, free_port
+from ._iris import SEED_PAYLOAD, V2_PAYLOAD
+
 LOAD = "import ligeiro; ligeiro.load({!r}).predict([[5.1, 3.5, 1.4, 0.2]])"
 TEXT = ("sentiment", "text-tokenizer", "minilm-encoder", "sentiment-head")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _first_200(port: int, path: str, body: bytes, process: subprocess.Popen[bytes]) -> None:
@@ -78,7 +71,7 @@ def _serve(
     env: dict[str, str] | None = None,
 ) -> tuple[float, float]:
     """Wall seconds from Popen to the first 200, and the CPU seconds the server used."""
-    port, grpc_port = _free_port(), _free_port()
+    port, grpc_port = free_port(), free_port()
     start = time.perf_counter()
     process = subprocess.Popen(
         command(port, grpc_port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
@@ -135,16 +128,6 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"pyz: {pyz.stat().st_size / 1e6:.1f} MB; first run (shiv unpacks) {unpack:.2f} s"
             )
-        iris_body = {
-            "inputs": [
-                {
-                    "name": "float_input",
-                    "shape": [1, 4],
-                    "datatype": "FP32",
-                    "data": [5.1, 3.5, 1.4, 0.2],
-                }
-            ]
-        }
         text_body = {
             "inputs": [
                 {
@@ -167,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                     *one_worker,
                 ],
                 "/v2/models/iris/infer",
-                iris_body,
+                V2_PAYLOAD,
                 env,
             ),
             "serve-iris": lambda: _serve(
@@ -182,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                     *one_worker,
                 ],
                 "/v2/models/iris/infer",
-                iris_body,
+                V2_PAYLOAD,
                 env,
             ),
             "serve-text": lambda: _serve(
@@ -213,11 +196,12 @@ def main(argv: list[str] | None = None) -> int:
                     *one_worker,
                 ],
                 "/v2/models/iris/infer",
-                iris_body,
+                V2_PAYLOAD,
                 bare,
             ),
             "pyz-predict": lambda: _run(
-                ["/usr/bin/python3", "-I", str(pyz), "predict", "--data", json.dumps(SETOSA)], bare
+                ["/usr/bin/python3", "-I", str(pyz), "predict", "--data", json.dumps(SEED_PAYLOAD)],
+                bare,
             ),
             "load-iris": lambda: _run(
                 [sys.executable, "-c", LOAD.format(str(MODELS / "iris"))],

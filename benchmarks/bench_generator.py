@@ -14,7 +14,6 @@ Run: ``python -m benchmarks.bench_generator [--rounds 5] [--duration 5] [--warmu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -23,18 +22,18 @@ from ligeiro.bench import BenchPlan, http_request, run_bench
 
 from ._harness import (
     LOAD_CORE,
+    MODELS,
+    WORK_DIR,
     HttpRequest,
     ServerProcess,
     exclusive_machine,
     free_port,
-    run_wrk,
 )
+from ._iris import V2_JSON
 from ._rounds import ratio_cell
-from .bench_iris import V2_PAYLOAD
+from ._wrk import run_wrk
 
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = ROOT / "examples" / "models"
-BODY = json.dumps(V2_PAYLOAD).encode()  # the seed's iris row
+BODY = V2_JSON  # the seed's iris row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     with (
         exclusive_machine(),
         ServerProcess(
-            argv_, f"{url}/v2/health/ready", log_path=ROOT / ".bench" / "generator.log"
+            argv_, f"{url}/v2/health/ready", log_path=WORK_DIR / "generator.log"
         ) as server,
     ):
         server.start()

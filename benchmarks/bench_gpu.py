@@ -32,10 +32,8 @@ import threading
 import time
 from pathlib import Path
 
-from ._harness import format_table, write_report
+from ._harness import MODELS, format_table, write_report
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples" / "models"
 SENTENCE = "I love you. I like you. I am your friend."
 _SERVING = re.compile(r"serving .*on http://([\d.]+):(\d+) and grpc://[\d.]+:(\d+)")
 # [runtime] of the encoder per variant; the fp16 ones other than TensorRT serve the
@@ -51,9 +49,9 @@ VARIANTS = {
 def build_repository(root: Path, variant: str, max_batch: int) -> None:
     """Tokenizer, encoder (with the variant's [runtime]) and the minilm pipeline."""
     runtime, fp16 = VARIANTS[variant]
-    shutil.copytree(EXAMPLES / "text-tokenizer", root / "text-tokenizer")
+    shutil.copytree(MODELS / "text-tokenizer", root / "text-tokenizer")
     encoder = root / "minilm-encoder"
-    shutil.copytree(EXAMPLES / "minilm-encoder", encoder)
+    shutil.copytree(MODELS / "minilm-encoder", encoder)
     if fp16:
         subprocess.run(
             [sys.executable, "-m", "ligeiro", "optimize", str(encoder), "--mode", "fp16",
@@ -64,7 +62,7 @@ def build_repository(root: Path, variant: str, max_batch: int) -> None:
     config = (encoder / "config.toml").read_text() if (encoder / "config.toml").exists() else ""
     (encoder / "config.toml").write_text(config + "\n[runtime]\n" + runtime)
     pipeline = root / "minilm"
-    shutil.copytree(EXAMPLES / "minilm", pipeline)
+    shutil.copytree(MODELS / "minilm", pipeline)
     text = (pipeline / "config.toml").read_text().split("[batching]")[0]
     # Two batches at once: one tokenizes on the CPU while the other runs on the GPU.
     text += (

@@ -34,7 +34,10 @@ from typing import Final
 import numpy as np
 
 from ._harness import (
+    HOST,
     LOAD_CORE,
+    MODELS,
+    ROOT,
     BenchmarkError,
     HttpRequest,
     ServerProcess,
@@ -43,17 +46,12 @@ from ._harness import (
     format_table,
     free_port,
     machine_info,
-    measure,
 )
+from ._iris import V2_BODY, grpc_request
 from ._rounds import ratio_cell, rotated
+from ._wrk import measure
 
-ROOT: Final = Path(__file__).resolve().parent.parent
 BIN: Final = Path(sys.executable).parent
-HOST: Final = "127.0.0.1"
-ROW: Final = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
-V2_BODY: Final = (
-    b'{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}'
-)
 SERVICE: Final = "/inference.GRPCInferenceService/"
 # "rest" is loaded by wrk, "rest-h2load" by h2load --h1: the same generator as gRPC's,
 # whose own cost on the shared loopback differs from wrk's.
@@ -69,21 +67,6 @@ class Result:
     latency_ms: float  # wrk's p50 for rest, h2load's mean for the others
     cpu_us_per_request: float
     failed: int
-
-
-def grpc_request() -> bytes:
-    """The ModelInferRequest for one iris row, framed as gRPC sends it on the wire."""
-    from ligeiro.protocol._generated import grpc_service_pb2 as pb
-
-    request = pb.ModelInferRequest(
-        model_name="iris",
-        inputs=[
-            pb.ModelInferRequest.InferInputTensor(name="float_input", datatype="FP32", shape=[1, 4])
-        ],
-        raw_input_contents=[ROW.tobytes()],
-    )
-    payload = request.SerializeToString()
-    return b"\x00" + len(payload).to_bytes(4, "big") + payload
 
 
 def check_grpc(port: int) -> None:
@@ -177,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 str(BIN / "ligeiro"),
                 "serve",
-                str(ROOT / "examples" / "models"),
+                str(MODELS),
                 "--host",
                 HOST,
                 "--port",

@@ -36,6 +36,9 @@ import httptools
 import msgspec
 
 from ._harness import (
+    MODELS,
+    ROOT,
+    WORK_DIR,
     BenchmarkError,
     HttpRequest,
     Machine,
@@ -45,17 +48,16 @@ from ._harness import (
     format_table,
     free_port,
     machine_info,
-    measure,
 )
 from ._http_candidates import MODEL_ENV, READY_ROUTE, ROUTE, SAMPLE_REQUEST
 from ._rounds import Run, Spread, describe_rounds, median_runs, rates, rotated, round_ratios
+from ._wrk import measure
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-REPO: Final = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL: Final = REPO / "examples" / "models" / "iris" / "1" / "model.onnx"
-LOG_DIR: Final = REPO / ".bench" / "logs" / "http-layer"
+DEFAULT_MODEL: Final = MODELS / "iris" / "1" / "model.onnx"
+LOG_DIR: Final = WORK_DIR / "logs" / "http-layer"
 REFERENCE: Final = "uvicorn"
 BODY: Final = msgspec.json.encode(SAMPLE_REQUEST)
 # A second input with another answer (virginica, label 2), to tell pipelined replies apart.
@@ -317,8 +319,8 @@ def bench_candidate(
         [sys.executable, *candidate.argv, "--port", str(port)],
         base + READY_ROUTE,
         log_path=LOG_DIR / f"{candidate.name}-{round_index + 1}.log",
-        cwd=REPO,
-        env={MODEL_ENV: str(args.model), "PYTHONPATH": str(REPO)},
+        cwd=ROOT,
+        env={MODEL_ENV: str(args.model), "PYTHONPATH": str(ROOT)},
     )
     runs = []
     with server:

@@ -36,10 +36,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from ._harness import (
+    HOST,
+    LIGEIRO,
     LOAD_CORE,
+    MODELS,
     BenchmarkError,
     HttpRequest,
-    LoadResult,
     ServerProcess,
     ensure_tools,
     exclusive_machine,
@@ -47,16 +49,15 @@ from ._harness import (
     free_port,
     http_call,
     machine_info,
-    run_wrk,
     write_report,
 )
+from ._iris import V2_JSON
+from ._wrk import LoadResult, run_wrk
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-HOST: Final = "127.0.0.1"
 TOKEN: Final = "bench-admin-token"
-EXAMPLES: Final = Path(__file__).resolve().parent.parent / "examples" / "models"
 PACKAGES: Final = ("ligeiro", "onnxruntime", "numpy", "msgspec", "uvloop", "httptools")
 SENTENCE: Final = "I love you. I like you. I am your friend."
 _DRAINED = re.compile(r"drained and unloaded .* in ([\d.]+) s")
@@ -79,18 +80,7 @@ CASES: Final = {
         ("iris",),
         "iris",
         "iris",
-        json.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": "float_input",
-                        "shape": [1, 4],
-                        "datatype": "FP32",
-                        "data": [5.1, 3.5, 1.4, 0.2],
-                    }
-                ]
-            }
-        ).encode(),
+        V2_JSON,
     ),
     "text": Case(
         "text",
@@ -118,7 +108,7 @@ class Outcome:
 def _repository(case: Case, folder: Path) -> Path:
     root = folder / "models"
     for name in case.models:
-        source = EXAMPLES / name
+        source = MODELS / name
         if not source.is_dir():
             raise BenchmarkError(f"{source} is missing: run `make models` first")
         shutil.copytree(source, root / name, symlinks=False)
@@ -159,7 +149,7 @@ def run_case(case: Case, options: argparse.Namespace, folder: Path) -> Outcome:
     # The copies stay on disk (the policy loads only the latest): keep version 1 around.
     port = free_port(HOST)
     argv = [
-        str(Path(sys.executable).with_name("ligeiro")),
+        LIGEIRO,
         "serve",
         str(root),
         "--host",
@@ -279,7 +269,7 @@ def main(
         os.sched_setaffinity(0, {LOAD_CORE})
         outcomes = []
         for case in cases:
-            if case.name == "text" and not (EXAMPLES / "minilm-encoder").is_dir():
+            if case.name == "text" and not (MODELS / "minilm-encoder").is_dir():
                 print("text: skipped (examples/models/minilm-encoder missing: make models)")
                 continue
             outcomes.append(run_case(case, options, Path(tmp)))

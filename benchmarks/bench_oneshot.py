@@ -20,11 +20,17 @@ import time
 from pathlib import Path
 from typing import Final
 
-from ._harness import ServerProcess, exclusive_machine, format_table, free_port, machine_info
+from ._harness import (
+    HOST,
+    ROOT,
+    ServerProcess,
+    exclusive_machine,
+    format_table,
+    free_port,
+    machine_info,
+)
 
-ROOT: Final = Path(__file__).resolve().parent.parent
 BIN: Final = Path(sys.executable).parent
-HOST: Final = "127.0.0.1"
 SEED: Final = '{"sepal_length":6.7,"sepal_width":3.0,"petal_length":5.2,"petal_width":2.3}'
 WARMUP_RUNS: Final = 2
 

@@ -31,12 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._harness import SERVER_CORE, exclusive_machine, format_table, machine_info
-from benchmarks._models import build_mlp
+from benchmarks._harness import (
+    MODELS,
+    ROOT,
+    SERVER_CORE,
+    exclusive_machine,
+    format_table,
+    machine_info,
+)
+from benchmarks._models import WIDE_WIDTHS, build_mlp
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples" / "models"
-WIDE = (256, 4096, 4096, 16)
 
 
 def _mlp_sample() -> np.ndarray:
@@ -46,13 +50,13 @@ def _mlp_sample() -> np.ndarray:
 
 
 def _models(work: Path) -> dict[str, tuple[Path, np.ndarray | None]]:
-    if not (EXAMPLES / "mlp" / "1" / "model.onnx").is_file():
+    if not (MODELS / "mlp" / "1" / "model.onnx").is_file():
         sys.path.insert(0, str(ROOT))
         from tests.conftest import build_examples
 
         build_examples()
-    shutil.copytree(EXAMPLES / "mlp", work / "mlp")
-    build_mlp(work / "wide" / "1" / "model.onnx", WIDE, graph_name="wide")
+    shutil.copytree(MODELS / "mlp", work / "mlp")
+    build_mlp(work / "wide" / "1" / "model.onnx", WIDE_WIDTHS, graph_name="wide")
     return {"mlp": (work / "mlp", _mlp_sample()), "wide": (work / "wide", None)}
 
 

@@ -46,49 +46,41 @@ from typing import TYPE_CHECKING, Final
 
 from ligeiro.bench._openloop import percentile
 
+from ._cases import CASES, verify
 from ._harness import (
+    HOST,
+    JSON_HEADERS,
+    LIGEIRO,
     LOAD_CORE,
+    MODELS,
+    ROOT,
     BenchmarkError,
     HttpRequest,
     Machine,
     ServerProcess,
-    _process_tree,  # the harness's /proc walk; VmRSS (not VmHWM) is read here
+    add_report_options,
     ensure_tools,
     exclusive_machine,
     format_table,
     free_port,
     machine_info,
-    run_wrk,
+    options_document,
+    publish_markdown,
     write_report,
 )
-from .bench_batching import CASES, MODELS, ROOT, verify
+from ._procfs import tree_rss_bytes
+from ._wrk import run_wrk
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
 logger = logging.getLogger(__name__)
 
-HOST: Final = "127.0.0.1"
-JSON_HEADERS: Final = {"Content-Type": "application/json"}
 PACKAGES: Final = ("ligeiro", "onnxruntime", "numpy", "msgspec", "uvloop", "httptools")
 HEALTH_PATH: Final = "/v2/health/live"
 ACCEPTED: Final = frozenset({200, 429, 504})
 MIN_SENT_SHARE: Final = 0.9
 SUSTAIN_CONNECTIONS: Final = 16
-
-
-def tree_rss_bytes(root: int) -> int:
-    """Resident memory now (VmRSS) summed over ``root``'s process tree, in bytes."""
-    total_kib = 0
-    for pid in _process_tree(root):
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                total_kib += int(line.split()[1])
-    return total_kib * 1024
 
 
 @dataclass
@@ -339,8 +331,7 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=512, help="generator's pool limit (512)")
     parser.add_argument("--client-timeout", type=float, default=10.0, help="seconds before 'hung'")
     parser.add_argument("--ready-timeout", type=float, default=60.0)
-    parser.add_argument("--json", type=Path, help="write every number and the machine here")
-    parser.add_argument("--markdown", type=Path, help="write the Markdown report here")
+    add_report_options(parser)
     return parser.parse_args(argv)
 
 
@@ -411,7 +402,7 @@ def main(
     os.sched_setaffinity(0, {LOAD_CORE})
     port = free_port(HOST)
     server_argv = [
-        str(Path(sys.executable).with_name("ligeiro")), "serve", str(MODELS), "--host", HOST,
+        LIGEIRO, "serve", str(MODELS), "--host", HOST,
         "--port", str(port), "--workers", "1", "--threads", "1", "--grpc-port", "0",
         "--batch", options.batch,
     ]  # fmt: skip
@@ -430,16 +421,14 @@ def main(
         f"{markdown_heading(machine, command_line, server_argv)}\n\n"
         f"{render(outcome, options, markdown=True)}\n\n{verdict}\n"
     )
-    print(f"\nMarkdown (for docs/benchmarks.md):\n\n{report}")
-    if options.markdown:
-        write_report(options.markdown, report)
+    publish_markdown(report, options.markdown)
     if options.json:
         document = {
             "benchmark": "overload",
             "command": command_line,
             "server": server_argv,
             "machine": dataclasses.asdict(machine),
-            "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(options).items()},
+            "options": options_document(options),
             "sustainable_per_s": outcome.sustainable_per_s,
             "target_per_s": outcome.target_per_s,
             "load": outcome.load,

@@ -27,28 +27,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from ._harness import (
+    HOST,
+    MODELS,
     BenchmarkError,
     HttpRequest,
-    LoadResult,
     ServerProcess,
     exclusive_machine,
     format_table,
     free_port,
     machine_info,
-    run_wrk,
     write_report,
 )
+from ._iris import V2_JSON
+from ._wrk import LoadResult, run_wrk
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-HOST: Final = "127.0.0.1"
-MODELS: Final = Path(__file__).resolve().parent.parent / "examples" / "models"
 PACKAGES: Final = ("ligeiro", "onnxruntime", "numpy", "msgspec", "uvloop", "httptools")
-BODY: Final = json.dumps(
-    {"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32",
-                 "data": [5.1, 3.5, 1.4, 0.2]}]}
-).encode()  # fmt: skip
+BODY: Final = V2_JSON
 
 
 @dataclass(frozen=True)

@@ -41,11 +41,19 @@ from typing import Final
 
 import numpy as np
 
-from ._harness import _process_tree, exclusive_machine, format_table, machine_info, write_report
-from .bench_iris import MODELS, PICKLE, ensure_models
+from ._harness import (
+    MODELS,
+    ROOT,
+    WORK_DIR,
+    exclusive_machine,
+    format_table,
+    machine_info,
+    write_report,
+)
+from ._iris import PICKLE, ensure_models
+from ._procfs import process_tree
 
-ROOT: Final = Path(__file__).resolve().parent.parent
-WORK: Final = ROOT / ".bench" / "score"
+WORK: Final = WORK_DIR / "score"
 FEATURES: Final = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 LABELS: Final = ("iris-setosa", "iris-versicolor", "iris-virginica")
 SEED: Final = 8
@@ -140,7 +148,7 @@ class Result:
 def _rss_bytes(root: int) -> tuple[int, int]:
     """The high-water resident sets (VmHWM) of ``root``'s live tree: all, and java's."""
     total = jvm = 0
-    for pid in _process_tree(root):
+    for pid in process_tree(root):
         with contextlib.suppress(OSError):
             status = Path(f"/proc/{pid}/status").read_text().splitlines()
             fields = dict(line.split(":", 1) for line in status if ":" in line)

@@ -32,16 +32,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Final
 
-from ._harness import LOAD_CORE, BenchmarkError, ServerProcess, exclusive_machine, free_port
+from ._harness import (
+    LOAD_CORE,
+    MODELS,
+    WORK_DIR,
+    BenchmarkError,
+    ServerProcess,
+    exclusive_machine,
+    free_port,
+)
+from ._iris import V2_PAYLOAD
 
-EXAMPLES: Final = Path(__file__).resolve().parent.parent / "examples" / "models"
-BENCH_DIR: Final = Path(__file__).resolve().parent.parent / ".bench"
 _CONTENT_LENGTH: Final = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
 _CLOSE: Final = re.compile(rb"(?i)\r\nconnection: *close")
-_IRIS: Final = {"name": "float_input", "shape": [1, 4], "datatype": "FP32",
-                "data": [5.1, 3.5, 1.4, 0.2]}  # fmt: skip
 _TEXT: Final = {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a calm, kind film"]}
-_BODIES: Final = {"iris": {"inputs": [_IRIS]}, "sentiment": {"inputs": [_TEXT]}}
+_BODIES: Final = {"iris": V2_PAYLOAD, "sentiment": {"inputs": [_TEXT]}}
 # The models each case needs in its repository (a pipeline needs its steps).
 _FOLDERS: Final = {
     "iris": ("iris",),
@@ -202,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         plot(saved["samples"], args.plot, f"soak {saved['args']['model']}, "
              f"{float(saved['args']['duration']):g} s")  # fmt: skip
         return 0
-    missing = [f for f in _FOLDERS[args.model] if not (EXAMPLES / f).is_dir()]
+    missing = [f for f in _FOLDERS[args.model] if not (MODELS / f).is_dir()]
     if missing:
         print(f"{args.model}: examples/models/{', '.join(missing)} missing (make models)")
         return 2
@@ -210,12 +215,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.load:.0%} of it, a sample every {args.sample:g} s", flush=True)  # fmt: skip
     with exclusive_machine(), tempfile.TemporaryDirectory(prefix="ligeiro-soak-") as tmp:
         for name in _FOLDERS[args.model]:
-            shutil.copytree(EXAMPLES / name, Path(tmp) / name)
+            shutil.copytree(MODELS / name, Path(tmp) / name)
         port = free_port()
         argv_ = [sys.executable, "-m", "ligeiro", "serve", tmp, "--port", str(port),
                  "--workers", "1", "--no-grpc"]  # fmt: skip
         with ServerProcess(
-            argv_, f"http://127.0.0.1:{port}/v2/health/ready", log_path=BENCH_DIR / "soak.log"
+            argv_, f"http://127.0.0.1:{port}/v2/health/ready", log_path=WORK_DIR / "soak.log"
         ) as server:
             server.start()
             os.sched_setaffinity(0, {LOAD_CORE})

@@ -41,36 +41,30 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from ._harness import (
     LOAD_CORE,
+    MODELS,
+    ROOT,
     SERVER_CORE,
     BenchmarkError,
     HttpRequest,
-    LoadResult,
-    Measurement,
     ServerProcess,
+    add_report_options,
     ensure_tools,
     exclusive_machine,
     format_table,
+    int_list,
     machine_info,
-    measure,
-    measure_load,
+    positive_int,
+    publish_markdown,
+    run_document,
     write_report,
 )
 from ._rounds import Run, Spread, describe_rounds, median_runs, ratio_cell, rotated, round_ratios
-from .bench_iris import (
-    MODELS,
-    ROOT,
-    LiveServer,
-    Target,
-    _ligeiro,
-    _positive_int,
-    _uvicorn,
-    start_target,
-)
+from ._targets import Target, ligeiro_command, start_targets, uvicorn_command
+from ._wrk import LoadResult, Measurement, measure, measure_load
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -97,10 +91,10 @@ IN_PROCESS_RUNS: Final = 300
 def targets() -> dict[str, Target]:
     """The seed-style baseline and ligeiro's friendly endpoint, by name."""
     # One ONNX Runtime thread, as the baseline: both have one core.
-    ligeiro = (*_ligeiro(), "--threads", "1")
+    ligeiro = (*ligeiro_command(), "--threads", "1")
     expected = f"label {EXPECTED_LABEL!r}"
     all_targets = (
-        Target("fastapi-text", _uvicorn("fastapi_text"), "/health", "/age", PAYLOAD,
+        Target("fastapi-text", uvicorn_command("fastapi_text"), "/health", "/age", PAYLOAD,
                names_label, is_baseline=True, env={"TEXT_MODELS": str(MODELS)},
                expected=expected),
         Target("ligeiro-sentiment", ligeiro, "/v2/health/ready",
@@ -282,12 +276,8 @@ def run_round(
     round_ = round_index + 1
     order = rotated(selected, round_index)
     with contextlib.ExitStack() as stack:
-        live: dict[str, LiveServer] = {}
-        for target in order:
-            try:
-                live[target.name], _ = start_target(target, round_, options, stack)
-            except BenchmarkError as error:
-                out.fail(target.name, round_, error)
+        started = start_targets(order, round_, options, stack, out.fail)
+        live = {name: entry for name, (entry, _) in started.items()}
         out.in_process[round_] = p50, p99 = in_process.time()
         print(f"round {round_}: in process p50 {p50:.2f} ms, p99 {p99:.2f} ms", flush=True)
         loads: list[tuple[str, int, Callable[[ServerProcess, HttpRequest], Measurement]]] = [
@@ -479,14 +469,14 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency",
         default="1,32",
-        type=lambda text: [int(c) for c in text.split(",")],
+        type=int_list,
         help="comma-separated wrk connection counts (default 1,32)",
     )
-    parser.add_argument("--rounds", type=_positive_int, default=3, help="rounds (default 3)")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="rounds (default 3)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds before each wrk run")
-    parser.add_argument("--hey-requests", type=_positive_int, default=1000, help="hey -n")
-    parser.add_argument("--hey-concurrency", type=_positive_int, default=50, help="hey -c")
+    parser.add_argument("--hey-requests", type=positive_int, default=1000, help="hey -n")
+    parser.add_argument("--hey-concurrency", type=positive_int, default=50, help="hey -c")
     parser.add_argument(
         "--servers",
         default=",".join(names),
@@ -494,8 +484,7 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(every)} (default {','.join(names)})",
     )
     parser.add_argument("--ready-timeout", type=float, default=60.0)
-    parser.add_argument("--json", type=Path, help="write every number and the machine here")
-    parser.add_argument("--markdown", type=Path, help="write the Markdown report here")
+    add_report_options(parser)
     args = parser.parse_args(argv)
     if unknown := set(args.servers) - set(every):
         parser.error(f"unknown server(s) {', '.join(sorted(unknown))}; choose from {every}")
@@ -533,16 +522,11 @@ def main(
         "the ratios measured within each round."
     )
     report = f"{heading}\n\n{render(measured, options, markdown=True)}\n"
-    print(f"\nMarkdown (for docs/benchmarks.md):\n\n{report}")
-    if options.markdown:
-        write_report(options.markdown, report)
+    publish_markdown(report, options.markdown)
     _, checks = verdicts(measured, options)
     if options.json:
         document = {
-            "benchmark": "text",
-            "command": command,
-            "machine": dataclasses.asdict(machine),
-            "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(options).items()},
+            **run_document("text", command, machine, options),
             "in_process_ms": {
                 str(round_): {"p50": p50, "p99": p99}
                 for round_, (p50, p99) in measured.in_process.items()

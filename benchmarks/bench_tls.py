@@ -25,6 +25,8 @@ from pathlib import Path
 
 from ._harness import (
     LOAD_CORE,
+    MODELS,
+    ROOT,
     HttpRequest,
     ServerProcess,
     ensure_tools,
@@ -32,17 +34,13 @@ from ._harness import (
     format_table,
     free_port,
     http_call,
-    measure,
     write_report,
 )
+from ._iris import V2_BODY
+from ._wrk import measure
 
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = ROOT / "examples" / "models"
 TOKEN = "bench-token"
-BODY = (
-    b'{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP32",'
-    b'"data":[5.1,3.5,1.4,0.2]}]}'
-)
+BODY = V2_BODY
 SERVERS = ("http", "http+token", "https+token")
 LOADS = ("keep-alive", "new connection")
 

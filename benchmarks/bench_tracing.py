@@ -29,17 +29,10 @@ import threading
 import timeit
 from pathlib import Path
 
-from ._harness import LOAD_CORE, ensure_tools, exclusive_machine, machine_info
-from ._rounds import median_runs, round_ratios
-from .bench_iris import (
-    V2_PAYLOAD,
-    Rounds,
-    Target,
-    _ligeiro,
-    ensure_models,
-    run_round,
-    v2_predicts_class_0,
-)
+from ._harness import LOAD_CORE, ensure_tools, exclusive_machine, int_list, machine_info
+from ._iris import V2_PAYLOAD, ensure_models, v2_predicts_class_0
+from ._rounds import Rounds, median_runs, round_ratios
+from ._targets import Target, ligeiro_command, run_round
 
 PACKAGES = ("ligeiro", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http")
 
@@ -98,9 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument(
-        "--concurrency", default=[16], type=lambda t: [int(c) for c in t.split(",")]
-    )
+    parser.add_argument("--concurrency", default=[16], type=int_list)
     parser.add_argument("--ready-timeout", type=float, default=60.0)
     parser.add_argument("--json", type=Path)
     options = parser.parse_args(argv)
@@ -112,14 +103,14 @@ def main(argv: list[str] | None = None) -> None:
         machine = machine_info(PACKAGES)
         off = Target(
             "tracing-off",
-            _ligeiro(),
+            ligeiro_command(),
             "/v2/health/ready",
             "/v2/models/iris/infer",
             V2_PAYLOAD,
             v2_predicts_class_0,
             is_baseline=False,
         )
-        on = Target("tracing-on", _ligeiro(), "/v2/health/ready", "/v2/models/iris/infer",
+        on = Target("tracing-on", ligeiro_command(), "/v2/health/ready", "/v2/models/iris/infer",
                     V2_PAYLOAD, v2_predicts_class_0, is_baseline=False,
                     env={"OTEL_EXPORTER_OTLP_ENDPOINT": str(collector)})  # fmt: skip
         for index in range(options.rounds):

@@ -19,17 +19,15 @@ import asyncio
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Final
 
-ROOT: Final = Path(__file__).resolve().parent.parent
+from ._harness import MODELS, machine_info
+from ._iris import V2_BODY, grpc_request
+
 PATH: Final = b"/inference.GRPCInferenceService/ModelInfer"
-REST_BODY: Final = (
-    b'{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}'
-)
 REST_REQUEST: Final = (
     b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(REST_BODY), REST_BODY)
+    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(V2_BODY), V2_BODY)
 )
 
 
@@ -70,8 +68,6 @@ def _grpc_frames(calls: int) -> tuple[bytes, list[bytes]]:
     import h2.config
     import h2.connection
 
-    from benchmarks.bench_grpc import grpc_request
-
     client = h2.connection.H2Connection(
         h2.config.H2Configuration(client_side=True, header_encoding=None)
     )
@@ -111,7 +107,7 @@ async def _measure(calls: int, batch: int, rounds: int) -> dict[str, list[float]
     settings = load_settings({}, env={})
     metrics = Metrics()
     engine = Engine.from_repository(
-        ROOT / "examples" / "models", threads=1, metrics=metrics, batching=settings.batching
+        MODELS, threads=1, metrics=metrics, batching=settings.batching
     )
     plane = DataPlane(engine, metrics)
     app = HttpApp(plane, settings.http)
@@ -176,8 +172,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     import uvloop
-
-    from ._harness import machine_info
 
     results = uvloop.run(_measure(args.calls, args.batch, args.rounds))
     machine = machine_info(["ligeiro", "protobuf", "hpack", "onnxruntime", "uvloop"])

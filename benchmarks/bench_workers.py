@@ -38,90 +38,78 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
 import re
 import shutil
 import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
 from ._harness import (
+    HOST,
+    LIGEIRO,
     LOAD_CORE,
+    MODELS,
+    ROOT,
+    WORK_DIR,
     BenchmarkError,
     HttpRequest,
-    Machine,
     ServerProcess,
+    add_duration_options,
+    add_report_options,
+    ensure_example,
     ensure_tools,
     exclusive_machine,
-    format_table,
+    expect_answer,
     free_port,
-    http_call,
+    int_list,
     machine_info,
-    measure,
+    positive_int,
+    run_document,
+    v2_request,
+    wait_for_log,
+    wait_until,
     write_report,
 )
-from ._models import build_mlp
-from ._rounds import Run, Spread, describe_rounds, median_runs, ratio_cell, rotated, round_ratios
-from .bench_iris import MODELS, V2_PAYLOAD, ensure_models, v2_predicts_class_0
+from ._iris import V2_PAYLOAD, ensure_models, v2_predicts_class_0
+from ._models import BIG_INPUTS, BIG_OUTPUTS, build_big_model
+from ._procfs import ProcessMemory, children, cpu_ticks, distinct_mib, listening_sockets
+from ._rounds import Run, rotated
+from ._workers import (
+    BIG_MODEL,
+    KIB_PER_MIB,
+    LAYOUTS,
+    MEMORY_CONFIGS,
+    MEMORY_WORKERS,
+    RESTART_WORKERS,
+    SCALING_MODELS,
+    MemoryRun,
+    RestartRun,
+    Results,
+    growth,
+    markdown_heading,
+    render,
+    scaling_ratios,
+)
+from ._wrk import measure
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Sequence
 
 
 logger = logging.getLogger(__name__)
 
-ROOT: Final = Path(__file__).resolve().parent.parent
-WORK_DIR: Final = ROOT / ".bench"
-MLP_MODEL: Final = MODELS / "mlp" / "1" / "model.onnx"
-MLP_BUILD_SCRIPT: Final = ROOT / "examples" / "build_mlp.py"
-HOST: Final = "127.0.0.1"
-JSON_HEADERS: Final = {"Content-Type": "application/json"}
 PACKAGES: Final = ("ligeiro", "onnxruntime", "onnx", "numpy", "msgspec", "uvloop", "grpcio")
-LIGEIRO: Final = str(Path(sys.executable).with_name("ligeiro"))
-_KIB_PER_MIB: Final = 1024
+MLP_BUILD_SCRIPT: Final = ROOT / "examples" / "build_mlp.py"
 
 # --- the generated model --------------------------------------------------------------------
 
-BIG_MODEL: Final = "big"
-BIG_INPUTS: Final = 256
-BIG_OUTPUTS: Final = 16
-BIG_HIDDEN_LAYERS: Final = 5  # square hidden x hidden layers: they hold nearly all weights
 BIG_BATCH: Final = 4  # rows per warm-up request
-
-
-def hidden_width(target_bytes: float, layers: int = BIG_HIDDEN_LAYERS) -> int:
-    """The hidden width whose float32 weights and biases come closest to ``target_bytes``.
-
-    The model holds ``in*w + w`` (first layer), ``layers * (w*w + w)`` and ``w*out + out``
-    floats: a quadratic in ``w``, solved here.
-    """
-    a = layers
-    b = BIG_INPUTS + 1 + layers + BIG_OUTPUTS
-    c = BIG_OUTPUTS - target_bytes / 4
-    return max(1, round((-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)))
-
-
-def build_big_model(path: Path, target_bytes: float) -> int:
-    """Write a float32 MLP (MatMul + Add + Relu) of about ``target_bytes`` of weights.
-
-    Input ``x`` is FP32 ``[N, 256]``; output ``y`` is FP32 ``[N, 16]``; between them
-    ``BIG_HIDDEN_LAYERS + 1`` hidden layers of ``hidden_width(target_bytes)``. The
-    generator (seeded random weights, IR 8, opset 17) is ``_models.build_mlp``.
-
-    Returns:
-        The bytes of the initializers (weights and biases).
-    """
-    width = hidden_width(target_bytes)
-    return build_mlp(path, [BIG_INPUTS, *[width] * (BIG_HIDDEN_LAYERS + 1), BIG_OUTPUTS])
 
 
 def big_request(base_url: str) -> HttpRequest:
@@ -137,9 +125,7 @@ def big_request(base_url: str) -> HttpRequest:
             }
         ]
     }
-    return HttpRequest(
-        "POST", f"{base_url}/v2/models/{BIG_MODEL}/infer", json.dumps(body).encode(), JSON_HEADERS
-    )
+    return v2_request(base_url, BIG_MODEL, body)
 
 
 def answers_big(answer: object) -> bool:
@@ -154,206 +140,12 @@ def answers_big(answer: object) -> bool:
     )
 
 
-# --- processes --------------------------------------------------------------------------------
-
-
-def children(pid: int) -> list[int]:
-    """The direct children of ``pid`` (every thread's list: a fork may come from any)."""
-    found: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in os.scandir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):
-                found += map(int, Path(task.path, "children").read_text().split())
-    return sorted(set(found))
-
-
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of one process, in clock ticks (0 once it has gone)."""
-    with contextlib.suppress(OSError):
-        raw = Path(f"/proc/{pid}/stat").read_text()
-        fields = raw[raw.rindex(")") + 2 :].split()
-        return int(fields[11]) + int(fields[12])
-    return 0
-
-
-@dataclass(frozen=True)
-class ProcessMemory:
-    """One process's memory from ``/proc/PID/smaps_rollup``, in KiB."""
-
-    pid: int
-    role: str  # "single" (one worker, no supervisor), "supervisor" or "worker"
-    rss_kib: int
-    pss_kib: int
-    uss_kib: int  # Private_Clean + Private_Dirty: what its exit would give back
-
-    @classmethod
-    def read(cls, pid: int, role: str) -> ProcessMemory:
-        fields: dict[str, int] = {}
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-            name, _, rest = line.partition(":")
-            if rest.strip().endswith("kB"):
-                fields[name] = int(rest.split()[0])
-        return cls(
-            pid=pid,
-            role=role,
-            rss_kib=fields["Rss"],
-            pss_kib=fields["Pss"],
-            uss_kib=fields["Private_Clean"] + fields["Private_Dirty"],
-        )
-
-
-def listening_sockets(port: int) -> int:
-    """How many TCP sockets listen on ``port`` (one per worker with SO_REUSEPORT).
-
-    The supervisor's reserved socket is bound but never listens, so it does not count.
-    """
-    listening = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                local, state = line.split()[1], line.split()[3]
-                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                    listening += 1
-    return listening
-
-
-_PAGE: Final = os.sysconf("SC_PAGE_SIZE")
-_MAPPING: Final = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) ")
-_PRESENT: Final = np.uint64(1 << 63)
-_PFN_MASK: Final = np.uint64((1 << 55) - 1)
-
-
-def resident_frames(pid: int) -> np.ndarray:
-    """The physical page frames ``pid`` has resident, from ``/proc/PID/pagemap``.
-
-    Only mappings with resident pages (``Rss`` > 0 in smaps) are read. Without
-    CAP_SYS_ADMIN the kernel reports every frame as 0.
-    """
-    frames = []
-    start = end = 0
-    with Path(f"/proc/{pid}/pagemap").open("rb") as pagemap:
-        for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
-            if match := _MAPPING.match(line):
-                start, end = int(match[1], 16), int(match[2], 16)
-            elif line.startswith("Rss:") and int(line.split()[1]) > 0:
-                pagemap.seek(start // _PAGE * 8)
-                entries = np.frombuffer(pagemap.read((end - start) // _PAGE * 8), np.uint64)
-                frames.append(entries[(entries & _PRESENT) != 0] & _PFN_MASK)
-    return np.concatenate(frames) if frames else np.zeros(0, np.uint64)
-
-
-def distinct_mib(pids: Sequence[int]) -> float | None:
-    """Resident memory of ``pids`` with every physical page counted once, in MiB.
-
-    Unlike a sum of PSS, this does not depend on other processes on the machine that
-    map the same libraries (PSS divides those pages with them). None when the kernel
-    hides frame numbers (not root).
-    """
-    frames = np.unique(np.concatenate([resident_frames(pid) for pid in pids]))
-    if frames.size and not frames.any():
-        return None
-    return float(frames.size * _PAGE / 2**20)
-
-
-def wait_for_log(server: ServerProcess, pattern: re.Pattern[str], timeout_s: float) -> str:
-    """Poll the server's log until a line matches ``pattern``; return that line.
-
-    Raises:
-        BenchmarkError: no such line within ``timeout_s``, or the server exited.
-    """
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            for line in server.log_path.read_text(errors="replace").splitlines():
-                if pattern.search(line):
-                    return line
-        server.check_running()
-        time.sleep(0.01)
-    raise BenchmarkError(f"no log line matching {pattern.pattern!r}:\n{server.log_tail()}")
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll ``condition`` every 5 ms: a separate process offers nothing to wait on.
-
-    Raises:
-        BenchmarkError: it did not hold within ``timeout_s``.
-    """
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise BenchmarkError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(0.005)
-
-
-def check_answer(request: HttpRequest, is_expected: Callable[[object], bool]) -> None:
-    """Send ``request`` on a new connection; require a 200 that ``is_expected`` accepts.
-
-    Raises:
-        BenchmarkError: no answer, another status, or an unexpected body.
-    """
-    try:
-        status, body = http_call(request, timeout_s=30.0)
-        answer = json.loads(body)
-    except (OSError, ValueError) as error:
-        raise BenchmarkError(f"{request.method} {request.url} failed: {error}") from None
-    if status != 200 or not is_expected(answer):
-        raise BenchmarkError(
-            f"{request.method} {request.url}: got {status}: {body[:300].decode(errors='replace')}"
-        )
-
-
 # --- memory, start-up and restart -------------------------------------------------------------
 
 _ALL_READY: Final = re.compile(r"serving (on|\d+ model version).* and grpc://\S+:(\d+)")
 _RESTARTING: Final = re.compile(r"exited with .*; restarting")
-MEMORY_WORKERS: Final = (1, 2, 4)
-RESTART_WORKERS: Final = 2
 WARM_REQUESTS: Final = 50
 RESTART_MIN_AGE_S: Final = 2.0
-# (model, threads): the generated model shared and per worker; iris alone, shared, shows
-# what a worker costs with (almost) no weights: the floor under the growth per worker.
-MEMORY_CONFIGS: Final = ((BIG_MODEL, 1), (BIG_MODEL, 2), ("iris", 1))
-
-
-@dataclass(frozen=True)
-class MemoryRun:
-    """One server configuration's memory after every worker ran the model, in one round."""
-
-    model: str  # "big" (the generated model) or "iris" (the per-process floor)
-    round: int
-    threads: int
-    workers: int
-    processes: list[ProcessMemory]
-    distinct_mib: float | None  # resident pages of all the processes, each counted once
-    first_ready_s: float  # launch to the first 200 from /v2/health/ready
-    all_ready_s: float  # launch to the log line saying every worker listens
-    worker_cpu_s: list[float]  # each worker's CPU during the warm-up requests (0: never ran)
-
-    @property
-    def pss_mib(self) -> float:
-        return sum(p.pss_kib for p in self.processes) / _KIB_PER_MIB
-
-    @property
-    def rss_mib(self) -> float:
-        return sum(p.rss_kib for p in self.processes) / _KIB_PER_MIB
-
-    def uss_mib(self, role: str) -> list[float]:
-        return [p.uss_kib / _KIB_PER_MIB for p in self.processes if p.role == role]
-
-
-@dataclass(frozen=True)
-class RestartRun:
-    """A worker killed with SIGKILL and replaced, timed from the kill, in one round."""
-
-    round: int
-    threads: int
-    logged_s: float  # the supervisor logs "... exited with -9; restarting"
-    forked_s: float  # a new child process exists
-    listening_s: float  # N sockets listen on the HTTP port again (the kernel queues to it)
-    serving_s: float  # N sockets listen on the gRPC port again: the HTTP loop runs
-    pss_after_mib: float  # PSS total after the new worker has run the model
-    distinct_after_mib: float | None
-
 
 def server_argv(repository: Path, port: int, workers: int, threads: int) -> list[str]:
     return [
@@ -391,7 +183,8 @@ def warm_workers(
     pids = worker_pids(server, workers)
     before = [cpu_ticks(pid) for pid in pids]
     for _ in range(WARM_REQUESTS):
-        check_answer(request, is_expected)  # urllib opens a new connection every time
+        # urllib opens a new connection every time.
+        expect_answer(request, is_expected, timeout_s=30.0)
     ticks = os.sysconf("SC_CLK_TCK")
     return [(cpu_ticks(pid) - was) / ticks for pid, was in zip(pids, before, strict=True)]
 
@@ -416,7 +209,7 @@ def measure_memory(
     if model == BIG_MODEL:
         request, is_expected = big_request(base_url), answers_big
     else:
-        request, is_expected = _v2(base_url, "iris", V2_PAYLOAD), v2_predicts_class_0
+        request, is_expected = v2_request(base_url, "iris", V2_PAYLOAD), v2_predicts_class_0
     log_path = WORK_DIR / "logs" / f"workers-mem-{model}-t{threads}-w{workers}-{round_}.log"
     argv = server_argv(repository, port, workers, threads)
     with ServerProcess(
@@ -498,55 +291,12 @@ def measure_restart(
     processes = memory_of(server, len(workers))
     return RestartRun(
         round_, threads, stamps["logged"], stamps["forked"], stamps["listening"],
-        stamps["serving"], sum(p.pss_kib for p in processes) / _KIB_PER_MIB,
+        stamps["serving"], sum(p.pss_kib for p in processes) / KIB_PER_MIB,
         distinct_mib([p.pid for p in processes]),
     )  # fmt: skip
 
 
 # --- scaling ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Layout:
-    """How many workers, and which CPUs the server and wrk may use."""
-
-    name: str
-    workers: int
-    server_cpus: str
-    wrk_cpus: str
-
-
-LAYOUTS: Final = (
-    Layout("1 worker", 1, "0", str(LOAD_CORE)),
-    Layout("2 workers", 2, "0-1", "0-1"),  # no free core: wrk shares both with the server
-)
-MLP_PAYLOAD: Final = {
-    "inputs": [
-        {
-            "name": "float_input",
-            "shape": [1, 64],
-            "datatype": "FP32",
-            "data": [float(v % 17) for v in range(64)],
-        }
-    ]
-}
-
-
-def answers_mlp(answer: object) -> bool:
-    """The V2 response holds one ``output_label`` between 0 and 9."""
-    outputs = answer.get("outputs", []) if isinstance(answer, dict) else []
-    return any(
-        isinstance(o, dict)
-        and o.get("name") == "output_label"
-        and o.get("data", [-1])[0] in range(10)
-        for o in outputs
-    )
-
-
-SCALING_MODELS: Final[dict[str, tuple[Mapping[str, object], Callable[[object], bool]]]] = {
-    "iris": (V2_PAYLOAD, v2_predicts_class_0),
-    "mlp": (MLP_PAYLOAD, answers_mlp),
-}
 
 
 def scaling_round(
@@ -579,7 +329,7 @@ def scaling_round(
                 server.start(timeout_s=options.ready_timeout)
                 wait_for_log(server, _ALL_READY, options.ready_timeout)
                 for model, (payload, is_expected) in SCALING_MODELS.items():
-                    check_answer(_v2(base_url, model, payload), is_expected)
+                    expect_answer(v2_request(base_url, model, payload), is_expected, timeout_s=30.0)
             except BenchmarkError as error:
                 failures.append(f"round {round_}: {layout.name}: {error}")
                 print(f"round {round_}: {layout.name} FAILED: {error}", flush=True)
@@ -595,7 +345,7 @@ def scaling_round(
                     try:
                         measurement = measure(
                             server,
-                            _v2(base_url, model, payload),
+                            v2_request(base_url, model, payload),
                             connections=c,
                             duration_s=options.duration,
                             warmup_s=options.warmup,
@@ -613,292 +363,17 @@ def scaling_round(
                     )
 
 
-def _v2(base_url: str, model: str, payload: Mapping[str, object]) -> HttpRequest:
-    return HttpRequest(
-        "POST", f"{base_url}/v2/models/{model}/infer", json.dumps(payload).encode(), JSON_HEADERS
-    )
-
-
-def ensure_mlp() -> None:
-    """Build examples/models/mlp when missing (``make`` builds it too)."""
-    if not MLP_MODEL.exists():
-        command = [sys.executable, str(MLP_BUILD_SCRIPT), "--out", str(MODELS)]
-        print(f"building the mlp model: {' '.join(command)}", flush=True)
-        subprocess.run(command, cwd=ROOT, check=True)
-
-
-# --- reports ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Results:
-    model_bytes: int = 0
-    memory: list[MemoryRun] = field(default_factory=list)
-    restarts: list[RestartRun] = field(default_factory=list)
-    runs: list[Run] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-
-
-def _weights(threads: int) -> str:
-    return "shared (fork)" if threads == 1 else "per worker"
-
-
-def _median_round(runs: Sequence[MemoryRun]) -> MemoryRun:
-    """The round with the median PSS total (the lower middle one when even)."""
-    return sorted(runs, key=lambda run: run.pss_mib)[(len(runs) - 1) // 2]
-
-
-def _pss(run: MemoryRun) -> float | None:
-    return run.pss_mib
-
-
-def _distinct(run: MemoryRun) -> float | None:
-    return run.distinct_mib
-
-
-def growth(
-    results: Results,
-    threads: int,
-    model: str = BIG_MODEL,
-    metric: Callable[[MemoryRun], float | None] = _pss,
-) -> dict[int, list[float]]:
-    """Per N > 1, per round: (metric(N) - metric(1)) / (N - 1), in MiB (PSS by default)."""
-    totals = {
-        (m.round, m.workers): metric(m)
-        for m in results.memory
-        if (m.model, m.threads) == (model, threads)
-    }
-    out: dict[int, list[float]] = {}
-    for (round_, workers), total in sorted(totals.items()):
-        one = totals.get((round_, 1))
-        if workers > 1 and total is not None and one is not None:
-            out.setdefault(workers, []).append((total - one) / (workers - 1))
-    return out
-
-
-def _growth_cells(per_round: list[float] | None, model_mib: float | None) -> list[str]:
-    """The median growth per extra worker in MiB, and as a fraction of the model."""
-    if not per_round:
-        return ["-", "-"]
-    extra = statistics.median(per_round)
-    return [f"{extra:.1f}", f"{extra / model_mib:.2f}" if model_mib else "-"]
-
-
-MEMORY_HEADERS: Final = (
-    "model", "weights", "workers", "RSS total MiB", "PSS total MiB", "PSS range",
-    "distinct MiB", "USS/worker MiB", "supervisor USS MiB", "PSS growth/worker MiB",
-    "x model", "distinct growth/worker MiB", "x model",
-)  # fmt: skip
-
-
-def _uss_cell(uss: Sequence[float]) -> str:
-    """The mean USS of the workers, with their range when there are several."""
-    mean = f"{statistics.mean(uss):.1f}"
-    return f"{mean} ({min(uss):.0f}-{max(uss):.0f})" if len(uss) > 1 else mean
-
-
-def memory_rows(results: Results) -> list[list[str]]:
-    model_mib = results.model_bytes / 2**20
-    rows = []
-    for model, threads in MEMORY_CONFIGS:
-        grown = growth(results, threads, model)
-        grown_distinct = growth(results, threads, model, _distinct)
-        for workers in MEMORY_WORKERS:
-            runs = [
-                m
-                for m in results.memory
-                if (m.model, m.threads, m.workers) == (model, threads, workers)
-            ]
-            if not runs:
-                continue
-            run = _median_round(runs)
-            uss = run.uss_mib("worker") or run.uss_mib("single")
-            supervisor = run.uss_mib("supervisor")
-            of_model = model_mib if model == BIG_MODEL else None
-            rows.append([
-                model, _weights(threads), str(workers), f"{run.rss_mib:.1f}",
-                f"{run.pss_mib:.1f}", Spread.of(m.pss_mib for m in runs).range(".0f"),
-                f"{run.distinct_mib:.1f}" if run.distinct_mib is not None else "-",
-                _uss_cell(uss), f"{supervisor[0]:.1f}" if supervisor else "-",
-                *_growth_cells(grown.get(workers), of_model),
-                *_growth_cells(grown_distinct.get(workers), of_model),
-            ])  # fmt: skip
-    return rows
-
-
-TIMING_HEADERS: Final = (
-    "weights (2 workers)", "first ready s", "all workers ready s", "restart: logged s",
-    "restart: forked s", "restart: listening s", "restart: serving s",
-    "PSS after restart MiB", "distinct after restart MiB",
-)  # fmt: skip
-
-
-def _median_range(values: Sequence[float], spec: str = ".2f") -> str:
-    if not values:
-        return "-"
-    spread = Spread.of(values)
-    median = f"{spread.median:{spec}}"
-    return f"{median} ({spread.range(spec)})" if len(values) > 1 else median
-
-
-def timing_rows(results: Results) -> list[list[str]]:
-    rows = []
-    for threads in (1, 2):
-        starts = [
-            m
-            for m in results.memory
-            if (m.model, m.threads, m.workers) == (BIG_MODEL, threads, RESTART_WORKERS)
-        ]
-        restarts = [r for r in results.restarts if r.threads == threads]
-        rows.append([
-            _weights(threads),
-            _median_range([m.first_ready_s for m in starts]),
-            _median_range([m.all_ready_s for m in starts]),
-            _median_range([r.logged_s for r in restarts]),
-            _median_range([r.forked_s for r in restarts]),
-            _median_range([r.listening_s for r in restarts]),
-            _median_range([r.serving_s for r in restarts]),
-            _median_range([r.pss_after_mib for r in restarts], ".0f"),
-            _median_range(
-                [r.distinct_after_mib for r in restarts if r.distinct_after_mib is not None],
-                ".0f",
-            ),
-        ])  # fmt: skip
-    return rows
-
-
-SCALING_HEADERS: Final = (
-    "model", "layout", "c", "req/s", "req/s range", "p50 ms", "p99 ms", "CPU µs/req", "errors",
-)  # fmt: skip
-
-
-def scaling_rows(results: Results, concurrency: Sequence[int]) -> list[list[str]]:
-    medians = median_runs(results.runs)
-    rows = []
-    for model in SCALING_MODELS:
-        for layout in LAYOUTS:
-            name = f"{model}, {layout.name}"
-            for c in concurrency:
-                if (run := medians.get((name, c))) is None:
-                    continue
-                loads = [r for r in results.runs if (r.candidate, r.concurrency) == (name, c)]
-                load = run.measurement.load
-                errors = sum(
-                    r.measurement.load.non_2xx + r.measurement.load.socket_errors for r in loads
-                )
-                rows.append([
-                    model, layout.name, str(c), f"{load.requests_per_s:,.0f}",
-                    Spread.of(r.requests_per_s for r in loads).range(",.0f"),
-                    f"{load.p50_ms:.2f}", f"{load.p99_ms:.2f}",
-                    f"{run.measurement.cpu_us_per_request:.0f}", str(errors),
-                ])  # fmt: skip
-    return rows
-
-
-def scaling_ratios(results: Results) -> dict[str, dict[int, list[float]]]:
-    return {
-        model: round_ratios(results.runs, f"{model}, 2 workers", f"{model}, 1 worker")
-        for model in SCALING_MODELS
-    }
-
-
-def verdict(results: Results) -> str:
-    """The issue's memory bar, met or not, per N, by PSS and by distinct pages."""
-    if not results.model_bytes:
-        return "memory bar: not measured"
-    model_mib = results.model_bytes / 2**20
-    lines = [
-        f"Memory bar: growth per extra worker <= 0.3 x {model_mib:.1f} MiB = "
-        f"{0.3 * model_mib:.1f} MiB, shared weights (median over rounds):"
-    ]
-    for name, metric in (("PSS", _pss), ("distinct pages", _distinct)):
-        for workers, values in growth(results, 1, BIG_MODEL, metric).items():
-            extra = statistics.median(values)
-            floor = growth(results, 1, "iris", metric).get(workers)
-            floor_text = f"; iris alone {statistics.median(floor):.1f} MiB" if floor else ""
-            met = "met" if extra <= 0.3 * model_mib else "NOT met"
-            lines.append(
-                f"- {name}, N={workers}: {extra:.1f} MiB = {extra / model_mib:.2f}x: "
-                f"{met}{floor_text}"
-            )
-    return "\n".join(lines)
-
-
-SCALING_NOTE: Final = (
-    "Pinning: 1 worker runs on core 0 with wrk on core 1; 2 workers run on cores 0-1 with "
-    "wrk on cores 0-1 as well (there is no free core on this 2-core machine), so wrk takes "
-    "CPU from the servers in the 2-worker runs only. This is not the setting of the "
-    "'>= 0.85 x N' scaling target, which needs a machine with many more cores than workers "
-    "and the load generated elsewhere."
-)
-
-
-def render(results: Results, options: argparse.Namespace, *, markdown: bool) -> str:
-    model_mib = results.model_bytes / 2**20
-    ratios = scaling_ratios(results)
-    ratio_rows = [
-        [model, *(ratio_cell(by_c.get(c, [])) for c in options.concurrency)]
-        for model, by_c in ratios.items()
-    ]
-    parts = [
-        f"Memory: a generated MLP with {results.model_bytes / 1e6:.1f} MB ({model_mib:.1f} MiB) "
-        f"of float32 weights, {options.rounds} round(s), median-PSS round shown. PSS counts a "
-        "page shared by k processes as 1/k in each, including processes outside the "
-        "server that map the same libraries, so it drifts with whatever else runs; "
-        "'distinct' counts every physical page of the server's processes once "
-        "(/proc/PID/pagemap). USS is a process's private pages. Growth per extra worker "
-        "= (total(N) - total(1)) / (N - 1); for N >= 2 the supervisor counts too. iris "
-        "alone (shared) shows what a worker costs without weights.",
-        format_table(MEMORY_HEADERS, memory_rows(results), markdown=markdown),
-        verdict(results),
-        "Start-up and restart, 2 workers, pinned to cores 0-1: median (range) over rounds, "
-        "seconds from launching the command (start-up) or from the SIGKILL (restart). "
-        "'listening': N sockets listen on the HTTP port again, so the kernel queues "
-        "connections to the new worker; 'serving': N listen on the gRPC port again, which a "
-        "worker opens after its HTTP server runs, so the new worker answers.",
-        format_table(TIMING_HEADERS, timing_rows(results), markdown=markdown),
-        "Scaling: "
-        + describe_rounds(options.rounds, options.duration, options.warmup)
-        + "; mlp with batching off. "
-        + SCALING_NOTE,
-        format_table(
-            SCALING_HEADERS, scaling_rows(results, options.concurrency), markdown=markdown
-        ),
-        format_table(
-            ["req/s ratio 2 workers / 1 worker", *(f"c={c}" for c in options.concurrency)],
-            ratio_rows,
-            markdown=markdown,
-        ),
-    ]
-    parts += [f"failure: {failure.splitlines()[0]}" for failure in results.failures]
-    return "\n\n".join(parts)
-
-
-def markdown_heading(machine: Machine, command: str) -> str:
-    return f"Measured {machine.date} with `{command}` on {machine.summary()}."
-
-
 # --- the run ------------------------------------------------------------------------------------
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
-    return value
 
 
 def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=_positive_int, default=3, help="rounds (default 3)")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run (default 5)")
-    parser.add_argument(
-        "--warmup", type=float, default=1.0, help="seconds of load before each run (default 1)"
-    )
+    parser.add_argument("--rounds", type=positive_int, default=3, help="rounds (default 3)")
+    add_duration_options(parser)
     parser.add_argument(
         "--concurrency",
         default="64",
-        type=lambda text: [int(c) for c in text.split(",")],
+        type=int_list,
         help="comma-separated wrk connection counts for scaling (default 64)",
     )
     parser.add_argument(
@@ -913,8 +388,7 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
     parser.add_argument(
         "--ready-timeout", type=float, default=120.0, help="seconds to become ready (default 120)"
     )
-    parser.add_argument("--json", type=Path, help="write every number and the machine here")
-    parser.add_argument("--markdown", type=Path, help="write the Markdown report here")
+    add_report_options(parser)
     return parser.parse_args(argv)
 
 
@@ -968,7 +442,7 @@ def main(
     with exclusive_machine():
         ensure_tools()
         ensure_models()
-        ensure_mlp()
+        ensure_example("mlp", MLP_BUILD_SCRIPT)
         machine = machine_info(PACKAGES)
         started = time.monotonic()
         if "memory" not in options.skip:
@@ -983,10 +457,7 @@ def main(
         write_report(options.markdown, report)
     if options.json:
         document = {
-            "benchmark": "workers",
-            "command": command,
-            "machine": dataclasses.asdict(machine),
-            "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(options).items()},
+            **run_document("workers", command, machine, options),
             "model_bytes": results.model_bytes,
             "memory": [dataclasses.asdict(m) for m in results.memory],
             "restarts": [dataclasses.asdict(r) for r in results.restarts],

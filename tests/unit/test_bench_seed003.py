@@ -6,7 +6,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from benchmarks.bench_seed003 import Cgroup, capacity_search, stages_argument
+from benchmarks._seed003 import Cgroup, capacity_search, stages_argument
 from ligeiro.bench import Stage, parse_stages
 from ligeiro.bench._payload import render_template
 
@@ -27,7 +27,7 @@ def test_the_seed_profile_is_k6s_scenario_scaled() -> None:
 def test_the_seed_template_stays_within_iris_ranges() -> None:
     import json
 
-    from benchmarks.bench_seed003 import SEED_TEMPLATE, V2_TEMPLATE
+    from benchmarks._seed003 import SEED_TEMPLATE, V2_TEMPLATE
 
     ranges = {"sepal_length": (4.3, 7.9), "sepal_width": (2, 4.4),
               "petal_length": (1, 6.9), "petal_width": (0.1, 2.5)}  # fmt: skip
