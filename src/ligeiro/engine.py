@@ -79,6 +79,26 @@ class _Observer:
         if self._metrics is not None:
             self._metrics.observe_compute(self.model, self.version, rows, seconds)
 
+    def ran(self, rows: int, compute_s: float, request_s: float) -> None:
+        """One request run unbatched: its one run of the model, and the request."""
+        stats = self.stats
+        stats.record_execution(rows, compute_s)
+        stats.record_request(True, request_s)
+        if self._metrics is not None:
+            self._metrics.observe_compute(self.model, self.version, rows, compute_s)
+
+
+@final
+class _Served:
+    """What the engine keeps per loaded version: its batcher (``None``: unbatched) and
+    its observer, found with one lookup per request."""
+
+    __slots__ = ("batcher", "observer")
+
+    def __init__(self, batcher: Batcher | None, observer: _Observer) -> None:
+        self.batcher = batcher
+        self.observer = observer
+
 
 def _rows(inputs: Mapping[str, np.ndarray]) -> int:
     for array in inputs.values():
@@ -118,8 +138,8 @@ class Engine:
                     state.name, state.version, state.is_ready, state.load_seconds, state.provider
                 )
         self._observers: dict[tuple[str, str], _Observer] = {}
-        # Per loaded version (by identity: a reload of version 1 gets its own).
-        self._batchers: dict[ModelVersion, Batcher | None] = {}
+        # Per loaded version (by identity: a reload of version 1 gets its own batcher).
+        self._served: dict[ModelVersion, _Served] = {}
         self._executors: dict[ModelVersion, ThreadPoolExecutor] = {}
         self._draining: set[asyncio.Task[float]] = set()
 
@@ -206,20 +226,28 @@ class Engine:
                 shape, or an output name is unknown.
             InferenceError: the runtime failed.
         """
-        start = self._clock()
-        observer = self._observer(model.name, model.version)
+        return self._run(model, self._observer(model.name, model.version), inputs, outputs)
+
+    def _run(
+        self,
+        model: ModelVersion,
+        observer: _Observer,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None,
+    ) -> InferenceResult:
+        clock = self._clock
+        start = clock()
         try:
             names = self._validate(model, inputs, outputs)
             if model.runtime.text_inputs:
                 inputs = decode_text(model, inputs)
-            computing = self._clock()
+            computing = clock()
             arrays = model.runtime.run(inputs, names)
         except LigeiroError:
-            observer.stats.record_request(False, self._clock() - start)
+            observer.stats.record_request(False, clock() - start)
             raise
-        end = self._clock()
-        observer.executed(_rows(inputs), end - computing)
-        observer.stats.record_request(True, end - start)
+        end = clock()
+        observer.ran(_rows(inputs), end - computing, end - start)
         return InferenceResult(model, dict(zip(names, arrays, strict=True)))
 
     async def submit(
@@ -241,17 +269,19 @@ class Engine:
             DeadlineExceededError: ``timeout_s`` passed while the request was queued.
             InferenceError: the runtime failed.
         """
-        try:
-            batcher = self._batchers[model]
-        except KeyError:
-            batcher = self._start_batcher(model)
+        served = self._served.get(model)
+        if served is None:
+            served = self._serve(model)
+        batcher = served.batcher
+        if batcher is None:
+            # Run here, now: nothing else runs on the loop meanwhile, so no drain can
+            # see this request in flight (a batched one is counted, below).
+            return self._run(model, served.observer, inputs, outputs)
         usage = model.usage  # a version being replaced waits for these to end (drain)
         usage.active += 1
         try:
-            if batcher is None:
-                return self.run(model, inputs, outputs)
             start = self._clock()
-            stats = self._observer(model.name, model.version).stats
+            stats = served.observer.stats
             try:
                 names = self._validate(model, inputs, outputs)
                 if model.runtime.text_inputs:
@@ -271,9 +301,9 @@ class Engine:
         Raises:
             ServerOverloadedError: the model's batching queue is full.
         """
-        batcher = self._batchers.get(model)
-        if batcher is not None:
-            batcher.admit()
+        served = self._served.get(model)
+        if served is not None and served.batcher is not None:
+            served.batcher.admit()
 
     def _validate(
         self, model: ModelVersion, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None
@@ -296,9 +326,11 @@ class Engine:
             observer = self._observers[name, version] = _Observer(name, version, self._metrics)
         return observer
 
-    def _start_batcher(self, model: ModelVersion) -> Batcher | None:
-        """The model's batcher, made on first use (it needs the running event loop)."""
+    def _serve(self, model: ModelVersion) -> _Served:
+        """The model's record, made on its first request: its batcher needs the running
+        event loop."""
         policy = model.batching
+        observer = self._observer(model.name, model.version)
         batcher = None
         if policy is not None and self.is_batched(model):
             loop = asyncio.get_running_loop()
@@ -320,13 +352,13 @@ class Engine:
                 model.runtime.run,
                 execute,
                 clock=LoopClock(loop),
-                observer=self._observer(model.name, model.version),
+                observer=observer,
                 loop=loop,
                 defer=not on_thread or policy.idle_on_loop,
                 inline=run_here(loop) if on_thread and policy.idle_on_loop else None,
             )
-        self._batchers[model] = batcher
-        return batcher
+        served = self._served[model] = _Served(batcher, observer)
+        return served
 
     # -- changes ------------------------------------------------------------------------
 
@@ -377,7 +409,7 @@ class Engine:
                 usage.on_idle = idle.set
                 await idle.wait()
         for version in retired:
-            self._batchers.pop(version, None)
+            self._served.pop(version, None)
             pool = self._executors.pop(version, None)
             if pool is not None:
                 pool.shutdown(wait=False)
@@ -407,7 +439,7 @@ class Engine:
         for pool in self._executors.values():
             pool.shutdown(wait=True, cancel_futures=True)
         self._executors.clear()
-        self._batchers.clear()
+        self._served.clear()
         self.registry.close()
 
     def __enter__(self) -> Engine:

@@ -139,22 +139,27 @@ def _first_scalar(data: Any) -> Any:
 
 
 _NUMBER_TYPES = frozenset((float, int))
-_NUMBERS_ONLY = object()
 _JSON_KINDS = {type(None): "null", list: "list", dict: "object"}
 
 
-def _not_a_number(data: list[Any]) -> Any:
-    """The first element of ``data`` (nested lists flattened) that is not a JSON number,
-    or ``_NUMBERS_ONLY``; C-speed scans (``map(type)``) for the usual all-numbers case."""
+# The largest finite value of each float dtype narrower than a Python float: data past
+# it overflows (numpy's errstate then decides); a float64 holds every JSON number.
+_FLOAT_BOUNDS = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32)}
+
+
+def _numbers(data: list[Any]) -> tuple[list[Any] | None, Any]:
+    """``(data's elements, None)`` (nested lists flattened) when all are JSON numbers,
+    else ``(None, the first that is not one)``; C-speed scans (``map(type)``) for the
+    usual all-numbers case."""
     flat = data
     while flat and isinstance(flat[0], list):
         try:
             flat = list(chain.from_iterable(flat))
         except TypeError:  # a number beside the lists: ragged
-            return next(v for v in flat if not isinstance(v, list))
+            return None, next(v for v in flat if not isinstance(v, list))
     if set(map(type, flat)) <= _NUMBER_TYPES:
-        return _NUMBERS_ONLY
-    return next(v for v in flat if type(v) not in _NUMBER_TYPES)
+        return flat, None
+    return None, next(v for v in flat if type(v) not in _NUMBER_TYPES)
 
 
 def _json_kind(value: Any) -> str:
@@ -190,12 +195,16 @@ def tensor_from_json(tensor: RequestInput) -> np.ndarray:
         elif kind == "f":
             # Strict: numpy would read "2.5", true and null (as NaN) without a word.
             # (:predict reads null as NaN on purpose, for imputers: protocol/predict.py.)
-            wrong = _not_a_number(data)
-            if wrong is not _NUMBERS_ONLY:
+            flat, wrong = _numbers(data)
+            if flat is None:
                 raise InvalidInputError(
                     f"{where}{tensor.datatype} data must be numbers, got {_json_kind(wrong)}"
                 )
-            with np.errstate(over="raise"):  # 1e39 as FP32: out of range, not inf
+            bound = _FLOAT_BOUNDS.get(dtype)
+            if bound is not None and flat and (max(flat) > bound or min(flat) < -bound):
+                with np.errstate(over="raise"):  # 1e39 as FP32: out of range, not inf
+                    array = np.array(data, dtype=dtype)
+            else:  # nothing can overflow: numpy's errstate (a context, 1 µs) is not needed
                 array = np.array(data, dtype=dtype)
         else:
             # Integers and booleans: refuse floats (numpy would truncate them silently)
