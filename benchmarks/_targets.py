@@ -44,6 +44,7 @@ from ._wrk import measure
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable, Mapping, Sequence
+    from pathlib import Path
 
 __all__ = [
     "LiveServer",
@@ -88,13 +89,14 @@ def uvicorn_command(module: str) -> tuple[str, ...]:
     return (sys.executable, "-m", "uvicorn", f"benchmarks.baselines.{module}:app", *_ONE_WORKER)
 
 
-def ligeiro_command() -> tuple[str, ...]:
-    """ligeiro's own CLI from the same virtual environment, one worker, on iris alone.
+def ligeiro_command(repository: Path = IRIS_REPOSITORY) -> tuple[str, ...]:
+    """ligeiro's own CLI from the same virtual environment, one worker, on
+    ``repository`` (iris alone unless told).
 
     gRPC stays on, as by default (its memory counts), on a free port: the two ligeiro
     targets run at once and would otherwise both want 8001.
     """
-    return (LIGEIRO, "serve", str(IRIS_REPOSITORY), *_ONE_WORKER, "--grpc-port", "0")
+    return (LIGEIRO, "serve", str(repository), *_ONE_WORKER, "--grpc-port", "0")
 
 
 def _raw_floor() -> tuple[str, ...]:

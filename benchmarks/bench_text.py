@@ -91,7 +91,7 @@ IN_PROCESS_RUNS: Final = 300
 def targets() -> dict[str, Target]:
     """The seed-style baseline and ligeiro's friendly endpoint, by name."""
     # One ONNX Runtime thread, as the baseline: both have one core.
-    ligeiro = (*ligeiro_command(), "--threads", "1")
+    ligeiro = (*ligeiro_command(MODELS), "--threads", "1")  # the text models
     expected = f"label {EXPECTED_LABEL!r}"
     all_targets = (
         Target("fastapi-text", uvicorn_command("fastapi_text"), "/health", "/age", PAYLOAD,
