@@ -167,6 +167,25 @@ class Engine:
         )
         return cls(registry, metrics=metrics)
 
+    @property
+    def root(self) -> Path:
+        """The repository's folder (error messages naming files in it are redacted)."""
+        return self.registry.root
+
+    @property
+    def single_model(self) -> str | None:
+        """The one model's name when the repository is that model's own folder."""
+        return self.registry.model_name
+
+    def names(self) -> list[str]:
+        """The names of the models in the repository now."""
+        return self.registry.names()
+
+    def folder(self, name: str) -> Path:
+        """Model ``name``'s folder in the repository (it need not exist)."""
+        root = self.registry.root
+        return root if self.registry.model_name is not None else root / name
+
     def model(self, name: str, version: str | None = None) -> ModelVersion:
         """The version that serves ``name`` (``version``, or the default one).
 

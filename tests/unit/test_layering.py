@@ -5,6 +5,8 @@
 - ``repository`` imports no protocol or server code (nor what sits above it: the
   engine, the data plane, the warm-up that decodes a V2 request).
 - No module imports a private name (``_x``) from another module.
+- Only the engine reads its registry (``engine.registry``): the rest ask the engine.
+- Exactly one place records a request's metrics and access-log line (the data plane).
 
 Type-only imports (under ``TYPE_CHECKING``) count: a layer that names another's types
 depends on it. What breaks a rule today is listed below, each with its reason; an entry
@@ -144,3 +146,40 @@ def test_every_exception_is_still_needed() -> None:
     stale = sorted(LAYER_EXCEPTIONS.keys() - _layer_breaks().keys())
     stale += sorted(PRIVATE_EXCEPTIONS.keys() - _private_imports())
     assert not stale, f"allow-list entries that match nothing any more: {stale}"
+
+
+def _calls(attribute: str) -> list[str]:
+    """Where ``….attribute(…)`` is called: ``module:line`` each."""
+    found = []
+    for path in _sources():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == attribute
+            ):
+                found.append(f"{_module_name(path)}:{node.lineno}")
+    return found
+
+
+def test_only_the_engine_reads_its_registry() -> None:
+    reach = []
+    for path in _sources():
+        if _module_name(path) == "ligeiro.engine":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr == "registry":
+                owner = node.value
+                name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+                if name.endswith("engine"):
+                    reach.append(f"{_module_name(path)}:{node.lineno}")
+    assert not reach, f"reaching through engine.registry: {reach}"
+
+
+def test_one_place_records_a_request() -> None:
+    """Metrics and the access log see each request once, from ``DataPlane._observe``."""
+    observed = _calls("observe_request")
+    logged = [c for c in _calls("record") if c.startswith("ligeiro.dataplane:")]
+    assert len(observed) == 1 and observed[0].startswith("ligeiro.dataplane:"), observed
+    assert len(logged) == 1, logged
+    assert not [c for c in _calls("record") if c.startswith("ligeiro.server")], "a transport logs"

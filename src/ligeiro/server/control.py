@@ -155,15 +155,13 @@ class Control:
                 versions it served before, if any, serve on).
         """
         _check_name(name)
-        registry = self.engine.registry
-        root = registry.root
-        if registry.model_name is not None:
-            if name != registry.model_name:
+        single = self.engine.single_model
+        if single is not None:
+            if name != single:
                 raise ModelNotFoundError(
-                    f"unknown model {name!r}; this server serves one model, "
-                    f"{registry.model_name!r}"
+                    f"unknown model {name!r}; this server serves one model, {single!r}"
                 )
-        elif name.startswith(".") or not (root / name).is_dir():
+        elif name.startswith(".") or not self.engine.folder(name).is_dir():
             raise ModelNotFoundError(f"no model folder {name!r} in the repository")
         _override(name, config)  # a bad config is refused here, before any worker loads
         return await self.apply((name,), config, False)
@@ -175,7 +173,7 @@ class Control:
             ModelNotFoundError: no such model.
         """
         _check_name(name)
-        if name not in self.engine.registry.names():
+        if name not in self.engine.names():
             raise ModelNotFoundError(f"unknown model {name!r}")
         return await self.apply((name,), None, True)
 

@@ -182,7 +182,7 @@ class GrpcService:
         self.engine = plane.engine
         self.control = control
         self.access = Access() if access is None else access
-        self.redact = PathRedactor(plane.engine.registry.root)
+        self.redact = PathRedactor(plane.engine.root)
         self._closing = asyncio.Event()
         self._routes = {
             f"/{SERVICE_NAME}/{name}".encode(): route for name, route in METHOD_ACCESS.items()

@@ -180,7 +180,7 @@ class HttpApp:
     ) -> None:
         self.plane = plane
         self.access = Access() if access is None else access
-        self.redact = PathRedactor(plane.engine.registry.root)
+        self.redact = PathRedactor(plane.engine.root)
         self.engine = plane.engine
         self.control = control
         self.metrics = plane.metrics

@@ -152,8 +152,8 @@ class Site:
     def _states(self) -> list[ModelState]:
         """The repository index, with failure reasons naming files inside the repository
         relative to it (a page shows no server paths)."""
-        root = f"{self.engine.registry.root.resolve()}/"
-        plain = f"{self.engine.registry.root}/"
+        root = f"{self.engine.root.resolve()}/"
+        plain = f"{self.engine.root}/"
         return [
             replace(s, reason=s.reason.replace(root, "").replace(plain, "")) if s.reason else s
             for s in self.engine.index()
@@ -161,10 +161,8 @@ class Site:
 
     def sample(self, model: ModelVersion) -> dict[str, np.ndarray]:
         """``model``'s warm-up sample (a generated one if its file went missing)."""
-        registry = self.engine.registry
-        folder = registry.root if registry.model_name is not None else registry.root / model.name
         try:
-            return sample(model, folder)
+            return sample(model, self.engine.folder(model.name))
         except LigeiroError:
             return generated_sample(model)
 
