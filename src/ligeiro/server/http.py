@@ -282,9 +282,12 @@ class HttpApp:
             if path.startswith(b"/v1/models/") and path.endswith(b":predict"):
                 if method != b"POST":
                     return self._not_allowed(b"POST", keep_alive)
-                return await self._predict(
-                    _text(path[11:-8]), body, header_length, keep_alive, traceparent, tracestate
-                )
+                context = None if traceparent is None else _trace_context(traceparent, tracestate)
+                answer = await self.plane.infer(
+                    _TRANSPORT, _text(path[11:-8]), None, (body, header_length), _PREDICT,
+                    metadata=context,
+                )  # fmt: skip
+                return self.response(200, answer, keep_alive=keep_alive)
             if path.startswith(b"/v2/repository/"):
                 if method != b"POST":
                     return self._not_allowed(b"POST", keep_alive)
@@ -417,9 +420,11 @@ class HttpApp:
         if tail == ["infer"]:
             if method != b"POST":
                 return self._not_allowed(b"POST", keep_alive)
-            return await self._infer(
-                name, version, body, header_length, keep_alive, traceparent, tracestate
-            )
+            answer, json_size = await self.plane.infer(
+                _TRANSPORT, name, version, (body, header_length), _INFER,
+                metadata=None if traceparent is None else _trace_context(traceparent, tracestate),
+            )  # fmt: skip
+            return self._inferred(answer, json_size, keep_alive)
         if len(tail) > 1 or (tail and tail[0] not in ("ready", "stats")) or not name:
             return self.error(404, f"no route for /v2/models/{_text(rest)}", keep_alive=keep_alive)
         if method != b"GET":
@@ -447,21 +452,9 @@ class HttpApp:
         )
         return self.response(200, body, keep_alive=keep_alive)
 
-    async def _infer(
-        self,
-        name: str,
-        version: str | None,
-        body: bytes,
-        header_length: bytes | None,
-        keep_alive: bool,
-        traceparent: bytes | None,
-        tracestate: bytes | None,
-    ) -> bytes:
-        """``POST /v2/models/{m}[/versions/{v}]/infer`` through the data plane, framed."""
-        answer, json_size = await self.plane.infer(
-            _TRANSPORT, name, version, (body, header_length), _INFER,
-            metadata=None if traceparent is None else _trace_context(traceparent, tracestate),
-        )  # fmt: skip
+    def _inferred(self, answer: bytes, json_size: int | None, keep_alive: bool) -> bytes:
+        """The response to ``POST /v2/models/{m}[/versions/{v}]/infer``: JSON, or JSON
+        then binary outputs (their JSON's size in ``Inference-Header-Content-Length``)."""
         if json_size is None:
             return self.response(200, answer, keep_alive=keep_alive)
         return self.response(
@@ -471,22 +464,6 @@ class HttpApp:
             content_type=_BINARY,
             headers=b"inference-header-content-length: %d\r\n" % json_size,
         )
-
-    async def _predict(
-        self,
-        name: str,
-        body: bytes,
-        header_length: bytes | None,
-        keep_alive: bool,
-        traceparent: bytes | None,
-        tracestate: bytes | None,
-    ) -> bytes:
-        """``POST /v1/models/{m}:predict`` through the data plane, framed."""
-        answer = await self.plane.infer(
-            _TRANSPORT, name, None, (body, header_length), _PREDICT,
-            metadata=None if traceparent is None else _trace_context(traceparent, tracestate),
-        )  # fmt: skip
-        return self.response(200, answer, keep_alive=keep_alive)
 
 
 def _trace_context(
