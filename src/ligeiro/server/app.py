@@ -251,9 +251,9 @@ def _on_stop_signals(
     """On SIGTERM/SIGINT, shut the connections down and set ``stop``.
 
     The loop runs its handler once it reads the signal off its wake-up pipe, which can
-    be after a read it polled at the same time: an answer written eagerly in that read
-    (``eager``) must already say ``Connection: close``. So the signal handler itself,
-    run between two bytecodes before any later Python code, marks the connections as
+    be after a read it polled at the same time: a request parsed in that read must
+    already be answered with ``Connection: close``. So the signal handler itself, run
+    between two bytecodes before any later Python code, marks the connections as
     closing (one attribute, safe anywhere), then hands on to the loop's.
     """
 
