@@ -183,10 +183,10 @@ def tensor_from_json(tensor: RequestInput) -> np.ndarray:
         raise InvalidInputError(f"{where}no data (expected a 'data' list)")
     if not isinstance(data, list):
         data = [data]
-    first = _first_scalar(data)
     kind = dtype.kind
     try:
         if kind == "O":
+            first = _first_scalar(data)
             if isinstance(first, list) or (data and not isinstance(first, str)):
                 raise InvalidInputError(
                     f"{where}BYTES data must be strings, got {type(first).__name__}"
