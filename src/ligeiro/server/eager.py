@@ -2,10 +2,11 @@
 
 An unbatched model runs on the event loop: its whole request, from the parsed bytes to
 the answer's, never waits. Run as a task, it would cost a task, a pass through the
-loop's queue to start it and another for its done callback, for nothing; started here,
-it answers inside the read that brought it (Python 3.12's eager tasks, by hand: the
-server runs on 3.11). Both transports that parse their own bytes start their requests
-this way: HTTP/1.1 (``http_connection``) and gRPC over HTTP/2 (``grpc_h2``).
+loop's queue to start it and another for its done callback, for nothing (Python 3.12's
+eager tasks, by hand: the server runs on 3.11). Both transports that parse their own
+bytes run the answers of one loop pass this way, together, once every connection has
+been read: HTTP/1.1 (``http_connection.Connections``) and gRPC over HTTP/2
+(``grpc_h2``). Not inside the read itself: that measured slower (docs/adr/0009).
 """
 
 from __future__ import annotations
