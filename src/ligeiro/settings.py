@@ -8,6 +8,7 @@ it came from.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -135,11 +136,51 @@ class RuntimeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
 
 
 def cores() -> int:
-    """The cores this process may run on (its affinity: ``taskset`` narrows it)."""
+    """The cores this process may use: its affinity (``taskset`` narrows it), and no
+    more than its cgroup's CPU quota rounded up (a container's ``--cpus 0.5``: 1)."""
     try:
-        return len(os.sched_getaffinity(0))
+        count = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+    quota = cpu_quota()
+    return count if quota is None else max(1, min(count, math.ceil(quota)))
+
+
+def cpu_quota(
+    root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")
+) -> float | None:
+    """This process's CPU quota in CPUs (cgroup v2 ``cpu.max``, or v1
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), read in its own cgroup and at the
+    hierarchy's root (a container sees its own there); ``None`` when there is none or
+    it cannot be read. The smallest found wins."""
+    places: list[Path] = []
+    try:
+        for line in membership.read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            relative = path.lstrip("/")
+            if not controllers:  # v2
+                places += [root / relative / "cpu.max", root / "cpu.max"]
+            elif "cpu" in controllers.split(","):  # v1
+                folder = root / controllers
+                places += [folder / relative / "cpu.cfs_quota_us", folder / "cpu.cfs_quota_us"]
+    except (OSError, ValueError):
+        return None
+    quotas = [q for q in map(_quota_at, places) if q is not None]
+    return min(quotas) if quotas else None
+
+
+def _quota_at(path: Path) -> float | None:
+    try:
+        if path.name == "cpu.max":
+            quota, period = path.read_text().split()[:2]
+        else:
+            quota = path.read_text().strip()
+            period = (path.parent / "cpu.cfs_period_us").read_text().strip()
+        if quota in ("max", "-1") or int(period) <= 0:
+            return None
+        return int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
 
 
 class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -6,7 +6,7 @@ import pytest
 
 from ligeiro.errors import ConfigError
 from ligeiro.scheduling.policy import BatchingPolicy
-from ligeiro.settings import cores, load_settings
+from ligeiro.settings import cores, cpu_quota, load_settings
 
 
 def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -122,3 +122,50 @@ def test_request_limits_have_defaults_and_come_from_file_and_env(tmp_path: Path)
     assert (settings.max_request_rows, settings.max_bytes_element_bytes) == (10, 200)
     with pytest.raises(ConfigError, match="max_request_rows"):
         load_settings({}, env={"LIGEIRO_MAX_REQUEST_ROWS": "0"})
+
+
+def _cgroup(tmp_path: Path, membership: str, files: dict[str, str]) -> tuple[Path, Path]:
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (tmp_path / "self").write_text(membership)
+    return root, tmp_path / "self"
+
+
+@pytest.mark.parametrize(
+    ("membership", "files", "quota"),
+    [
+        ("0::/\n", {"cpu.max": "50000 100000\n"}, 0.5),  # v2, a container's --cpus 0.5
+        ("0::/\n", {"cpu.max": "max 100000\n"}, None),
+        ("0::/app\n", {"app/cpu.max": "150000 100000\n", "cpu.max": "max 100000\n"}, 1.5),
+        (
+            "4:memory:/x\n2:cpu,cpuacct:/\n",
+            {
+                "cpu,cpuacct/cpu.cfs_quota_us": "200000\n",
+                "cpu,cpuacct/cpu.cfs_period_us": "100000\n",
+            },
+            2.0,
+        ),
+        ("1:cpu:/\n", {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ("0::/\n", {}, None),  # nothing readable: no quota
+        ("garbage\n", {"cpu.max": "50000 100000\n"}, None),
+    ],
+)
+def test_cpu_quota_reads_the_cgroup(
+    tmp_path: Path, membership: str, files: dict[str, str], quota: float | None
+) -> None:
+    root, self_file = _cgroup(tmp_path, membership, files)
+    assert cpu_quota(root, self_file) == quota
+
+
+def test_cores_are_held_to_the_cpu_quota(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ligeiro.settings as settings
+
+    monkeypatch.setattr(settings.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    monkeypatch.setattr(settings, "cpu_quota", lambda: 0.5)
+    assert cores() == 1
+    monkeypatch.setattr(settings, "cpu_quota", lambda: 2.5)
+    assert cores() == 3
+    monkeypatch.setattr(settings, "cpu_quota", lambda: None)
+    assert cores() == 4
