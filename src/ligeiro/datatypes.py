@@ -7,11 +7,13 @@ declares tensors with the same names), so that neither imports the other for it;
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .errors import InvalidInputError
 
-__all__ = ["DATATYPES", "check_shape", "datatype_of", "dtype_of"]
+__all__ = ["DATATYPES", "check_shape", "datatype_of", "dtype_of", "fits_without_overflow"]
 
 _MAX_BYTES = 2**63 - 1  # what numpy can address; past it, "array is too big"
 
@@ -82,3 +84,24 @@ def check_shape(shape: list[int], dtype: np.dtype, where: str = "") -> None:
             f"{where}shape {shape} is too large: its non-zero dimensions times "
             f"{dtype.itemsize} bytes per element pass 2**63 - 1 bytes"
         )
+
+
+# The largest finite value of each float dtype narrower than a Python float.
+_FLOAT_BOUNDS = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32)}
+
+
+def fits_without_overflow(values: list[Any], dtype: np.dtype) -> bool:
+    """Whether the JSON numbers ``values`` become ``dtype`` without a float overflow.
+
+    Only FP16 and FP32 can overflow from a Python float (1e39 as FP32); for them the
+    largest and smallest value are compared with the dtype's range. ``False`` when it
+    cannot tell (a ``None`` among them, no values): the caller then converts under
+    ``np.errstate(over="raise")``, which costs ~1 µs a call and is skipped otherwise.
+    """
+    bound = _FLOAT_BOUNDS.get(dtype)
+    if bound is None:
+        return True
+    try:
+        return max(values) <= bound and -bound <= min(values)
+    except (TypeError, ValueError):
+        return False

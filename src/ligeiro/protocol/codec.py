@@ -19,7 +19,7 @@ import msgspec
 import numpy as np
 
 from ..errors import InvalidInputError
-from .datatypes import check_shape, datatype_of, dtype_of
+from .datatypes import check_shape, datatype_of, dtype_of, fits_without_overflow
 from .raw import array_from_raw, raw_from_array
 from .messages import (
     ErrorResponse,
@@ -142,11 +142,6 @@ _NUMBER_TYPES = frozenset((float, int))
 _JSON_KINDS = {type(None): "null", list: "list", dict: "object"}
 
 
-# The largest finite value of each float dtype narrower than a Python float: data past
-# it overflows (numpy's errstate then decides); a float64 holds every JSON number.
-_FLOAT_BOUNDS = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32)}
-
-
 def _numbers(data: list[Any]) -> tuple[list[Any] | None, Any]:
     """``(data's elements, None)`` (nested lists flattened) when all are JSON numbers,
     else ``(None, the first that is not one)``; C-speed scans (``map(type)``) for the
@@ -200,12 +195,11 @@ def tensor_from_json(tensor: RequestInput) -> np.ndarray:
                 raise InvalidInputError(
                     f"{where}{tensor.datatype} data must be numbers, got {_json_kind(wrong)}"
                 )
-            bound = _FLOAT_BOUNDS.get(dtype)
-            if bound is not None and flat and (max(flat) > bound or min(flat) < -bound):
+            if fits_without_overflow(flat, dtype):
+                array = np.array(data, dtype=dtype)
+            else:
                 with np.errstate(over="raise"):  # 1e39 as FP32: out of range, not inf
                     array = np.array(data, dtype=dtype)
-            else:  # nothing can overflow: numpy's errstate (a context, 1 µs) is not needed
-                array = np.array(data, dtype=dtype)
         else:
             # Integers and booleans: refuse floats (numpy would truncate them silently)
             # and out-of-range values (numpy raises OverflowError).

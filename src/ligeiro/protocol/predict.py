@@ -14,6 +14,7 @@ when it names them.
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import TYPE_CHECKING, Any, final
 
 import msgspec
@@ -21,6 +22,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from .codec import decode_json
+from .datatypes import fits_without_overflow
 
 if TYPE_CHECKING:
     from .types import ServedModel
@@ -40,12 +42,15 @@ def _check_number(value: Any, where: str) -> None:
         )
 
 
+# What a feature's value may be: a number, or null (NaN, for imputers).
+_VALUE_TYPES = frozenset((int, float, type(None)))
+
+
 def _row_from_object(instance: dict[str, Any], features: list[str], where: str) -> list[Any]:
-    row = []
-    for feature in features:
-        value = instance.get(feature)
-        _check_number(value, f"{where}feature {feature!r}: ")
-        row.append(value)
+    row = [instance.get(feature) for feature in features]
+    if not set(map(type, row)) <= _VALUE_TYPES:  # one C-speed scan for the usual case
+        for feature, value in zip(features, row, strict=True):
+            _check_number(value, f"{where}feature {feature!r}: ")
     unknown = [key for key in instance if key not in features]
     if unknown:
         raise InvalidInputError(
@@ -65,8 +70,9 @@ def _row(instance: Any, features: list[str] | None, width: int, where: str) -> l
     if isinstance(instance, list):
         if width != -1 and len(instance) != width:
             raise InvalidInputError(f"{where}expected {width} values, got {len(instance)}")
-        for i, value in enumerate(instance):
-            _check_number(value, f"{where}value {i}: ")
+        if not set(map(type, instance)) <= _VALUE_TYPES:
+            for i, value in enumerate(instance):
+                _check_number(value, f"{where}value {i}: ")
         return instance
     raise InvalidInputError(
         f"{where}expected an object of features or a list of numbers, got {type(instance).__name__}"
@@ -133,8 +139,11 @@ def decode_predict(body: bytes, model: ServedModel) -> tuple[dict[str, np.ndarra
         for i, x in enumerate(instances)
     ]
     try:
-        with np.errstate(over="raise"):  # 1e39 as float32: out of range, not inf
+        if fits_without_overflow(list(chain.from_iterable(rows)), spec.dtype):
             array = np.array(rows, dtype=spec.dtype)
+        else:
+            with np.errstate(over="raise"):  # 1e39 as float32: out of range, not inf
+                array = np.array(rows, dtype=spec.dtype)
     except (ValueError, TypeError, OverflowError, FloatingPointError) as exc:
         raise InvalidInputError(
             f"instances do not form a {spec.dtype.name} matrix: {exc}"
