@@ -14,6 +14,10 @@ client costs a bounded amount of memory and time:
   requests ahead of their answers (reading pauses), ``max_requests_per_connection``;
 - the body: ``max_request_bytes``, and ``max_json_bytes`` for one without binary tensor
   data (413, before the body is read).
+
+Answers: once a pass of the event loop has read every ready connection, one callback
+computes all the answers due (``Connections.start_soon``), then writes them, each
+connection's in request order; an answer that has to wait goes on as a task.
 """
 
 from __future__ import annotations
