@@ -312,6 +312,22 @@ def test_a_corrupt_model_file_under_poll_keeps_the_old_version(repository: Path)
     assert "Traceback" not in log
 
 
+def test_a_failed_reload_in_one_process_is_logged_as_failed(repository: Path) -> None:
+    """One worker under poll (it reloads itself, no supervisor): a garbage model.onnx
+    is logged as a failed reload, never as loaded, and version 1 serves on."""
+    srv = start_server(repository, "--workers", "1", "--model-control", "poll")
+    try:
+        (repository / "iris" / "1" / "model.onnx").write_bytes(b"garbage, not onnx")
+        wait_for(lambda: "after a change on disk" in srv.output(), "the failed reload", 30)
+        status, body = _fresh(srv, "POST", "/v2/models/iris/infer", _BODY)
+        assert (status, json.loads(body)["model_version"]) == (200, "1")
+    finally:
+        assert srv.stop() == 0
+    log = srv.output()
+    assert "not a loadable ONNX model" in log
+    assert "loaded 'iris'" not in log, log
+
+
 @pytest.mark.parametrize("mode", ["none", "poll"])
 def test_a_model_folder_removed_from_disk(repository: Path, mode: str) -> None:
     """The model's folder deleted while serving: without model control nothing changes;

@@ -197,8 +197,9 @@ class LocalControl(Control):
             override = _override(names[0], config)
             staged = await self.engine.prepare(names, override=override, unload=unload)
             self.engine.commit(staged)
+        outcome = _outcome(names, staged.states())  # a failed load raises: not "loaded"
         _log(names, staged, unload)
-        return _outcome(names, staged.states())
+        return outcome
 
     async def watch(self, watcher: Watcher, stop: asyncio.Event) -> None:
         """Reload each model whose folder changes, until ``stop`` is set."""
