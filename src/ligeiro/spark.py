@@ -48,7 +48,7 @@ from .errors import ConfigError, InferenceError, InvalidInputError
 from .repository.config import CONFIG_FILE
 from .score.formats import Chunk, format_of, input_files
 from .score.formats import check_columns
-from .repository.layout import locate
+from .repository.layout import MODEL_FILE, locate
 from .score.job import ScoreOptions, ScoreSummary, default_columns, load_model
 from .score.rows import Scorer
 
@@ -104,15 +104,21 @@ _LOADED: dict[tuple[str, int], tuple[Engine, ModelVersion]] = {}
 
 
 def _read_model(path: Path, version: str) -> _ModelFiles:
-    """The files of ``version`` of the model folder (or version folder) ``path``."""
+    """The files of ``version`` of the model folder (or version folder) ``path``, laid
+    out as a model folder (a flat folder's files are its version 1's)."""
     located, _ = locate(path)
     folder = located.path
     files = {}
     if (folder / CONFIG_FILE).is_file():
         files[CONFIG_FILE] = (folder / CONFIG_FILE).read_bytes()
-    for file in sorted((folder / version).rglob("*")):
-        if file.is_file():
-            files[file.relative_to(folder).as_posix()] = file.read_bytes()
+    source = folder / version
+    if not source.is_dir() and (folder / MODEL_FILE).is_file():
+        source = folder  # flat: model.onnx at the top
+    for file in sorted(source.rglob("*")):
+        relative = file.relative_to(source)
+        hidden = any(p.startswith(".") or p == "__pycache__" for p in relative.parts)
+        if file.is_file() and not hidden and file != folder / CONFIG_FILE:
+            files[f"{version}/{relative.as_posix()}"] = file.read_bytes()
     return _ModelFiles(located.name, version, files)
 
 
@@ -260,8 +266,9 @@ def score(
 
     Args:
         df: the rows to score, batch or streaming.
-        model: a model folder (REPO/NAME, its highest version) or REPO/NAME/VERSION, on
-            the driver; its files are broadcast to the workers.
+        model: a model folder (REPO/NAME, its highest version), REPO/NAME/VERSION, or
+            a flat folder (model.onnx at the top: version 1), on the driver; its files
+            are broadcast to the workers.
         columns: the columns feeding the model, in its order (default: the config's
             ``features``, else the model's input names).
         keep: the columns of ``df`` before the predictions (default: all of them).

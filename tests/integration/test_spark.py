@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,6 +139,19 @@ def test_all_columns_are_kept_by_default(
 ) -> None:
     scored = score(spark.read.parquet(str(parquet_dir)), examples / "iris" / "1")
     assert scored.columns == ["id", *FEATURES, "label", "label_name", *PROBABILITIES]
+
+
+def test_a_flat_model_folder_scores_as_its_version_1(
+    spark: SparkSession, examples: Path, parquet_dir: Path, rows: pa.Table, tmp_path: Path
+) -> None:
+    """model.onnx and config.toml side by side: the workers get them as version 1's."""
+    flat = tmp_path / "flat-iris"
+    flat.mkdir()
+    shutil.copy(examples / "iris" / "config.toml", flat / "config.toml")
+    for file in (examples / "iris" / "1").iterdir():
+        shutil.copy(file, flat / file.name)
+    actual = score(spark.read.parquet(str(parquet_dir)), flat, keep=["id"]).toArrow()
+    assert_same_predictions(actual, in_process(examples, rows))
 
 
 def test_streaming_job_equals_ligeiro_score_and_the_engine(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,20 @@ def test_version_folder_and_missing_column(tmp_path: Path, model: Path, rows: pa
     with pytest.raises(InvalidInputError, match=r"in\.csv: missing column 'petal_width'; it has"):
         score_files(model / "1", source, tmp_path / "out.csv")
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_flat_model_folder_scores_as_its_version_1(
+    tmp_path: Path, model: Path, rows: pa.Table, expected: dict[str, np.ndarray]
+) -> None:
+    """model.onnx and config.toml side by side (what ``serve DIR --model-name`` and
+    ``ligeiro.load`` take) score like the versioned folder."""
+    flat = tmp_path / "flat-iris"
+    flat.mkdir()
+    shutil.copy(model / "config.toml", flat / "config.toml")
+    for file in (model / "1").iterdir():
+        shutil.copy(file, flat / file.name)
+    score_files(flat, write(rows, tmp_path / "in.csv"), tmp_path / "out.csv")
+    assert_predictions(read(tmp_path / "out.csv"), expected)
 
 
 def test_not_a_model_folder(tmp_path: Path, rows: pa.Table) -> None:

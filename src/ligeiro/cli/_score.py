@@ -114,7 +114,8 @@ def score(
 ) -> None:
     """Score the rows of INPUT with MODEL and write the predictions to OUTPUT.
 
-    MODEL is a model folder (REPO/NAME, its highest version) or REPO/NAME/VERSION.
+    MODEL is a model folder (REPO/NAME, its highest version), REPO/NAME/VERSION, or a
+    flat folder with model.onnx and config.toml side by side (version 1).
     INPUT is a CSV, Parquet or JSON Lines file, or a directory of them. Classifiers
     write label, label_name and probability_<class>; other models one column per
     output element. Bad rows are reported with file, row and column.

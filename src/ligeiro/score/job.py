@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import logging
 import multiprocessing
-import os
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -94,9 +93,10 @@ class ScoreSummary:
 
 
 def load_model(path: Path, *, threads: int = 1) -> tuple[Engine, ModelVersion]:
-    """Load the model folder (or version folder) ``path`` into an engine of its own.
+    """Load the model folder (REPO/NAME, or a flat one with ``model.onnx`` at the top)
+    or version folder ``path`` into an engine of its own.
 
-    The engine's repository is a private folder linking to this one model, so that the
+    The engine serves that folder alone, as ``serve DIR --model-name NAME`` does: the
     other models of its repository are not loaded.
 
     Raises:
@@ -105,14 +105,12 @@ def load_model(path: Path, *, threads: int = 1) -> tuple[Engine, ModelVersion]:
     """
     folder, number = locate(path)
     version = None if number is None else str(number)
-    with tempfile.TemporaryDirectory(prefix="ligeiro-score-") as root:
-        os.symlink(folder.path.resolve(), Path(root) / folder.name, target_is_directory=True)
-        engine = Engine.from_repository(root, threads=threads)
-        try:
-            return engine, engine.model(folder.name, version)
-        except LigeiroError as exc:
-            engine.close()
-            raise type(exc)(str(exc).replace(f"{root}/{folder.name}", str(folder.path))) from None
+    engine = Engine.from_repository(folder.path, threads=threads, model_name=folder.name)
+    try:
+        return engine, engine.model(folder.name, version)
+    except LigeiroError:
+        engine.close()
+        raise
 
 
 def default_columns(model: ModelVersion) -> list[str]:
