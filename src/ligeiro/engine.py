@@ -81,11 +81,8 @@ class _Observer:
 
     def ran(self, rows: int, compute_s: float, request_s: float) -> None:
         """One request run unbatched: its one run of the model, and the request."""
-        stats = self.stats
-        stats.record_execution(rows, compute_s)
-        stats.record_request(True, request_s)
-        if self._metrics is not None:
-            self._metrics.observe_compute(self.model, self.version, rows, compute_s)
+        self.executed(rows, compute_s)
+        self.stats.record_request(True, request_s)
 
 
 @final
