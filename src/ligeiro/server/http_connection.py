@@ -120,7 +120,9 @@ class Connections(set["HttpConnection"]):
         """Compute ``due`` once this pass of the loop has read every connection's data:
         the answers of one pass are computed together, then written (``_run_due``)."""
         if not self._due:
-            asyncio.get_running_loop().call_soon(self._run_due)
+            # The connection's loop, not get_running_loop(): that one makes a getpid
+            # system call (its fork check), measured at 1.7 % of a worker's time.
+            connection._loop.call_soon(self._run_due)
         self._due.append((connection, due))
 
     def _run_due(self) -> None:
