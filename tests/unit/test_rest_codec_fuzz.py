@@ -13,13 +13,16 @@ became inf with one, and the model answered NaN). Bounded: a fixed seed
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ligeiro.errors import InvalidInputError
-from ligeiro.protocol.codec import DecodedRequest, decode_infer_request
+from ligeiro.datatypes import DATATYPES
+from ligeiro.protocol.codec import DecodedRequest, RestInferCodec, decode_infer_request
 from tests.fuzz import fuzz
 
 _DATATYPES = ["FP32", "FP64", "FP16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16",
@@ -100,3 +103,47 @@ def test_any_body_is_a_request_or_an_invalid_input_error(body: tuple[bytes, int 
         assert str(exc)
     else:
         assert isinstance(decoded, DecodedRequest)
+
+
+def _model(**inputs: str) -> Any:
+    """What ``RestInferCodec.decode`` reads of a model: its input specs by name."""
+    specs = {name: SimpleNamespace(name=name, dtype=DATATYPES[datatype], shape=(-1,))
+             for name, datatype in inputs.items()}  # fmt: skip
+    return SimpleNamespace(inputs=specs)
+
+
+_MODELS = st.sampled_from([
+    _model(x="FP32"), _model(x="FP16"), _model(x="FP64"), _model(x="INT64"),
+    _model(x="UINT8"), _model(x="INT8"), _model(x="FP32", y="FP32"), _model(x="FP32", y="INT64"),
+    _model(x="BYTES"), _model(x="BOOL"),
+])  # fmt: skip
+
+
+def _outcome(decode: Callable[[], DecodedRequest]) -> Any:
+    try:
+        request = decode()
+    except InvalidInputError as exc:
+        return str(exc)
+    arrays = {name: (a.dtype, a.shape, a.tolist()) for name, a in request.inputs.items()}
+    return arrays, request.outputs, request.id, request.binary_outputs, request.timeout_s
+
+
+@fuzz(600)
+@given(bodies(), _MODELS)
+@example((b'{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2.5,3,4]}]}', None),
+         _model(x="FP32"))
+@example((b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP16","data":[65510]}]}', None),
+         _model(x="FP16"))
+@example((b'{"inputs":[{"name":"x","shape":[-1,-1],"datatype":"INT64","data":[1]}]}', None),
+         _model(x="INT64"))
+@example((b'{"inputs":[{"name":"x","shape":[],"datatype":"FP32","data":[1.5]}]}', None),
+         _model(x="FP32"))
+def test_the_typed_decode_of_a_model_is_the_generic_one(
+    body: tuple[bytes, int | None], model: Any
+) -> None:
+    """For any body and model signature, ``RestInferCodec.decode`` (which tries the typed
+    decode of protocol/typed_json.py first) gives what the generic decode gives: the
+    same arrays, dtypes, shapes and answer options, or the same error message."""
+    data, _ = body
+    typed = _outcome(lambda: RestInferCodec().decode(model, (data, None)))
+    assert typed == _outcome(lambda: decode_infer_request(data))

@@ -32,6 +32,7 @@ from .messages import (
     ServerMetadata,
     TensorMetadata,
 )
+from .typed_json import TypedRequest, decode_typed, shared_dtype
 from .types import TensorSpecLike
 
 if TYPE_CHECKING:
@@ -297,7 +298,7 @@ def _decode_inputs(message: InferRequest, binary: memoryview | None) -> dict[str
     return inputs
 
 
-def _binary_outputs(message: InferRequest) -> frozenset[str] | bool:
+def _binary_outputs(message: InferRequest | TypedRequest) -> frozenset[str] | bool:
     """Which outputs to send as binary: per output ``binary_data``, else the request's."""
     params = message.parameters
     default = params.get("binary_data_output", False) if params else False
@@ -349,7 +350,11 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Decod
         view = memoryview(body)
         message = decode_json(view[:header_length], _decoder, "inference request")
         binary = view[header_length:]
-    inputs = _decode_inputs(message, binary)
+    return _request(message, _decode_inputs(message, binary))
+
+
+def _request(message: InferRequest | TypedRequest, inputs: dict[str, np.ndarray]) -> DecodedRequest:
+    """The decoded request: ``inputs``, and what ``message`` asks of the answer."""
     outputs = [o.name for o in message.outputs] if message.outputs else None
     params = message.parameters
     if params is None:
@@ -436,6 +441,11 @@ class RestInferCodec:
     def decode(self, model: ServedModel, payload: tuple[bytes, bytes | None]) -> DecodedRequest:
         body, header_length = payload
         if header_length is None:
+            # The common shape first (protocol/typed_json.py); the rest, the generic way.
+            dtype = shared_dtype(model.inputs)
+            typed = None if dtype is None else decode_typed(body, dtype)
+            if typed is not None:
+                return _request(typed[1], typed[0])
             return decode_infer_request(body)
         return decode_infer_request(body, header_length_of(header_length, len(body)))
 
