@@ -17,22 +17,12 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
-import msgspec
-import numpy as np
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ligeiro.errors import InvalidInputError
 from ligeiro.datatypes import DATATYPES
-from ligeiro.protocol.codec import (
-    DecodedRequest,
-    RestInferCodec,
-    _json_data,
-    decode_infer_request,
-    encode_infer_response,
-)
-from ligeiro.protocol.datatypes import datatype_of
-from ligeiro.protocol.messages import InferResponse, ResponseOutput
+from ligeiro.protocol.codec import DecodedRequest, RestInferCodec, decode_infer_request
 from tests.fuzz import fuzz
 
 _DATATYPES = ["FP32", "FP64", "FP16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16",
@@ -157,37 +147,3 @@ def test_the_typed_decode_of_a_model_is_the_generic_one(
     data, _ = body
     typed = _outcome(lambda: RestInferCodec().decode(model, (data, None)))
     assert typed == _outcome(lambda: decode_infer_request(data))
-
-
-_ARRAYS = st.one_of(
-    st.lists(st.floats(allow_nan=False, allow_infinity=False, width=32), max_size=6).map(
-        lambda v: np.array(v, dtype=np.float32)
-    ),
-    st.lists(st.integers(-(2**63), 2**63 - 1), max_size=6).map(lambda v: np.array(v, np.int64)),
-    st.lists(st.booleans(), max_size=4).map(lambda v: np.array(v, dtype=np.bool_)),
-    st.lists(st.binary(max_size=4) | st.text(max_size=3), max_size=3).map(
-        lambda v: np.array(v, dtype=object)
-    ),
-).flatmap(lambda a: st.sampled_from([a, a.reshape(1, -1), a.reshape(-1, 1)]))
-
-
-@fuzz(300)
-@given(
-    st.dictionaries(st.text(max_size=4), _ARRAYS, max_size=3),
-    st.sampled_from(["iris", 'a"b\\c', "é"]),
-    st.sampled_from(["1", "12"]),
-    st.none() | st.text(max_size=4),
-)
-def test_the_json_answer_is_what_encoding_its_message_writes(
-    outputs: dict[str, np.ndarray], name: str, version: str, request_id: str | None
-) -> None:
-    """``encode_infer_response`` writes its answer from kept pieces: byte for byte what
-    msgspec writes for the ``InferResponse`` message, called twice (the second time from
-    the pieces the first one kept)."""
-    tensors = [
-        ResponseOutput(key, datatype_of(a.dtype), list(a.shape), _json_data(a))
-        for key, a in outputs.items()
-    ]
-    message = msgspec.json.encode(InferResponse(name, tensors, version, request_id))
-    assert encode_infer_response(name, version, outputs, request_id) == message
-    assert encode_infer_response(name, version, outputs, request_id) == message

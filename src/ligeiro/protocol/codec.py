@@ -32,7 +32,6 @@ from .messages import (
     ServerMetadata,
     TensorMetadata,
 )
-from .pieces import Pieces
 from .typed_json import TypedRequest, decode_typed, shared_dtype
 from .types import TensorSpecLike
 
@@ -376,46 +375,16 @@ def _json_data(array: np.ndarray) -> list[Any]:
 def encode_infer_response(
     model_name: str, model_version: str, outputs: dict[str, np.ndarray], request_id: str | None
 ) -> bytes:
-    """Encode a V2 inference response; ``data`` is flat, row-major, as Triton sends it.
-
-    Written from pieces, byte for byte what encoding the ``InferResponse`` writes: the
-    model's name and version, and each output's name, datatype and shape, are encoded
-    once and kept (``pieces.py``); a request encodes only its data (and its id).
-    """
-    pieces = _JSON_HEADS.get((model_name, model_version))
-    if pieces is None:
-        pieces = _JSON_HEADS.keep((model_name, model_version), _head(model_name, model_version))
-    head, tail = pieces
-    parts = []
-    for name, array in outputs.items():
-        key = (name, array.dtype, array.shape)
-        entry = _JSON_ENTRIES.get(key)
-        if entry is None:
-            entry = _JSON_ENTRIES.keep(key, _entry(name, array))
-        parts.append(entry + _encoder.encode(_json_data(array)) + b"}")
-    if request_id is not None:
-        tail += b',"id":' + _encoder.encode(request_id)
-    return b"".join((head, b",".join(parts), tail, b"}"))
-
-
-# The JSON answer's pieces: per model version, its head up to the outputs' list and its
-# tail after it; per output name, datatype and shape, its entry up to its data.
-_JSON_HEADS: Pieces[tuple[str, str], tuple[bytes, bytes]] = Pieces()
-_JSON_ENTRIES: Pieces[tuple[str, np.dtype, tuple[int, ...]], bytes] = Pieces()
-_NO_OUTPUTS = b'"outputs":[]'
-
-
-def _head(model_name: str, model_version: str) -> tuple[bytes, bytes]:
-    """``{"model_name":…,"outputs":[`` and ``],"model_version":…`` (without the ``}``)."""
-    whole = _encoder.encode(InferResponse(model_name, [], model_version))
-    cut = whole.index(_NO_OUTPUTS) + len(_NO_OUTPUTS) - 1
-    return whole[:cut], whole[cut:-1]
-
-
-def _entry(name: str, array: np.ndarray) -> bytes:
-    """``{"name":…,"datatype":…,"shape":[…],"data":`` for an output like ``array``."""
-    whole = _encoder.encode(ResponseOutput(name, datatype_of(array.dtype), list(array.shape), []))
-    return whole[: -len(b"[]}")]
+    """Encode a V2 inference response; ``data`` is flat, row-major, as Triton sends it."""
+    tensors = [
+        ResponseOutput(name, datatype_of(array.dtype), list(array.shape), _json_data(array))
+        for name, array in outputs.items()
+    ]
+    return _encoder.encode(
+        InferResponse(
+            model_name=model_name, outputs=tensors, model_version=model_version, id=request_id
+        )
+    )
 
 
 def encode_binary_infer_response(

@@ -25,7 +25,6 @@ from ._generated import grpc_service_pb2 as pb
 from .codec import PLATFORMS, DecodedRequest, array_from_raw, raw_from_array, timeout_of
 from .datatypes import check_shape, datatype_of, dtype_of
 from .grpc_scan import scan_infer_request
-from .pieces import Pieces
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -69,6 +68,7 @@ _CONTENTS_FIELD: dict[str, str] = {
     "BYTES": "bytes_contents",
 }
 _M = TypeVar("_M", bound=Message)
+_K = TypeVar("_K")
 
 
 def decode_message(message_type: type[_M], data: bytes) -> _M:
@@ -309,10 +309,8 @@ def encode_infer_response(
     """
     head = _HEADS.get((model_name, model_version))
     if head is None:
-        head = _HEADS.keep(
-            (model_name, model_version),
-            _text_field(b"\x0a", model_name) + _text_field(b"\x12", model_version),
-        )
+        head = _text_field(b"\x0a", model_name) + _text_field(b"\x12", model_version)
+        _keep(_HEADS, (model_name, model_version), head)
     parts = [head]
     if request_id:
         parts.append(_text_field(b"\x1a", request_id))
@@ -321,7 +319,8 @@ def encode_infer_response(
         key = (name, array.dtype, array.shape)
         entry = _OUTPUT_ENTRIES.get(key)
         if entry is None:
-            entry = _OUTPUT_ENTRIES.keep(key, _output_entry(name, datatype_of(array.dtype), array.shape))
+            entry = _output_entry(name, datatype_of(array.dtype), array.shape)
+            _keep(_OUTPUT_ENTRIES, key, entry)
         parts.append(entry)
         raw = raw_from_array(array)
         contents += (b"\x32", _varint(len(raw)), raw)
@@ -336,8 +335,15 @@ def encode_stream_answer(response: bytes) -> bytes:
 
 _VARINTS = tuple(bytes((i,)) for i in range(128))
 # Encoded pieces that answers repeat: model name and version, each output's entry.
-_HEADS: Pieces[tuple[str, str], bytes] = Pieces()
-_OUTPUT_ENTRIES: Pieces[tuple[str, np.dtype, tuple[int, ...]], bytes] = Pieces()
+_HEADS: dict[tuple[str, str], bytes] = {}
+_OUTPUT_ENTRIES: dict[tuple[str, np.dtype, tuple[int, ...]], bytes] = {}
+_KEPT = 1024
+
+
+def _keep(cache: dict[_K, bytes], key: _K, value: bytes) -> None:
+    if len(cache) >= _KEPT:  # shapes that vary without end: start again
+        cache.clear()
+    cache[key] = value
 
 
 def _varint(value: int) -> bytes:
