@@ -10,13 +10,17 @@ request. Both revisions must accept today's ``ligeiro serve`` options.
 Used for "tracing off costs ≤ 2 % against no tracing code at all" (issue 9): A is the
 commit before the tracing hooks, B the one that added them.
 
+``--route predict`` loads ``POST /v1/models/iris:predict`` with the seed's bare object
+of named features instead.
+
 Run: ``python -m benchmarks.bench_ab REV_A REV_B [--rounds 8] [--duration 4]
-[--warmup 1] [--concurrency 16] [--markdown PATH]``
+[--warmup 1] [--concurrency 16] [--route v2|predict] [--markdown PATH]``
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -33,12 +37,16 @@ from ._harness import (
     exclusive_machine,
     free_port,
 )
-from ._iris import V2_JSON
+from ._iris import SEED_PAYLOAD, V2_JSON
 from ._rounds import ratio_cell
 from ._wrk import measure
 
 IRIS = MODELS / "iris"
-BODY = V2_JSON  # the seed's iris row
+# The seed's iris row, per route: V2 JSON, or the bare object of named features.
+ROUTES = {
+    "v2": ("/v2/models/iris/infer", V2_JSON),
+    "predict": ("/v1/models/iris:predict", json.dumps(SEED_PAYLOAD).encode()),
+}
 
 
 def _worktree(revision: str, into: Path) -> Path:
@@ -71,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--route", choices=sorted(ROUTES), default="v2")
     parser.add_argument("--markdown", type=Path, help="also write the result here")
     options = parser.parse_args(argv)
     os.sched_setaffinity(0, {LOAD_CORE})
+    path, body = ROUTES[options.route]
     runs: dict[str, list[tuple[float, float]]] = {"a": [], "b": []}
     with tempfile.TemporaryDirectory(prefix="ligeiro-ab-") as folder, exclusive_machine():
         work = Path(folder)
@@ -89,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                         server.start()
                         result = measure(
                             server,
-                            HttpRequest("POST", f"{url}/v2/models/iris/infer", BODY,
+                            HttpRequest("POST", f"{url}{path}", body,
                                         {"Content-Type": "application/json"}),
                             connections=options.concurrency,
                             duration_s=options.duration,
@@ -111,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     throughput = [b[0] / a[0] for a, b in zip(runs["a"], runs["b"], strict=True)]
     cpu = [b[1] / a[1] for a, b in zip(runs["a"], runs["b"], strict=True)]
     report = (
-        f"`python -m benchmarks.bench_ab {options.a} {options.b}` ({options.rounds} rounds, "
+        f"`python -m benchmarks.bench_ab {options.a} {options.b} --route {options.route}` "
+        f"({options.rounds} rounds, "
         f"c={options.concurrency}, {options.duration:g} s per run): B / A req/s "
         f"{ratio_cell(throughput, 3)}, CPU per request {ratio_cell(cpu, 3)}"
     )

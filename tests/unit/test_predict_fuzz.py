@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from unittest.mock import patch
 
 import numpy as np
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ligeiro.errors import InvalidInputError
-from ligeiro.protocol.predict import PredictCodec
+from ligeiro.protocol.predict import PredictCodec, decode_predict
 from tests.fuzz import fuzz
 
 
@@ -116,3 +117,46 @@ def test_any_predict_body_is_a_request_or_an_invalid_input_error(
                "probabilities": np.full((rows, 2), 0.5, np.float32)}  # fmt: skip
     answer = json.loads(codec.encode(model, request, outputs))  # type: ignore[arg-type]
     assert len(answer["predictions"]) == rows if not request.single else "label" in answer
+
+
+NAMED = {
+    "FP32": MODELS["named"],
+    "FP16": Model("half", {"x": Spec("x", np.dtype("float16"), (-1, 4))}, Config(FEATURES)),
+    "INT64": Model("ints", {"x": Spec("x", np.dtype("int64"), (-1, 4))}, Config(FEATURES)),
+    "text": Model("named-text", {"x": Spec("x", np.dtype(object), (-1, 4))}, Config(FEATURES)),
+}
+
+
+def _outcome(model: Model, body: bytes) -> object:
+    try:
+        inputs, single = decode_predict(body, model)  # type: ignore[arg-type]
+    except InvalidInputError as exc:
+        return str(exc)
+    # Bytes compare NaN with NaN; an object array's bytes are pointers: its values then.
+    return {n: (a.dtype, a.shape, a.tolist() if a.dtype == object else a.tobytes())
+            for n, a in inputs.items()}, single  # fmt: skip
+
+
+# Objects of the model's features (some missing or null), as clients send them.
+_ROWS = st.dictionaries(st.sampled_from(FEATURES), _NUMBERS | st.none(), max_size=4)
+_FEATURE_BODIES = (_ROWS | st.fixed_dictionaries({"instances": st.lists(_ROWS, max_size=3)})).map(
+    lambda value: (json.dumps(value).encode(), None)
+)
+
+
+@fuzz(600)
+@given(st.sampled_from(sorted(NAMED)), bodies() | _FEATURE_BODIES)
+@example("FP32", (b'{"sepal_length": 1, "sepal_length": 2.5}', None))  # a repeated key
+@example("FP16", (b'{"sepal_length": 65510}', None))  # past FP16's largest, rounds to it
+@example("FP32", (b'{"instances": []}', None))
+@example("FP32", (b'{"instances": [{"petal_width": null}, {}]}', None))
+def test_the_typed_decode_of_named_features_is_the_generic_one(
+    kind: str, payload: tuple[bytes, bytes | None]
+) -> None:
+    """For any body, ``decode_predict`` (which tries protocol/typed_json.py's typed decode
+    of named features first) gives what its generic decode gives: the same matrix, to
+    the byte (NaN for a missing feature), or the same error message."""
+    model, body = NAMED[kind], payload[0]
+    with patch("ligeiro.protocol.predict.decode_typed_features", return_value=None):
+        generic = _outcome(model, body)
+    assert _outcome(model, body) == generic

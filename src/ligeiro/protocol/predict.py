@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import InvalidInputError
 from .codec import decode_json
 from .datatypes import fits_without_overflow
+from .typed_json import decode_typed_features
 
 if TYPE_CHECKING:
     from .types import ServedModel
@@ -110,15 +111,20 @@ def decode_predict(body: bytes, model: ServedModel) -> tuple[dict[str, np.ndarra
         InvalidInputError: malformed JSON, an unknown feature, a non-numeric value, or a
             model with more than one input.
     """
-    payload = decode_json(body, _decoder, "predict request")
     if len(model.inputs) != 1:
+        decode_json(body, _decoder, "predict request")  # malformed JSON is said first
         raise InvalidInputError(
             f"model {model.name!r} has {len(model.inputs)} inputs; "
             f"use POST /v2/models/{model.name}/infer"
         )
     (spec,) = model.inputs.values()
-    width = spec.shape[-1] if len(spec.shape) == 2 else -1
     features = model.config.features
+    if features is not None:
+        typed = decode_typed_features(body, features, spec.dtype)  # the common shape
+        if typed is not None:
+            return {spec.name: typed[0]}, typed[1]
+    payload = decode_json(body, _decoder, "predict request")
+    width = spec.shape[-1] if len(spec.shape) == 2 else -1
     if spec.dtype.kind == "O" and isinstance(payload, dict) and "inputs" in payload:
         texts, single = _texts(payload)
         return {spec.name: texts}, single

@@ -26,10 +26,13 @@ import numpy as np
 from .datatypes import datatype_of
 from .messages import RequestOutput
 
-__all__ = ["TypedRequest", "decode_typed", "shared_dtype"]
+__all__ = ["TypedRequest", "decode_typed", "decode_typed_features", "shared_dtype"]
 
 # Built on first use, one per numeric dtype (at most 11); None for BOOL and BYTES.
 _DECODERS: dict[np.dtype, msgspec.json.Decoder[Any] | None] = {}
+# :predict's, per model's features and dtype: (the bare object's, the instances').
+_FEATURE_DECODERS: dict[tuple[tuple[str, ...], np.dtype], tuple[Any, Any] | None] = {}
+_MOST_FEATURE_DECODERS = 256  # past it (models reloaded with new features), start again
 
 
 class TypedRequest(msgspec.Struct, gc=False):
@@ -112,3 +115,53 @@ def decode_typed(
         else:
             inputs[name] = np.array(data, dtype).reshape(shape)
     return inputs, message
+
+
+def _feature_decoders(features: tuple[str, ...], dtype: np.dtype) -> tuple[Any, Any] | None:
+    key = (features, dtype)
+    if key in _FEATURE_DECODERS:
+        return _FEATURE_DECODERS[key]
+    decoders = None
+    if dtype.kind in "iuf":
+        # A missing feature, or null, is None: NaN in a float array, for the imputers
+        # (an integer one has no NaN: the generic decode words that error).
+        fields = [(f"f{i}", _element(dtype)) for i in range(len(features))]
+        if dtype.kind == "f":
+            fields = [(name, kind | None, None) for name, kind in fields]
+        row = msgspec.defstruct(
+            "Features",
+            fields,
+            rename={f"f{i}": name for i, name in enumerate(features)},
+            forbid_unknown_fields=True,
+            gc=False,
+        )
+        many = msgspec.defstruct("Instances", [("instances", list[row])], forbid_unknown_fields=True)  # type: ignore[valid-type]
+        decoders = msgspec.json.Decoder(row), msgspec.json.Decoder(many)
+    if len(_FEATURE_DECODERS) >= _MOST_FEATURE_DECODERS:
+        _FEATURE_DECODERS.clear()
+    _FEATURE_DECODERS[key] = decoders
+    return decoders
+
+
+def decode_typed_features(
+    body: bytes, features: list[str], dtype: np.dtype
+) -> tuple[np.ndarray, bool] | None:
+    """``:predict``'s common shape (protocol/predict.py): the seed's bare object of named
+    numbers, or ``{"instances": [...]}`` of such objects, as the ``dtype`` matrix of
+    their rows in ``features`` order, and whether it was one bare object; ``None`` for
+    anything else (a list instance, an unknown feature, a value not a number or null or
+    out of range, malformed JSON), which the caller decodes the generic way."""
+    decoders = _feature_decoders(tuple(features), dtype)
+    if decoders is None:
+        return None
+    single = b'"instances"' not in body
+    try:
+        if single:
+            rows = [msgspec.structs.astuple(decoders[0].decode(body))]
+        else:
+            rows = [msgspec.structs.astuple(row) for row in decoders[1].decode(body).instances]
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+    if not rows:
+        return None
+    return np.array(rows, dtype), single
