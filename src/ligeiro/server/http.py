@@ -138,6 +138,10 @@ _TRANSPORT = Transport("http", "200", "500", lambda error: str(status_for(error)
 _INFER = RestInferCodec()
 _PREDICT = PredictCodec()
 _EMBEDDINGS = EmbeddingsCodec()
+_INFER_TAIL = ("infer",)
+# Parses of /v2/models/... paths kept (HttpApp._model_path): at most 256 KiB of paths.
+_MOST_MODEL_PATHS = 1024
+_LONGEST_KEPT = 256
 
 
 class _Clock:
@@ -186,6 +190,7 @@ class HttpApp:
         self.metrics = plane.metrics
         self.settings = settings
         self._clock = _Clock()
+        self._model_paths: dict[bytes, tuple[str, str | None, tuple[str, ...]]] = {}
         self._server_metadata = encode_server_metadata(__version__, _EXTENSIONS)
         self._live_body = encode_health("live", True)
         self._ready_body = encode_health("ready", True)
@@ -266,9 +271,16 @@ class HttpApp:
                     limit = min(limit, self.settings.max_json_bytes)
                 body = _decompress(body, content_encoding, limit)
             if path.startswith(b"/v2/models/"):
-                return await self._model_route(
-                    method, path[11:], body, header_length, keep_alive, traceparent, tracestate
+                name, version, tail = self._model_path(path)
+                if tail != _INFER_TAIL:
+                    return self._model_route(method, name, version, tail, keep_alive)
+                if method != b"POST":
+                    return self._not_allowed(b"POST", keep_alive)
+                context = None if traceparent is None else _trace_context(traceparent, tracestate)
+                answer, json_size = await self.plane.infer(
+                    _TRANSPORT, name, version, (body, header_length), _INFER, metadata=context
                 )
+                return self._inferred(answer, json_size, keep_alive)
             if path == b"/v1/embeddings":
                 if method != b"POST":
                     return self._not_allowed(b"POST", keep_alive)
@@ -403,37 +415,38 @@ class HttpApp:
             200, encode_repository_index(states, self.redact), keep_alive=keep_alive
         )
 
-    async def _model_route(
-        self,
-        method: bytes,
-        rest: bytes,
-        body: bytes,
-        header_length: bytes | None,
+    def _model_path(self, path: bytes) -> tuple[str, str | None, tuple[str, ...]]:
+        """``/v2/models/{m}[/versions/{v}]/{tail...}`` as (m, v or None, tail), kept: a
+        server answers the same few paths. A client can vary them: at most
+        ``_MOST_MODEL_PATHS`` are kept (then afresh), none longer than ``_LONGEST_KEPT``."""
+        parsed = self._model_paths.get(path)
+        if parsed is None:
+            parts = _text(path[11:]).split("/")
+            name, version, tail = parts[0], None, parts[1:]
+            if len(tail) >= 2 and tail[0] == "versions":
+                version, tail = tail[1], tail[2:]
+            parsed = (name, version, tuple(tail))
+            if len(path) <= _LONGEST_KEPT:
+                if len(self._model_paths) >= _MOST_MODEL_PATHS:
+                    self._model_paths.clear()
+                self._model_paths[path] = parsed
+        return parsed
+
+    def _model_route(
+        self, method: bytes, name: str, version: str | None, tail: tuple[str, ...],
         keep_alive: bool,
-        traceparent: bytes | None,
-        tracestate: bytes | None,
-    ) -> bytes:
-        parts = _text(rest).split("/")
-        name, version, tail = parts[0], None, parts[1:]
-        if len(tail) >= 2 and tail[0] == "versions":
-            version, tail = tail[1], tail[2:]
-        if tail == ["infer"]:
-            if method != b"POST":
-                return self._not_allowed(b"POST", keep_alive)
-            answer, json_size = await self.plane.infer(
-                _TRANSPORT, name, version, (body, header_length), _INFER,
-                metadata=None if traceparent is None else _trace_context(traceparent, tracestate),
-            )  # fmt: skip
-            return self._inferred(answer, json_size, keep_alive)
+    ) -> bytes:  # fmt: skip
+        """A model's routes but ``infer``: its metadata, ``ready`` and ``stats``."""
         if len(tail) > 1 or (tail and tail[0] not in ("ready", "stats")) or not name:
-            return self.error(404, f"no route for /v2/models/{_text(rest)}", keep_alive=keep_alive)
+            rest = "/".join((name, *(() if version is None else ("versions", version)), *tail))
+            return self.error(404, f"no route for /v2/models/{rest}", keep_alive=keep_alive)
         if method != b"GET":
             return self._not_allowed(b"GET", keep_alive)
         if name == "stats" and not tail and version is None:  # GET /v2/models/stats
             return self.response(
                 200, encode_model_stats(self.engine.stats()), keep_alive=keep_alive
             )
-        if tail == ["stats"]:
+        if tail == ("stats",):
             body = encode_model_stats(self.engine.stats(name, version))
             return self.response(200, body, keep_alive=keep_alive)
         model = self.engine.model(name, version)
