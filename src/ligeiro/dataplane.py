@@ -2,8 +2,7 @@
 
 ``DataPlane.infer`` is a request's whole life past the socket, in one straight line:
 resolve the model → admit it (a full queue refuses before anything is decoded) →
-decode the payload with the codec the transport hands it → ``Engine.run_now`` (an
-unbatched model) or ``Engine.submit`` (a batched one) → encode
+decode the payload with the codec the transport hands it → ``Engine.submit`` → encode
 the answer → observe the request once (Prometheus, the access log, the trace). REST
 ``:infer`` and ``:predict`` and gRPC ``ModelInfer``/``ModelStreamInfer`` (on either
 gRPC transport) are thin adapters over it: each keeps its framing, its routing and its
@@ -211,12 +210,9 @@ class DataPlane:
             request = codec.decode(model, payload)
             request_id = request.id
             _check_limits(request.inputs, self.max_rows, self.max_element_bytes)
-            # An unbatched model runs here without a coroutine (one fewer: ~2 %, ADR 0009).
-            result = engine.run_now(model, request.inputs, request.outputs)
-            if result is None:
-                result = await engine.submit(
-                    model, request.inputs, request.outputs, timeout_s=request.timeout_s
-                )
+            result = await engine.submit(
+                model, request.inputs, request.outputs, timeout_s=request.timeout_s
+            )
             answer = codec.encode(model, request, result.outputs)
             status = transport.ok
             return answer

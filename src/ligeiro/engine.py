@@ -285,12 +285,14 @@ class Engine:
             DeadlineExceededError: ``timeout_s`` passed while the request was queued.
             InferenceError: the runtime failed.
         """
-        result = self.run_now(model, inputs, outputs)
-        if result is not None:
-            return result
-        served = self._served[model]
+        served = self._served.get(model)
+        if served is None:
+            served = self._serve(model)
         batcher = served.batcher
-        assert batcher is not None  # run_now ran the unbatched
+        if batcher is None:
+            # Run here, now: nothing else runs on the loop meanwhile, so no drain can
+            # see this request in flight (a batched one is counted, below).
+            return self._run(model, served.observer, inputs, outputs)
         usage = model.usage  # a version being replaced waits for these to end (drain)
         usage.active += 1
         try:
@@ -308,28 +310,6 @@ class Engine:
             return InferenceResult(model, arrays)
         finally:
             usage.leave()
-
-    def run_now(
-        self,
-        model: ModelVersion,
-        inputs: Mapping[str, np.ndarray],
-        outputs: Sequence[str] | None = None,
-    ) -> InferenceResult | None:
-        """``submit`` for an unbatched model, without a coroutine: it runs here, now, and
-        its result is returned; ``None`` for a batched model (``submit`` queues it).
-
-        Nothing else runs on the loop meanwhile, so no drain can see this request in
-        flight (a batched one is counted in the version's usage, in ``submit``).
-
-        Raises:
-            InvalidInputError, InferenceError: as ``run``.
-        """
-        served = self._served.get(model)
-        if served is None:
-            served = self._serve(model)
-        if served.batcher is not None:
-            return None
-        return self._run(model, served.observer, inputs, outputs)
 
     def admit(self, model: ModelVersion) -> None:
         """Refuse a request for ``model`` before decoding it, if its queue is full.
