@@ -48,6 +48,12 @@ _SWEEP_INTERVAL_S = 1.0
 # being closed under it.
 _SHUTDOWN_IDLE_S = 0.5
 _CLOSE = b"connection: close\r\n"
+# The lengths of the header names ``HttpConnection._note`` reads: content-length, expect,
+# inference-header-content-length, traceparent, tracestate, content-encoding, authorization.
+_NOTED_SIZES = frozenset(map(len, (
+    b"content-length", b"expect", b"inference-header-content-length", b"traceparent",
+    b"tracestate", b"content-encoding", b"authorization",
+)))  # fmt: skip
 
 
 def _closing(answer: bytes) -> bytes:
@@ -166,12 +172,12 @@ class HttpConnection(asyncio.Protocol):
 
     __slots__ = (
         "_app", "_authorization", "_began", "_body", "_body_max", "_client", "_connections",
-        "_content_encoding", "_content_length", "_denied", "_expect_continue", "_head_limit",
-        "_head_reads", "_head_size", "_header_length", "_headers", "_headers_limit",
-        "_in_head", "_json_limit", "_loop", "_parser", "_pending", "_pipelined", "_requests",
-        "_requests_limit", "_settings", "_size", "_too_large", "_traceparent", "_tracestate",
-        "_transport", "_url", "_url_limit", "_writing_paused", "is_closing", "is_receiving",
-        "last_active",
+        "_content_encoding", "_content_length", "_denied", "_expect_continue",
+        "_head_limit", "_head_reads", "_head_size", "_header_length", "_headers",
+        "_headers_limit", "_in_head", "_json_limit", "_loop", "_parser", "_pending",
+        "_pipelined", "_reading_paused", "_requests", "_requests_limit", "_settings",
+        "_size", "_too_large", "_traceparent", "_tracestate", "_transport", "_url",
+        "_url_limit", "_writing_paused", "is_closing", "is_receiving", "last_active",
     )  # fmt: skip
 
     def __init__(self, app: HttpApp, connections: Connections) -> None:
@@ -204,6 +210,7 @@ class HttpConnection(asyncio.Protocol):
         self._too_large = False
         self._denied: bytes | None = None
         self._writing_paused = False
+        self._reading_paused = False  # by _update_reading
         self._client = ""
         self._in_head = False
         self._head_size = 0  # the header fields parsed so far
@@ -298,11 +305,16 @@ class HttpConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers += 1
-        self._head_size += len(name) + len(value) + 4
+        size = len(name)
+        self._head_size += size + len(value) + 4
         if self._head_size > self._head_limit or self._headers > self._headers_limit:
             self._refuse_head()
-        # Only seven headers matter here; compare lengths first to skip the others cheaply.
-        size = len(name)
+        # Only seven headers matter here: one set test by length skips the others.
+        if size in _NOTED_SIZES:
+            self._note(size, name, value)
+
+    def _note(self, size: int, name: bytes, value: bytes) -> None:
+        """Keep ``name: value`` if it is one of the headers read here."""
         if size == 14 and name.lower() == b"content-length":
             self._content_length = int(value) if value.isdigit() else 0
         elif size == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
@@ -419,34 +431,27 @@ class HttpConnection(asyncio.Protocol):
     def write_answers(self) -> None:
         """Write every finished answer at the head of the queue, in request order."""
         pending = self._pending
+        transport = self._transport
         while pending and pending[0].done:
             due = pending.popleft()
-            if due.answer is None:  # cancelled
+            answer, keep_alive = due.answer, due.keep_alive
+            if answer is None:  # cancelled
                 continue
-            if not self._write(due.answer, due.keep_alive):
+            if transport is None or transport.is_closing():
                 return
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        if len(pending) < self._pipelined and not transport.is_reading():
+            if keep_alive and self.is_closing and not pending and not self.is_receiving:
+                # Computed before shutdown began, and the last: the client must not
+                # send another request on a connection that closes now.
+                answer, keep_alive = _closing(answer), False
+            transport.write(answer)
+            self.last_active = self._loop.time()
+            if not keep_alive:
+                transport.close()
+                return
+        if self._reading_paused and len(pending) < self._pipelined:
             # One read can queue more than the limit (the parser takes it all): resume
             # once below it, not at exactly one under, which a drain can step over.
             self._update_reading()
-
-    def _write(self, answer: bytes, keep_alive: bool) -> bool:
-        """Write one answer, the next in request order; whether the connection stays open."""
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return False
-        if keep_alive and self.is_closing and not self._pending and not self.is_receiving:
-            # Computed before shutdown began, and the last: the client must not
-            # send another request on a connection that closes now.
-            answer, keep_alive = _closing(answer), False
-        transport.write(answer)
-        self.last_active = self._loop.time()
-        if not keep_alive:
-            transport.close()
-        return keep_alive
 
     def _update_reading(self) -> None:
         # Stop reading a client that does not read its answers or pipelines too far
@@ -454,11 +459,12 @@ class HttpConnection(asyncio.Protocol):
         # connection may carry, nothing more is read.
         if self._transport is None or self._transport.is_closing():
             return
-        if (
+        self._reading_paused = (
             self._writing_paused
             or len(self._pending) >= self._pipelined
             or self._requests >= self._requests_limit
-        ):
+        )
+        if self._reading_paused:
             self._transport.pause_reading()
         else:
             self._transport.resume_reading()
