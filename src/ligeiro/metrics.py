@@ -20,6 +20,8 @@ import resource
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Any, final
 
+import numpy as np
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -32,7 +34,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -85,6 +87,15 @@ class _Tally:
         self.count += 1
         self.total += value
         self.buckets[bisect_left(self._bounds, value)] += 1  # the first bound >= value
+
+    def add_many(self, values: np.ndarray) -> None:
+        """``add`` each of ``values``: the buckets found in one numpy call."""
+        self.count += len(values)
+        self.total += float(values.sum())
+        found = np.bincount(np.searchsorted(self._bounds, values), minlength=len(self._bounds))
+        buckets = self.buckets
+        for i in np.flatnonzero(found).tolist():
+            buckets[i] += int(found[i])
 
     def flush(self) -> None:
         if not self.count:
@@ -236,9 +247,23 @@ class Metrics:
         self._request_tallies: dict[tuple[str, ...], tuple[_Tally, ...]] = {}
         self._compute_tallies: dict[tuple[str, str], tuple[_Tally, _Tally]] = {}
         self._queue_child: dict[tuple[str, str], tuple[Histogram, Gauge]] = {}
+        self._sources: list[Callable[[], None]] = []  # before_read's
+
+    @property
+    def tallies(self) -> bool:
+        """Whether observations may wait for a read (one process); with several worker
+        processes each is recorded at once: a scrape served by another worker reads
+        this one's files, which must be up to date."""
+        return self._tallied
+
+    def before_read(self, flush: Callable[[], None]) -> None:
+        """Have ``flush`` called before every read: it records what its owner kept."""
+        self._sources.append(flush)
 
     def flush(self) -> None:
         """Hand what the hot path tallied to prometheus-client (before every read)."""
+        for source in self._sources:
+            source()
         for tallies in self._request_tallies.values():
             tallies[0].flush()
         for tallies in self._compute_tallies.values():
@@ -267,6 +292,26 @@ class Metrics:
 
     def observe_compute(self, model: str, version: str, rows: int, seconds: float) -> None:
         """Record one run of the model: its rows and its time in the runtime."""
+        compute, batch_size = self._compute_pair(model, version)
+        compute.add(seconds)
+        batch_size.add(rows)
+        if not self._tallied:
+            compute.flush()
+            batch_size.flush()
+
+    def observe_computes(
+        self, model: str, version: str, rows: np.ndarray, seconds: np.ndarray
+    ) -> None:
+        """``observe_compute`` for each run of ``rows`` and ``seconds``, together (the
+        engine's unbatched runs, kept until a read or a thousand of them)."""
+        compute, batch_size = self._compute_pair(model, version)
+        compute.add_many(seconds)
+        batch_size.add_many(rows)
+        if not self._tallied:
+            compute.flush()
+            batch_size.flush()
+
+    def _compute_pair(self, model: str, version: str) -> tuple[_Tally, _Tally]:
         key = (model, version)
         tallies = self._compute_tallies.get(key)
         if tallies is None:
@@ -274,11 +319,7 @@ class Metrics:
                 _Tally(self._compute.labels(model, version)),
                 _Tally(self._batch_size.labels(model, version)),
             )
-        tallies[0].add(seconds)
-        tallies[1].add(rows)
-        if not self._tallied:
-            tallies[0].flush()
-            tallies[1].flush()
+        return tallies
 
     def observe_queue(self, model: str, version: str, waited: Sequence[float]) -> None:
         """Record how long each request of a batch waited in the queue."""

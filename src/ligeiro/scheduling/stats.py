@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass, field
 from typing import final
 
+import numpy as np
+
 __all__ = ["Duration", "ModelStats"]
 
 
@@ -23,6 +25,11 @@ class Duration:
     def add(self, seconds: float, count: int = 1) -> None:
         self.count += count
         self.ns += int(seconds * 1e9)
+
+    def add_ns(self, ns: int, count: int) -> None:
+        """``count`` more times, ``ns`` nanoseconds more in all."""
+        self.count += count
+        self.ns += ns
 
 
 @final
@@ -60,6 +67,29 @@ class ModelStats:
         if batch is None:
             batch = self.batches[rows] = Duration()
         batch.add(seconds)
+
+    def record_runs(
+        self, rows: np.ndarray, compute_s: np.ndarray, request_s: np.ndarray, last_s: float
+    ) -> None:
+        """Unbatched requests, each one run of the model, recorded together (``rows`` and
+        the seconds in the runtime and in the engine, per request; ``last_s``: the wall
+        clock of the last): what ``record_execution`` and ``record_request(True, ...)``
+        record one by one, to the nanosecond (``int(seconds * 1e9)`` truncates, as
+        ``astype`` does)."""
+        count = len(rows)
+        compute_ns = (compute_s * 1e9).astype(np.int64)
+        self.execution_count += count
+        self.inference_count += int(rows.sum())
+        self.compute_infer.add_ns(int(compute_ns.sum()), count)
+        self.success.add_ns(int((request_s * 1e9).astype(np.int64).sum()), count)
+        sizes, inverse = np.unique(rows, return_inverse=True)
+        for i, size in enumerate(sizes.tolist()):
+            batch = self.batches.get(size)
+            if batch is None:
+                batch = self.batches[size] = Duration()
+            of_size = compute_ns if len(sizes) == 1 else compute_ns[inverse == i]
+            batch.add_ns(int(of_size.sum()), len(of_size))
+        self.last_inference_ms = int(last_s * 1000)
 
     def record_request(self, ok: bool, seconds: float) -> None:
         """One request answered by the engine, or failed there."""
