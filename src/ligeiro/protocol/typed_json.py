@@ -28,8 +28,9 @@ from .messages import RequestOutput
 
 __all__ = ["TypedRequest", "decode_typed", "decode_typed_features", "shared_dtype"]
 
-# Built on first use, one per numeric dtype (at most 11); None for BOOL and BYTES.
-_DECODERS: dict[np.dtype, msgspec.json.Decoder[Any] | None] = {}
+# Built on first use, one per numeric dtype (at most 11), with the dtype's V2 name;
+# None for BOOL and BYTES.
+_DECODERS: dict[np.dtype, tuple[msgspec.json.Decoder[Any], str] | None] = {}
 # :predict's, per model's features and dtype: (the bare object's, the instances').
 _FEATURE_DECODERS: dict[tuple[tuple[str, ...], np.dtype], tuple[Any, Any] | None] = {}
 _MOST_FEATURE_DECODERS = 256  # past it (models reloaded with new features), start again
@@ -55,9 +56,7 @@ def _element(dtype: np.dtype) -> Any:
     return Annotated[float, msgspec.Meta(ge=-largest, le=largest)]
 
 
-def _decoder(dtype: np.dtype) -> msgspec.json.Decoder[Any] | None:
-    if dtype in _DECODERS:
-        return _DECODERS[dtype]
+def _decoder(dtype: np.dtype) -> tuple[msgspec.json.Decoder[Any], str] | None:
     decoder = None
     if dtype.kind in "iuf":
         # Unknown fields are refused here (``parameters`` above all: binary data), so
@@ -72,7 +71,7 @@ def _decoder(dtype: np.dtype) -> msgspec.json.Decoder[Any] | None:
         request = msgspec.defstruct(
             f"Typed{datatype_of(dtype)}Request", [("inputs", list[tensor])], bases=(TypedRequest,)
         )
-        decoder = msgspec.json.Decoder(request)
+        decoder = msgspec.json.Decoder(request), datatype_of(dtype)
     _DECODERS[dtype] = decoder
     return decoder
 
@@ -93,14 +92,16 @@ def decode_typed(
 ) -> tuple[dict[str, np.ndarray], TypedRequest] | None:
     """The request's inputs (and its message) when it has the common shape for ``dtype``;
     ``None`` when it does not: the caller then decodes it the generic way."""
-    decoder = _decoder(dtype)
-    if decoder is None:
+    typed = _DECODERS.get(dtype, False)
+    if typed is False:
+        typed = _decoder(dtype)
+    if typed is None:
         return None
+    decoder, datatype = typed
     try:
         message: TypedRequest = decoder.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
-    datatype = datatype_of(dtype)
     inputs: dict[str, np.ndarray] = {}
     for tensor in message.inputs:
         data, shape, name = tensor.data, tensor.shape, tensor.name

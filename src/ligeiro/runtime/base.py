@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -20,13 +20,19 @@ class TensorSpec:
     name: str
     dtype: np.dtype
     shape: tuple[int, ...]
+    # The fixed dimensions, (axis, size) each: what accepts_shape compares per request.
+    _fixed: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fixed = tuple((axis, size) for axis, size in enumerate(self.shape) if size != -1)
+        object.__setattr__(self, "_fixed", fixed)
 
     def accepts_shape(self, shape: tuple[int, ...]) -> bool:
         """Whether a concrete shape fits this spec (same rank, fixed dims equal)."""
         if len(shape) != len(self.shape):
             return False
-        for want, got in zip(self.shape, shape, strict=True):  # a loop: this runs per request
-            if want != got and want != -1:
+        for axis, size in self._fixed:  # a loop: this runs per request
+            if shape[axis] != size:
                 return False
         return True
 
