@@ -377,14 +377,16 @@ def encode_infer_response(
 ) -> bytes:
     """Encode a V2 inference response; ``data`` is flat, row-major, as Triton sends it."""
     tensors = [
-        ResponseOutput(name, datatype_of(array.dtype), list(array.shape), _json_data(array))
+        ResponseOutput(
+            name,
+            datatype_of(array.dtype),
+            list(array.shape),
+            # Numbers straight to a list; BYTES may need decoding (_json_data).
+            array.ravel().tolist() if array.dtype.kind in "biuf" else _json_data(array),
+        )
         for name, array in outputs.items()
     ]
-    return _encoder.encode(
-        InferResponse(
-            model_name=model_name, outputs=tensors, model_version=model_version, id=request_id
-        )
-    )
+    return _encoder.encode(InferResponse(model_name, tensors, model_version, request_id))
 
 
 def encode_binary_infer_response(
