@@ -171,14 +171,14 @@ class HttpConnection(asyncio.Protocol):
     """One client connection: parse with httptools, answer in order, drain on shutdown."""
 
     __slots__ = (
-        "_app", "_authorization", "_began", "_body", "_body_max", "_client", "_connections",
-        "_content_encoding", "_content_length", "_denied", "_expect_continue",
-        "_head_limit", "_head_reads", "_head_size", "_header_length", "_headers",
-        "_headers_limit", "_in_head", "_json_limit", "_loop", "_parser", "_pending",
-        "_pipelined", "_rare", "_reading_paused", "_requests", "_requests_limit",
-        "_settings", "_size", "_too_large", "_traceparent", "_tracestate", "_transport",
-        "_url", "_url_limit", "_writing_paused", "is_closing", "is_receiving",
-        "last_active",
+        "_app", "_authorization", "_began", "_body", "_body_limit", "_body_max", "_client",
+        "_connections", "_content_encoding", "_content_length", "_denied",
+        "_expect_continue", "_head_limit", "_head_reads", "_head_size", "_header_length",
+        "_headers", "_headers_limit", "_in_head", "_json_limit", "_loop", "_parser",
+        "_pending", "_pipelined", "_rare", "_reading_paused", "_requests",
+        "_requests_limit", "_settings", "_size", "_too_large", "_traceparent",
+        "_tracestate", "_transport", "_url", "_url_limit", "_writing_paused", "is_closing",
+        "is_receiving", "last_active",
     )  # fmt: skip
 
     def __init__(self, app: HttpApp, connections: Connections) -> None:
@@ -190,6 +190,7 @@ class HttpConnection(asyncio.Protocol):
         self._headers_limit = settings.max_headers
         self._body_max = settings.max_request_bytes
         self._json_limit = min(settings.max_request_bytes, settings.max_json_bytes)
+        self._body_limit = self._json_limit  # this request's (on_headers_complete)
         self._requests_limit = settings.max_requests_per_connection
         self._pipelined = settings.max_pipelined
         self._connections = connections
@@ -352,6 +353,7 @@ class HttpConnection(asyncio.Protocol):
         limit = self._json_limit
         if self._header_length is not None or self._content_encoding is not None:
             limit = self._body_max  # binary data, or compressed (held to the JSON limit decoded)
+        self._body_limit = limit
         if self._content_length > limit:
             self._reject_too_large(self._content_length)
         elif self._expect_continue and self._transport is not None:
@@ -361,11 +363,7 @@ class HttpConnection(asyncio.Protocol):
         if self._too_large or self._denied is not None:
             return
         self._size += len(body)
-        if self._size > (
-            self._json_limit
-            if self._header_length is None and self._content_encoding is None
-            else self._body_max
-        ):  # chunked bodies have no length
+        if self._size > self._body_limit:  # chunked bodies have no length
             self._reject_too_large(self._size)
             return
         self._body.append(body)
