@@ -10,15 +10,15 @@ generic decode (``codec.decode_infer_request``) checks the same element by eleme
 Python; end to end that measured ~5 µs of a ~37 µs request (docs/adr/0009).
 
 Whatever does not fit (nested data, tensor parameters, another datatype, a repeated
-name, an empty or scalar tensor, a shape that does not match its data, a value of the
-wrong kind or out of range, malformed JSON) is ``None`` here: the caller decodes it
+name, an empty or scalar tensor, a dimension under 1, a shape that does not match its
+data, a value of the wrong kind or out of range, malformed JSON) is ``None`` here: the caller decodes it
 the generic way, which accepts what it accepts and words every error as before.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
@@ -28,9 +28,8 @@ from .messages import RequestOutput
 
 __all__ = ["TypedRequest", "decode_typed", "decode_typed_features", "shared_dtype"]
 
-# Built on first use, one per numeric dtype (at most 11), with the dtype's V2 name;
-# None for BOOL and BYTES.
-_DECODERS: dict[np.dtype, tuple[msgspec.json.Decoder[Any], str] | None] = {}
+# Built on first use, one per numeric dtype (at most 11); None for BOOL and BYTES.
+_DECODERS: dict[np.dtype, msgspec.json.Decoder[Any] | None] = {}
 # :predict's, per model's features and dtype: (the bare object's, the instances').
 _FEATURE_DECODERS: dict[tuple[tuple[str, ...], np.dtype], tuple[Any, Any] | None] = {}
 _MOST_FEATURE_DECODERS = 256  # past it (models reloaded with new features), start again
@@ -56,22 +55,26 @@ def _element(dtype: np.dtype) -> Any:
     return Annotated[float, msgspec.Meta(ge=-largest, le=largest)]
 
 
-def _decoder(dtype: np.dtype) -> tuple[msgspec.json.Decoder[Any], str] | None:
+def _decoder(dtype: np.dtype) -> msgspec.json.Decoder[Any] | None:
     decoder = None
     if dtype.kind in "iuf":
-        # Unknown fields are refused here (``parameters`` above all: binary data), so
-        # that nothing the generic decode reads is skipped.
+        # Checked in C as msgspec parses: the datatype is the model's, every dimension
+        # at least 1, the data not empty, no unknown field (``parameters`` above all:
+        # binary data), so that nothing the generic decode reads is skipped.
+        datatype = datatype_of(dtype)
+        dimensions = Annotated[list[Annotated[int, msgspec.Meta(ge=1)]], msgspec.Meta(min_length=1)]
+        data = Annotated[list[_element(dtype)], msgspec.Meta(min_length=1)]  # type: ignore[misc]
         tensor = msgspec.defstruct(
-            f"Typed{datatype_of(dtype)}Input",
-            [("name", str), ("shape", list[int]), ("datatype", str),
-             ("data", list[_element(dtype)])],  # type: ignore[misc]
+            f"Typed{datatype}Input",
+            [("name", str), ("shape", dimensions), ("datatype", Literal[datatype]),  # type: ignore[valid-type]
+             ("data", data)],
             forbid_unknown_fields=True,
             gc=False,
         )  # fmt: skip
         request = msgspec.defstruct(
-            f"Typed{datatype_of(dtype)}Request", [("inputs", list[tensor])], bases=(TypedRequest,)
+            f"Typed{datatype}Request", [("inputs", list[tensor])], bases=(TypedRequest,)
         )
-        decoder = msgspec.json.Decoder(request), datatype_of(dtype)
+        decoder = msgspec.json.Decoder(request)
     _DECODERS[dtype] = decoder
     return decoder
 
@@ -92,12 +95,11 @@ def decode_typed(
 ) -> tuple[dict[str, np.ndarray], TypedRequest] | None:
     """The request's inputs (and its message) when it has the common shape for ``dtype``;
     ``None`` when it does not: the caller then decodes it the generic way."""
-    typed = _DECODERS.get(dtype, False)
-    if typed is False:
-        typed = _decoder(dtype)
-    if typed is None:
+    decoder = _DECODERS.get(dtype, False)
+    if decoder is False:
+        decoder = _decoder(dtype)
+    if decoder is None:
         return None
-    decoder, datatype = typed
     try:
         message: TypedRequest = decoder.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
@@ -105,13 +107,13 @@ def decode_typed(
     inputs: dict[str, np.ndarray] = {}
     for tensor in message.inputs:
         data, shape, name = tensor.data, tensor.shape, tensor.name
-        if tensor.datatype != datatype or not data or name in inputs:
+        if name in inputs:
             return None
         if len(shape) == 1:
             if shape[0] != len(data):
                 return None
             inputs[name] = np.array(data, dtype)
-        elif not shape or min(shape) < 1 or math.prod(shape) != len(data):
+        elif math.prod(shape) != len(data):
             return None
         else:
             inputs[name] = np.array(data, dtype).reshape(shape)
