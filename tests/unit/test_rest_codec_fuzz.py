@@ -128,8 +128,31 @@ def _outcome(decode: Callable[[], DecodedRequest]) -> Any:
     return arrays, request.outputs, request.id, request.binary_outputs, request.timeout_s
 
 
+# Requests as clients send them to a model of one numeric dtype, give or take a field:
+# names x and y, a flat list of numbers (of any kind, in range or not) or of other JSON
+# values, shapes with zero or negative dimensions, parameters now and then.
+_TYPED_DATA = st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=6) | st.lists(
+    _INTS, max_size=6
+) | st.lists(_SCALARS, max_size=4) | st.lists(st.lists(st.floats(-9, 9), max_size=3), max_size=2)
+_TYPED_TENSORS = st.fixed_dictionaries(
+    {"name": st.sampled_from(["x", "y"]),
+     "shape": st.lists(st.integers(-1, 6), max_size=3),
+     "datatype": st.sampled_from(["FP32", "FP32", "FP16", "FP64", "INT64", "UINT8", "BYTES"]),
+     "data": _TYPED_DATA},
+    optional={"parameters": _PARAMETERS},
+).map(  # mostly a shape that holds the data, as a client's does
+    lambda t: t if t["shape"] and t["shape"][0] == 6 else {**t, "shape": [1, len(t["data"])]}
+)  # fmt: skip
+_TYPED_BODIES = st.fixed_dictionaries(
+    {"inputs": st.lists(_TYPED_TENSORS, min_size=1, max_size=2)},
+    optional={"id": st.text(max_size=3), "parameters": _PARAMETERS,
+              "outputs": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["y", "z"])}),
+                                  max_size=2)},
+).map(lambda request: (json.dumps(request).encode(), None))  # fmt: skip
+
+
 @fuzz(600)
-@given(bodies(), _MODELS)
+@given(_TYPED_BODIES | bodies(), _MODELS)
 @example((b'{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2.5,3,4]}]}', None),
          _model(x="FP32"))
 @example((b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP16","data":[65510]}]}', None),

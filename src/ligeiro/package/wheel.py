@@ -46,6 +46,7 @@ RUNTIME_MODULES = (
     "protocol.messages",
     "protocol.predict",
     "protocol.raw",
+    "protocol.typed_json",
     "protocol.types",
     "repository",
     "repository.checks",
