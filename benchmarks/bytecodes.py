@@ -75,7 +75,9 @@ def _name(frame: FrameType) -> str:
     return f"{path}:{frame.f_code.co_qualname}"
 
 
-async def _count(repository: Path, route: str) -> tuple[collections.Counter[str], collections.Counter[str]]:
+async def _count(
+    repository: Path, route: str
+) -> tuple[collections.Counter[str], collections.Counter[str]]:
     from ligeiro.dataplane import DataPlane
     from ligeiro.engine import Engine
     from ligeiro.metrics import Metrics
@@ -84,8 +86,8 @@ async def _count(repository: Path, route: str) -> tuple[collections.Counter[str]
     from ligeiro.settings import HttpSettings
 
     path, body = ROUTES[route]
-    request = b"POST %s HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nContent-Type: application/json\r\n" % path
-    request += b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    request = b"POST %s HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n" % path
+    request += b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     metrics = Metrics()
     settings = HttpSettings()
     app = HttpApp(DataPlane(Engine.from_repository(repository, metrics=metrics), metrics), settings)
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         bytecodes, calls = asyncio.run(_count(repository, options.route))
     total = sum(bytecodes.values()) / _COUNTED
     print(f"{options.route}: {total:.0f} bytecodes and {sum(calls.values()) / _COUNTED:.0f} "
-          "Python calls a request (asyncio's pure-Python loop here; uvloop's is native)")  # fmt: skip
+          "Python calls a request (asyncio's loop here; uvloop's is native)")  # fmt: skip
     print(f"{'bytecodes':>9}  {'calls':>5}  function")
     for name, count in bytecodes.most_common(options.top):
         print(f"{count / _COUNTED:9.0f}  {calls[name] / _COUNTED:5.0f}  {name}")

@@ -65,7 +65,7 @@ class _Observer:
     in the engine, the wall clock) and recorded with the others in a few numpy calls
     (``flush``), at ``_RUNS_KEPT`` of them and before anything reads the statistics or
     the metrics: recording each at once was ~10 % of a small model's request (ADR 0009).
-    With several worker processes the metrics are recorded at once (``Metrics.tallies``).
+    With several worker processes the metrics are recorded at once (``Metrics.tallied``).
     """
 
     __slots__ = ("_metrics", "_runs", "model", "stats", "version")
@@ -76,7 +76,7 @@ class _Observer:
         self.stats = ModelStats()
         self._metrics = metrics
         self._runs: array[float] | None = (
-            array("d") if metrics is None or metrics.tallies else None
+            array("d") if metrics is None or metrics.tallied else None
         )
 
     def queued(self, length: int) -> None:

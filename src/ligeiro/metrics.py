@@ -250,7 +250,7 @@ class Metrics:
         self._sources: list[Callable[[], None]] = []  # before_read's
 
     @property
-    def tallies(self) -> bool:
+    def tallied(self) -> bool:
         """Whether observations may wait for a read (one process); with several worker
         processes each is recorded at once: a scrape served by another worker reads
         this one's files, which must be up to date."""

@@ -11,8 +11,13 @@ Python; end to end that measured ~5 µs of a ~37 µs request (docs/adr/0009).
 
 Whatever does not fit (nested data, tensor parameters, another datatype, a repeated
 name, an empty or scalar tensor, a dimension under 1, a shape that does not match its
-data, a value of the wrong kind or out of range, malformed JSON) is ``None`` here: the caller decodes it
-the generic way, which accepts what it accepts and words every error as before.
+data, a value of the wrong kind or out of range, malformed JSON) is ``None`` here: the
+caller decodes it the generic way, which accepts what it accepts and words every error
+as before.
+
+``:predict``'s common shape, the seed's bare object of named numbers (or
+``{"instances": [...]}`` of such objects), is decoded the same way against a struct of
+the model's features (``decode_typed_features``).
 """
 
 from __future__ import annotations
@@ -66,8 +71,8 @@ def _decoder(dtype: np.dtype) -> msgspec.json.Decoder[Any] | None:
         data = Annotated[list[_element(dtype)], msgspec.Meta(min_length=1)]  # type: ignore[misc]
         tensor = msgspec.defstruct(
             f"Typed{datatype}Input",
-            [("name", str), ("shape", dimensions), ("datatype", Literal[datatype]),  # type: ignore[valid-type]
-             ("data", data)],
+            [("name", str), ("shape", dimensions),
+             ("datatype", Literal[datatype]), ("data", data)],  # type: ignore[valid-type]
             forbid_unknown_fields=True,
             gc=False,
         )  # fmt: skip
@@ -138,7 +143,9 @@ def _feature_decoders(features: tuple[str, ...], dtype: np.dtype) -> tuple[Any, 
             forbid_unknown_fields=True,
             gc=False,
         )
-        many = msgspec.defstruct("Instances", [("instances", list[row])], forbid_unknown_fields=True)  # type: ignore[valid-type]
+        many = msgspec.defstruct(
+            "Instances", [("instances", list[row])], forbid_unknown_fields=True  # type: ignore[valid-type]
+        )
         decoders = msgspec.json.Decoder(row), msgspec.json.Decoder(many)
     if len(_FEATURE_DECODERS) >= _MOST_FEATURE_DECODERS:
         _FEATURE_DECODERS.clear()
