@@ -1,8 +1,10 @@
 """Python bytecodes one request executes, by function: where the hot path's time goes.
 
-An iris request (the seed's row, V2 JSON or ``:predict``) is fed, as the bytes a client
-sends, to an ``HttpConnection`` over a transport that keeps what it is written (no
-socket), and its answer computed as a loop pass computes it (``Connections._run_due``).
+An iris request (the seed's row: V2 JSON, ``:predict``, or gRPC ``ModelInfer``) is fed,
+as the bytes a client sends, to an ``HttpConnection`` (or, for gRPC, an
+``H2GrpcConnection``, with HTTP/2 frames and HPACK headers as a client sends them) over
+a transport that keeps what it is written (no socket), and its answer computed as a
+loop pass computes it (``Connections._run_due``, ``H2GrpcServer._run_due``).
 After a warm-up, ``sys.settrace`` with opcode events counts every bytecode the next
 requests execute, per Python function, and prints the table.
 
@@ -13,7 +15,7 @@ isolation did (ADR 0009: -10 % bytecodes gave -11.6 % CPU per request, where
 read at once, without the machine's noise. Native code (ONNX Runtime, numpy, msgspec,
 httptools) is not counted; a ``bench_ab`` run says what a change buys in the end.
 
-Run: ``python -m benchmarks.bytecodes [--route v2|predict] [--top 40]``
+Run: ``python -m benchmarks.bytecodes [--route v2|predict|grpc] [--top 40]``
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -35,6 +38,7 @@ from ._iris import SEED_PAYLOAD, V2_JSON
 ROUTES = {
     "v2": (b"/v2/models/iris/infer", V2_JSON),
     "predict": (b"/v1/models/iris:predict", json.dumps(SEED_PAYLOAD).encode()),
+    "grpc": (b"/inference.GRPCInferenceService/ModelInfer", b""),
 }
 _WARM_UP = 50
 _COUNTED = 10
@@ -75,12 +79,13 @@ def _name(frame: FrameType) -> str:
     return f"{path}:{frame.f_code.co_qualname}"
 
 
-async def _count(
-    repository: Path, route: str
-) -> tuple[collections.Counter[str], collections.Counter[str]]:
-    from ligeiro.dataplane import DataPlane
-    from ligeiro.engine import Engine
-    from ligeiro.metrics import Metrics
+def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
+
+
+def _http1(plane: Any, route: str) -> tuple[Callable[[], None], _Transport, bytes]:
+    """One HTTP/1.1 connection, a call that sends it the route's request and answers,
+    and bytes its answer holds."""
     from ligeiro.server.http import HttpApp
     from ligeiro.server.http_connection import Connections, HttpConnection
     from ligeiro.settings import HttpSettings
@@ -88,18 +93,76 @@ async def _count(
     path, body = ROUTES[route]
     request = b"POST %s HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n" % path
     request += b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-    metrics = Metrics()
     settings = HttpSettings()
-    app = HttpApp(DataPlane(Engine.from_repository(repository, metrics=metrics), metrics), settings)
     connections = Connections(settings)
-    connection = HttpConnection(app, connections)
+    connection = HttpConnection(HttpApp(plane, settings), connections)
     transport = _Transport()
     connection.connection_made(transport)
-    for _ in range(_WARM_UP):
+
+    def send() -> None:
         connection.data_received(request)
         connections._run_due()
-    if not transport.written.startswith(b"HTTP/1.1 200"):
-        raise SystemExit(f"the request was not answered 200: {transport.written[:200]!r}")
+
+    return send, transport, b"HTTP/1.1 200 OK"
+
+
+def _grpc(plane: Any) -> tuple[Callable[[], None], _Transport, bytes]:
+    """One HTTP/2 connection (h2 transport), and a call that sends it one ModelInfer on
+    the next stream, its headers HPACK-encoded by one encoder as a client's are."""
+    import numpy as np
+    from hpack import Encoder
+
+    from ligeiro.protocol._generated import grpc_service_pb2 as pb
+    from ligeiro.server.grpc import GrpcService
+    from ligeiro.server.grpc_h2 import H2GrpcConnection, H2GrpcServer
+    from ligeiro.settings import GrpcSettings
+
+    row = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
+    message = pb.ModelInferRequest(model_name="iris", raw_input_contents=[row.tobytes()])
+    message.inputs.add(name="float_input", datatype="FP32", shape=[1, 4])
+    body = message.SerializeToString()
+    data = b"\x00" + len(body).to_bytes(4, "big") + body
+    server = H2GrpcServer(GrpcService(plane), GrpcSettings())
+    connection = H2GrpcConnection(server)
+    transport = _Transport()
+    connection.connection_made(transport)
+    largest = 2**31 - 1  # windows wide open: the answers never wait for the client
+    settings = (4).to_bytes(2, "big") + largest.to_bytes(4, "big")  # INITIAL_WINDOW_SIZE
+    connection.data_received(
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, settings)
+        + _frame(8, 0, 0, (largest - 65535).to_bytes(4, "big"))
+    )  # fmt: skip
+    encoder = Encoder()
+    headers = [(":method", "POST"), (":scheme", "http"), (":path", ROUTES["grpc"][0].decode()),
+               (":authority", "127.0.0.1:8001"), ("content-type", "application/grpc"),
+               ("te", "trailers")]  # fmt: skip
+    # Every request's frames made beforehand: the client's encoding is not counted.
+    requests = iter([
+        _frame(1, 0x4, stream, encoder.encode(headers)) + _frame(0, 0x1, stream, data)
+        for stream in range(1, 2 * (_WARM_UP + _COUNTED), 2)
+    ])  # fmt: skip
+
+    def send() -> None:
+        connection.data_received(next(requests))
+        server._run_due()
+
+    return send, transport, b"output_probability"  # an output's name: the answer's bytes
+
+
+async def _count(
+    repository: Path, route: str
+) -> tuple[collections.Counter[str], collections.Counter[str]]:
+    from ligeiro.dataplane import DataPlane
+    from ligeiro.engine import Engine
+    from ligeiro.metrics import Metrics
+
+    metrics = Metrics()
+    plane = DataPlane(Engine.from_repository(repository, metrics=metrics), metrics)
+    send, transport, answered = _grpc(plane) if route == "grpc" else _http1(plane, route)
+    for _ in range(_WARM_UP):
+        send()
+    if answered not in transport.written:
+        raise SystemExit(f"the request was not answered: {transport.written[:200]!r}")
     bytecodes: collections.Counter[str] = collections.Counter()
     calls: collections.Counter[str] = collections.Counter()
 
@@ -114,8 +177,7 @@ async def _count(
     sys.settrace(trace)
     try:
         for _ in range(_COUNTED):
-            connection.data_received(request)
-            connections._run_due()
+            send()
     finally:
         sys.settrace(None)
     return bytecodes, calls
