@@ -11,9 +11,11 @@ requests execute, per Python function, and prints the table.
 Why count bytecodes: on this path the end-to-end CPU a request costs (bench_ab) has
 followed the number of bytecodes it executes far better than ``timeit`` of one part in
 isolation did (ADR 0009: -10 % bytecodes gave -11.6 % CPU per request, where
-``timeit`` had promised a third of that). It is deterministic, so a change's effect is
-read at once, without the machine's noise. Native code (ONNX Runtime, numpy, msgspec,
-httptools) is not counted; a ``bench_ab`` run says what a change buys in the end.
+``timeit`` had promised a third of that). It is deterministic, so it says at once
+where the Python is. It is not the cost: native code (ONNX Runtime, numpy, msgspec,
+httptools, protobuf) is not counted (protobuf's parser has fewer bytecodes than our
+scanner and measured slower), and changes of a few per cent of the bytecodes stay in
+the machine's noise. A ``bench_ab`` run says what a change buys.
 
 Run: ``python -m benchmarks.bytecodes [--route v2|predict|grpc] [--top 40]``
 """
@@ -27,8 +29,8 @@ import json
 import shutil
 import sys
 import tempfile
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
