@@ -287,7 +287,7 @@ class Metrics:
                 ),
             )
         tally[0].add(seconds)
-        if not self._tallied:
+        if not self._tallied:  # inline: once per request
             tally[0].flush()
 
     def observe_compute(self, model: str, version: str, rows: int, seconds: float) -> None:
@@ -295,9 +295,7 @@ class Metrics:
         compute, batch_size = self._compute_pair(model, version)
         compute.add(seconds)
         batch_size.add(rows)
-        if not self._tallied:
-            compute.flush()
-            batch_size.flush()
+        self._settle(compute, batch_size)
 
     def observe_computes(
         self, model: str, version: str, rows: np.ndarray, seconds: np.ndarray
@@ -307,9 +305,13 @@ class Metrics:
         compute, batch_size = self._compute_pair(model, version)
         compute.add_many(seconds)
         batch_size.add_many(rows)
+        self._settle(compute, batch_size)
+
+    def _settle(self, *tallies: _Tally) -> None:
+        """With several workers, hand what was just tallied over at once (``tallied``)."""
         if not self._tallied:
-            compute.flush()
-            batch_size.flush()
+            for tally in tallies:
+                tally.flush()
 
     def _compute_pair(self, model: str, version: str) -> tuple[_Tally, _Tally]:
         key = (model, version)

@@ -106,10 +106,12 @@ def test_any_body_is_a_request_or_an_invalid_input_error(body: tuple[bytes, int 
 
 
 def _model(**inputs: str) -> Any:
-    """What ``RestInferCodec.decode`` reads of a model: its input specs by name."""
+    """What ``RestInferCodec.decode`` reads of a model: its input specs by name, and the
+    dtype they share (``ModelVersion.input_dtype``)."""
     specs = {name: SimpleNamespace(name=name, dtype=DATATYPES[datatype], shape=(-1,))
              for name, datatype in inputs.items()}  # fmt: skip
-    return SimpleNamespace(inputs=specs)
+    dtypes = {spec.dtype for spec in specs.values()}
+    return SimpleNamespace(inputs=specs, input_dtype=dtypes.pop() if len(dtypes) == 1 else None)
 
 
 _MODELS = st.sampled_from([

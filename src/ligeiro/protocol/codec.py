@@ -32,7 +32,7 @@ from .messages import (
     ServerMetadata,
     TensorMetadata,
 )
-from .typed_json import TypedRequest, decode_typed, shared_dtype
+from .typed_json import TypedRequest, decode_typed
 from .types import TensorSpecLike
 
 if TYPE_CHECKING:
@@ -377,13 +377,7 @@ def encode_infer_response(
 ) -> bytes:
     """Encode a V2 inference response; ``data`` is flat, row-major, as Triton sends it."""
     tensors = [
-        ResponseOutput(
-            name,
-            datatype_of(array.dtype),
-            list(array.shape),
-            # Numbers straight to a list; BYTES may need decoding (_json_data).
-            array.ravel().tolist() if array.dtype.kind in "biuf" else _json_data(array),
-        )
+        ResponseOutput(name, datatype_of(array.dtype), list(array.shape), _json_data(array))
         for name, array in outputs.items()
     ]
     return _encoder.encode(InferResponse(model_name, tensors, model_version, request_id))
@@ -444,7 +438,7 @@ class RestInferCodec:
         body, header_length = payload
         if header_length is None:
             # The common shape first (protocol/typed_json.py); the rest, the generic way.
-            dtype = shared_dtype(model.inputs)
+            dtype = model.input_dtype
             typed = None if dtype is None else decode_typed(body, dtype)
             if typed is not None:
                 return _request(typed[1], typed[0])

@@ -31,7 +31,7 @@ import numpy as np
 from .datatypes import datatype_of
 from .messages import RequestOutput
 
-__all__ = ["TypedRequest", "decode_typed", "decode_typed_features", "shared_dtype"]
+__all__ = ["TypedRequest", "decode_typed", "decode_typed_features"]
 
 # Built on first use, one per numeric dtype (at most 11); None for BOOL and BYTES.
 _DECODERS: dict[np.dtype, msgspec.json.Decoder[Any] | None] = {}
@@ -82,17 +82,6 @@ def _decoder(dtype: np.dtype) -> msgspec.json.Decoder[Any] | None:
         decoder = msgspec.json.Decoder(request)
     _DECODERS[dtype] = decoder
     return decoder
-
-
-def shared_dtype(specs: Any) -> np.dtype | None:
-    """The dtype every one of ``specs`` (a model's input specs by name) has, if one."""
-    dtype = None
-    for spec in specs.values():
-        if dtype is None:
-            dtype = spec.dtype
-        elif spec.dtype != dtype:
-            return None
-    return dtype
 
 
 def decode_typed(

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from pathlib import Path
 
+    import numpy as np
+
     from ..runtime.base import Runtime, TensorSpec
     from .layout import ModelFolder
 
@@ -77,10 +79,14 @@ class ModelVersion:
     # The batching it gets when its config has no [batching] (a GPU's).
     default_batching: BatchingPolicy | None = None
     output_names: tuple[str, ...] = field(init=False)
+    # The dtype every input has, if they share one (the typed V2 decode's, per request).
+    input_dtype: np.dtype | None = field(init=False)
     usage: Usage = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "output_names", tuple(self.outputs))
+        dtypes = {spec.dtype for spec in self.inputs.values()}
+        object.__setattr__(self, "input_dtype", dtypes.pop() if len(dtypes) == 1 else None)
         object.__setattr__(self, "usage", Usage())
 
     @property

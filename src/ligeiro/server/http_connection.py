@@ -175,7 +175,7 @@ class HttpConnection(asyncio.Protocol):
         "_connections", "_content_encoding", "_content_length", "_denied",
         "_expect_continue", "_head_limit", "_head_reads", "_head_size", "_header_length",
         "_headers", "_headers_limit", "_in_head", "_json_limit", "_loop", "_parser",
-        "_pending", "_pipelined", "_rare", "_reading_paused", "_requests",
+        "_pending", "_pipelined", "_reading_paused", "_requests",
         "_requests_limit", "_settings", "_size", "_too_large", "_traceparent",
         "_tracestate", "_transport", "_url", "_url_limit", "_writing_paused", "is_closing",
         "is_receiving", "last_active",
@@ -203,7 +203,6 @@ class HttpConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self._content_length = 0
-        self._rare = False  # a header of _reset_rare's was read since it last ran
         self._expect_continue = False
         self._header_length: bytes | None = None
         self._content_encoding: bytes | None = None
@@ -292,19 +291,14 @@ class HttpConnection(asyncio.Protocol):
         self._body = []
         self._size = 0
         self._content_length = 0
-        if self._rare:  # the headers few requests carry: reset only after one did
-            self._reset_rare()
-        self._too_large = False
-        self._denied = None
-
-    def _reset_rare(self) -> None:
-        self._rare = False
         self._expect_continue = False
         self._header_length = None
         self._traceparent = None
         self._tracestate = None
         self._content_encoding = None
         self._authorization = None
+        self._too_large = False
+        self._denied = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -325,9 +319,7 @@ class HttpConnection(asyncio.Protocol):
         """Keep ``name: value`` if it is one of the headers read here."""
         if size == 14 and name.lower() == b"content-length":
             self._content_length = int(value) if value.isdigit() else 0
-            return
-        self._rare = True  # one of the headers on_message_begin then resets
-        if size == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
+        elif size == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
             self._expect_continue = True
         elif size == 31 and name.lower() == b"inference-header-content-length":
             self._header_length = value  # the binary tensor extension; the codec parses it
