@@ -4,7 +4,7 @@ An iris request (the seed's row: V2 JSON, ``:predict``, or gRPC ``ModelInfer``) 
 as the bytes a client sends, to an ``HttpConnection`` (or, for gRPC, an
 ``H2GrpcConnection``, with HTTP/2 frames and HPACK headers as a client sends them) over
 a transport that keeps what it is written (no socket), and its answer computed as a
-loop pass computes it (``Connections._run_due``, ``H2GrpcServer._run_due``).
+loop pass computes it (``Connections.run_due``, ``H2GrpcServer._run_due``).
 After a warm-up, ``sys.settrace`` with opcode events counts every bytecode the next
 requests execute, per Python function, and prints the table.
 
@@ -103,7 +103,7 @@ def _http1(plane: Any, route: str) -> tuple[Callable[[], None], _Transport, byte
 
     def send() -> None:
         connection.data_received(request)
-        connections._run_due()
+        connections.run_due(asyncio.get_running_loop())
 
     return send, transport, b"HTTP/1.1 200 OK"
 

@@ -305,8 +305,6 @@ class DataPlane:
     ) -> None:
         """The one place a request is counted, timed and access-logged."""
         name, version = ("", "") if model is None else (model.name, model.version)
-        metrics = self.metrics
-        metrics.request_finished(transport.name)
-        metrics.observe_request(name, version, transport.name, status, seconds)
+        self.metrics.observe_request(name, version, transport.name, status, seconds)
         if self.access_log is not None:
             self.access_log.record(transport.name, name, version, status, seconds, request_id)

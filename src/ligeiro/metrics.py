@@ -73,26 +73,26 @@ class _Tally:
     has no public bulk observe; ``Metrics`` checks they exist, else records at once).
     """
 
-    __slots__ = ("_bounds", "buckets", "count", "counter", "histogram", "total")
+    __slots__ = ("bounds", "buckets", "count", "counter", "histogram", "total")
 
     def __init__(self, histogram: Any, counter: Any = None) -> None:
         self.histogram = histogram
         self.counter = counter
-        self._bounds = histogram._upper_bounds  # ends with +Inf: every value has a bucket
-        self.buckets = [0] * len(self._bounds)
+        self.bounds = histogram._upper_bounds  # ends with +Inf: every value has a bucket
+        self.buckets = [0] * len(self.bounds)
         self.count = 0
         self.total = 0.0
 
     def add(self, value: float) -> None:
         self.count += 1
         self.total += value
-        self.buckets[bisect_left(self._bounds, value)] += 1  # the first bound >= value
+        self.buckets[bisect_left(self.bounds, value)] += 1  # the first bound >= value
 
     def add_many(self, values: np.ndarray) -> None:
         """``add`` each of ``values``: the buckets found in one numpy call."""
         self.count += len(values)
         self.total += float(values.sum())
-        found = np.bincount(np.searchsorted(self._bounds, values), minlength=len(self._bounds))
+        found = np.bincount(np.searchsorted(self.bounds, values), minlength=len(self.bounds))
         buckets = self.buckets
         for i in np.flatnonzero(found).tolist():
             buckets[i] += int(found[i])
@@ -244,7 +244,7 @@ class Metrics:
         # serves reads this one's files, which must be up to date).
         self._tallied = self._multiprocess_dir is None and _bulk_capable(self._duration)
         # labels() builds a tuple and takes a lock; the hot path looks tallies up here.
-        self._request_tallies: dict[tuple[str, ...], tuple[_Tally, ...]] = {}
+        self._request_tallies: dict[tuple[str, ...], _Tally] = {}
         self._compute_tallies: dict[tuple[str, str], tuple[_Tally, _Tally]] = {}
         self._queue_child: dict[tuple[str, str], tuple[Histogram, Gauge]] = {}
         self._sources: list[Callable[[], None]] = []  # before_read's
@@ -264,8 +264,8 @@ class Metrics:
         """Hand what the hot path tallied to prometheus-client (before every read)."""
         for source in self._sources:
             source()
-        for tallies in self._request_tallies.values():
-            tallies[0].flush()
+        for tally in self._request_tallies.values():
+            tally.flush()
         for tallies in self._compute_tallies.values():
             tallies[0].flush()
             tallies[1].flush()
@@ -276,19 +276,24 @@ class Metrics:
     def observe_request(
         self, model: str, version: str, protocol: str, code: str, seconds: float
     ) -> None:
-        """Count one answered request and its end-to-end latency."""
+        """Count one answered request and its end-to-end latency; it is no longer in
+        flight (``request_started``)."""
         key = (model, version, protocol, code)
         tally = self._request_tallies.get(key)
         if tally is None:
-            tally = self._request_tallies[key] = (
-                _Tally(
-                    self._duration.labels(model, version, protocol),
-                    self._requests.labels(model, version, protocol, code),
-                ),
+            tally = self._request_tallies[key] = _Tally(
+                self._duration.labels(model, version, protocol),
+                self._requests.labels(model, version, protocol, code),
             )
-        tally[0].add(seconds)
-        if not self._tallied:  # inline: once per request
-            tally[0].flush()
+        # _Tally.add, inline: once per request.
+        tally.count += 1
+        tally.total += seconds
+        tally.buckets[bisect_left(tally.bounds, seconds)] += 1
+        if self._tallied:
+            self._in_flight_count[protocol] -= 1
+        else:
+            tally.flush()
+            self._in_flight_children[protocol].dec()
 
     def observe_compute(self, model: str, version: str, rows: int, seconds: float) -> None:
         """Record one run of the model: its rows and its time in the runtime."""
@@ -349,13 +354,6 @@ class Metrics:
             self._in_flight_count[protocol] += 1
         else:
             self._in_flight_children[protocol].inc()
-
-    def request_finished(self, protocol: str) -> None:
-        """An inference request was answered."""
-        if self._tallied:
-            self._in_flight_count[protocol] -= 1
-        else:
-            self._in_flight_children[protocol].dec()
 
     def set_model_state(
         self, model: str, version: str, ready: bool, load_seconds: float, provider: str = ""

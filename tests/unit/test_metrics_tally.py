@@ -62,7 +62,7 @@ def test_compute_batch_size_and_in_flight_read_back() -> None:
         metrics.observe_compute("mlp", "2", rows, 0.001)
     for _ in range(3):
         metrics.request_started("grpc")
-    metrics.request_finished("grpc")
+    metrics.observe_request("mlp", "2", "grpc", "OK", 0.001)  # one of them answered
     samples = _samples(metrics.exposition(), "ligeiro_inference_")
     assert samples["ligeiro_inference_batch_size_count", (("model", "mlp"), ("version", "2"))] == 4
     assert samples["ligeiro_inference_batch_size_sum", (("model", "mlp"), ("version", "2"))] == 5012

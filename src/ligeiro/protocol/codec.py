@@ -376,10 +376,12 @@ def encode_infer_response(
     model_name: str, model_version: str, outputs: dict[str, np.ndarray], request_id: str | None
 ) -> bytes:
     """Encode a V2 inference response; ``data`` is flat, row-major, as Triton sends it."""
-    tensors = [
-        ResponseOutput(name, datatype_of(array.dtype), list(array.shape), _json_data(array))
-        for name, array in outputs.items()
-    ]
+    # A loop, not a comprehension: in Python 3.11 that is one more call a request.
+    tensors = []
+    for name, array in outputs.items():
+        tensors.append(
+            ResponseOutput(name, datatype_of(array.dtype), list(array.shape), _json_data(array))
+        )
     return _encoder.encode(InferResponse(model_name, tensors, model_version, request_id))
 
 

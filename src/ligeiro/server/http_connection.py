@@ -16,7 +16,7 @@ client costs a bounded amount of memory and time:
   data (413, before the body is read).
 
 Answers: once a pass of the event loop has read every ready connection, one callback
-computes all the answers due (``Connections.start_soon``), then writes them, each
+computes all the answers due (``Connections.run_due``), then writes them, each
 connection's in request order; an answer that has to wait goes on as a task.
 """
 
@@ -108,7 +108,8 @@ class Connections(set["HttpConnection"]):
         self.empty.set()
         self._timer: asyncio.TimerHandle | None = None
         self.closing = False
-        self._due: list[tuple[HttpConnection, _Due]] = []
+        # The answers this pass of the loop computes (run_due), in arrival order.
+        self.due: list[tuple[HttpConnection, _Due]] = []
 
     def add(self, connection: HttpConnection) -> None:
         super().add(connection)
@@ -122,21 +123,28 @@ class Connections(set["HttpConnection"]):
         for connection in list(self):
             connection.shutdown()
 
-    def start_soon(self, connection: HttpConnection, due: _Due) -> None:
-        """Compute ``due`` once this pass of the loop has read every connection's data:
-        the answers of one pass are computed together, then written (``_run_due``)."""
-        if not self._due:
-            # The connection's loop, not get_running_loop(): that one makes a getpid
-            # system call (its fork check), measured at 1.7 % of a worker's time.
-            connection._loop.call_soon(self._run_due)
-        self._due.append((connection, due))
+    def run_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Compute the answers of this pass of the loop (``due``), then write them.
 
-    def _run_due(self) -> None:
-        due, self._due = self._due, []
-        for connection, answer in due:
-            connection.run(answer)
-        for connection, _ in due:  # then the writes, together
-            connection.write_answers()
+        Called once a pass, after the loop has read every connection's data
+        (``HttpConnection._answer`` schedules it): the reads of a pass, then its answers,
+        each run as a batch keep each one's code in the CPU's caches.
+        """
+        batch, self.due = self.due, []
+        for connection, due in batch:
+            # Up to its first real wait (eager.start); written below, or when it ends.
+            call, due.call = due.call, None
+            if call is None:
+                continue  # the connection went away meanwhile
+            task, answer = eager.start(loop, call)
+            if task is None:
+                due.answer, due.done = answer, True
+            else:
+                due.task = task
+                task.add_done_callback(partial(connection.finished, due))
+        now = loop.time()
+        for connection, _ in batch:  # then the writes, together
+            connection.write_answers(now)
 
     def abort(self) -> int:
         """Close every connection at once, mid-request or not; how many there were."""
@@ -266,9 +274,12 @@ class HttpConnection(asyncio.Protocol):
             # past the limit at most, rather than once it is all in memory. (The read
             # the head began in is not counted: it may hold the end of a request before.)
             self._head_reads += len(data) if self._head_reads >= 0 else 1
-            limit = self._head_limit
-            if self._head_reads > limit:
-                self._fail(431, f"request head over the limit of {limit} bytes")
+            if (
+                self._head_reads > self._head_limit
+                or self._head_size > self._head_limit
+                or self._headers > self._headers_limit
+            ):
+                self._fail(*self._head_refusal())
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -306,20 +317,21 @@ class HttpConnection(asyncio.Protocol):
             raise _Refused(414, f"request target over the limit of {self._url_limit} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Counted here, held to the limits once a read (data_received) and when the
+        # head ends (on_headers_complete): one read holds a bounded number of headers.
         self._headers += 1
         size = len(name)
         self._head_size += size + len(value) + 4
-        if self._head_size > self._head_limit or self._headers > self._headers_limit:
-            self._refuse_head()
         # Only seven headers matter here: one set test by length skips the others.
         if size in _NOTED_SIZES:
-            self._note(size, name, value)
+            if size == 14 and name.lower() == b"content-length":  # inline: nearly every request
+                self._content_length = int(value) if value.isdigit() else 0
+            else:
+                self._note(size, name, value)
 
     def _note(self, size: int, name: bytes, value: bytes) -> None:
-        """Keep ``name: value`` if it is one of the headers read here."""
-        if size == 14 and name.lower() == b"content-length":
-            self._content_length = int(value) if value.isdigit() else 0
-        elif size == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
+        """Keep ``name: value`` if it is one of the rare headers read here."""
+        if size == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
             self._expect_continue = True
         elif size == 31 and name.lower() == b"inference-header-content-length":
             self._header_length = value  # the binary tensor extension; the codec parses it
@@ -335,6 +347,8 @@ class HttpConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if self._headers > self._headers_limit or self._head_size > self._head_limit:
+            raise _Refused(*self._head_refusal())
         app = self._app
         if app.access.is_guarding:
             # Tokens and rate before the body: a refused request's body is read past,
@@ -394,41 +408,36 @@ class HttpConnection(asyncio.Protocol):
 
     def _answer(self, answer: Coroutine[Any, Any, bytes], keep_alive: bool) -> None:
         """Queue ``answer``: it is computed once this pass of the loop has read every
-        connection (``Connections.start_soon``) and written in its turn.
+        connection (``Connections.run_due``) and written in its turn.
 
         Not here, inside the read: that measured 1.57x slower under wrk c=16 (ADR 0009);
         the reads of a pass, then its answers, each run as a batch keep each one's code
-        in the CPU's caches. Not as a task either, unless it has to wait (``run``).
+        in the CPU's caches. Not as a task either, unless it has to wait.
         """
         due = _Due(answer, keep_alive)
         self._pending.append(due)
-        self._connections.start_soon(self, due)
+        connections = self._connections
+        if not connections.due:
+            # The connection's loop, not get_running_loop(): that one makes a getpid
+            # system call (its fork check), measured at 1.7 % of a worker's time.
+            self._loop.call_soon(connections.run_due, self._loop)
+        connections.due.append((self, due))
         if len(self._pending) == self._pipelined or not keep_alive:
             self._update_reading()
 
-    def run(self, due: _Due) -> None:
-        """Compute ``due`` up to its first real wait (``eager.start``); written after."""
-        call, due.call = due.call, None
-        if call is None:
-            return  # the connection went away meanwhile
-        task, answer = eager.start(self._loop, call)
-        if task is None:
-            due.answer, due.done = answer, True
-        else:
-            due.task = task
-            task.add_done_callback(partial(self._finished, due))
-
-    def _finished(self, due: _Due, task: asyncio.Task[bytes]) -> None:
+    def finished(self, due: _Due, task: asyncio.Task[bytes]) -> None:
+        """``due``'s task ended (``Connections.run_due`` made it): write what is due."""
         due.answer, due.done = (None if task.cancelled() else task.result()), True
-        self.write_answers()
+        self.write_answers(self._loop.time())
 
-    def _refuse_head(self) -> None:
+    def _head_refusal(self) -> tuple[int, str]:
         if self._headers > self._headers_limit:
-            raise _Refused(431, f"more than {self._headers_limit} header fields")
-        raise _Refused(431, f"request head over the limit of {self._head_limit} bytes")
+            return 431, f"more than {self._headers_limit} header fields"
+        return 431, f"request head over the limit of {self._head_limit} bytes"
 
-    def write_answers(self) -> None:
-        """Write every finished answer at the head of the queue, in request order."""
+    def write_answers(self, now: float) -> None:
+        """Write every finished answer at the head of the queue, in request order;
+        ``now`` is the loop's time."""
         pending = self._pending
         transport = self._transport
         while pending and pending[0].done:
@@ -443,7 +452,7 @@ class HttpConnection(asyncio.Protocol):
                 # send another request on a connection that closes now.
                 answer, keep_alive = _closing(answer), False
             transport.write(answer)
-            self.last_active = self._loop.time()
+            self.last_active = now
             if not keep_alive:
                 transport.close()
                 return
