@@ -14,11 +14,11 @@ import logging
 import time
 from array import array
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, final
 
+import msgspec
 import numpy as np
 
 from .errors import InvalidInputError, LigeiroError
@@ -42,9 +42,12 @@ __all__ = ["Engine", "InferenceResult"]
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class InferenceResult:
-    """A model's answer: the version that ran and its named outputs."""
+class InferenceResult(msgspec.Struct, frozen=True):
+    """A model's answer: the version that ran and its named outputs (immutable).
+
+    A msgspec struct rather than a frozen dataclass: made in C, once a request, where
+    the dataclass's ``__init__`` costs 1.9 % of an iris request's instructions (ADR 0009).
+    """
 
     model: ModelVersion
     outputs: dict[str, np.ndarray]
