@@ -380,7 +380,7 @@ def encode_infer_response(
     tensors = []
     for name, array in outputs.items():
         tensors.append(
-            ResponseOutput(name, datatype_of(array.dtype), list(array.shape), _json_data(array))
+            ResponseOutput(name, datatype_of(array.dtype), array.shape, _json_data(array))
         )
     return _encoder.encode(InferResponse(model_name, tensors, model_version, request_id))
 
@@ -412,11 +412,11 @@ def encode_binary_infer_response(
             chunks.append(raw)
             tensors.append(
                 ResponseOutput(
-                    name, datatype, list(array.shape), parameters={"binary_data_size": len(raw)}
+                    name, datatype, array.shape, parameters={"binary_data_size": len(raw)}
                 )
             )
         else:
-            tensors.append(ResponseOutput(name, datatype, list(array.shape), _json_data(array)))
+            tensors.append(ResponseOutput(name, datatype, array.shape, _json_data(array)))
     header = _encoder.encode(
         InferResponse(
             model_name=model_name, outputs=tensors, model_version=model_version, id=request_id

@@ -46,7 +46,7 @@ class InferRequest(msgspec.Struct):
 class ResponseOutput(msgspec.Struct, omit_defaults=True):
     name: str
     datatype: str
-    shape: list[int]
+    shape: tuple[int, ...]  # numpy's shape as it is: encoded as a JSON array
     # Absent when the tensor travels as binary data after the JSON header; then
     # ``parameters`` says how many bytes it takes (Triton's binary tensor extension).
     data: list[Any] | None = None

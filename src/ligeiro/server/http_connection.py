@@ -29,6 +29,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, final
 
 import httptools
+import msgspec
 
 from . import eager
 
@@ -75,19 +76,19 @@ class _Refused(Exception):
         self.message = message
 
 
-@final
-class _Due:
+class _Due(msgspec.Struct):
     """One request's answer, from parsed to written: its coroutine until it runs, then
-    its task if it had to wait, then the answer (``None`` once cancelled)."""
+    its task if it had to wait, then the answer (``None`` once cancelled).
 
-    __slots__ = ("answer", "call", "done", "keep_alive", "task")
+    A msgspec struct: made in C, once a request, where a class with ``__init__`` costs
+    a Python call (ADR 0009).
+    """
 
-    def __init__(self, call: Coroutine[Any, Any, bytes], keep_alive: bool) -> None:
-        self.call: Coroutine[Any, Any, bytes] | None = call
-        self.keep_alive = keep_alive
-        self.task: asyncio.Task[bytes] | None = None
-        self.answer: bytes | None = None
-        self.done = False
+    call: Coroutine[Any, Any, bytes] | None
+    keep_alive: bool
+    task: asyncio.Task[bytes] | None = None
+    answer: bytes | None = None
+    done: bool = False
 
 
 @final
