@@ -30,14 +30,7 @@ def check_inputs(model: ModelVersion, inputs: Mapping[str, np.ndarray]) -> None:
     """
     specs = model.inputs
     if inputs.keys() != specs.keys():
-        unknown = [n for n in inputs if n not in specs]
-        missing = [n for n in specs if n not in inputs]
-        parts = [f"unknown input {n!r}" for n in unknown] + [
-            f"missing input {n!r}" for n in missing
-        ]
-        raise InvalidInputError(
-            f"model {model.name!r}: {', '.join(parts)}; it takes {', '.join(specs)}"
-        )
+        raise _names_error(model.name, inputs, specs)
     for name, array in inputs.items():
         spec = specs[name]
         if array.dtype != spec.dtype and not (spec.dtype.kind == "O" and array.dtype.kind in "OUS"):
@@ -52,6 +45,20 @@ def check_inputs(model: ModelVersion, inputs: Mapping[str, np.ndarray]) -> None:
                 f"model {model.name!r} input {name!r}: expected shape {list(spec.shape)}, "
                 f"got {list(array.shape)}{hint}"
             )
+
+
+def _names_error(
+    model: str, inputs: Mapping[str, np.ndarray], specs: Mapping[str, object]
+) -> InvalidInputError:
+    """The error for inputs that are not the model's: which are unknown, which missing.
+
+    Apart from ``check_inputs``: its comprehensions would make the names they read
+    closure cells, created on every call of the function they sit in (1 % of a request).
+    """
+    unknown = [n for n in inputs if n not in specs]
+    missing = [n for n in specs if n not in inputs]
+    parts = [f"unknown input {n!r}" for n in unknown] + [f"missing input {n!r}" for n in missing]
+    return InvalidInputError(f"model {model!r}: {', '.join(parts)}; it takes {', '.join(specs)}")
 
 
 def decode_text(model: ModelVersion, inputs: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
