@@ -17,7 +17,19 @@ httptools, protobuf) is not counted (protobuf's parser has fewer bytecodes than 
 scanner and measured slower), and changes of a few per cent of the bytecodes stay in
 the machine's noise. A ``bench_ab`` run says what a change buys.
 
-Run: ``python -m benchmarks.bytecodes [--route v2|predict|grpc] [--top 40]``
+``--instructions N`` counts machine instructions instead: the same harness runs N
+requests under valgrind's callgrind (Debian's valgrind, installed with apt-get when
+missing), which counts only the loop over them (``--dump-before`` at a marker call).
+That count includes the native code (ONNX Runtime, numpy, msgspec, httptools, the
+interpreter itself) and not the kernel, and it is repeatable to about 0.1 %, whatever
+else the machine is doing: an A/B of two commits is two runs, one at each. Where a
+shared VM's noise hides a 1 % change from ``bench_ab`` (ADR 0009, 2026-12-04 evening),
+this one shows it. It is not the time: the kernel's share (16 % on one machine, more on
+a VM with dear system calls) is left out, and asyncio's loop here is Python where
+uvloop's is native.
+
+Run: ``python -m benchmarks.bytecodes [--route v2|predict|grpc] [--top 40]
+[--instructions 1000]``
 """
 
 from __future__ import annotations
@@ -26,7 +38,9 @@ import argparse
 import asyncio
 import collections
 import json
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -34,7 +48,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from ._harness import MODELS
+from ._harness import MODELS, BenchmarkError, ensure_tools
 from ._iris import SEED_PAYLOAD, V2_JSON
 
 ROUTES = {
@@ -108,7 +122,7 @@ def _http1(plane: Any, route: str) -> tuple[Callable[[], None], _Transport, byte
     return send, transport, b"HTTP/1.1 200 OK"
 
 
-def _grpc(plane: Any) -> tuple[Callable[[], None], _Transport, bytes]:
+def _grpc(plane: Any, requests: int) -> tuple[Callable[[], None], _Transport, bytes]:
     """One HTTP/2 connection (h2 transport), and a call that sends it one ModelInfer on
     the next stream, its headers HPACK-encoded by one encoder as a client's are."""
     import numpy as np
@@ -139,32 +153,43 @@ def _grpc(plane: Any) -> tuple[Callable[[], None], _Transport, bytes]:
                (":authority", "127.0.0.1:8001"), ("content-type", "application/grpc"),
                ("te", "trailers")]  # fmt: skip
     # Every request's frames made beforehand: the client's encoding is not counted.
-    requests = iter([
+    frames = iter([
         _frame(1, 0x4, stream, encoder.encode(headers)) + _frame(0, 0x1, stream, data)
-        for stream in range(1, 2 * (_WARM_UP + _COUNTED), 2)
+        for stream in range(1, 2 * requests, 2)
     ])  # fmt: skip
 
     def send() -> None:
-        connection.data_received(next(requests))
+        connection.data_received(next(frames))
         server._run_due()
 
     return send, transport, b"output_probability"  # an output's name: the answer's bytes
 
 
-async def _count(
-    repository: Path, route: str
-) -> tuple[collections.Counter[str], collections.Counter[str]]:
+async def _answering(
+    repository: Path, route: str, requests: int
+) -> Callable[[], None]:
+    """The route's ``send`` (one request in, its answer computed and written), checked
+    to answer, after ``_WARM_UP`` of the ``requests`` it may send."""
     from ligeiro.dataplane import DataPlane
     from ligeiro.engine import Engine
     from ligeiro.metrics import Metrics
 
     metrics = Metrics()
     plane = DataPlane(Engine.from_repository(repository, metrics=metrics), metrics)
-    send, transport, answered = _grpc(plane) if route == "grpc" else _http1(plane, route)
+    send, transport, answered = (
+        _grpc(plane, _WARM_UP + requests) if route == "grpc" else _http1(plane, route)
+    )
     for _ in range(_WARM_UP):
         send()
     if answered not in transport.written:
         raise SystemExit(f"the request was not answered: {transport.written[:200]!r}")
+    return send
+
+
+async def _count(
+    repository: Path, route: str
+) -> tuple[collections.Counter[str], collections.Counter[str]]:
+    send = await _answering(repository, route, _COUNTED)
     bytecodes: collections.Counter[str] = collections.Counter()
     calls: collections.Counter[str] = collections.Counter()
 
@@ -185,14 +210,70 @@ async def _count(
     return bytecodes, calls
 
 
+async def _loop(repository: Path, route: str, requests: int) -> None:
+    """Send ``requests`` between two ``os.getpgrp()`` calls, the markers callgrind
+    splits its count at (``--dump-before``): nothing else calls it."""
+    send = await _answering(repository, route, requests)
+    os.getpgrp()
+    for _ in range(requests):
+        send()
+    os.getpgrp()
+
+
+def _instructions(route: str, requests: int) -> float:
+    """Instructions a request executes: ``_loop`` under callgrind, its loop's count.
+
+    Raises:
+        BenchmarkError: valgrind is missing, or its run failed.
+    """
+    ensure_tools({"valgrind": "valgrind"}, required=("valgrind",))
+    with tempfile.TemporaryDirectory(prefix="ligeiro-callgrind-") as folder:
+        out = Path(folder, "callgrind.out")
+        command = [
+            "valgrind", "--tool=callgrind", "--dump-before=os_getpgrp*",
+            f"--callgrind-out-file={out}", sys.executable, "-m", "benchmarks.bytecodes",
+            "--route", route, "--loop", str(requests),
+        ]  # fmt: skip
+        # A fixed hash seed: the same dict and set layouts, run to run.
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        # Parts: .1 up to the first marker, .2 the loop, the file itself what follows.
+        loop = Path(f"{out}.2")
+        if done.returncode != 0 or not loop.exists():
+            raise BenchmarkError(f"callgrind failed ({done.returncode}): {done.stderr[-2000:]}")
+        for line in loop.read_text().splitlines():
+            if line.startswith("summary:"):
+                return int(line.split()[1]) / requests
+    raise BenchmarkError(f"callgrind wrote no summary in {loop.name}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bytecodes", description=__doc__)
     parser.add_argument("--route", choices=sorted(ROUTES), default="v2")
     parser.add_argument("--top", type=int, default=40, help="functions to list")
+    parser.add_argument(
+        "--instructions", type=int, metavar="N",
+        help="count machine instructions over N requests under callgrind instead",
+    )  # fmt: skip
+    parser.add_argument("--loop", type=int, help=argparse.SUPPRESS)  # callgrind's child
     options = parser.parse_args(argv)
+    if options.instructions is not None:
+        if options.instructions < 1:
+            parser.error(f"--instructions takes a number of requests >= 1, got {options.instructions}")
+        try:
+            count = _instructions(options.route, options.instructions)
+        except BenchmarkError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"{options.route}: {count:,.0f} instructions a request (callgrind, "
+              f"{options.instructions} requests; asyncio's loop here, no kernel)")  # fmt: skip
+        return 0
     with tempfile.TemporaryDirectory(prefix="ligeiro-bytecodes-") as folder:
         repository = Path(folder)
         shutil.copytree(MODELS / "iris", repository / "iris")
+        if options.loop is not None:
+            asyncio.run(_loop(repository, options.route, options.loop))
+            return 0
         bytecodes, calls = asyncio.run(_count(repository, options.route))
     total = sum(bytecodes.values()) / _COUNTED
     print(f"{options.route}: {total:.0f} bytecodes and {sum(calls.values()) / _COUNTED:.0f} "
