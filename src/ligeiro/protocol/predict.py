@@ -180,8 +180,16 @@ def _prediction(model: ServedModel, outputs: dict[str, np.ndarray], i: int) -> A
         row = outputs[model.probability_output][i].tolist()
         names = labels if labels is not None else [str(j) for j in range(len(row))]
         prediction["probabilities"] = dict(zip(names, row, strict=False))
-    if prediction:
-        return prediction
+    return prediction if prediction else _plain_prediction(outputs, i)
+
+
+def _plain_prediction(outputs: dict[str, np.ndarray], i: int) -> Any:
+    """Row ``i`` of a model with no label or probability output: its one output's value,
+    or every output's by name.
+
+    Apart from ``_prediction``: this comprehension reads ``i``, which would make it a
+    closure cell created on every call of the function it sits in.
+    """
     values = {name: _plain(array[i]) for name, array in outputs.items()}
     return next(iter(values.values())) if len(values) == 1 else values
 
@@ -189,8 +197,14 @@ def _prediction(model: ServedModel, outputs: dict[str, np.ndarray], i: int) -> A
 def encode_predict(model: ServedModel, outputs: dict[str, np.ndarray], single: bool) -> bytes:
     """Encode the answer: one prediction for a bare object, else ``{"predictions": [...]}``."""
     rows = len(next(iter(outputs.values())))
-    predictions = [_prediction(model, outputs, i) for i in range(rows)]
-    return _encoder.encode(predictions[0] if single else {"predictions": predictions})
+    if single:
+        return _encoder.encode(_prediction(model, outputs, 0))
+    # A loop: a comprehension here reads model and outputs, which would make them closure
+    # cells, created on every call (with the comprehension's own call).
+    predictions = []
+    for i in range(rows):
+        predictions.append(_prediction(model, outputs, i))
+    return _encoder.encode({"predictions": predictions})
 
 
 @final
