@@ -392,30 +392,31 @@ class GrpcService:
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 """The V2 gRPC service; both transports route ``/{SERVICE_NAME}/{method}``."""
-# Each unary method but ModelInfer (which reads its bytes itself) and the message it takes.
-_UNARY: dict[str, type[Message]] = {
-    "ServerLive": pb.ServerLiveRequest,
-    "ServerReady": pb.ServerReadyRequest,
-    "ModelReady": pb.ModelReadyRequest,
-    "ServerMetadata": pb.ServerMetadataRequest,
-    "ModelMetadata": pb.ModelMetadataRequest,
-    "ModelStatistics": pb.ModelStatisticsRequest,
-    "RepositoryIndex": pb.RepositoryIndexRequest,
-    "RepositoryModelLoad": pb.RepositoryModelLoadRequest,
-    "RepositoryModelUnload": pb.RepositoryModelUnloadRequest,
+# Each unary method but ModelInfer (which reads its bytes itself) and the name of the
+# message it takes, read from ``pb`` on the first call (protobuf loads on first use).
+_UNARY: dict[str, str] = {
+    "ServerLive": "ServerLiveRequest",
+    "ServerReady": "ServerReadyRequest",
+    "ModelReady": "ModelReadyRequest",
+    "ServerMetadata": "ServerMetadataRequest",
+    "ModelMetadata": "ModelMetadataRequest",
+    "ModelStatistics": "ModelStatisticsRequest",
+    "RepositoryIndex": "RepositoryIndexRequest",
+    "RepositoryModelLoad": "RepositoryModelLoadRequest",
+    "RepositoryModelUnload": "RepositoryModelUnloadRequest",
 }
 
 
 def _parsing(
     method: Callable[[Any, CallContext], Awaitable[Message]],
-    message_type: type[Message],
+    message_name: str,
 ) -> UnaryHandler:
     """``method`` behind our own parsing (grpc's would answer bad bytes with UNKNOWN),
-    its answer serialized."""
+    its answer serialized; it takes the message ``pb`` names ``message_name``."""
 
     async def handler(data: bytes, context: CallContext) -> bytes:
         try:
-            request = decode_message(message_type, data)
+            request = decode_message(getattr(pb, message_name), data)
         except LigeiroError as exc:
             await _abort(context, exc)
         answer: bytes = (await method(request, context)).SerializeToString()
