@@ -28,7 +28,11 @@ this one shows it. It is not the time: the kernel's share (16 % on one machine, 
 a VM with dear system calls) is left out, and asyncio's loop here is Python where
 uvloop's is native.
 
-Run: ``python -m benchmarks.bytecodes [--route v2|predict|grpc] [--top 40]
+``--route floor`` feeds the same V2 request to the raw Python floor's connection
+(``benchmarks/baselines/raw_floor.py``, bench_iris's reference): its count against
+``--route v2``'s is the ratio of the user-space work, which the machine cannot blur.
+
+Run: ``python -m benchmarks.bytecodes [--route v2|predict|grpc|floor] [--top 40]
 [--instructions 1000]``
 """
 
@@ -55,6 +59,9 @@ ROUTES = {
     "v2": (b"/v2/models/iris/infer", V2_JSON),
     "predict": (b"/v1/models/iris:predict", json.dumps(SEED_PAYLOAD).encode()),
     "grpc": (b"/inference.GRPCInferenceService/ModelInfer", b""),
+    # The raw Python floor (benchmarks/baselines/raw_floor.py) answering the V2 request:
+    # what bench_iris's ratio compares ligeiro's V2 route with.
+    "floor": (b"/v2/models/iris/infer", V2_JSON),
 }
 _WARM_UP = 50
 _COUNTED = 10
@@ -99,6 +106,15 @@ def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
     return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
 
 
+def _request(route: str) -> bytes:
+    """The route's HTTP/1.1 request, as wrk sends it."""
+    path, body = ROUTES[route]
+    request = b"POST %s HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n" % path
+    return request + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body), body
+    )  # fmt: skip
+
+
 def _http1(plane: Any, route: str) -> tuple[Callable[[], None], _Transport, bytes]:
     """One HTTP/1.1 connection, a call that sends it the route's request and answers,
     and bytes its answer holds."""
@@ -106,9 +122,7 @@ def _http1(plane: Any, route: str) -> tuple[Callable[[], None], _Transport, byte
     from ligeiro.server.http_connection import Connections, HttpConnection
     from ligeiro.settings import HttpSettings
 
-    path, body = ROUTES[route]
-    request = b"POST %s HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n" % path
-    request += b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    request = _request(route)
     settings = HttpSettings()
     connections = Connections(settings)
     connection = HttpConnection(HttpApp(plane, settings), connections)
@@ -165,6 +179,22 @@ def _grpc(plane: Any, requests: int) -> tuple[Callable[[], None], _Transport, by
     return send, transport, b"output_probability"  # an output's name: the answer's bytes
 
 
+def _floor(repository: Path) -> tuple[Callable[[], None], _Transport, bytes]:
+    """The raw floor's connection (its own ONNX Runtime session on the iris model), and
+    a call that sends it the V2 request: it answers inside the parser's callback."""
+    from .baselines.raw_floor import Connection, Iris
+
+    connection = Connection(Iris(str(repository / "iris" / "1" / "model.onnx")))
+    transport = _Transport()
+    connection.connection_made(transport)
+    request = _request("floor")
+
+    def send() -> None:
+        connection.data_received(request)
+
+    return send, transport, b"output_probability"
+
+
 async def _answering(
     repository: Path, route: str, requests: int
 ) -> Callable[[], None]:
@@ -174,11 +204,14 @@ async def _answering(
     from ligeiro.engine import Engine
     from ligeiro.metrics import Metrics
 
-    metrics = Metrics()
-    plane = DataPlane(Engine.from_repository(repository, metrics=metrics), metrics)
-    send, transport, answered = (
-        _grpc(plane, _WARM_UP + requests) if route == "grpc" else _http1(plane, route)
-    )
+    if route == "floor":
+        send, transport, answered = _floor(repository)
+    else:
+        metrics = Metrics()
+        plane = DataPlane(Engine.from_repository(repository, metrics=metrics), metrics)
+        send, transport, answered = (
+            _grpc(plane, _WARM_UP + requests) if route == "grpc" else _http1(plane, route)
+        )
     for _ in range(_WARM_UP):
         send()
     if answered not in transport.written:

@@ -23,6 +23,16 @@ def test_a_request_is_answered_and_its_bytecodes_counted(
     assert len(rows) == 20 and any("dataplane.py:DataPlane.infer" in row for row in rows), out
 
 
+def test_the_raw_floor_is_counted_on_the_same_request(
+    examples: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert bytecodes.main(["--route", "floor", "--top", "5"]) == 0
+    out = capsys.readouterr().out
+    total = re.match(r"floor: (\d+) bytecodes and (\d+) Python calls a request", out)
+    assert total is not None and int(total[1]) > 100, out
+    assert "raw_floor.py:Connection.on_message_complete" in out, out
+
+
 def test_instructions_are_counted_over_the_loop_alone(
     examples: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
