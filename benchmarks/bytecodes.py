@@ -24,9 +24,9 @@ That count includes the native code (ONNX Runtime, numpy, msgspec, httptools, th
 interpreter itself) and not the kernel, and it is repeatable to about 0.1 %, whatever
 else the machine is doing: an A/B of two commits is two runs, one at each. Where a
 shared VM's noise hides a 1 % change from ``bench_ab`` (ADR 0009, 2026-12-04 evening),
-this one shows it. It is not the time: the kernel's share (16 % on one machine, more on
-a VM with dear system calls) is left out, and asyncio's loop here is Python where
-uvloop's is native.
+this one shows it. It is not the time: the kernel's share (16 % in one perf profile,
+more on a VM whose system calls cost more) is left out, and asyncio's loop here is
+Python where uvloop's is native.
 
 ``--route floor`` feeds the same V2 request to the raw Python floor's connection
 (``benchmarks/baselines/raw_floor.py``, bench_iris's reference): its count against

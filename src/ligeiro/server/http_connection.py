@@ -275,12 +275,9 @@ class HttpConnection(asyncio.Protocol):
             # past the limit at most, rather than once it is all in memory. (The read
             # the head began in is not counted: it may hold the end of a request before.)
             self._head_reads += len(data) if self._head_reads >= 0 else 1
-            if (
-                self._head_reads > self._head_limit
-                or self._head_size > self._head_limit
-                or self._headers > self._headers_limit
-            ):
-                self._fail(*self._head_refusal())
+            limit = self._head_limit
+            if self._head_reads > limit or self._head_size > limit:
+                self._fail(431, f"request head over the limit of {limit} bytes")
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -318,9 +315,12 @@ class HttpConnection(asyncio.Protocol):
             raise _Refused(414, f"request target over the limit of {self._url_limit} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # Counted here, held to the limits once a read (data_received) and when the
-        # head ends (on_headers_complete): one read holds a bounded number of headers.
+        # The count is held to its limit here, so that a read full of tiny headers
+        # costs at most max_headers calls; the head's size once a read (data_received)
+        # and when the head ends (on_headers_complete): the read is in memory already.
         self._headers += 1
+        if self._headers > self._headers_limit:
+            raise _Refused(431, f"more than {self._headers_limit} header fields")
         size = len(name)
         self._head_size += size + len(value) + 4
         # Only seven headers matter here: one set test by length skips the others.
@@ -348,8 +348,8 @@ class HttpConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        if self._headers > self._headers_limit or self._head_size > self._head_limit:
-            raise _Refused(*self._head_refusal())
+        if self._head_size > self._head_limit:
+            raise _Refused(431, f"request head over the limit of {self._head_limit} bytes")
         app = self._app
         if app.access.is_guarding:
             # Tokens and rate before the body: a refused request's body is read past,
@@ -430,11 +430,6 @@ class HttpConnection(asyncio.Protocol):
         """``due``'s task ended (``Connections.run_due`` made it): write what is due."""
         due.answer, due.done = (None if task.cancelled() else task.result()), True
         self.write_answers(self._loop.time())
-
-    def _head_refusal(self) -> tuple[int, str]:
-        if self._headers > self._headers_limit:
-            return 431, f"more than {self._headers_limit} header fields"
-        return 431, f"request head over the limit of {self._head_limit} bytes"
 
     def write_answers(self, now: float) -> None:
         """Write every finished answer at the head of the queue, in request order;
