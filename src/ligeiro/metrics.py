@@ -73,26 +73,26 @@ class _Tally:
     has no public bulk observe; ``Metrics`` checks they exist, else records at once).
     """
 
-    __slots__ = ("bounds", "buckets", "count", "counter", "histogram", "total")
+    __slots__ = ("_bounds", "buckets", "count", "counter", "histogram", "total")
 
     def __init__(self, histogram: Any, counter: Any = None) -> None:
         self.histogram = histogram
         self.counter = counter
-        self.bounds = histogram._upper_bounds  # ends with +Inf: every value has a bucket
-        self.buckets = [0] * len(self.bounds)
+        self._bounds = histogram._upper_bounds  # ends with +Inf: every value has a bucket
+        self.buckets = [0] * len(self._bounds)
         self.count = 0
         self.total = 0.0
 
     def add(self, value: float) -> None:
         self.count += 1
         self.total += value
-        self.buckets[bisect_left(self.bounds, value)] += 1  # the first bound >= value
+        self.buckets[bisect_left(self._bounds, value)] += 1  # the first bound >= value
 
     def add_many(self, values: np.ndarray) -> None:
         """``add`` each of ``values``: the buckets found in one numpy call."""
         self.count += len(values)
         self.total += float(values.sum())
-        found = np.bincount(np.searchsorted(self.bounds, values), minlength=len(self.bounds))
+        found = np.bincount(np.searchsorted(self._bounds, values), minlength=len(self._bounds))
         buckets = self.buckets
         for i in np.flatnonzero(found).tolist():
             buckets[i] += int(found[i])
@@ -285,10 +285,7 @@ class Metrics:
                 self._duration.labels(model, version, protocol),
                 self._requests.labels(model, version, protocol, code),
             )
-        # _Tally.add, inline: once per request.
-        tally.count += 1
-        tally.total += seconds
-        tally.buckets[bisect_left(tally.bounds, seconds)] += 1
+        tally.add(seconds)
         if self._tallied:
             self._in_flight_count[protocol] -= 1
         else:

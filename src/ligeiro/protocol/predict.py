@@ -196,9 +196,9 @@ def _plain_prediction(outputs: dict[str, np.ndarray], i: int) -> Any:
 
 def encode_predict(model: ServedModel, outputs: dict[str, np.ndarray], single: bool) -> bytes:
     """Encode the answer: one prediction for a bare object, else ``{"predictions": [...]}``."""
-    rows = len(next(iter(outputs.values())))
     if single:
         return _encoder.encode(_prediction(model, outputs, 0))
+    rows = len(next(iter(outputs.values())))
     # A loop: a comprehension here reads model and outputs, which would make them closure
     # cells, created on every call (with the comprehension's own call).
     predictions = []
