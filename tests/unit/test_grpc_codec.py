@@ -229,3 +229,39 @@ def test_the_encoded_pieces_kept_for_answers_are_bounded() -> None:
         assert pb.ModelInferResponse.FromString(answer).outputs[0].shape == [rows, 1]
     assert len(grpc_codec._OUTPUT_ENTRIES) <= 1024
     assert len(grpc_codec._HEADS) <= 1024
+
+
+@pytest.mark.parametrize(
+    ("datatype", "shape", "raw", "error"),
+    [
+        ("FP32", [1, 4], b"\0" * 12, "shape \\[1, 4\\] holds 4 elements"),
+        ("FP32", [1, 4], b"\0" * 17, "17 bytes of raw_input_contents are not a whole number"),
+        ("BOOL", [2], b"\x00\x02", "BOOL bytes must be 0 or 1"),
+        ("FP99", [1], b"\0" * 4, "unknown datatype 'FP99'"),
+    ],
+)
+def test_inputs_described_as_before_are_checked_as_before(
+    datatype: str, shape: list[int], raw: bytes, error: str
+) -> None:
+    # The second request finds its input's description kept by the first: a good one
+    # decodes the same, bad bytes are refused in the same words.
+    itemsize = 1 if datatype == "BOOL" else 4
+    good = request(datatype, shape, b"\x01" * (itemsize * int(np.prod(shape))))
+    bad = request(datatype, shape, raw)
+    for _ in range(2):
+        if datatype != "FP99":
+            decoded = parse_infer_request(good.SerializeToString()).decode()
+            assert _same(decoded.inputs, decode_infer_request(good).inputs)
+        with pytest.raises(InvalidInputError, match=error):
+            parse_infer_request(bad.SerializeToString()).decode()
+
+
+def test_the_input_descriptions_kept_are_bounded() -> None:
+    # Each batch size is a new input description: the kept ones start again past 1,024.
+    from ligeiro.protocol import grpc_scan
+
+    for rows in range(1, 3000):
+        message = request("FP32", [rows, 1], b"\0" * 4 * rows)
+        decoded = parse_infer_request(message.SerializeToString()).decode()
+        assert next(iter(decoded.inputs.values())).shape == (rows, 1)
+    assert 0 < len(grpc_scan._KEPT) <= 1024

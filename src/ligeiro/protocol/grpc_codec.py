@@ -29,7 +29,7 @@ from google.protobuf.message import DecodeError, Message
 from ..errors import InvalidInputError
 from .codec import PLATFORMS, DecodedRequest, array_from_raw, raw_from_array, timeout_of
 from .datatypes import check_shape, datatype_of, dtype_of
-from .grpc_scan import scan_infer_request
+from .grpc_scan import ScannedInput, scan_infer_request
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -177,7 +177,7 @@ class InferRequestMessage:
         model_name: str,
         model_version: str,
         request_id: str,
-        tensors: list[tuple[str, str, list[int]]] | None = None,
+        tensors: list[ScannedInput] | None = None,
         raw: list[bytes | memoryview] | None = None,
         outputs: list[str] | None = None,
         message: pb.ModelInferRequest | None = None,
@@ -202,11 +202,15 @@ class InferRequestMessage:
         if self._tensors:
             # As many raw contents as tensors: scan_infer_request checked it (zip's
             # strict=True would cost its keyword's parsing, 1 % of a small request).
-            for (name, datatype, shape), raw in zip(self._tensors, self._raw or ()):
-                where = f"input {name!r}: "
-                inputs[name] = array_from_raw(
-                    raw, datatype, shape, where, "raw_input_contents", text=False
-                )
+            for (name, datatype, shape, layout), raw in zip(self._tensors, self._raw or ()):
+                if layout is not None and len(raw) == layout[1]:  # all array_from_raw checks
+                    array = np.ndarray(shape, layout[0], raw)
+                    inputs[name] = array if array.flags.aligned else array.copy()
+                else:  # BYTES, BOOL, or bytes it refuses, in its words
+                    inputs[name] = array_from_raw(
+                        raw, datatype, shape, f"input {name!r}: ", "raw_input_contents",
+                        text=False,
+                    )
         return DecodedRequest(inputs, self._outputs, self.id or None)
 
 

@@ -8,15 +8,24 @@ hands the message to protobuf.
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
-__all__ = ["ScannedRequest", "scan_infer_request"]
+from .raw import fixed_layout
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["ScannedInput", "ScannedRequest", "scan_infer_request"]
+
+ScannedInput: TypeAlias = "tuple[str, str, list[int], tuple[np.dtype, int] | None]"
+"""An input's name, datatype and shape, and ``raw.fixed_layout`` of the last two. Kept
+for the next request that describes its input with the same bytes: read-only."""
 
 ScannedRequest: TypeAlias = tuple[
-    str, str, str, list[tuple[str, str, list[int]]], list[bytes | memoryview], list[str] | None
+    str, str, str, list[ScannedInput], list[bytes | memoryview], list[str] | None
 ]
-"""Model name, model version, request id, (name, datatype, shape) per input, each input's
-raw bytes, and the outputs asked for (None: all)."""
+"""Model name, model version, request id, each input's description, each input's raw
+bytes, and the outputs asked for (None: all)."""
 
 
 # A raw input up to this size is copied out of the message (a new bytes object, aligned
@@ -25,6 +34,12 @@ raw bytes, and the outputs asked for (None: all)."""
 _COPIED_RAW = 64 * 1024
 # The tags (field number << 3 | wire type 2) of the fields scan_infer_request reads.
 _MODEL_NAME, _MODEL_VERSION, _ID, _INPUTS, _OUTPUTS, _RAW_INPUT = 0x0A, 0x12, 0x1A, 0x2A, 0x32, 0x3A
+# Inputs described by the same bytes as an earlier request's (a client sends the same
+# name, datatype and shape call after call) are not scanned again: up to _KEPT_INPUTS
+# descriptions of up to _LONGEST_KEPT bytes are kept, then they start afresh.
+_KEPT: dict[bytes, ScannedInput] = {}
+_KEPT_INPUTS = 1024
+_LONGEST_KEPT = 256
 
 
 def scan_infer_request(data: bytes) -> ScannedRequest | None:
@@ -55,9 +70,16 @@ def scan_infer_request(data: bytes) -> ScannedRequest | None:
                         view = memoryview(data)
                     raw.append(view[position:end])
             elif tag == _INPUTS:
-                tensor = _scan_input(data, position, end)
+                described = data[position:end]
+                tensor = _KEPT.get(described)
                 if tensor is None:
-                    return None
+                    tensor = _scan_input(data, position, end)
+                    if tensor is None:
+                        return None
+                    if len(described) <= _LONGEST_KEPT:
+                        if len(_KEPT) >= _KEPT_INPUTS:
+                            _KEPT.clear()
+                        _KEPT[described] = tensor
                 tensors.append(tensor)
             elif tag == _MODEL_NAME:
                 name = data[position:end].decode()
@@ -87,7 +109,7 @@ def scan_infer_request(data: bytes) -> ScannedRequest | None:
     return name, version, request_id, tensors, raw, outputs
 
 
-def _scan_input(data: bytes, position: int, end: int) -> tuple[str, str, list[int]] | None:
+def _scan_input(data: bytes, position: int, end: int) -> ScannedInput | None:
     """An InferInputTensor with only a name, a datatype and a packed shape; else None."""
     name = datatype = ""
     shape: list[int] = []
@@ -114,7 +136,9 @@ def _scan_input(data: bytes, position: int, end: int) -> tuple[str, str, list[in
         else:
             return None
         position = stop
-    return (name, datatype, shape) if position == end else None
+    if position != end:
+        return None
+    return name, datatype, shape, fixed_layout(datatype, shape)
 
 
 def _length_delimited(data: bytes, position: int) -> tuple[int, int, int]:

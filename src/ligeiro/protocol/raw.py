@@ -13,9 +13,9 @@ import sys
 import numpy as np
 
 from ..errors import InvalidInputError
-from .datatypes import check_shape, dtype_of
+from .datatypes import DATATYPES, check_shape, dtype_of
 
-__all__ = ["array_from_raw", "raw_from_array"]
+__all__ = ["array_from_raw", "fixed_layout", "raw_from_array"]
 
 _LENGTH = struct.Struct("<I")
 _BIG_ENDIAN_HOST = sys.byteorder == "big"  # the wire's tensors are little-endian
@@ -125,6 +125,26 @@ def array_from_raw(
         return np.ndarray(shape, dtype.newbyteorder("<"), raw).astype(dtype)
     array = np.ndarray(shape, dtype, raw)
     return array if array.flags.aligned else array.copy()
+
+
+def fixed_layout(datatype: str, shape: list[int]) -> tuple[np.dtype, int] | None:
+    """The dtype and byte size of a tensor that ``array_from_raw`` reads as a plain view.
+
+    For a numeric datatype and a shape an array can take, ``array_from_raw`` checks
+    nothing but the size of the bytes; a caller that meets the same datatype and shape
+    again (gRPC's scanner, which keeps each input's description) can view bytes of this
+    size itself, and leave any other size to ``array_from_raw`` and its errors. None for
+    BYTES and BOOL (their bytes are read element by element), an unknown datatype, a
+    shape ``check_shape`` refuses, or a big-endian host.
+    """
+    dtype = DATATYPES.get(datatype)
+    if dtype is None or dtype.kind in "Ob" or _BIG_ENDIAN_HOST:
+        return None
+    try:
+        check_shape(shape, dtype)
+    except InvalidInputError:
+        return None
+    return dtype, math.prod(shape) * dtype.itemsize
 
 
 def raw_from_array(array: np.ndarray) -> bytes:

@@ -232,6 +232,16 @@ class H2GrpcConnection(H2Connection[_Call]):
     def _received(self, stream: _Call, data: bytes) -> None:
         buffer = stream.buffer
         server = self._server
+        if (
+            not buffer
+            and stream.message is None
+            and stream.handler is not None
+            and data[:1] == b"\x00"
+            and int.from_bytes(data[1:5], "big") + 5 == len(data)
+            and len(data) - 5 <= server.settings.max_message_bytes
+        ):  # the usual unary call: its whole message, uncompressed, in one DATA frame
+            stream.message = data[5:]
+            return
         if buffer:
             buffer += data
             server.buffered += len(data)
@@ -292,7 +302,8 @@ class H2GrpcConnection(H2Connection[_Call]):
             self._finish(stream, _UNIMPLEMENTED, "a unary call ended without a message")
         elif stream.handler is not None:
             message, stream.message = stream.message, None
-            self._start(stream, self._unary(stream, stream.handler, message))
+            # It runs once every connection's frames of this loop pass are read.
+            self._server.start_soon(self, stream, self._unary(stream, stream.handler, message))
 
     def _start_stream(self, stream: _Call) -> _Messages:
         """ModelStreamInfer's task, once the stream has something for it: a stream
@@ -319,10 +330,6 @@ class H2GrpcConnection(H2Connection[_Call]):
         self._server.call_ended()
 
     # -- calls ------------------------------------------------------------------------
-
-    def _start(self, stream: _Call, call: Coroutine[Any, Any, None]) -> None:
-        """Run ``call`` once every connection's frames of this loop pass are read."""
-        self._server.start_soon(self, stream, call)
 
     def run_call(self, stream: _Call, call: Coroutine[Any, Any, None]) -> None:
         """Run ``call`` up to its first real wait here, and only then as a task.
