@@ -28,6 +28,7 @@ from google.protobuf.message import DecodeError, Message
 
 from ..errors import InvalidInputError
 from .codec import PLATFORMS, DecodedRequest, array_from_raw, raw_from_array, timeout_of
+from .raw import is_plain
 from .datatypes import check_shape, datatype_of, dtype_of
 from .grpc_scan import ScannedInput, scan_infer_request
 
@@ -97,6 +98,7 @@ _CONTENTS_FIELD: dict[str, str] = {
 }
 _M = TypeVar("_M", bound=Message)
 _K = TypeVar("_K")
+_V = TypeVar("_V")
 
 
 def decode_message(message_type: type[_M], data: bytes) -> _M:
@@ -351,13 +353,17 @@ def encode_infer_response(
     contents: list[bytes] = []
     for name, array in outputs.items():
         key = (name, array.dtype, array.shape)
-        entry = _OUTPUT_ENTRIES.get(key)
-        if entry is None:
-            entry = _output_entry(name, datatype_of(array.dtype), array.shape)
-            _keep(_OUTPUT_ENTRIES, key, entry)
+        kept = _OUTPUT_ENTRIES.get(key)
+        if kept is None:
+            kept = _output_entry(name, array.dtype, array.shape)
+            _keep(_OUTPUT_ENTRIES, key, kept)
+        entry, raw_head = kept
         parts.append(entry)
-        raw = raw_from_array(array)
-        contents += (b"\x32", _varint(len(raw)), raw)
+        if raw_head:  # its raw bytes are tobytes(), of a size its shape says
+            contents += (raw_head, array.tobytes())
+        else:
+            raw = raw_from_array(array)
+            contents += (b"\x32", _varint(len(raw)), raw)
     parts += contents
     return b"".join(parts)
 
@@ -370,11 +376,11 @@ def encode_stream_answer(response: bytes) -> bytes:
 _VARINTS = tuple(bytes((i,)) for i in range(128))
 # Encoded pieces that answers repeat: model name and version, each output's entry.
 _HEADS: dict[tuple[str, str], bytes] = {}
-_OUTPUT_ENTRIES: dict[tuple[str, np.dtype, tuple[int, ...]], bytes] = {}
+_OUTPUT_ENTRIES: dict[tuple[str, np.dtype, tuple[int, ...]], tuple[bytes, bytes]] = {}
 _KEPT = 1024
 
 
-def _keep(cache: dict[_K, bytes], key: _K, value: bytes) -> None:
+def _keep(cache: dict[_K, _V], key: _K, value: _V) -> None:
     if len(cache) >= _KEPT:  # shapes that vary without end: start again
         cache.clear()
     cache[key] = value
@@ -399,13 +405,16 @@ def _text_field(tag: bytes, text: str) -> bytes:
     return tag + _varint(len(data)) + data
 
 
-def _output_entry(name: str, datatype: str, shape: tuple[int, ...]) -> bytes:
-    """One ``outputs`` entry of a ``ModelInferResponse``: field 5, an InferOutputTensor."""
-    tensor = _text_field(b"\x0a", name) + _text_field(b"\x12", datatype)
+def _output_entry(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[bytes, bytes]:
+    """One ``outputs`` entry of a ``ModelInferResponse`` (field 5, an InferOutputTensor),
+    and, where ``raw_from_array`` of such an array is its ``tobytes()``, the tag and
+    length of its ``raw_output_contents`` entry (else ``b""``)."""
+    tensor = _text_field(b"\x0a", name) + _text_field(b"\x12", datatype_of(dtype))
     if shape:
         packed = b"".join(_varint(d) for d in shape)
         tensor += b"\x1a" + _varint(len(packed)) + packed
-    return b"\x2a" + _varint(len(tensor)) + tensor
+    raw_head = b"\x32" + _varint(math.prod(shape) * dtype.itemsize) if is_plain(dtype) else b""
+    return b"\x2a" + _varint(len(tensor)) + tensor, raw_head
 
 
 def _tensor_metadata(

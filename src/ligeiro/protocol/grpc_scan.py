@@ -59,7 +59,13 @@ def scan_infer_request(data: bytes) -> ScannedRequest | None:
     position = 0
     try:
         while position < size:
-            tag, position, end = _length_delimited(data, position)
+            tag = data[position]
+            length = data[position + 1]
+            if length < 0x80:  # a length of one byte (_length_delimited, written out)
+                position += 2
+                end = position + length
+            else:
+                tag, position, end = _length_delimited(data, position)
             if end > size:
                 return None
             if tag == _RAW_INPUT:

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import InvalidInputError
 from .datatypes import DATATYPES, check_shape, dtype_of
 
-__all__ = ["array_from_raw", "fixed_layout", "raw_from_array"]
+__all__ = ["array_from_raw", "fixed_layout", "is_plain", "raw_from_array"]
 
 _LENGTH = struct.Struct("<I")
 _BIG_ENDIAN_HOST = sys.byteorder == "big"  # the wire's tensors are little-endian
@@ -145,6 +145,12 @@ def fixed_layout(datatype: str, shape: list[int]) -> tuple[np.dtype, int] | None
     except InvalidInputError:
         return None
     return dtype, math.prod(shape) * dtype.itemsize
+
+
+def is_plain(dtype: np.dtype) -> bool:
+    """Whether ``raw_from_array`` of an array of this dtype is its ``tobytes()``: numbers
+    in little-endian order, on a little-endian host."""
+    return dtype.kind not in "OUS" and not _BIG_ENDIAN_HOST and dtype.byteorder != ">"
 
 
 def raw_from_array(array: np.ndarray) -> bytes:
