@@ -207,14 +207,21 @@ class H2Connection(H2Output[_S], asyncio.Protocol):
             unpack = FRAME_HEADER.unpack_from
             while size - position >= 9:
                 high, low, kind, flags, stream_id = unpack(data, position)
-                end = position + 9 + (high << 16 | low)
-                if end - position - 9 > _MAX_FRAME:
+                length = high << 16 | low
+                if length > _MAX_FRAME:
                     raise ConnectionFailure(FRAME_SIZE_ERROR, f"a frame over {_MAX_FRAME} bytes")
+                end = position + 9 + length
                 if end > size:
                     break
                 payload = data[position + 9 : end]
                 position = end
-                self._frame_received(kind, flags, stream_id & 0x7FFFFFFF, payload)
+                # A call's two frames, dispatched here rather than in _frame_received.
+                if kind == DATA and self._continuation is None:
+                    self._data(flags, stream_id & 0x7FFFFFFF, payload)
+                elif kind == HEADERS and self._continuation is None:
+                    self._headers_frame(flags, stream_id & 0x7FFFFFFF, payload)
+                else:
+                    self._frame_received(kind, flags, stream_id & 0x7FFFFFFF, payload)
                 if self._transport is None:
                     return
             if position < size:
@@ -230,11 +237,7 @@ class H2Connection(H2Output[_S], asyncio.Protocol):
     def _frame_received(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
         if self._continuation is not None and kind != CONTINUATION:
             raise ConnectionFailure(PROTOCOL_ERROR, "expected a CONTINUATION frame")
-        if kind == DATA:
-            self._data(flags, stream_id, payload)
-        elif kind == HEADERS:
-            self._headers_frame(flags, stream_id, payload)
-        elif kind == CONTINUATION:
+        if kind == CONTINUATION:
             if self._continuation is None or self._continuation[0] != stream_id:
                 raise ConnectionFailure(PROTOCOL_ERROR, "CONTINUATION without HEADERS")
             if not payload:
@@ -281,7 +284,7 @@ class H2Connection(H2Output[_S], asyncio.Protocol):
     def _headers_frame(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
             raise ConnectionFailure(PROTOCOL_ERROR, "HEADERS on stream 0")
-        block = unpadded(flags, payload)
+        block = unpadded(flags, payload) if flags & PADDED else payload
         if flags & PRIORITY_FLAG:
             if len(block) < 5:
                 raise ConnectionFailure(FRAME_SIZE_ERROR, "HEADERS priority field cut short")
