@@ -23,6 +23,7 @@ import math
 import sys
 from typing import TYPE_CHECKING, TypeVar, final
 
+import msgspec
 import numpy as np
 from google.protobuf.message import DecodeError, Message
 
@@ -163,34 +164,23 @@ def array_from_contents(
 
 
 @final
-class InferRequestMessage:
+class InferRequestMessage(msgspec.Struct, gc=False):
     """A ``ModelInferRequest`` read far enough to route it; ``decode()`` makes its arrays.
 
     ``parse_infer_request`` reads the usual request (names, datatypes, shapes,
     ``raw_input_contents``, outputs by name) straight from the wire; any other (typed
     ``contents``, parameters, anything unexpected) goes through protobuf's parser and
-    ``decode_infer_request``, which also words every error.
+    ``decode_infer_request``, which also words every error. A msgspec struct: made
+    without a Python ``__init__``, once a call.
     """
 
-    __slots__ = ("_message", "_outputs", "_raw", "_tensors", "id", "model_name", "model_version")
-
-    def __init__(
-        self,
-        model_name: str,
-        model_version: str,
-        request_id: str,
-        tensors: list[ScannedInput] | None = None,
-        raw: list[bytes | memoryview] | None = None,
-        outputs: list[str] | None = None,
-        message: pb.ModelInferRequest | None = None,
-    ) -> None:
-        self.model_name = model_name
-        self.model_version = model_version
-        self.id = request_id
-        self._tensors = tensors
-        self._raw = raw
-        self._outputs = outputs
-        self._message = message
+    model_name: str
+    model_version: str
+    id: str
+    _tensors: list[ScannedInput] | None = None
+    _raw: list[bytes | memoryview] | None = None
+    _outputs: list[str] | None = None
+    _message: pb.ModelInferRequest | None = None
 
     def decode(self) -> DecodedRequest:
         """Inputs as numpy, the outputs asked for, the id.
@@ -242,7 +232,7 @@ def parse_infer_request(data: bytes) -> InferRequestMessage:
     if scanned is None:
         request = decode_message(pb.ModelInferRequest, data)
         return InferRequestMessage(
-            request.model_name, request.model_version, request.id, message=request
+            request.model_name, request.model_version, request.id, _message=request
         )
     return InferRequestMessage(*scanned)
 

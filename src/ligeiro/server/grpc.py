@@ -48,7 +48,7 @@ from ..protocol.grpc_codec import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 
     from google.protobuf.message import Message
 
@@ -252,10 +252,14 @@ class GrpcService:
 
     # -- inference ----------------------------------------------------------------------
 
-    async def _infer(self, data: bytes, context: CallContext) -> bytes:
-        """A serialized ModelInferRequest through the data plane; raises the domain's errors."""
+    def _infer(self, data: bytes, context: CallContext) -> Coroutine[Any, Any, bytes]:
+        """A serialized ModelInferRequest through the data plane; raises the domain's errors.
+
+        The request is parsed here and the data plane's coroutine returned, to be awaited
+        by the caller: one coroutine a call fewer.
+        """
         request = parse_infer_request(data)
-        return await self.plane.infer(
+        return self.plane.infer(
             _TRANSPORT,
             request.model_name,
             request.model_version or None,

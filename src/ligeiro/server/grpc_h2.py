@@ -81,26 +81,6 @@ class _Abort(Exception):
 
 
 @final
-class _Context:
-    """What ``GrpcService``'s methods ask of their call: its metadata, and abort."""
-
-    __slots__ = ("_headers",)
-
-    def __init__(self, headers: Sequence[tuple[bytes, bytes]]) -> None:
-        self._headers = headers
-
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return tuple(
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in self._headers
-            if not name.startswith(b":")
-        )
-
-    async def abort(self, code: StatusCode, details: str = "") -> NoReturn:
-        raise _Abort(code, details)
-
-
-@final
 class _Messages:
     """A stream's request messages as ModelStreamInfer reads them, in order."""
 
@@ -127,7 +107,11 @@ class _Messages:
 
 @final
 class _Call(H2Stream):
-    """One call: its stream, what of its request has arrived, and its task."""
+    """One call: its stream, what of its request has arrived, and its task.
+
+    It is also what ``GrpcService``'s methods ask of their call (``CallContext``): its
+    metadata, and abort.
+    """
 
     __slots__ = (
         "buffer", "handler", "is_streaming", "message", "messages", "needed", "opened_at", "task",
@@ -145,6 +129,16 @@ class _Call(H2Stream):
         self.is_streaming = False  # ModelStreamInfer
         self.messages: _Messages | None = None  # its messages, once the first arrives
         self.task: asyncio.Task[None] | None = None
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return tuple(
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in self.headers
+            if not name.startswith(b":")
+        )
+
+    async def abort(self, code: StatusCode, details: str = "") -> NoReturn:
+        raise _Abort(code, details)
 
 
 @final
@@ -344,7 +338,7 @@ class H2GrpcConnection(H2Connection[_Call]):
 
     async def _unary(self, stream: _Call, handler: UnaryHandler, message: bytes) -> None:
         try:
-            data = await handler(message, _Context(stream.headers))
+            data = await handler(message, stream)
         except Exception as exc:  # not CancelledError: a cancelled call answers nothing
             self._failed(stream, exc)
         else:
@@ -368,10 +362,7 @@ class H2GrpcConnection(H2Connection[_Call]):
 
     async def _streaming(self, stream: _Call, messages: _Messages) -> None:
         service = self._server.service
-        answers: AsyncIterator[bytes] = service.ModelStreamInfer(
-            messages,
-            _Context(stream.headers),
-        )
+        answers: AsyncIterator[bytes] = service.ModelStreamInfer(messages, stream)
         try:
             async for response in answers:
                 if stream.done or self._transport is None:
