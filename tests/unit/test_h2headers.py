@@ -24,7 +24,7 @@ def test_the_cache_keeps_few_blocks_and_no_large_ones() -> None:
     decoder = HeaderDecoder(16 * 1024)
     for i in range(500):
         decoder.decode(literal(b"x-n", str(i).encode()))
-    assert len(decoder._cache) <= 64
+    assert len(decoder.known) <= 64
     large = literal(b"x-large", b"v" * 2000)
     assert decoder.decode(large) is not decoder.decode(large)  # decoded each time
 

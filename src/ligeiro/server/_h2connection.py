@@ -297,7 +297,10 @@ class H2Connection(H2Output[_S], asyncio.Protocol):
             self._continuation = (stream_id, flags, bytearray(block))
 
     def _headers_complete(self, stream_id: int, block: bytes, end_stream: bool) -> None:
-        headers, fields = self._headers.decode(block)  # always: the table follows the peer's
+        # Always decoded: the table follows the peer's. A block seen before, as a client
+        # sends its usual headers, is looked up without a call.
+        decoder = self._headers
+        headers, fields = decoder.known.get(block) or decoder.decode(block)
         stream = self._streams.get(stream_id)
         if stream is not None:  # trailers from the client: they end its side
             if not end_stream:
@@ -515,7 +518,8 @@ class H2Connection(H2Output[_S], asyncio.Protocol):
             stream.deadline.cancel()
             stream.deadline = None
         self._dropped(stream, cancel=cancel)
-        self._close_if_idle()
+        if self._is_going_away and not self._streams:  # _close_if_idle, written out
+            self._close()
 
     def _close_if_idle(self) -> None:
         if self._is_going_away and not self._streams:

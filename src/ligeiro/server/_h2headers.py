@@ -35,11 +35,13 @@ class HeaderDecoder:
             (each header's name and value plus 32); over it is COMPRESSION_ERROR.
     """
 
-    __slots__ = ("_cache", "_decoder")
+    __slots__ = ("_decoder", "known")
 
     def __init__(self, max_header_list_bytes: int) -> None:
         self._decoder = Decoder(max_header_list_size=max_header_list_bytes)
-        self._cache: dict[bytes, Headers] = {}
+        # Blocks that leave the dynamic table as it was, and their headers: a caller may
+        # look a block up here before calling decode (read-only).
+        self.known: dict[bytes, Headers] = {}
 
     def decode(self, block: bytes) -> Headers:
         """The headers of a complete block; every block must pass, in order.
@@ -50,7 +52,7 @@ class HeaderDecoder:
         """
         # A block that leaves the dynamic table as it was means the same headers every
         # time it comes back: clients send the same indexed block call after call.
-        cached = self._cache.get(block)
+        cached = self.known.get(block)
         if cached is not None:
             return cached
         if block and block[0] & 0xE0 == 0x20:
@@ -68,11 +70,11 @@ class HeaderDecoder:
         after = (len(entries), entries[0] if entries else None, table.maxsize)
         if before[0] == after[0] and before[1] is after[1] and before[2] == after[2]:
             if len(block) <= _CACHED_BLOCK_BYTES:
-                if len(self._cache) >= _CACHED_BLOCKS:
-                    self._cache.clear()
-                self._cache[block] = decoded
+                if len(self.known) >= _CACHED_BLOCKS:
+                    self.known.clear()
+                self.known[block] = decoded
         else:
-            self._cache.clear()
+            self.known.clear()
         return decoded
 
 

@@ -321,7 +321,8 @@ class H2GrpcConnection(H2Connection[_Call]):
             stream.task.cancel()
         if stream.messages is not None:
             stream.messages.put(None)
-        self._server.call_ended()
+        if not self._server.calls:
+            self._server.became_idle()
 
     # -- calls ------------------------------------------------------------------------
 
@@ -468,9 +469,9 @@ class H2GrpcServer:
             self._sweeper = self._loop.call_later(_SWEEP_INTERVAL_S, self._sweep)
             self._flush()
 
-    def call_ended(self) -> None:
-        if self.calls == 0:
-            self._idle.set()
+    def became_idle(self) -> None:
+        """No call is left (what a graceful stop waits for)."""
+        self._idle.set()
 
     def start_soon(
         self, connection: H2GrpcConnection, stream: _Call, call: Coroutine[Any, Any, None]
