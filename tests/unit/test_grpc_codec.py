@@ -265,3 +265,35 @@ def test_the_input_descriptions_kept_are_bounded() -> None:
         decoded = parse_infer_request(message.SerializeToString()).decode()
         assert next(iter(decoded.inputs.values())).shape == (rows, 1)
     assert 0 < len(grpc_scan._KEPT) <= 1024
+
+
+def test_a_request_like_the_last_of_its_size_has_only_its_raw_contents_read() -> None:
+    # The second and third requests repeat the first's bytes but for the raw contents
+    # (the kept template); the fourth is as long with another model name, scanned in full.
+    from ligeiro.protocol import grpc_scan
+
+    grpc_scan._TEMPLATES.clear()  # none of another test's requests
+    first = np.arange(4, dtype="<f4").reshape(1, 4)
+    for model, values in (("m", first), ("m", first + 10), ("m", first * 0), ("n", first)):
+        message = request("FP32", [1, 4], values.tobytes())
+        message.model_name = model
+        message.outputs.add(name="y")
+        data = message.SerializeToString()
+        parsed = parse_infer_request(data)
+        # The first request's bytes before its 18 of raw contents: the size's template.
+        prefix = grpc_scan._TEMPLATES[len(data)][0]
+        assert prefix == data[:-18] if model == "m" else prefix != data[:-18]
+        decoded = parsed.decode()
+        assert parsed.model_name == model
+        assert decoded.inputs["x"].tolist() == values.tolist()
+        assert decoded.outputs == ["y"]
+
+
+def test_the_request_templates_kept_are_bounded() -> None:
+    from ligeiro.protocol import grpc_scan
+
+    for rows in range(1, 3000):  # each a new size
+        message = request("INT32", [rows], np.arange(rows, dtype="<i4").tobytes())
+        decoded = parse_infer_request(message.SerializeToString()).decode()
+        assert decoded.inputs["x"].tolist() == list(range(rows))
+    assert 0 < len(grpc_scan._TEMPLATES) <= 1024

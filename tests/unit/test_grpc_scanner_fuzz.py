@@ -2,7 +2,8 @@
 and its hand-written ModelInferResponse bytes against protobuf's serializer.
 
 ``parse_infer_request`` reads the usual request straight from the wire and hands any
-other to protobuf. Whatever the bytes, it must end as protobuf's own path does
+other to protobuf; a request that repeats an earlier one's bytes but for its raw contents
+is read from that one's kept template. Whatever the bytes, it must end as protobuf's own path does
 (``pb.ModelInferRequest.FromString`` then ``decode_infer_request``): the same refusal,
 the same error, or the same names, arrays, outputs and id. The messages are written
 here at the wire level, so that lengths and varints come in the forms protobuf's
@@ -206,6 +207,11 @@ _TWO_BYTE_OUTPUT_NAME = b"\x0a\x01m\x32\x82\x01\x0a\x80\x01" + b"a" * 127
 @example(_TWO_BYTE_OUTPUT_NAME)
 def test_the_scanner_reads_requests_as_protobuf_does(data: bytes) -> None:
     assert _by_ligeiro(data) == _by_protobuf(data)
+    # Again, and with its last bytes changed (raw contents, or not): the first read may
+    # have kept the request as the template of its size, which these two then meet.
+    changed = data[:-4] + bytes(byte ^ 0x5A for byte in data[-4:])
+    for again in (data, changed):
+        assert _by_ligeiro(again) == _by_protobuf(again)
 
 
 def test_the_regression_cases_are_what_they_say() -> None:

@@ -4,6 +4,12 @@
 and outputs by name; anything else (typed ``contents``, parameters, another field or
 wire type, bytes that do not parse) returns None, and ``grpc_codec.parse_infer_request``
 hands the message to protobuf.
+
+A client sends the same model, inputs and outputs call after call, and only the raw
+contents change: each input's description is kept by its bytes, and a whole request
+whose raw contents come last is kept as the template of its size, so that the next
+request repeating its bytes has only its raw contents read (ADR 0009, 2026-12-06).
+Both are bounded; what they hold is what scanning the same bytes again would give.
 """
 
 from __future__ import annotations
@@ -40,6 +46,17 @@ _MODEL_NAME, _MODEL_VERSION, _ID, _INPUTS, _OUTPUTS, _RAW_INPUT = 0x0A, 0x12, 0x
 _KEPT: dict[bytes, ScannedInput] = {}
 _KEPT_INPUTS = 1024
 _LONGEST_KEPT = 256
+# A request whose raw contents come last, each of the size its input's fixed layout
+# says, is kept as a template under its size: the bytes before its raw contents, each
+# raw entry's tag and length as written, and what the rest said. The next request of
+# that size that repeats those bytes has only its raw contents read (a client sends the
+# same model, inputs and outputs call after call). The first request of a size keeps
+# its place: up to _KEPT_INPUTS sizes, prefixes up to _LONGEST_PREFIX bytes.
+_Template: TypeAlias = tuple[
+    bytes, list[tuple[bytes, int]], str, str, str, list[ScannedInput], list[str] | None
+]
+_TEMPLATES: dict[int, _Template] = {}
+_LONGEST_PREFIX = 1024
 
 
 def scan_infer_request(data: bytes) -> ScannedRequest | None:
@@ -51,14 +68,29 @@ def scan_infer_request(data: bytes) -> ScannedRequest | None:
     that do not parse return None, and protobuf reads the message.
     """
     size = len(data)
+    template = _TEMPLATES.get(size)
+    if template is not None and data.startswith(template[0]):
+        position = len(template[0])
+        raw: list[bytes | memoryview] = []
+        for head, length in template[1]:
+            if not data.startswith(head, position):
+                break
+            position += len(head)
+            raw.append(data[position : position + length])
+            position += length
+        else:  # the same bytes as the template's but for the raw contents
+            _, _, name, version, request_id, tensors, outputs = template
+            return name, version, request_id, tensors, raw, outputs
     name = version = request_id = ""
-    tensors: list[tuple[str, str, list[int]]] = []
-    outputs: list[str] | None = None
-    raw: list[bytes | memoryview] = []
+    tensors = []
+    outputs = None
+    raw = []
     view = None
     position = 0
+    raw_start = -1  # where the raw contents start, while nothing else follows them
     try:
         while position < size:
+            field_start = position
             tag = data[position]
             length = data[position + 1]
             if length < 0x80:  # a length of one byte (_length_delimited, written out)
@@ -69,6 +101,8 @@ def scan_infer_request(data: bytes) -> ScannedRequest | None:
             if end > size:
                 return None
             if tag == _RAW_INPUT:
+                if not raw:
+                    raw_start = field_start
                 if end - position <= _COPIED_RAW:
                     raw.append(data[position:end])
                 else:
@@ -105,6 +139,8 @@ def scan_infer_request(data: bytes) -> ScannedRequest | None:
                 outputs.append(data[start:end].decode())
             else:
                 return None
+            if tag != _RAW_INPUT:
+                raw_start = -1
             position = end
     except (IndexError, UnicodeDecodeError):
         return None
@@ -112,7 +148,35 @@ def scan_infer_request(data: bytes) -> ScannedRequest | None:
         len(tensors) > 1 and len({t[0] for t in tensors}) != len(tensors)
     ):
         return None
+    if 0 <= raw_start <= _LONGEST_PREFIX and size not in _TEMPLATES:
+        _keep_template(data, raw_start, name, version, request_id, tensors, raw, outputs)
     return name, version, request_id, tensors, raw, outputs
+
+
+def _keep_template(
+    data: bytes,
+    raw_start: int,
+    name: str,
+    version: str,
+    request_id: str,
+    tensors: list[ScannedInput],
+    raw: list[bytes | memoryview],
+    outputs: list[str] | None,
+) -> None:
+    """Keep the request as its size's template, if each raw entry is of its input's
+    fixed size (and copied, not viewed): raw contents from ``raw_start`` on."""
+    heads = []
+    position = raw_start
+    for (_, _, _, layout), contents in zip(tensors, raw):
+        length = len(contents)
+        if layout is None or layout[1] != length or length > _COPIED_RAW:
+            return
+        _, start, end = _length_delimited(data, position)
+        heads.append((data[position:start], length))
+        position = end
+    if len(_TEMPLATES) >= _KEPT_INPUTS:
+        _TEMPLATES.clear()
+    _TEMPLATES[len(data)] = (data[:raw_start], heads, name, version, request_id, tensors, outputs)
 
 
 def _scan_input(data: bytes, position: int, end: int) -> ScannedInput | None:
