@@ -123,7 +123,8 @@ class _Call(H2Stream):
         super().__init__(stream_id, headers, window)
         self.opened_at = now
         self.handler: UnaryHandler | None = None
-        self.buffer = bytearray()  # the start of a message that has not all arrived
+        # The start of a message that has not all arrived (a bytearray once there is one).
+        self.buffer: bytearray | bytes = b""
         self.needed = 0
         self.message: bytes | None = None
         self.is_streaming = False  # ModelStreamInfer
@@ -274,6 +275,8 @@ class H2GrpcConnection(H2Connection[_Call]):
                 self._finish(stream, _UNIMPLEMENTED, "a unary call sent more than one message")
                 return
         if position < size:
+            if not isinstance(buffer, bytearray):
+                buffer = stream.buffer = bytearray()
             buffer += data[position:]
             server.buffered += size - position
             stream.needed = 5
