@@ -205,7 +205,9 @@ class H2GrpcConnection(H2Connection[_Call]):
             found = content_type.decode("latin-1") or "none"
             self._refuse(stream, b"415", _INVALID_ARGUMENT,
                          f"content-type must be application/grpc, got {found}")  # fmt: skip
-        elif (denied := server.service.admit(path, fields.get(b"authorization"), self.peer)):
+        elif (service := server.service).access.is_guarding and (
+            denied := service.admit(path, fields.get(b"authorization"), self.peer)
+        ):  # tokens or a rate limit (checked only when there are any, as HTTP/1.1 does)
             self._finish(stream, status_for(denied), str(denied))  # before any message is read
         elif (encoding := fields.get(b"grpc-encoding", b"identity")) != b"identity":
             text = encoding.decode("latin-1")
