@@ -328,8 +328,9 @@ class H2GrpcConnection(H2Connection[_Call]):
             stream.task.cancel()
         if stream.messages is not None:
             stream.messages.put(None)
-        if not self._server.calls:
-            self._server.became_idle()
+        draining = self._server.draining
+        if draining is not None and not self._server.calls and not draining.done():
+            draining.set_result(None)  # the last call a graceful stop waits for
 
     # -- calls ------------------------------------------------------------------------
 
@@ -457,7 +458,8 @@ class H2GrpcServer:
         self._sweeper: asyncio.TimerHandle | None = None
         self.port = 0
         self._server: asyncio.Server | None = None
-        self._idle = asyncio.Event()
+        # While a graceful stop waits for the calls still running: done when none is left.
+        self.draining: asyncio.Future[None] | None = None
         self._loop = asyncio.get_running_loop()
         self.now = self._loop.time()  # as of the last sweep
         # Calls due and connections with frames to write, run and written once per loop
@@ -475,10 +477,6 @@ class H2GrpcServer:
         finally:  # one connection's surprise must not end every connection's limits
             self._sweeper = self._loop.call_later(_SWEEP_INTERVAL_S, self._sweep)
             self._flush()
-
-    def became_idle(self) -> None:
-        """No call is left (what a graceful stop waits for)."""
-        self._idle.set()
 
     def start_soon(
         self, connection: H2GrpcConnection, stream: _Call, call: Coroutine[Any, Any, None]
@@ -539,9 +537,9 @@ class H2GrpcServer:
             connection.start_silent_streams()
             connection.shutdown()
         if self.calls:
-            self._idle.clear()
+            self.draining = self._loop.create_future()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), grace_s)
+                await asyncio.wait_for(self.draining, grace_s)
         for connection in list(self.connections):
             connection.abort_calls()
 
