@@ -30,6 +30,7 @@ import logging
 from typing import TYPE_CHECKING, Any, NoReturn, final
 
 from . import eager
+from ._grpc_routes import Routes
 from ._h2connection import H2Connection, H2Stream
 from ._h2output import H2Output
 from ._h2wire import (
@@ -43,7 +44,6 @@ from ._h2wire import (
     frame,
     hpack_int,
     status_block,
-    timeout_s,
     unary_answer,
 )
 from .grpc import SERVICE_NAME, StatusCode, status_for, unary_methods
@@ -66,7 +66,6 @@ _UNIMPLEMENTED = StatusCode.UNIMPLEMENTED
 _UNAVAILABLE = StatusCode.UNAVAILABLE
 _RESOURCE_EXHAUSTED = StatusCode.RESOURCE_EXHAUSTED
 _DEADLINE_EXCEEDED = StatusCode.DEADLINE_EXCEEDED
-_INVALID_ARGUMENT = StatusCode.INVALID_ARGUMENT
 _STREAMING = "ModelStreamInfer"
 _SWEEP_INTERVAL_S = 1.0
 
@@ -151,6 +150,7 @@ class H2GrpcConnection(H2Connection[_Call]):
     def __init__(self, server: H2GrpcServer) -> None:
         super().__init__(server.flush_soon, server.settings)
         self._server = server
+        self._routes = Routes(server.unary, server.stream_path)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -196,37 +196,29 @@ class H2GrpcConnection(H2Connection[_Call]):
         return _Call(stream_id, headers, self._initial_window, self._server.now)
 
     def _opened(self, stream: _Call, fields: dict[bytes, bytes]) -> None:
+        route = self._routes.of(fields)  # what the headers say, read once per block
         server = self._server
-        path = fields.get(b":path", b"")
-        content_type = fields.get(b"content-type", b"")
-        if fields.get(b":method") != b"POST":
-            self._refuse(stream, b"405", _UNIMPLEMENTED, "gRPC calls are POST requests")
-        elif not content_type.startswith(b"application/grpc"):
-            found = content_type.decode("latin-1") or "none"
-            self._refuse(stream, b"415", _INVALID_ARGUMENT,
-                         f"content-type must be application/grpc, got {found}")  # fmt: skip
+        if route.refusal is not None:
+            self._refuse(stream, *route.refusal)
         elif (service := server.service).access.is_guarding and (
-            denied := service.admit(path, fields.get(b"authorization"), self.peer)
+            denied := service.admit(route.path, route.authorization, self.peer)
         ):  # tokens or a rate limit (checked only when there are any, as HTTP/1.1 does)
             self._finish(stream, status_for(denied), str(denied))  # before any message is read
-        elif (encoding := fields.get(b"grpc-encoding", b"identity")) != b"identity":
-            text = encoding.decode("latin-1")
-            self._finish(stream, _UNIMPLEMENTED, f"grpc-encoding {text} is not supported; "
-                         "this server accepts identity", ACCEPT_ENCODING)  # fmt: skip
+        elif route.encoding_error is not None:
+            self._finish(stream, _UNIMPLEMENTED, route.encoding_error, ACCEPT_ENCODING)
         elif server.calls > server.settings.max_concurrent_rpcs:
             self._finish(stream, _RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!")
-        elif path == server.stream_path:
+        elif route.is_streaming:
             stream.is_streaming = True  # it starts with its first message (_start_stream)
-        elif (handler := server.unary.get(path)) is not None:
-            stream.handler = handler
+        elif route.handler is not None:
+            stream.handler = route.handler
         else:
-            self._finish(stream, _UNIMPLEMENTED, f"Method not found: {path.decode('latin-1')}")
-        if not stream.done and b"grpc-timeout" in fields:
-            timeout = timeout_s(fields[b"grpc-timeout"])
-            if timeout is None:
+            self._finish(stream, _UNIMPLEMENTED, route.missing)
+        if route.has_timeout and not stream.done:
+            if route.timeout is None:
                 self._finish(stream, _INTERNAL, "malformed grpc-timeout header")
             else:
-                stream.deadline = self._loop.call_later(timeout, self._expire, stream)
+                stream.deadline = self._loop.call_later(route.timeout, self._expire, stream)
 
     def _received(self, stream: _Call, data: bytes) -> None:
         buffer = stream.buffer
