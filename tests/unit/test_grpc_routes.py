@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ligeiro.server._grpc_routes import Routes
+from ligeiro.server._grpc_routes import Route, read_route
 from ligeiro.server.grpc import StatusCode
 
 _PATH = b"/inference.GRPCInferenceService/ModelInfer"
@@ -13,46 +13,37 @@ async def _handler(data: bytes, context: object) -> bytes:  # pragma: no cover -
     return data
 
 
-def _fields(**extra: bytes) -> dict[bytes, bytes]:
+def _route(**extra: bytes) -> Route:
     fields = {b":method": b"POST", b":path": _PATH, b"content-type": b"application/grpc"}
     fields.update({name.replace("_", "-").encode(): value for name, value in extra.items()})
-    return fields
+    return read_route(fields, {_PATH: _handler}, _STREAM)
 
 
 def test_a_usual_call_is_routed_to_its_handler() -> None:
-    route = Routes({_PATH: _handler}, _STREAM).of(_fields(authorization=b"Bearer t"))
+    route = read_route(
+        {b":method": b"POST", b":path": _PATH, b"content-type": b"application/grpc+proto",
+         b"authorization": b"Bearer t"},
+        {_PATH: _handler}, _STREAM,
+    )  # fmt: skip
     assert route.refusal is None and route.encoding_error is None
     assert route.handler is _handler and not route.is_streaming
     assert (route.path, route.authorization, route.has_timeout) == (_PATH, b"Bearer t", False)
 
 
-def test_what_is_not_a_call_is_read_as_before() -> None:
-    routes = Routes({_PATH: _handler}, _STREAM)
-    assert routes.of({**_fields(), b":method": b"GET"}).refusal == (
+def test_what_is_not_a_usual_call_is_read_as_before() -> None:
+    fields = {b":path": _PATH, b"content-type": b"application/grpc"}
+    assert read_route({**fields, b":method": b"GET"}, {}, _STREAM).refusal == (
         b"405", StatusCode.UNIMPLEMENTED, "gRPC calls are POST requests"
     )
-    refusal = routes.of({**_fields(), b"content-type": b"text/plain"}).refusal
-    assert refusal == (b"415", StatusCode.INVALID_ARGUMENT,
-                       "content-type must be application/grpc, got text/plain")  # fmt: skip
-    assert routes.of(_fields(grpc_encoding=b"gzip")).encoding_error == (
+    plain = read_route({b":method": b"POST", b":path": _PATH}, {}, _STREAM)
+    assert plain.refusal == (b"415", StatusCode.INVALID_ARGUMENT,
+                             "content-type must be application/grpc, got none")  # fmt: skip
+    assert _route(grpc_encoding=b"gzip").encoding_error == (
         "grpc-encoding gzip is not supported; this server accepts identity"
     )
-    unknown = routes.of({**_fields(), b":path": b"/x/Y"})
+    unknown = read_route({**fields, b":method": b"POST", b":path": b"/x/Y"}, {}, _STREAM)
     assert unknown.handler is None and unknown.missing == "Method not found: /x/Y"
-    assert routes.of({**_fields(), b":path": _STREAM}).is_streaming
-    assert routes.of(_fields(grpc_timeout=b"200m")).timeout == 0.2
-    malformed = routes.of(_fields(grpc_timeout=b"soon"))
+    assert read_route({**fields, b":method": b"POST", b":path": _STREAM}, {}, _STREAM).is_streaming
+    assert _route(grpc_timeout=b"200m").timeout == 0.2
+    malformed = _route(grpc_timeout=b"soon")
     assert malformed.has_timeout and malformed.timeout is None
-
-
-def test_routes_are_kept_by_the_fields_they_were_read_from_and_bounded() -> None:
-    routes = Routes({_PATH: _handler}, _STREAM)
-    fields = _fields()
-    assert routes.of(fields) is routes.of(fields)  # the decoder's same dict: kept
-    # An equal dict decoded afresh is read anew, and one with other headers as what it says.
-    assert routes.of(_fields()) == routes.of(fields)
-    assert routes.of(_fields(grpc_encoding=b"gzip")).encoding_error is not None
-    held = [_fields(authorization=str(i).encode()) for i in range(200)]
-    for i, each in enumerate(held):
-        assert routes.of(each).authorization == str(i).encode()
-    assert len(routes._kept) <= 64

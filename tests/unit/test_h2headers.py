@@ -16,7 +16,7 @@ def test_a_repeated_block_decodes_to_the_same_headers() -> None:
     decoder = HeaderDecoder(16 * 1024)
     block = literal(b":path", b"/x") + literal(b"te", b"trailers")
     first = decoder.decode(block)
-    assert first[1] == {b":path": b"/x", b"te": b"trailers"}
+    assert first.fields == {b":path": b"/x", b"te": b"trailers"}
     assert decoder.decode(block) is first  # kept
 
 
@@ -31,7 +31,7 @@ def test_the_cache_keeps_few_blocks_and_no_large_ones() -> None:
 
 def test_two_table_size_updates_are_allowed_three_are_not() -> None:
     decoder = HeaderDecoder(16 * 1024)
-    assert decoder.decode(UPDATE * 2 + literal(b"a", b"b"))[1] == {b"a": b"b"}
+    assert decoder.decode(UPDATE * 2 + literal(b"a", b"b")).fields == {b"a": b"b"}
     with pytest.raises(ConnectionFailure) as info:
         decoder.decode(UPDATE * 3 + literal(b"a", b"b"))
     assert info.value.code == COMPRESSION_ERROR
@@ -43,3 +43,12 @@ def test_a_block_that_decodes_past_the_limit_is_a_compression_error() -> None:
     with pytest.raises(ConnectionFailure) as info:
         HeaderDecoder(16 * 1024).decode(block)
     assert info.value.code == COMPRESSION_ERROR
+
+
+def test_what_a_connection_made_of_a_block_comes_back_with_it() -> None:
+    # HeaderBlock.route: gRPC keeps a call's route there (server/_grpc_routes.py).
+    decoder = HeaderDecoder(16 * 1024)
+    block = literal(b":path", b"/x")
+    decoder.decode(block).route = "read"
+    assert decoder.known[block].route == "read"
+    assert decoder.decode(literal(b":path", b"/y")).route is None  # another block: unread

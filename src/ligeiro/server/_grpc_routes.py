@@ -1,11 +1,12 @@
 """What a gRPC call's request headers say, read once per header block (ADR 0009).
 
 A client sends the same headers call after call, and the HPACK decoder hands back the
-same decoded fields for a block it has seen (``_h2headers.HeaderDecoder.known``). What
+same decoded block for a block it has seen (``_h2headers.HeaderDecoder.known``). What
 they say about the call (not gRPC at all, an encoding we do not take, the method, its
-timeout) is worked out here once and kept by the connection (``Routes``); what depends
-on the moment (tokens and rate limit, the concurrent call limit, the deadline's timer)
-is still checked by ``grpc_h2`` for every call, in the order it always was.
+timeout) is read here once (``read_route``) and kept with the block
+(``HeaderBlock.route``, gone when the decoder lets the block go); what depends on the
+moment (tokens and rate limit, the concurrent call limit, the deadline's timer) is still
+checked by ``grpc_h2`` for every call, in the order it always was.
 """
 
 from __future__ import annotations
@@ -20,10 +21,7 @@ from .grpc import StatusCode
 if TYPE_CHECKING:
     from .grpc import UnaryHandler
 
-__all__ = ["Route", "Routes"]
-
-# Routes kept per connection; past it they start afresh (as the decoder's blocks do).
-_ROUTES_KEPT = 64
+__all__ = ["Route", "read_route"]
 
 
 @final
@@ -48,7 +46,7 @@ class Route(msgspec.Struct, frozen=True, gc=False):
     timeout: float | None
 
 
-def route(
+def read_route(
     fields: dict[bytes, bytes], unary: dict[bytes, UnaryHandler], stream_path: bytes
 ) -> Route:
     """What ``fields`` (a request's headers by name) say about the call."""
@@ -77,31 +75,3 @@ def route(
         has_timeout=timeout is not None,
         timeout=None if timeout is None else timeout_s(timeout),
     )
-
-
-@final
-class Routes:
-    """One connection's routes, by the decoded fields they were read from.
-
-    Kept by the fields' identity: the decoder returns the same dict for a block it has
-    seen. Each entry holds its dict, so that no other dict can take its id while it is
-    kept; a dict decoded afresh (a block not seen before) is read and kept anew.
-    """
-
-    __slots__ = ("_kept", "_stream_path", "_unary")
-
-    def __init__(self, unary: dict[bytes, UnaryHandler], stream_path: bytes) -> None:
-        self._unary = unary
-        self._stream_path = stream_path
-        self._kept: dict[int, tuple[dict[bytes, bytes], Route]] = {}
-
-    def of(self, fields: dict[bytes, bytes]) -> Route:
-        """The route of a call with these headers."""
-        kept = self._kept.get(id(fields))
-        if kept is not None and kept[0] is fields:
-            return kept[1]
-        found = route(fields, self._unary, self._stream_path)
-        if len(self._kept) >= _ROUTES_KEPT:
-            self._kept.clear()
-        self._kept[id(fields)] = (fields, found)
-        return found

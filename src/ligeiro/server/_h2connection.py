@@ -29,7 +29,7 @@ import logging
 import struct
 from typing import TYPE_CHECKING, TypeVar, cast
 
-from ._h2headers import HeaderDecoder
+from ._h2headers import HeaderBlock, HeaderDecoder
 from ._h2output import H2Output, H2Stream
 from ._h2wire import (
     ACK,
@@ -125,14 +125,13 @@ class H2Connection(H2Output[_S], asyncio.Protocol):
 
     # -- what a subclass gives ---------------------------------------------------------
 
-    def _open(
-        self, stream_id: int, headers: list[tuple[bytes, bytes]], fields: dict[bytes, bytes]
-    ) -> _S:
-        """A new stream for a request's headers (``fields``: the same, by name)."""
+    def _open(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> _S:
+        """A new stream for a request's headers."""
         raise NotImplementedError
 
-    def _opened(self, stream: _S, fields: dict[bytes, bytes]) -> None:
-        """The stream is registered: route it, or answer it at once."""
+    def _opened(self, stream: _S, headers: HeaderBlock) -> None:
+        """The stream is registered: route it, or answer it at once. ``headers.route``
+        is the subclass's to keep what it made of a block the decoder keeps."""
         raise NotImplementedError
 
     def _received(self, stream: _S, data: bytes) -> None:
@@ -300,7 +299,7 @@ class H2Connection(H2Output[_S], asyncio.Protocol):
         # Always decoded: the table follows the peer's. A block seen before, as a client
         # sends its usual headers, is looked up without a call.
         decoder = self._headers
-        headers, fields = decoder.known.get(block) or decoder.decode(block)
+        decoded = decoder.known.get(block) or decoder.decode(block)
         stream = self._streams.get(stream_id)
         if stream is not None:  # trailers from the client: they end its side
             if not end_stream:
@@ -315,9 +314,9 @@ class H2Connection(H2Output[_S], asyncio.Protocol):
             if not self._is_going_away:  # a client that ignores our setting: a reset
                 self._count_reset()
             return
-        stream = self._open(stream_id, headers, fields)
+        stream = self._open(stream_id, decoded.headers)
         self._streams[stream_id] = stream
-        self._opened(stream, fields)
+        self._opened(stream, decoded)
         if end_stream:
             self._remote_closed(stream)
 

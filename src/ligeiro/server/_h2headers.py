@@ -10,21 +10,31 @@ block's own size is checked as its frames arrive (``_h2connection.py``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, final
 
 from hpack import Decoder, HPACKError
 
 from ._h2wire import COMPRESSION_ERROR, ConnectionFailure
 
-if TYPE_CHECKING:
-    # A decoded header block: the list as sent, and a dict for lookups.
-    Headers = tuple[list[tuple[bytes, bytes]], dict[bytes, bytes]]
-
-__all__ = ["HeaderDecoder"]
+__all__ = ["HeaderBlock", "HeaderDecoder"]
 
 _CACHED_BLOCKS = 64  # per connection
 _CACHED_BLOCK_BYTES = 1024  # a client's usual indexed block is tens of bytes
 _TABLE_SIZE_UPDATES = 2  # §4.2: the smallest size reached, then the final one
+
+
+@final
+class HeaderBlock:
+    """A decoded header block: the headers as sent, the same by name, and what the
+    connection made of them (``route``: its own to set, None until it does). A block the
+    decoder keeps comes back as the same object, its ``route`` with it."""
+
+    __slots__ = ("fields", "headers", "route")
+
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self.headers = headers
+        self.fields = dict(headers)
+        self.route: Any = None
 
 
 class HeaderDecoder:
@@ -41,9 +51,9 @@ class HeaderDecoder:
         self._decoder = Decoder(max_header_list_size=max_header_list_bytes)
         # Blocks that leave the dynamic table as it was, and their headers: a caller may
         # look a block up here before calling decode (read-only).
-        self.known: dict[bytes, Headers] = {}
+        self.known: dict[bytes, HeaderBlock] = {}
 
-    def decode(self, block: bytes) -> Headers:
+    def decode(self, block: bytes) -> HeaderBlock:
         """The headers of a complete block; every block must pass, in order.
 
         Raises:
@@ -66,7 +76,7 @@ class HeaderDecoder:
             ]
         except HPACKError as exc:
             raise ConnectionFailure(COMPRESSION_ERROR, f"bad header block: {exc}") from None
-        decoded = (headers, dict(headers))
+        decoded = HeaderBlock(headers)
         after = (len(entries), entries[0] if entries else None, table.maxsize)
         if before[0] == after[0] and before[1] is after[1] and before[2] == after[2]:
             if len(block) <= _CACHED_BLOCK_BYTES:

@@ -30,7 +30,7 @@ import logging
 from typing import TYPE_CHECKING, Any, NoReturn, final
 
 from . import eager
-from ._grpc_routes import Routes
+from ._grpc_routes import read_route
 from ._h2connection import H2Connection, H2Stream
 from ._h2output import H2Output
 from ._h2wire import (
@@ -53,6 +53,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Coroutine, Sequence
 
     from ..settings import GrpcSettings
+    from ._grpc_routes import Route
+    from ._h2headers import HeaderBlock
     from .grpc import GrpcService, UnaryHandler
     from .tls import ServerTls
 
@@ -150,7 +152,6 @@ class H2GrpcConnection(H2Connection[_Call]):
     def __init__(self, server: H2GrpcServer) -> None:
         super().__init__(server.flush_soon, server.settings)
         self._server = server
-        self._routes = Routes(server.unary, server.stream_path)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -188,16 +189,16 @@ class H2GrpcConnection(H2Connection[_Call]):
 
     # -- streams ----------------------------------------------------------------------
 
-    def _open(
-        self, stream_id: int, headers: list[tuple[bytes, bytes]], fields: dict[bytes, bytes]
-    ) -> _Call:
+    def _open(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> _Call:
         self._server.calls += 1
         # The sweep's clock, not loop.time(): a call pays no clock read for its timeout.
         return _Call(stream_id, headers, self._initial_window, self._server.now)
 
-    def _opened(self, stream: _Call, fields: dict[bytes, bytes]) -> None:
-        route = self._routes.of(fields)  # what the headers say, read once per block
+    def _opened(self, stream: _Call, headers: HeaderBlock) -> None:
         server = self._server
+        route: Route | None = headers.route  # what the headers say, read once per block
+        if route is None:
+            route = headers.route = read_route(headers.fields, server.unary, server.stream_path)
         if route.refusal is not None:
             self._refuse(stream, *route.refusal)
         elif (service := server.service).access.is_guarding and (
