@@ -51,11 +51,12 @@ _LONGEST_KEPT = 256
 # raw entry's tag and length as written, and what the rest said. The next request of
 # that size that repeats those bytes has only its raw contents read (a client sends the
 # same model, inputs and outputs call after call). The first request of a size keeps
-# its place: up to _KEPT_INPUTS sizes, prefixes up to _LONGEST_PREFIX bytes.
+# its place: up to _KEPT_TEMPLATES sizes, prefixes up to _LONGEST_PREFIX bytes.
 _Template: TypeAlias = tuple[
     bytes, list[tuple[bytes, int]], str, str, str, list[ScannedInput], list[str] | None
 ]
 _TEMPLATES: dict[int, _Template] = {}
+_KEPT_TEMPLATES = 1024
 _LONGEST_PREFIX = 1024
 
 
@@ -174,7 +175,7 @@ def _keep_template(
         _, start, end = _length_delimited(data, position)
         heads.append((data[position:start], length))
         position = end
-    if len(_TEMPLATES) >= _KEPT_INPUTS:
+    if len(_TEMPLATES) >= _KEPT_TEMPLATES:
         _TEMPLATES.clear()
     _TEMPLATES[len(data)] = (data[:raw_start], heads, name, version, request_id, tensors, outputs)
 

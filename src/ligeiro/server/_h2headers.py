@@ -50,7 +50,7 @@ class HeaderDecoder:
     def __init__(self, max_header_list_bytes: int) -> None:
         self._decoder = Decoder(max_header_list_size=max_header_list_bytes)
         # Blocks that leave the dynamic table as it was, and their headers: a caller may
-        # look a block up here before calling decode (read-only).
+        # look a block up here before calling decode (and set only its ``route``).
         self.known: dict[bytes, HeaderBlock] = {}
 
     def decode(self, block: bytes) -> HeaderBlock:
